@@ -64,9 +64,7 @@ export function isDtype(s: string): s is Dtype {
 /** Maps a config name (`float32|float16|bfloat16`) to its storage dtype. */
 export function dtypeFromName(name: string): EncodableDtype {
   if (!(DTYPE_NAMES as readonly string[]).includes(name)) {
-    throw new ConfigError(
-      `unknown dtype name ${JSON.stringify(name)}: expected one of ${DTYPE_NAMES.join(", ")}`,
-    );
+    throw new ConfigError(`unknown dtype name ${JSON.stringify(name)}: expected one of ${DTYPE_NAMES.join(", ")}`);
   }
   return DTYPE_BY_NAME[name as DtypeName];
 }
@@ -87,8 +85,9 @@ function smallFloatTable(bits: number, mantBits: number, bias: number, special: 
     const exp = (b >> mantBits) & expMask;
     const mant = b & (mantScale - 1);
     let v: number;
+    // e4m3fn spends no codes on infinities: only S.1111.111 is NaN.
     if (exp === expMask && special === "ieee") v = mant === 0 ? Infinity : Number.NaN;
-    else if (exp === expMask && mant === mantScale - 1) v = Number.NaN; // e4m3fn: only S.1111.111 is NaN
+    else if (exp === expMask && mant === mantScale - 1) v = Number.NaN;
     else if (exp === 0) v = (mant / mantScale) * 2 ** (1 - bias);
     else v = (1 + mant / mantScale) * 2 ** (exp - bias);
     table[b] = sign * v;

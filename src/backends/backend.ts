@@ -1,0 +1,68 @@
+// The narrow interface every backend implements. Models are written once against it; backends never
+// know model names. `T` is the backend's tensor handle (weights and activations alike, 2-D row-major).
+
+import type { BackendName } from "../builder/build-config.js";
+
+/** One sequence's share of a step: its rows in the packed batch and where its keys and values live. */
+export interface SeqSlice {
+  /** First row of this sequence's new tokens in the packed batch. */
+  rowStart: number;
+  /** Tokens this step computes for it. */
+  numNew: number;
+  /** Tokens already in its KV cache before this step (the new tokens' first position). */
+  numCached: number;
+  /** KV cache blocks holding positions [0, numCached + numNew), tokensPerBlock each. */
+  blockTable: Int32Array;
+}
+
+/** Everything a forward step needs about the batch; built by the runtime's model runner. */
+export interface StepInput {
+  tokenIds: Int32Array;
+  positions: Int32Array;
+  /** Cache slot (block × tokensPerBlock + offset) each new token's key and value go to. */
+  slotMapping: Int32Array;
+  seqs: SeqSlice[];
+  /** Packed rows whose logits are wanted, in output order. */
+  logitRows: Int32Array;
+}
+
+export interface AttentionShape {
+  numHeads: number;
+  numKvHeads: number;
+  headSize: number;
+}
+
+export interface RopeSpec {
+  /** Inverse frequencies for the first rotaryDim/2 dims (gpt-neox layout: dim i pairs with i + rotaryDim/2). */
+  invFreq: Float32Array;
+  rotaryDim: number;
+}
+
+export interface KvCacheSpec extends AttentionShape {
+  numLayers: number;
+  numBlocks: number;
+  tokensPerBlock: number;
+}
+
+export interface Backend<T> {
+  readonly name: BackendName;
+  weight(name: string): T;
+  hasWeight(name: string): boolean;
+  allocateKvCache(spec: KvCacheSpec): void;
+  /** Rows of `table` picked by `ids`. */
+  embed(table: T, ids: Int32Array): T;
+  rmsNorm(x: T, weight: T, eps: number): T;
+  /** `residual += x` in place, then returns rmsNorm(residual). */
+  addRmsNorm(residual: T, x: T, weight: T, eps: number): T;
+  addInPlace(x: T, y: T): void;
+  /** x · weightᵀ (+ bias): x [rows, in], weight [out, in]. */
+  linear(x: T, weight: T, bias: T | null): T;
+  /** Rotates q and k of the fused qkv rows in place and writes k and v into the layer's cache slots. */
+  ropeAndCacheKv(layer: number, qkv: T, step: StepInput, rope: RopeSpec, shape: AttentionShape): void;
+  /** Causal attention of each new token over its sequence's cached keys and values. */
+  attention(layer: number, qkv: T, step: StepInput, shape: AttentionShape): T;
+  /** silu(a) * b, elementwise. */
+  siluMul(a: T, b: T): T;
+  gatherRows(x: T, rows: Int32Array): T;
+  toHost(x: T): Float32Array;
+}

@@ -1,0 +1,160 @@
+// The cpu backend: the reference implementation of the Backend interface on Float32Array.
+
+import { EngineError } from "../../errors.js";
+import type { AttentionShape, Backend, KvCacheSpec, RopeSpec, StepInput } from "../backend.js";
+import { matmulTransposed, rmsNormRows, rotateHalf, silu, softmaxInPlace } from "./kernels.js";
+import { CpuKvStore } from "./kv-store.js";
+
+export interface CpuTensor {
+  data: Float32Array;
+  rows: number;
+  cols: number;
+}
+
+export function cpuTensor(rows: number, cols: number, data: Float32Array = new Float32Array(rows * cols)): CpuTensor {
+  return { data, rows, cols };
+}
+
+export class CpuBackend implements Backend<CpuTensor> {
+  readonly name = "cpu" as const;
+  private kv: CpuKvStore | null = null;
+
+  constructor(private readonly weights: Map<string, CpuTensor>) {}
+
+  weight(name: string): CpuTensor {
+    const w = this.weights.get(name);
+    if (!w) throw new EngineError(`engine has no weight "${name}"`);
+    return w;
+  }
+
+  hasWeight(name: string): boolean {
+    return this.weights.has(name);
+  }
+
+  allocateKvCache(spec: KvCacheSpec): void {
+    this.kv = new CpuKvStore(spec);
+  }
+
+  private kvStore(): CpuKvStore {
+    if (!this.kv) throw new Error("allocateKvCache must come before the first step");
+    return this.kv;
+  }
+
+  embed(table: CpuTensor, ids: Int32Array): CpuTensor {
+    const out = cpuTensor(ids.length, table.cols);
+    for (let r = 0; r < ids.length; r++) {
+      const id = ids[r];
+      if (id < 0 || id >= table.rows) throw new RangeError(`token id ${id} outside the vocabulary [0, ${table.rows})`);
+      out.data.set(table.data.subarray(id * table.cols, (id + 1) * table.cols), r * table.cols);
+    }
+    return out;
+  }
+
+  rmsNorm(x: CpuTensor, weight: CpuTensor, eps: number): CpuTensor {
+    const out = cpuTensor(x.rows, x.cols);
+    rmsNormRows(x.data, x.rows, x.cols, weight.data, eps, out.data);
+    return out;
+  }
+
+  addRmsNorm(residual: CpuTensor, x: CpuTensor, weight: CpuTensor, eps: number): CpuTensor {
+    this.addInPlace(residual, x);
+    return this.rmsNorm(residual, weight, eps);
+  }
+
+  addInPlace(x: CpuTensor, y: CpuTensor): void {
+    const a = x.data;
+    const b = y.data;
+    for (let i = 0; i < a.length; i++) a[i] += b[i];
+  }
+
+  linear(x: CpuTensor, weight: CpuTensor, bias: CpuTensor | null): CpuTensor {
+    if (x.cols !== weight.cols) throw new Error(`linear: input has ${x.cols} columns, weight expects ${weight.cols}`);
+    const out = cpuTensor(x.rows, weight.rows);
+    matmulTransposed(x.data, x.rows, x.cols, weight.data, weight.rows, bias ? bias.data : null, out.data);
+    return out;
+  }
+
+  ropeAndCacheKv(layer: number, qkv: CpuTensor, step: StepInput, rope: RopeSpec, shape: AttentionShape): void {
+    const { numHeads, numKvHeads, headSize } = shape;
+    const half = rope.rotaryDim / 2;
+    const cos = new Float32Array(half);
+    const sin = new Float32Array(half);
+    const kv = this.kvStore();
+    const kOff = numHeads * headSize;
+    const vOff = kOff + numKvHeads * headSize;
+    const kvFloats = numKvHeads * headSize;
+    for (let r = 0; r < qkv.rows; r++) {
+      const p = step.positions[r];
+      for (let i = 0; i < half; i++) {
+        // Same float32 rounding of the angle as transformers' inv_freq @ position_ids.
+        const angle = Math.fround(p * rope.invFreq[i]);
+        cos[i] = Math.cos(angle);
+        sin[i] = Math.sin(angle);
+      }
+      const row = r * qkv.cols;
+      for (let h = 0; h < numHeads + numKvHeads; h++) rotateHalf(qkv.data, row + h * headSize, cos, sin, half);
+      const [kb, ko] = kv.keyAt(layer, step.slotMapping[r]);
+      kb.set(qkv.data.subarray(row + kOff, row + kOff + kvFloats), ko);
+      const [vb, vo] = kv.valueAt(layer, step.slotMapping[r]);
+      vb.set(qkv.data.subarray(row + vOff, row + vOff + kvFloats), vo);
+    }
+  }
+
+  attention(layer: number, qkv: CpuTensor, step: StepInput, shape: AttentionShape): CpuTensor {
+    const { numHeads, numKvHeads, headSize } = shape;
+    const kv = this.kvStore();
+    const tpb = kv.spec.tokensPerBlock;
+    const group = numHeads / numKvHeads;
+    const scale = 1 / Math.sqrt(headSize);
+    const out = cpuTensor(qkv.rows, numHeads * headSize);
+    let scores = new Float64Array(256);
+    const acc = new Float64Array(headSize);
+    for (const seq of step.seqs) {
+      const total = seq.numCached + seq.numNew;
+      if (scores.length < total) scores = new Float64Array(total * 2);
+      for (let i = 0; i < seq.numNew; i++) {
+        const r = seq.rowStart + i;
+        const visible = seq.numCached + i + 1; // causal: itself and everything before it
+        for (let h = 0; h < numHeads; h++) {
+          const q = r * qkv.cols + h * headSize;
+          const kvh = Math.floor(h / group) * headSize;
+          for (let j = 0; j < visible; j++) {
+            const slot = seq.blockTable[Math.floor(j / tpb)] * tpb + (j % tpb);
+            const [kb, ko] = kv.keyAt(layer, slot);
+            let s = 0;
+            for (let d = 0; d < headSize; d++) s += qkv.data[q + d] * kb[ko + kvh + d];
+            scores[j] = s * scale;
+          }
+          softmaxInPlace(scores, visible);
+          acc.fill(0);
+          for (let j = 0; j < visible; j++) {
+            const slot = seq.blockTable[Math.floor(j / tpb)] * tpb + (j % tpb);
+            const [vb, vo] = kv.valueAt(layer, slot);
+            const p = scores[j];
+            for (let d = 0; d < headSize; d++) acc[d] += p * vb[vo + kvh + d];
+          }
+          const o = r * out.cols + h * headSize;
+          for (let d = 0; d < headSize; d++) out.data[o + d] = acc[d];
+        }
+      }
+    }
+    return out;
+  }
+
+  siluMul(a: CpuTensor, b: CpuTensor): CpuTensor {
+    const out = cpuTensor(a.rows, a.cols);
+    for (let i = 0; i < out.data.length; i++) out.data[i] = silu(a.data[i]) * b.data[i];
+    return out;
+  }
+
+  gatherRows(x: CpuTensor, rows: Int32Array): CpuTensor {
+    const out = cpuTensor(rows.length, x.cols);
+    for (let i = 0; i < rows.length; i++)
+      out.data.set(x.data.subarray(rows[i] * x.cols, (rows[i] + 1) * x.cols), i * x.cols);
+    return out;
+  }
+
+  toHost(x: CpuTensor): Float32Array {
+    return x.data;
+  }
+}

@@ -1,0 +1,80 @@
+// Reference kernels on Float32Array, row-major. Accumulation happens in JS numbers (float64), so these are
+// at least as exact as float32 framework math; they are the yardstick other backends are measured against.
+
+/** out[r, n] = Σ_k x[r, k] · w[n, k] + bias[n]. The weight row stays hot in L1 across the rows of x. */
+export function matmulTransposed(
+  x: Float32Array,
+  rows: number,
+  inDim: number,
+  w: Float32Array,
+  outDim: number,
+  bias: Float32Array | null,
+  out: Float32Array,
+): void {
+  const k4 = inDim - (inDim % 4);
+  for (let n = 0; n < outDim; n++) {
+    const wo = n * inDim;
+    const b = bias ? bias[n] : 0;
+    for (let r = 0; r < rows; r++) {
+      const xo = r * inDim;
+      let s0 = 0;
+      let s1 = 0;
+      let s2 = 0;
+      let s3 = 0;
+      let k = 0;
+      for (; k < k4; k += 4) {
+        s0 += x[xo + k] * w[wo + k];
+        s1 += x[xo + k + 1] * w[wo + k + 1];
+        s2 += x[xo + k + 2] * w[wo + k + 2];
+        s3 += x[xo + k + 3] * w[wo + k + 3];
+      }
+      for (; k < inDim; k++) s0 += x[xo + k] * w[wo + k];
+      out[r * outDim + n] = s0 + s1 + s2 + s3 + b;
+    }
+  }
+}
+
+export function rmsNormRows(
+  x: Float32Array,
+  rows: number,
+  dim: number,
+  w: Float32Array,
+  eps: number,
+  out: Float32Array,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * dim;
+    let ss = 0;
+    for (let i = 0; i < dim; i++) ss += x[o + i] * x[o + i];
+    // transformers rounds the variance and the normalised value to float32 before the weight multiply.
+    const inv = Math.fround(1 / Math.sqrt(Math.fround(ss / dim) + eps));
+    for (let i = 0; i < dim; i++) out[o + i] = w[i] * Math.fround(x[o + i] * inv);
+  }
+}
+
+/** gpt-neox rotation of one head vector at `off`: dim i pairs with i + rotaryDim/2. */
+export function rotateHalf(v: Float32Array, off: number, cos: Float32Array, sin: Float32Array, half: number): void {
+  for (let i = 0; i < half; i++) {
+    const a = v[off + i];
+    const b = v[off + i + half];
+    v[off + i] = a * cos[i] - b * sin[i];
+    v[off + i + half] = b * cos[i] + a * sin[i];
+  }
+}
+
+export function silu(x: number): number {
+  return x / (1 + Math.exp(-x));
+}
+
+/** In place: scores[0..n) ← softmax(scores[0..n)). */
+export function softmaxInPlace(scores: Float64Array, n: number): void {
+  let max = Number.NEGATIVE_INFINITY;
+  for (let i = 0; i < n; i++) if (scores[i] > max) max = scores[i];
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    const e = Math.exp(scores[i] - max);
+    scores[i] = e;
+    sum += e;
+  }
+  for (let i = 0; i < n; i++) scores[i] /= sum;
+}

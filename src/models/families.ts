@@ -1,0 +1,38 @@
+// Which model families kiln knows, keyed by the architecture names HF and TensorRT-LLM write.
+
+import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
+import { ConfigError } from "../errors.js";
+import { decoderWeightSources, type HfConfig, type WeightSource } from "./hf-decoder.js";
+import { llamaConfigFromHf } from "./llama.js";
+import { qwen2ConfigFromHf } from "./qwen2.js";
+
+export interface ModelFamily {
+  name: string;
+  architectures: readonly string[];
+  configFromHf(hf: HfConfig, where: string): PretrainedConfig;
+  weightSources(cfg: PretrainedConfig, hasTensor: (name: string) => boolean): WeightSource[];
+}
+
+export const FAMILIES: readonly ModelFamily[] = [
+  {
+    name: "llama",
+    architectures: ["LlamaForCausalLM", "MistralForCausalLM"],
+    configFromHf: llamaConfigFromHf,
+    weightSources: decoderWeightSources,
+  },
+  {
+    name: "qwen2",
+    architectures: ["Qwen2ForCausalLM"],
+    configFromHf: qwen2ConfigFromHf,
+    weightSources: decoderWeightSources,
+  },
+];
+
+export function familyOf(architecture: unknown, where: string): ModelFamily {
+  const family = FAMILIES.find((f) => f.architectures.includes(architecture as string));
+  if (!family) {
+    const known = FAMILIES.flatMap((f) => f.architectures).join(", ");
+    throw new ConfigError(`${where}: unknown architecture ${JSON.stringify(architecture)} (supported: ${known})`);
+  }
+  return family;
+}

@@ -1,0 +1,61 @@
+// Opens an engine dir: checks its config and rank file were built for this backend, reads each weight
+// section once into the backend, and returns a model ready to step.
+
+import fs from "node:fs";
+import path from "node:path";
+import { CpuBackend, type CpuTensor, cpuTensor } from "../backends/cpu/cpu-backend.js";
+import type { EngineConfig } from "../builder/build-engine.js";
+import { CPU_TARGET } from "../builder/build-engine.js";
+import { EngineFile } from "../builder/engine-file.js";
+import { readJson } from "../checkpoint/convert-hf.js";
+import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
+import { ConfigError, EngineError } from "../errors.js";
+import { DecoderModel } from "../models/decoder.js";
+import { KILN_VERSION } from "../version.js";
+
+export interface LoadedEngine {
+  dir: string;
+  config: EngineConfig;
+  backend: CpuBackend;
+  model: DecoderModel<CpuTensor>;
+}
+
+export function readEngineConfig(dir: string): EngineConfig {
+  const where = path.join(dir, "config.json");
+  if (!fs.existsSync(where)) throw new ConfigError(`${where}: missing; is ${dir} an engine dir made by kiln build?`);
+  const raw = readJson(where) as Partial<EngineConfig>;
+  if (typeof raw !== "object" || raw === null || !raw.build_config || !raw.pretrained_config) {
+    throw new ConfigError(`${where}: not an engine config (expected pretrained_config and build_config)`);
+  }
+  if (raw.backend !== "cpu" && raw.backend !== "cuda") {
+    throw new ConfigError(`${where}: unknown backend ${JSON.stringify(raw.backend)}`);
+  }
+  const pretrained = parsePretrainedConfig(raw.pretrained_config, `${where} (pretrained_config)`);
+  return { ...(raw as EngineConfig), pretrained_config: pretrained };
+}
+
+export function loadEngine(dir: string): LoadedEngine {
+  const config = readEngineConfig(dir);
+  if (config.backend !== "cpu") {
+    throw new EngineError(
+      `${dir}: engine was built for backend "${config.backend}"; kiln ${KILN_VERSION} runs cpu engines only`,
+    );
+  }
+  const file = EngineFile.open(path.join(dir, "rank0.engine"), { backend: "cpu", target: CPU_TARGET });
+  const weights = new Map<string, CpuTensor>();
+  try {
+    for (const s of file.header.sections) {
+      if (s.dtype !== "F32")
+        throw new EngineError(`${file.path}: section "${s.name}" is ${s.dtype}; cpu engines hold F32`);
+      const bytes = file.read(s.name);
+      const data = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+      const [rows, cols] =
+        s.shape.length === 1 ? [1, s.shape[0]] : [s.shape[0], s.shape.slice(1).reduce((a, b) => a * b, 1)];
+      weights.set(s.name, cpuTensor(rows, cols, data));
+    }
+  } finally {
+    file.close();
+  }
+  const backend = new CpuBackend(weights);
+  return { dir, config, backend, model: new DecoderModel(config.pretrained_config, backend) };
+}

@@ -1,0 +1,72 @@
+// Turns a scheduled batch into the backend's step input (packed tokens, positions, cache slots), runs the
+// model, and hands back the logits rows each sequence needs.
+
+import type { StepInput } from "../backends/backend.js";
+import type { ScheduledSeq } from "./scheduler.js";
+
+export interface ForwardModel {
+  forward(step: StepInput): Float32Array;
+}
+
+/** A logits row and the sequence position it was computed at. */
+export interface PositionLogits {
+  pos: number;
+  logits: Float32Array;
+}
+
+export class ModelRunner {
+  constructor(
+    private readonly model: ForwardModel,
+    readonly tokensPerBlock: number,
+    /** Width of a logits row (the lm_head's, possibly padded past the vocabulary). */
+    private readonly logitsWidth: number,
+  ) {}
+
+  /**
+   * Returns, per scheduled sequence, the logits rows asked for, in position order.
+   * `wantRow(s, i)` says whether the i-th new token of scheduled sequence s needs its logits row.
+   */
+  run(batch: ScheduledSeq[], wantRow: (s: ScheduledSeq, i: number) => boolean): PositionLogits[][] {
+    const numTokens = batch.reduce((n, s) => n + s.numNewTokens, 0);
+    const tokenIds = new Int32Array(numTokens);
+    const positions = new Int32Array(numTokens);
+    const slotMapping = new Int32Array(numTokens);
+    const logitRows: number[] = [];
+    const owners: [number, number][] = [];
+    const tpb = this.tokensPerBlock;
+    let row = 0;
+    const seqs = batch.map((s, b) => {
+      const { seq, numNewTokens } = s;
+      const rowStart = row;
+      for (let i = 0; i < numNewTokens; i++, row++) {
+        const pos = seq.numCachedTokens + i;
+        tokenIds[row] = seq.tokenIds[pos];
+        positions[row] = pos;
+        slotMapping[row] = seq.blockTable[Math.floor(pos / tpb)] * tpb + (pos % tpb);
+        if (wantRow(s, i)) {
+          logitRows.push(row);
+          owners.push([b, pos]);
+        }
+      }
+      return {
+        rowStart,
+        numNew: numNewTokens,
+        numCached: seq.numCachedTokens,
+        blockTable: Int32Array.from(seq.blockTable),
+      };
+    });
+    const logits = this.model.forward({
+      tokenIds,
+      positions,
+      slotMapping,
+      seqs,
+      logitRows: Int32Array.from(logitRows),
+    });
+    const rows: PositionLogits[][] = batch.map(() => []);
+    const w = this.logitsWidth;
+    owners.forEach(([b, pos], i) => {
+      rows[b].push({ pos, logits: logits.slice(i * w, (i + 1) * w) });
+    });
+    return rows;
+  }
+}

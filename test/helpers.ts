@@ -1,0 +1,73 @@
+// Shared test helpers: temp dirs, fixture paths and reference loading.
+
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const FIXTURES = path.join(ROOT, "test", "fixtures");
+export const FIXTURE_NAMES = ["qwen2_tied_gqa", "qwen2_untied_mqa", "llama3_rope_scaling", "llama_tied_mha"] as const;
+
+export function tempDir(prefix = "kiln-test-"): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export interface PromptReference {
+  inputIds: number[];
+  contextLogits: Float32Array;
+  greedyIds: number[];
+  generationLogits: Float32Array;
+  beamIds: number[][];
+  beamScores: Float32Array;
+}
+
+export interface FixtureReference {
+  eosId: number;
+  vocab: number;
+  prompts: PromptReference[];
+}
+
+const ints = (f: SafetensorsFile, name: string) => Array.from(f.readFloat32(name), (v) => Math.round(v));
+
+/** What transformers recorded for a fixture (scripts/make_fixtures.py). */
+export function loadReference(name: string): FixtureReference {
+  const f = SafetensorsFile.open(path.join(FIXTURES, name, "reference.safetensors"));
+  try {
+    const n = Number(f.metadata.num_prompts);
+    const prompts: PromptReference[] = [];
+    for (let i = 0; i < n; i++) {
+      const beams = f.info(`prompt${i}.beam_ids`).shape;
+      const flat = ints(f, `prompt${i}.beam_ids`);
+      prompts.push({
+        inputIds: ints(f, `prompt${i}.input_ids`),
+        contextLogits: f.readFloat32(`prompt${i}.context_logits`),
+        greedyIds: ints(f, `prompt${i}.greedy_ids`),
+        generationLogits: f.readFloat32(`prompt${i}.generation_logits`),
+        beamIds: Array.from({ length: beams[0] }, (_, b) =>
+          flat.slice(b * beams[1], (b + 1) * beams[1]).filter((t) => t >= 0),
+        ),
+        beamScores: f.readFloat32(`prompt${i}.beam_scores`),
+      });
+    }
+    const vocab = f.info("prompt0.context_logits").shape[1];
+    return { eosId: Number(f.metadata.eos_id), vocab, prompts };
+  } finally {
+    f.close();
+  }
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} ≠ ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+/** Rows of equal width laid end to end. */
+export function stackRows(rows: readonly Float32Array[], width: number): Float32Array {
+  const out = new Float32Array(rows.length * width);
+  for (let i = 0; i < rows.length; i++) out.set(rows[i], i * width);
+  return out;
+}
