@@ -15,6 +15,7 @@ import { SafetensorsWriter, TensorStore } from "./safetensors.js";
 export const TOKENIZER_FILES = [
   "tokenizer.json",
   "tokenizer_config.json",
+  "chat_template.jinja",
   "generation_config.json",
   "special_tokens_map.json",
 ] as const;

@@ -1,0 +1,32 @@
+// kiln's command line: one subcommand a file. Known errors print one line and exit 1; anything else is a bug
+// and keeps its stack trace.
+
+import { Command, CommanderError } from "commander";
+import { KilnError } from "../errors.js";
+import { KILN_VERSION } from "../version.js";
+import { buildCommand } from "./build.js";
+import { convertCommand } from "./convert.js";
+import { runCommand } from "./run.js";
+import { tokenizeCommand } from "./tokenize.js";
+
+export async function main(argv: string[]): Promise<number> {
+  const program = new Command("kiln")
+    .description("Hugging Face checkpoint → unified checkpoint → engine → text")
+    .version(KILN_VERSION)
+    .exitOverride()
+    .showHelpAfterError("(run with --help for usage)");
+  for (const cmd of [convertCommand(), buildCommand(), runCommand(), tokenizeCommand()]) {
+    program.addCommand(cmd.exitOverride().showHelpAfterError("(run with --help for usage)"));
+  }
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if (e instanceof KilnError) {
+      console.error(`kiln: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+}
