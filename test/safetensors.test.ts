@@ -8,13 +8,12 @@ import { after, describe, it } from "node:test";
 import { DTYPES, decodeToFloat32, dtypeByteSize } from "../src/checkpoint/dtype.js";
 import {
   alignedOrder,
-  INDEX_FILE,
   SafetensorsFile,
   SafetensorsWriter,
   type TensorData,
-  TensorStore,
   writeSafetensorsFile,
 } from "../src/checkpoint/safetensors.js";
+import { INDEX_FILE, TensorStore } from "../src/checkpoint/tensor-store.js";
 import { CheckpointError } from "../src/errors.js";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-safetensors-"));

@@ -10,7 +10,8 @@ import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
 import { type Dtype, dtypeFromName, encodeFromFloat32 } from "./dtype.js";
 import type { ModelDtype, PretrainedConfig } from "./pretrained-config.js";
-import { SafetensorsWriter, TensorStore } from "./safetensors.js";
+import { SafetensorsWriter } from "./safetensors.js";
+import { TensorStore } from "./tensor-store.js";
 
 export const TOKENIZER_FILES = [
   "tokenizer.json",

@@ -31,9 +31,9 @@ export function runCommand(): Command {
       const prompts: Prompt[] = o.input_text
         ? o.input_text.map((text: string) => ({ text }))
         : readInputFile(o.input_file);
+      const llm = LLM.load(o.engine_dir);
       const hasText = prompts.some((p) => "text" in p);
       const tok = tokenizerFor(o.tokenizer_dir ?? o.engine_dir, hasText);
-      const llm = LLM.load(o.engine_dir);
       const useTemplate = !o.no_prompt_template && tok?.chatTemplate != null;
       const inputIds = prompts.map((p) => {
         if ("ids" in p) return p.ids;
