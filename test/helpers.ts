@@ -71,3 +71,11 @@ export function stackRows(rows: readonly Float32Array[], width: number): Float32
   for (let i = 0; i < rows.length; i++) out.set(rows[i], i * width);
   return out;
 }
+
+/** Results of LLM.generate where every request is expected to succeed. */
+export function succeeded<T extends object>(results: (T | { error: Error })[]): T[] {
+  return results.map((r, i) => {
+    if ("error" in r) throw new Error(`request ${i} failed: ${r.error.message}`);
+    return r as T;
+  });
+}

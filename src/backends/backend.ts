@@ -49,6 +49,8 @@ export interface Backend<T> {
   weight(name: string): T;
   hasWeight(name: string): boolean;
   allocateKvCache(spec: KvCacheSpec): void;
+  /** Copies whole KV blocks (every layer, keys and values), for copy-on-write of shared blocks. */
+  copyKvBlocks(copies: readonly { src: number; dst: number }[]): void;
   /** Rows of `table` picked by `ids`. */
   embed(table: T, ids: Int32Array): T;
   rmsNorm(x: T, weight: T, eps: number): T;

@@ -26,7 +26,7 @@ export interface BuildConfig {
 }
 
 /** What the user asked for; unset limits are derived from the model. */
-export type BuildRequest = Partial<BuildConfig>;
+export type BuildRequest = Partial<Omit<BuildConfig, "opt_num_tokens">>;
 
 export const BUILD_DEFAULTS = {
   max_input_len: 1024,
@@ -41,7 +41,7 @@ export const BUILD_DEFAULTS = {
   gather_generation_logits: false,
 } as const;
 
-function requirePositive(req: BuildRequest, key: keyof BuildConfig): void {
+function requirePositive(req: BuildRequest, key: keyof BuildRequest): void {
   const v = req[key];
   if (v === undefined) return;
   if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
@@ -74,7 +74,7 @@ export function resolveBuildConfig(
     requirePositive(req, k);
   }
   const tokensPerBlock = req.tokens_per_block ?? BUILD_DEFAULTS.tokens_per_block;
-  if ((tokensPerBlock & (tokensPerBlock - 1)) !== 0) {
+  if (!Number.isInteger(Math.log2(tokensPerBlock))) {
     throw new LimitError(`--tokens_per_block must be a power of two, got ${tokensPerBlock}`);
   }
   const modelLimit = modelMaxSeqLen(model);
@@ -96,7 +96,13 @@ export function resolveBuildConfig(
   const maxBatchSize = req.max_batch_size ?? BUILD_DEFAULTS.max_batch_size;
   const maxBeamWidth = req.max_beam_width ?? BUILD_DEFAULTS.max_beam_width;
   const removeInputPadding = req.remove_input_padding ?? BUILD_DEFAULTS.remove_input_padding;
-  const pagedContextFmha = req.use_paged_context_fmha ?? BUILD_DEFAULTS.use_paged_context_fmha;
+  const kvCacheType = req.kv_cache_type ?? BUILD_DEFAULTS.kv_cache_type;
+  if (kvCacheType === "CONTINUOUS" && req.use_paged_context_fmha) {
+    throw new LimitError("--use_paged_context_fmha needs --kv_cache_type paged");
+  }
+  // Chunked context (and KV reuse) work on paged blocks only.
+  const pagedContextFmha =
+    kvCacheType === "PAGED" && (req.use_paged_context_fmha ?? BUILD_DEFAULTS.use_paged_context_fmha);
   const ceiling = maxSeqLen * maxBatchSize;
   let maxNumTokens: number;
   if (!removeInputPadding) {
@@ -115,10 +121,6 @@ export function resolveBuildConfig(
     }
     if (pagedContextFmha && maxNumTokens < tokensPerBlock) maxNumTokens = tokensPerBlock;
   }
-  const kvCacheType = req.kv_cache_type ?? BUILD_DEFAULTS.kv_cache_type;
-  if (kvCacheType === "CONTINUOUS" && pagedContextFmha && req.use_paged_context_fmha) {
-    throw new LimitError("--use_paged_context_fmha needs --kv_cache_type paged");
-  }
   return {
     config: {
       max_input_len: maxInputLen,
@@ -130,7 +132,7 @@ export function resolveBuildConfig(
       kv_cache_type: kvCacheType,
       tokens_per_block: tokensPerBlock,
       remove_input_padding: removeInputPadding,
-      use_paged_context_fmha: kvCacheType === "PAGED" && pagedContextFmha,
+      use_paged_context_fmha: pagedContextFmha,
       gather_context_logits: req.gather_context_logits ?? false,
       gather_generation_logits: req.gather_generation_logits ?? false,
     },

@@ -69,7 +69,8 @@ export class EngineWriter {
     // Offsets written with the most digits they could have bound the header's length from above.
     const dataStart = alignUp(16 + Buffer.byteLength(JSON.stringify(headerOf(sized(Number.MAX_SAFE_INTEGER)))));
     this.sections = sized(dataStart);
-    const json = JSON.stringify(headerOf(this.sections)).padEnd(dataStart - 16, " ");
+    const raw = JSON.stringify(headerOf(this.sections));
+    const json = raw + " ".repeat(dataStart - 16 - Buffer.byteLength(raw)); // pad by bytes, not characters
     const head = Buffer.alloc(16);
     MAGIC.copy(head, 0);
     head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 8);

@@ -1,26 +1,46 @@
-// The library API: load an engine, submit token prompts, step the engine (schedule → run → postprocess),
-// and read results as a batch or as a stream of tokens.
+// The library API: load an engine, submit requests, step the engine (schedule → run → postprocess), and
+// read results as a batch, as a stream of tokens, or abort a request midway.
 
-import { LimitError } from "../errors.js";
+import { KilnError, LimitError } from "../errors.js";
+import { BeamSearch } from "./beam-search.js";
 import { BlockManager } from "./block-manager.js";
 import { type LoadedEngine, loadEngine } from "./engine-loader.js";
 import { ModelRunner } from "./model-runner.js";
-import { greedy } from "./sampling.js";
+import { type GenerationParams, Request } from "./request.js";
+import {
+  type FinishedSequence,
+  finishedFromBeams,
+  finishSampled,
+  type GenerateOptions,
+  resolveParams,
+} from "./results.js";
+import { logSoftmax, Rng, sampleToken, validateSampling } from "./sampling/index.js";
 import { Scheduler } from "./scheduler.js";
-import { type FinishReason, type SamplingParams, Sequence } from "./sequence.js";
+import { Sequence } from "./sequence.js";
+
+export type { GenerateOptions } from "./results.js";
 
 export interface LoadOptions {
-  /** KV cache capacity in tokens; defaults to what max_batch_size × max_seq_len needs, capped by memory. */
+  /** KV cache capacity in tokens; defaults to max_batch_size × max_beam_width × max_seq_len, capped by memory. */
   kvCacheTokens?: number;
 }
 
 export interface GenerationOutput {
+  /** The best sequence's generated tokens. */
   outputIds: number[];
-  finishReason: FinishReason;
+  finishReason: FinishedSequence["finishReason"];
+  /** Every returned sequence, best first. */
+  sequences: FinishedSequence[];
   /** [prompt position][vocab], when the engine gathers context logits. */
   contextLogits?: Float32Array[];
-  /** [generated token][vocab], when the engine gathers generation logits. */
+  /** [generated token][vocab] of the best sequence, when the engine gathers generation logits. */
   generationLogits?: Float32Array[];
+  /** Prompt tokens this request computed; the rest came from the KV cache (reuse). */
+  numComputedPromptTokens: number;
+}
+
+export interface RequestFailure {
+  error: KilnError;
 }
 
 const KV_BUDGET_BYTES = 4 * 2 ** 30;
@@ -30,8 +50,6 @@ export class LLM {
   private readonly blocks: BlockManager;
   private readonly runner: ModelRunner;
   private nextId = 0;
-  /** Called after each token a sequence gains (streaming). */
-  private readonly listeners = new Map<Sequence, () => void>();
 
   private constructor(
     readonly engine: LoadedEngine,
@@ -39,20 +57,27 @@ export class LLM {
   ) {
     const b = engine.config.build_config;
     const m = engine.config.pretrained_config;
-    const tpb = b.tokens_per_block;
+    // A continuous cache is one contiguous region of max_seq_len tokens per sequence: one block each.
+    const continuous = b.kv_cache_type === "CONTINUOUS";
+    const tpb = continuous ? b.max_seq_len : b.tokens_per_block;
     const blockBytes = m.num_hidden_layers * 2 * tpb * m.num_key_value_heads * m.head_size * 4;
-    const wanted = opts.kvCacheTokens ?? b.max_batch_size * b.max_seq_len;
+    const wanted = opts.kvCacheTokens ?? b.max_batch_size * b.max_beam_width * b.max_seq_len;
     const numBlocks = Math.max(1, Math.min(Math.ceil(wanted / tpb), Math.floor(KV_BUDGET_BYTES / blockBytes)));
-    this.blocks = new BlockManager(numBlocks, tpb);
+    const reuse = b.use_paged_context_fmha && !continuous && !b.gather_context_logits;
+    this.blocks = new BlockManager(numBlocks, tpb, reuse);
     engine.backend.allocateKvCache({
       ...engine.model.attentionShape,
       numLayers: m.num_hidden_layers,
       numBlocks,
       tokensPerBlock: tpb,
     });
+    // Without chunked (paged) context a prompt must run in one step; the build made max_num_tokens allow it.
     this.scheduler = new Scheduler({ maxBatchSize: b.max_batch_size, maxNumTokens: b.max_num_tokens }, this.blocks);
     const lmHeadRows = engine.backend.weight("lm_head.weight").rows;
-    this.runner = new ModelRunner({ forward: (s) => engine.backend.toHost(engine.model.forward(s)) }, tpb, lmHeadRows);
+    const forward = {
+      forward: (s: Parameters<LoadedEngine["model"]["forward"]>[0]) => engine.backend.toHost(engine.model.forward(s)),
+    };
+    this.runner = new ModelRunner(forward, tpb, lmHeadRows, b.remove_input_padding);
   }
 
   static load(engineDir: string, opts: LoadOptions = {}): LLM {
@@ -75,8 +100,17 @@ export class LLM {
     return this.blocks.numBlocks;
   }
 
+  /** Rows the last step computed, padding included. */
+  get lastStepRows(): number {
+    return this.runner.lastStepRows;
+  }
+
   /** Checks a request against the engine's limits; throws a LimitError naming the limit. */
-  validate(promptIds: readonly number[], params: SamplingParams): void {
+  validate(promptIds: readonly number[], opts: GenerateOptions): void {
+    this.check(promptIds, resolveParams(opts));
+  }
+
+  private check(promptIds: readonly number[], params: GenerationParams): void {
     const b = this.buildConfig;
     if (promptIds.length === 0) throw new LimitError("the prompt is empty: at least one token is needed");
     if (promptIds.length > b.max_input_len) {
@@ -92,91 +126,232 @@ export class LLM {
         `max_output_len ${params.maxNewTokens} with a ${promptIds.length}-token prompt exceeds the engine's max_seq_len ${b.max_seq_len}`,
       );
     }
+    if (!Number.isInteger(params.numBeams) || params.numBeams < 1 || params.numBeams > b.max_beam_width) {
+      throw new LimitError(
+        `num_beams ${params.numBeams} is outside [1, ${b.max_beam_width}] (the engine's max_beam_width)`,
+      );
+    }
+    const n = params.numReturnSequences;
+    if (!Number.isInteger(n) || n < 1 || (params.numBeams > 1 && n > params.numBeams)) {
+      throw new LimitError(
+        `num_return_sequences ${n} must be a positive integer, at most num_beams when beams are used`,
+      );
+    }
+    validateSampling(params.sampling);
     const bad = promptIds.find((t) => !Number.isInteger(t) || t < 0 || t >= this.vocabSize);
     if (bad !== undefined) throw new LimitError(`token id ${bad} is outside the vocabulary [0, ${this.vocabSize})`);
-    if (this.blocks.blocksFor(promptIds.length + params.maxNewTokens) > this.blocks.numBlocks) {
+    const width = Math.max(params.numBeams, n);
+    // Each sequence may also need one block copied when it first writes into a block it shares.
+    const blocks = width * (this.blocks.blocksFor(promptIds.length + params.maxNewTokens) + 1);
+    if (blocks > this.blocks.numBlocks) {
       throw new LimitError(
-        `the request needs more KV cache than the pool holds (${this.blocks.numBlocks * this.blocks.tokensPerBlock} tokens)`,
+        `the request needs ${blocks} KV cache blocks, more than the pool's ${this.blocks.numBlocks}`,
       );
     }
   }
 
-  submit(promptIds: readonly number[], params: SamplingParams): Sequence {
-    this.validate(promptIds, params);
-    const seq = new Sequence(this.nextId++, promptIds, params);
-    this.scheduler.add(seq);
-    return seq;
+  submit(promptIds: readonly number[], opts: GenerateOptions): Request {
+    const params = resolveParams(opts);
+    this.check(promptIds, params);
+    const seq = new Sequence(this.nextId++, promptIds, promptIds.length);
+    const request = new Request(seq.id, promptIds, params, seq);
+    request.rngs.set(seq, new Rng(params.sampling.seed));
+    this.scheduler.add(request);
+    return request;
+  }
+
+  /** Stops a request now and frees its KV blocks; what it generated so far stays readable. */
+  abort(request: Request): void {
+    if (request.status === "finished") return;
+    for (const seq of request.seqs) {
+      seq.finishReason = "aborted";
+      request.finished.push(finishSampled(seq));
+    }
+    this.scheduler.retire(request);
+    request.onProgress?.();
   }
 
   get hasWork(): boolean {
     return this.scheduler.hasWork;
   }
 
-  /** One engine step: schedule, run the model, sample and retire finished sequences. */
+  /** One engine step: schedule, run the model, then sample or advance the beams of each request. */
   step(): void {
-    const batch = this.scheduler.schedule();
+    const { batch, copies } = this.scheduler.schedule();
     if (batch.length === 0) return;
-    const b = this.buildConfig;
-    const rows = this.runner.run(batch, ({ seq, numNewTokens }, i) => {
+    if (copies.length > 0) this.engine.backend.copyKvBlocks(copies);
+    const gather = this.buildConfig.gather_context_logits;
+    const wantsContext = (r: Request, seq: Sequence, pos: number) =>
+      gather && r.seqs[0] === seq && pos < seq.numPromptTokens && r.contextLogits.length <= pos;
+    const rows = this.runner.run(batch, ({ request, seq }, i) => {
       const pos = seq.numCachedTokens + i;
-      const completes = pos === seq.numTokens - 1 && seq.numCachedTokens + numNewTokens === seq.numTokens;
-      const contextRow = b.gather_context_logits && pos < seq.numPromptTokens && seq.contextLogits.length <= pos;
-      return completes || contextRow;
+      return pos === seq.numTokens - 1 || wantsContext(request, seq, pos);
     });
-    batch.forEach(({ seq, numNewTokens }, k) => {
+    const stepped = new Set<Request>();
+    batch.forEach(({ request, seq, numNewTokens }, k) => {
+      request.numComputedPromptTokens += Math.max(0, Math.min(numNewTokens, seq.numPromptTokens - seq.numCachedTokens));
       seq.numCachedTokens += numNewTokens;
-      let last: Float32Array | null = null;
+      this.blocks.registerFullBlocks(seq);
       for (const { pos, logits } of rows[k]) {
         const row = logits.subarray(0, this.vocabSize);
-        if (b.gather_context_logits && pos < seq.numPromptTokens && seq.contextLogits.length === pos)
-          seq.contextLogits.push(row);
-        if (pos === seq.numTokens - 1) last = row;
+        if (wantsContext(request, seq, pos) && request.contextLogits.length === pos) request.contextLogits.push(row);
+        if (pos === seq.numTokens - 1) seq.pendingLogits = row;
       }
-      if (last === null) return; // a chunk of the prompt: nothing to sample yet
-      const logits = last;
-      if (b.gather_generation_logits) seq.generationLogits.push(logits);
-      const token = greedy(logits);
-      seq.tokenIds.push(token);
-      if (seq.params.endId !== null && token === seq.params.endId) seq.finishReason = "end_id";
-      else if (seq.numOutputTokens >= seq.params.maxNewTokens) seq.finishReason = "length";
-      if (seq.finishReason) this.scheduler.finish(seq);
-      this.listeners.get(seq)?.();
+      stepped.add(request);
     });
+    for (const request of stepped) {
+      if (request.status === "running" && request.seqs.every((s) => s.pendingLogits)) this.advance(request);
+    }
   }
 
-  /** Runs a batch of prompts to completion; results in prompt order. */
-  generate(prompts: readonly (readonly number[])[], params: SamplingParams): GenerationOutput[] {
-    for (const p of prompts) this.validate(p, params);
-    const seqs = prompts.map((p) => this.submit(p, params));
-    while (seqs.some((s) => s.status !== "finished")) this.step();
-    return seqs.map((s) => this.output(s));
+  private advance(request: Request): void {
+    if (request.params.numBeams > 1) this.advanceBeams(request);
+    else this.advanceSampled(request);
+    if (request.seqs.length === 0 || request.beam?.done) {
+      this.scheduler.retire(request);
+      if (!request.beam) request.finished.sort((a, b) => b.score - a.score);
+    }
+    request.onProgress?.();
   }
 
-  output(seq: Sequence): GenerationOutput {
+  private advanceSampled(request: Request): void {
+    const p = request.params;
+    const first = request.seqs[0];
+    if (request.seqs.length === 1 && first.numOutputTokens === 0 && p.numReturnSequences > 1) {
+      // num_return_sequences: siblings share the prompt's blocks and draw from their own random streams.
+      for (let i = 1; i < p.numReturnSequences; i++) {
+        const child = first.branch(this.nextId++);
+        this.blocks.fork(first, child);
+        child.pendingLogits = first.pendingLogits!.slice();
+        request.seqs.push(child);
+        request.rngs.set(child, new Rng(p.sampling.seed + i * 0x9e3779b9));
+      }
+    }
+    for (const seq of [...request.seqs]) {
+      const logits = seq.pendingLogits!;
+      seq.pendingLogits = null;
+      if (this.buildConfig.gather_generation_logits) seq.generationLogits.push(logits.slice());
+      const { token, logProb } = sampleToken(
+        logits,
+        p.sampling,
+        { promptIds: request.promptIds, outputIds: seq.outputIds },
+        request.rngs.get(seq)!,
+      );
+      seq.tokenIds.push(token);
+      seq.logProbs.push(logProb);
+      seq.cumLogProb += logProb;
+      const out = seq.outputIds;
+      if (p.endId !== null && token === p.endId) seq.finishReason = "end_id";
+      else if (
+        p.stopWords.some(
+          (w) => w.length > 0 && w.length <= out.length && w.every((t, i) => out[out.length - w.length + i] === t),
+        )
+      )
+        seq.finishReason = "stop_words";
+      else if (seq.numOutputTokens >= p.maxNewTokens) seq.finishReason = "length";
+      if (seq.finishReason) {
+        request.finished.push(finishSampled(seq));
+        this.blocks.free(seq);
+        request.seqs.splice(request.seqs.indexOf(seq), 1);
+      }
+    }
+  }
+
+  private advanceBeams(request: Request): void {
+    const p = request.params;
+    const prompt = request.promptIds.length;
+    request.beam ??= new BeamSearch({
+      numBeams: p.numBeams,
+      lengthPenalty: p.lengthPenalty,
+      earlyStopping: p.earlyStopping,
+      endId: p.endId,
+      promptLen: prompt,
+      maxLen: prompt + p.maxNewTokens,
+    });
+    const rows = request.seqs.map((s) => {
+      const row = s.pendingLogits!;
+      s.pendingLogits = null;
+      return logSoftmax(row);
+    });
+    const beam = request.beam;
+    beam.step(rows);
+    const parents = request.seqs;
+    if (beam.done) {
+      request.finished.push(...finishedFromBeams(beam, p.endId));
+      return;
+    }
+    request.seqs = beam.running.map((b) => {
+      const child = new Sequence(this.nextId++, [...request.promptIds, ...b.tokens], prompt);
+      child.logProbs = b.logProbs;
+      child.cumLogProb = b.logProbs.reduce((s, x) => s + x, 0);
+      this.blocks.fork(parents[b.parent], child);
+      return child;
+    });
+    for (const s of parents) this.blocks.free(s);
+  }
+
+  private output(request: Request): GenerationOutput {
     const b = this.buildConfig;
+    const best = request.finished[0];
     return {
-      outputIds: seq.outputIds,
-      finishReason: seq.finishReason ?? "length",
-      ...(b.gather_context_logits ? { contextLogits: seq.contextLogits } : {}),
-      ...(b.gather_generation_logits ? { generationLogits: seq.generationLogits } : {}),
+      outputIds: best.outputIds,
+      finishReason: best.finishReason,
+      sequences: request.finished.slice(0, request.params.numReturnSequences),
+      ...(b.gather_context_logits ? { contextLogits: request.contextLogits } : {}),
+      ...(b.gather_generation_logits ? { generationLogits: best.generationLogits } : {}),
+      numComputedPromptTokens: request.numComputedPromptTokens,
     };
   }
 
-  /** Streams one prompt's tokens as they are generated; other submitted work advances alongside. */
-  async *stream(promptIds: readonly number[], params: SamplingParams): AsyncGenerator<number> {
-    const seq = this.submit(promptIds, params);
-    const ready: number[] = [];
-    this.listeners.set(seq, () => ready.push(seq.tokenIds[seq.numTokens - 1]));
+  /** Runs prompts to completion together. A prompt that breaks a limit fails alone; the others run. */
+  generate(prompts: readonly (readonly number[])[], opts: GenerateOptions): (GenerationOutput | RequestFailure)[] {
+    const requests = prompts.map((p) => {
+      try {
+        return this.submit(p, opts);
+      } catch (e) {
+        if (e instanceof KilnError) return { error: e };
+        throw e;
+      }
+    });
+    while (requests.some((r) => r instanceof Request && r.status !== "finished")) this.step();
+    return requests.map((r) => (r instanceof Request ? this.output(r) : r));
+  }
+
+  /** The result of a finished request. */
+  result(request: Request): GenerationOutput {
+    if (request.status !== "finished") throw new Error("request has not finished");
+    return this.output(request);
+  }
+
+  /**
+   * Streams one request's tokens as they are generated (one sequence: num_beams and num_return_sequences 1);
+   * other submitted work advances alongside. Breaking out of the loop aborts the request.
+   */
+  async *stream(promptIds: readonly number[], opts: GenerateOptions): AsyncGenerator<number> {
+    yield* this.follow(this.submit(promptIds, opts));
+  }
+
+  /** Streams the tokens of a submitted single-sequence request, stepping the engine as needed. */
+  async *follow(request: Request): AsyncGenerator<number> {
+    if (request.params.numBeams > 1 || request.params.numReturnSequences > 1) {
+      throw new LimitError("streaming returns one sequence: use num_beams 1 and num_return_sequences 1");
+    }
+    const seq = request.seqs[0];
+    let sent = 0;
     try {
-      while (seq.status !== "finished" || ready.length > 0) {
-        if (ready.length === 0) {
-          this.step();
-          await new Promise((r) => setImmediate(r)); // let consumers and other requests in between steps
-        }
-        while (ready.length > 0) yield ready.shift()!;
+      while (true) {
+        const produced = seq.numOutputTokens;
+        while (sent < produced) yield seq.tokenIds[seq.numPromptTokens + sent++];
+        if (request.status === "finished") return;
+        this.step();
+        await new Promise((r) => setImmediate(r)); // let consumers and other requests in between steps
       }
     } finally {
-      this.listeners.delete(seq);
+      this.abort(request);
     }
   }
+}
+
+export function isFailure(r: GenerationOutput | RequestFailure): r is RequestFailure {
+  return "error" in r;
 }

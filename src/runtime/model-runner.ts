@@ -1,5 +1,6 @@
-// Turns a scheduled batch into the backend's step input (packed tokens, positions, cache slots), runs the
-// model, and hands back the logits rows each sequence needs.
+// Turns a scheduled batch into the backend's step input (tokens, positions, cache slots), runs the model,
+// and hands back the logits rows each sequence needs. With remove_input_padding the tokens are packed;
+// without it every sequence takes as many rows as the longest, the extra rows computed and thrown away.
 
 import type { StepInput } from "../backends/backend.js";
 import type { ScheduledSeq } from "./scheduler.js";
@@ -15,11 +16,15 @@ export interface PositionLogits {
 }
 
 export class ModelRunner {
+  /** Rows computed in the last step, padding included (for tests and metrics). */
+  lastStepRows = 0;
+
   constructor(
     private readonly model: ForwardModel,
     readonly tokensPerBlock: number,
     /** Width of a logits row (the lm_head's, possibly padded past the vocabulary). */
     private readonly logitsWidth: number,
+    private readonly removeInputPadding: boolean,
   ) {}
 
   /**
@@ -27,17 +32,19 @@ export class ModelRunner {
    * `wantRow(s, i)` says whether the i-th new token of scheduled sequence s needs its logits row.
    */
   run(batch: ScheduledSeq[], wantRow: (s: ScheduledSeq, i: number) => boolean): PositionLogits[][] {
-    const numTokens = batch.reduce((n, s) => n + s.numNewTokens, 0);
-    const tokenIds = new Int32Array(numTokens);
-    const positions = new Int32Array(numTokens);
-    const slotMapping = new Int32Array(numTokens);
+    const stride = this.removeInputPadding ? 0 : Math.max(...batch.map((s) => s.numNewTokens));
+    const numRows = this.removeInputPadding ? batch.reduce((n, s) => n + s.numNewTokens, 0) : stride * batch.length;
+    const tokenIds = new Int32Array(numRows);
+    const positions = new Int32Array(numRows);
+    const slotMapping = new Int32Array(numRows).fill(-1); // padding rows write nothing
     const logitRows: number[] = [];
     const owners: [number, number][] = [];
     const tpb = this.tokensPerBlock;
     let row = 0;
     const seqs = batch.map((s, b) => {
       const { seq, numNewTokens } = s;
-      const rowStart = row;
+      const rowStart = this.removeInputPadding ? row : b * stride;
+      row = rowStart;
       for (let i = 0; i < numNewTokens; i++, row++) {
         const pos = seq.numCachedTokens + i;
         tokenIds[row] = seq.tokenIds[pos];
@@ -55,6 +62,7 @@ export class ModelRunner {
         blockTable: Int32Array.from(seq.blockTable),
       };
     });
+    this.lastStepRows = numRows;
     const logits = this.model.forward({
       tokenIds,
       positions,

@@ -1,34 +1,30 @@
-// The one mutable record per request: its tokens, KV blocks, how much is cached, and what it has produced.
+// The one mutable record per generated sequence: its tokens, KV blocks, how much is cached, and what it
+// has produced. A request owns one sequence, or several (beams, num_return_sequences).
 
-export interface SamplingParams {
-  /** Most tokens to generate (the prompt excluded). */
-  maxNewTokens: number;
-  /** Generation stops after this token (kept in the output); null never stops early. */
-  endId: number | null;
-}
-
-export type SequenceStatus = "waiting" | "running" | "finished";
-export type FinishReason = "length" | "end_id";
+export type FinishReason = "length" | "end_id" | "stop_words" | "aborted";
 
 export class Sequence {
   readonly tokenIds: number[];
-  readonly numPromptTokens: number;
   /** Tokens whose keys and values are in the KV cache. */
   numCachedTokens = 0;
   blockTable: number[] = [];
-  status: SequenceStatus = "waiting";
+  /** Prefix hashes of the full blocks registered for KV reuse, and how many there are. */
+  blockHashes: string[] = [];
+  numHashedBlocks = 0;
+  /** The logits row of the last token once computed, waiting for the sampler or the beam search. */
+  pendingLogits: Float32Array | null = null;
+  /** Log probability of each generated token, and their sum. */
+  logProbs: number[] = [];
+  cumLogProb = 0;
+  generationLogits: Float32Array[] = [];
   finishReason: FinishReason | null = null;
-  /** Logits rows the engine was built to gather: one per prompt position, one per generated token. */
-  readonly contextLogits: Float32Array[] = [];
-  readonly generationLogits: Float32Array[] = [];
 
   constructor(
     readonly id: number,
-    promptIds: readonly number[],
-    readonly params: SamplingParams,
+    tokenIds: readonly number[],
+    readonly numPromptTokens: number,
   ) {
-    this.tokenIds = [...promptIds];
-    this.numPromptTokens = promptIds.length;
+    this.tokenIds = [...tokenIds];
   }
 
   get numTokens(): number {
@@ -43,12 +39,17 @@ export class Sequence {
     return this.tokenIds.length - this.numPromptTokens;
   }
 
-  /** Tokens not yet in the cache: the rest of the prompt, or the one just sampled. */
+  /** Tokens not yet in the cache: the rest of the prompt, or the one just chosen. */
   get numUncachedTokens(): number {
     return this.numTokens - this.numCachedTokens;
   }
 
-  get isPrefilling(): boolean {
-    return this.numCachedTokens < this.numPromptTokens;
+  /** A copy of the token history and outputs so far, for a beam or a sampled sibling (no KV blocks). */
+  branch(id: number): Sequence {
+    const s = new Sequence(id, this.tokenIds, this.numPromptTokens);
+    s.logProbs = [...this.logProbs];
+    s.cumLogProb = this.cumLogProb;
+    s.generationLogits = [...this.generationLogits];
+    return s;
   }
 }

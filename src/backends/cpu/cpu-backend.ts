@@ -35,6 +35,10 @@ export class CpuBackend implements Backend<CpuTensor> {
     this.kv = new CpuKvStore(spec);
   }
 
+  copyKvBlocks(copies: readonly { src: number; dst: number }[]): void {
+    for (const { src, dst } of copies) this.kvStore().copyBlock(src, dst);
+  }
+
   private kvStore(): CpuKvStore {
     if (!this.kv) throw new Error("allocateKvCache must come before the first step");
     return this.kv;
@@ -93,6 +97,7 @@ export class CpuBackend implements Backend<CpuTensor> {
       }
       const row = r * qkv.cols;
       for (let h = 0; h < numHeads + numKvHeads; h++) rotateHalf(qkv.data, row + h * headSize, cos, sin, half);
+      if (step.slotMapping[r] < 0) continue; // a padding row
       const [kb, ko] = kv.keyAt(layer, step.slotMapping[r]);
       kb.set(qkv.data.subarray(row + kOff, row + kOff + kvFloats), ko);
       const [vb, vo] = kv.valueAt(layer, step.slotMapping[r]);

@@ -27,6 +27,13 @@ export class CpuKvStore {
     return b;
   }
 
+  copyBlock(src: number, dst: number): void {
+    for (let l = 0; l < this.spec.numLayers; l++) {
+      this.block(this.keys, l, dst).set(this.block(this.keys, l, src));
+      this.block(this.values, l, dst).set(this.block(this.values, l, src));
+    }
+  }
+
   /** The block and float offset holding `slot`'s keys (or values). */
   keyAt(layer: number, slot: number): [Float32Array, number] {
     const tpb = this.spec.tokensPerBlock;
