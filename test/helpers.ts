@@ -79,3 +79,28 @@ export function succeeded<T extends object>(results: (T | { error: Error })[]): 
     return r as T;
   });
 }
+
+const engineCache = new Map<string, string>();
+
+/**
+ * An engine for a fixture built with `request` (float32 weights), cached per (fixture, request) for the
+ * test file's lifetime under `work`.
+ */
+export async function fixtureEngine(
+  work: string,
+  name: string,
+  request: Record<string, unknown> = {},
+): Promise<string> {
+  const key = `${name}:${JSON.stringify(request)}`;
+  const hit = engineCache.get(key);
+  if (hit) return hit;
+  const { convertHfCheckpoint } = await import("../src/checkpoint/convert-hf.js");
+  const { buildEngine } = await import("../src/builder/build-engine.js");
+  const ckpt = path.join(work, `${name}-ckpt`);
+  if (!fs.existsSync(ckpt))
+    await convertHfCheckpoint({ modelDir: path.join(FIXTURES, name, "hf"), outputDir: ckpt, dtype: "float32" });
+  const dir = path.join(work, `${name}-engine-${engineCache.size}`);
+  await buildEngine({ checkpointDir: ckpt, outputDir: dir, backend: "cpu", request });
+  engineCache.set(key, dir);
+  return dir;
+}

@@ -15,6 +15,7 @@ import { progress } from "../util/progress.js";
 import { KILN_VERSION } from "../version.js";
 import { type BackendName, type BuildConfig, type BuildRequest, resolveBuildConfig } from "./build-config.js";
 import { EngineWriter, type SectionSpec } from "./engine-file.js";
+import { checkMemoryPlan, describeMemoryPlan, planMemory } from "./memory-plan.js";
 
 export interface EngineConfig {
   version: string;
@@ -33,6 +34,7 @@ export interface BuildOptions {
   request: BuildRequest;
   overwrite?: boolean;
   warn?: (msg: string) => void;
+  info?: (msg: string) => void;
 }
 
 export function readCheckpointConfig(dir: string): PretrainedConfig {
@@ -78,6 +80,13 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
   const file = SafetensorsFile.open(rankFile);
   try {
     const plan = planSections(model, file);
+    const weightsBytes = plan.reduce(
+      (n, p) => n + p.spec.shape.reduce((a, b) => a * b, 1) * dtypeByteSize(p.spec.dtype),
+      0,
+    );
+    const memory = planMemory(model, build, weightsBytes);
+    opts.info?.(describeMemoryPlan(memory));
+    checkMemoryPlan(memory, build);
     const engineConfig: EngineConfig = {
       version: KILN_VERSION,
       pretrained_config: model,

@@ -3,7 +3,7 @@
 import { Command } from "commander";
 import { BACKENDS, type BuildRequest } from "../builder/build-config.js";
 import { buildEngine } from "../builder/build-engine.js";
-import { oneOf, positiveInt } from "./flags.js";
+import { enableDisable, oneOf, positiveInt } from "./flags.js";
 
 export function buildCommand(): Command {
   const cmd = new Command("build");
@@ -14,7 +14,7 @@ export function buildCommand(): Command {
     .addOption(
       cmd.createOption("--backend <name>", "backend the engine runs on").default("cpu").argParser(oneOf(BACKENDS)),
     )
-    .option("--max_batch_size <n>", "most sequences in one step (default 2048)", positiveInt)
+    .option("--max_batch_size <n>", "most requests in one step (default 2048)", positiveInt)
     .option("--max_input_len <n>", "longest prompt in tokens (default 1024, clipped to max_seq_len)", positiveInt)
     .option(
       "--max_seq_len <n>",
@@ -27,6 +27,25 @@ export function buildCommand(): Command {
       positiveInt,
     )
     .option("--tokens_per_block <n>", "tokens per paged KV cache block, a power of two (default 32)", positiveInt)
+    .option("--max_beam_width <n>", "widest beam search the engine serves (default 1)", positiveInt)
+    .addOption(
+      cmd
+        .createOption("--kv_cache_type <type>", "paged blocks or one contiguous region per sequence (default paged)")
+        .argParser(oneOf(["paged", "continuous"] as const)),
+    )
+    .addOption(
+      cmd
+        .createOption("--remove_input_padding <on>", "pack tokens of a batch without padding (default enable)")
+        .argParser(enableDisable),
+    )
+    .addOption(
+      cmd
+        .createOption(
+          "--use_paged_context_fmha <on>",
+          "chunked context and KV reuse over paged blocks (default enable)",
+        )
+        .argParser(enableDisable),
+    )
     .option("--gather_context_logits", "keep the logits of every prompt position", false)
     .option("--gather_generation_logits", "keep the logits of every generated token", false)
     .option("--gather_all_token_logits", "both of the above", false)
@@ -38,6 +57,10 @@ export function buildCommand(): Command {
         max_seq_len: o.max_seq_len,
         max_num_tokens: o.max_num_tokens,
         tokens_per_block: o.tokens_per_block,
+        max_beam_width: o.max_beam_width,
+        kv_cache_type: o.kv_cache_type === undefined ? undefined : o.kv_cache_type === "paged" ? "PAGED" : "CONTINUOUS",
+        remove_input_padding: o.remove_input_padding,
+        use_paged_context_fmha: o.use_paged_context_fmha,
         gather_context_logits: o.gather_context_logits || o.gather_all_token_logits,
         gather_generation_logits: o.gather_generation_logits || o.gather_all_token_logits,
       };
@@ -49,6 +72,7 @@ export function buildCommand(): Command {
         request,
         overwrite: o.overwrite,
         warn: (m) => console.error(`kiln: warning: ${m}`),
+        info: (m) => console.error(`kiln: ${m}`),
       });
       const b = cfg.build_config;
       const secs = ((performance.now() - t0) / 1000).toFixed(1);

@@ -53,3 +53,10 @@ export function unitInterval(value: string): number {
 export function finiteNumber(value: string): number {
   return number(value);
 }
+
+/** trtllm-build's enable/disable switches. */
+export function enableDisable(value: string): boolean {
+  if (value === "enable") return true;
+  if (value === "disable") return false;
+  throw new InvalidArgumentError(`expected enable or disable, got "${value}"`);
+}

@@ -71,8 +71,10 @@ export class LLM {
       numBlocks,
       tokensPerBlock: tpb,
     });
-    // Without chunked (paged) context a prompt must run in one step; the build made max_num_tokens allow it.
-    this.scheduler = new Scheduler({ maxBatchSize: b.max_batch_size, maxNumTokens: b.max_num_tokens }, this.blocks);
+    this.scheduler = new Scheduler(
+      { maxBatchSize: b.max_batch_size, maxNumTokens: b.max_num_tokens, chunkedContext: b.use_paged_context_fmha },
+      this.blocks,
+    );
     const lmHeadRows = engine.backend.weight("lm_head.weight").rows;
     const forward = {
       forward: (s: Parameters<LoadedEngine["model"]["forward"]>[0]) => engine.backend.toHost(engine.model.forward(s)),
@@ -98,6 +100,10 @@ export class LLM {
 
   get numKvBlocks(): number {
     return this.blocks.numBlocks;
+  }
+
+  get numPreemptions(): number {
+    return this.scheduler.numPreemptions;
   }
 
   /** Rows the last step computed, padding included. */
@@ -224,7 +230,7 @@ export class LLM {
         this.blocks.fork(first, child);
         child.pendingLogits = first.pendingLogits!.slice();
         request.seqs.push(child);
-        request.rngs.set(child, new Rng(p.sampling.seed + i * 0x9e3779b9));
+        request.rngs.set(child, new Rng((p.sampling.seed + i * 0x9e3779b9) % 2 ** 53));
       }
     }
     for (const seq of [...request.seqs]) {

@@ -17,6 +17,8 @@ export interface ScheduledSeq {
 export interface SchedulerLimits {
   maxBatchSize: number;
   maxNumTokens: number;
+  /** Whether a prompt may be split over steps (use_paged_context_fmha). */
+  chunkedContext: boolean;
 }
 
 export interface Schedule {
@@ -28,6 +30,8 @@ export interface Schedule {
 export class Scheduler {
   readonly waiting: Request[] = [];
   readonly running: Request[] = [];
+  /** Requests sent back to wait for blocks so far (for tests and metrics). */
+  numPreemptions = 0;
 
   constructor(
     private readonly limits: SchedulerLimits,
@@ -67,7 +71,9 @@ export class Scheduler {
       const admitted: ScheduledSeq[] = [];
       let left = budget;
       for (const seq of request.seqs) {
-        const n = left > 0 ? this.blocks.admit(seq, left) : 0;
+        // Without chunked context a prompt runs whole, unless it could never fit one step (a recompute).
+        const whole = !this.limits.chunkedContext && seq.numUncachedTokens <= this.limits.maxNumTokens;
+        const n = left > 0 && (!whole || seq.numUncachedTokens <= left) ? this.blocks.admit(seq, left) : 0;
         if (n === 0) break;
         admitted.push({ request, seq, numNewTokens: n });
         left -= n;
@@ -87,6 +93,7 @@ export class Scheduler {
 
   /** The request gives its blocks back and waits at the head of the queue; its tokens will be recomputed. */
   private preempt(request: Request, batch: ScheduledSeq[]): void {
+    this.numPreemptions++;
     for (let i = batch.length - 1; i >= 0; i--) if (batch[i].request === request) batch.splice(i, 1);
     for (const seq of request.seqs) {
       this.blocks.free(seq);
