@@ -50,7 +50,7 @@ describe("in-flight batching", () => {
       llm.step();
       steps++;
     }
-    requests.forEach((r, i) => assert.deepEqual(llm.result(r).outputIds, expected[i], `prompt ${i}`));
+    for (const [i, r] of requests.entries()) assert.deepEqual(llm.result(r).outputIds, expected[i], `prompt ${i}`);
     assert.ok(steps < expected.reduce((n, e) => n + e.length, 0), "requests shared steps");
     assertAllBlocksFree(llm);
   });
@@ -63,7 +63,7 @@ describe("in-flight batching", () => {
     const expected = ps.map((p) => alone(llm, p, opts));
     const outs = succeeded(llm.generate(ps, opts));
     assert.ok(llm.numPreemptions > 0, "the pool ran dry at least once");
-    outs.forEach((o, i) => assert.deepEqual(o.outputIds, expected[i], `prompt ${i}`));
+    for (const [i, o] of outs.entries()) assert.deepEqual(o.outputIds, expected[i], `prompt ${i}`);
     assertAllBlocksFree(llm);
   });
 });
