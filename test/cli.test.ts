@@ -270,3 +270,234 @@ describe("bad input", () => {
     assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
   });
 });
+
+/** Reads a float32 (or int32) .npy written in C order: its shape from the header and its values. */
+function readNpy(file: string, descr = "<f4"): { shape: number[]; data: Float32Array | Int32Array } {
+  const buf = fs.readFileSync(file);
+  assert.equal(buf.subarray(0, 6).toString("latin1"), "\x93NUMPY");
+  const len = buf.readUInt16LE(8);
+  const header = buf.subarray(10, 10 + len).toString("latin1");
+  assert.ok(header.includes(`'descr': '${descr}'`), header);
+  assert.equal((10 + len) % 64, 0, "data starts 64-aligned");
+  const shape = header
+    .match(/'shape': \(([^)]*)\)/)![1]
+    .split(",")
+    .map((d) => d.trim())
+    .filter(Boolean)
+    .map(Number);
+  const bytes = buf.buffer.slice(buf.byteOffset + 10 + len, buf.byteOffset + buf.length);
+  const data = descr === "<i4" ? new Int32Array(bytes) : new Float32Array(bytes);
+  return { shape, data };
+}
+
+describe("run: sampling, beams and outputs", () => {
+  const ref = loadReference("qwen2_untied_mqa");
+  const ckpt = path.join(work, "ckpt-beams");
+  const engine = path.join(work, "engine-beams");
+  const ids = path.join(work, "beam-prompts.json");
+
+  test("build --max_beam_width 4, then run --num_beams 4 writes [prompt][sequence][tokens] best first", () => {
+    assert.equal(
+      kiln(
+        "convert",
+        "--model_dir",
+        path.join(FIXTURES, "qwen2_untied_mqa", "hf"),
+        "--output_dir",
+        ckpt,
+        "--dtype",
+        "float32",
+      ).code,
+      0,
+    );
+    const b = kiln(
+      "build",
+      "--checkpoint_dir",
+      ckpt,
+      "--output_dir",
+      engine,
+      "--max_beam_width",
+      "4",
+      "--gather_all_token_logits",
+    );
+    assert.equal(b.code, 0, b.stderr);
+    assert.match(b.stderr, /memory: weights/);
+    fs.writeFileSync(ids, JSON.stringify(ref.prompts.map((p) => p.inputIds)));
+    const out = path.join(work, "beams.json");
+    const r = kiln(
+      "run",
+      "--engine_dir",
+      engine,
+      "--input_file",
+      ids,
+      "--max_output_len",
+      "16",
+      "--num_beams",
+      "4",
+      "--end_id",
+      String(ref.eosId),
+      "--output_json",
+      out,
+      "--output_cum_log_probs_npy",
+      path.join(work, "cum.npy"),
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const json = JSON.parse(fs.readFileSync(out, "utf8"));
+    assert.deepEqual(
+      json.output_ids,
+      ref.prompts.map((p) => p.beamIds),
+    );
+    assert.equal(json.cum_log_probs.length, ref.prompts.length);
+    assert.equal(json.cum_log_probs[0].length, 4);
+    const cum = readNpy(path.join(work, "cum.npy"));
+    assert.deepEqual(cum.shape, [ref.prompts.length, 4]);
+    assert.ok(Math.abs(cum.data[1] - json.cum_log_probs[0][1]) < 1e-5);
+    assert.match(r.stdout, /Output \[Text 3 Beam 3\]/);
+  });
+
+  test("--output_logits_npy and --output_log_probs_npy write run.py's arrays", () => {
+    const stem = path.join(work, "logits");
+    const r = kiln(
+      "run",
+      "--engine_dir",
+      engine,
+      "--input_file",
+      ids,
+      "--max_output_len",
+      "5",
+      "--output_logits_npy",
+      `${stem}.npy`,
+      "--output_log_probs_npy",
+      path.join(work, "lp.npy"),
+      "--end_id",
+      "9999",
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const ctx = readNpy(`${stem}_context.npy`);
+    const total = ref.prompts.reduce((n, p) => n + p.inputIds.length, 0);
+    assert.deepEqual(ctx.shape, [total, ref.vocab]);
+    assert.ok(
+      maxAbsDiff(ctx.data.subarray(0, ref.prompts[0].contextLogits.length), ref.prompts[0].contextLogits) <= 1e-3,
+    );
+    const gen = readNpy(`${stem}_generation.npy`);
+    assert.deepEqual(gen.shape, [ref.prompts.length, 1, 5, ref.vocab]);
+    assert.ok(
+      maxAbsDiff(gen.data.subarray(0, 5 * ref.vocab), ref.prompts[0].generationLogits.subarray(0, 5 * ref.vocab)) <=
+        1e-3,
+    );
+    const lp = readNpy(path.join(work, "lp.npy"));
+    assert.deepEqual(lp.shape, [ref.prompts.length, 1, 5]);
+    assert.ok(lp.data.every((x) => x <= 0 && Number.isFinite(x)));
+  });
+
+  test("--output_npy writes output ids padded with --pad_id", () => {
+    const file = path.join(work, "ids.npy");
+    const endId = ref.prompts[0].greedyIds[2];
+    const r = kiln(
+      "run",
+      "--engine_dir",
+      engine,
+      "--input_file",
+      ids,
+      "--max_output_len",
+      "6",
+      "--end_id",
+      String(endId),
+      "--pad_id",
+      "399",
+      "--output_npy",
+      file,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const out = readNpy(file, "<i4");
+    assert.deepEqual(out.shape, [ref.prompts.length, 1, 6]);
+    const greedy = ref.prompts[0].greedyIds;
+    const first = greedy.slice(0, greedy.indexOf(endId) + 1);
+    assert.deepEqual(Array.from(out.data.subarray(0, 6)), [...first, ...Array(6 - first.length).fill(399)]);
+  });
+
+  test("--streaming prints the same text as a plain run", () => {
+    const plain = kiln(
+      "run",
+      "--engine_dir",
+      engine,
+      "--input_text",
+      "The jury",
+      "--max_output_len",
+      "8",
+      "--end_id",
+      "9999",
+    );
+    const streamed = kiln(
+      "run",
+      "--engine_dir",
+      engine,
+      "--input_text",
+      "The jury",
+      "--max_output_len",
+      "8",
+      "--end_id",
+      "9999",
+      "--streaming",
+    );
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.equal(streamed.code, 0, streamed.stderr);
+    const text = (s: string) =>
+      s
+        .split("\n")
+        .find((l) => l.startsWith("Output [Text 0 Beam 0]: "))!
+        .slice(24);
+    assert.equal(text(streamed.stdout), JSON.parse(text(plain.stdout)));
+  });
+
+  test("sampling flags with a seed reproduce; a beam wider than the engine's is refused", () => {
+    const args = [
+      "run",
+      "--engine_dir",
+      engine,
+      "--input_file",
+      ids,
+      "--max_output_len",
+      "6",
+      "--top_k",
+      "0",
+      "--temperature",
+      "1.5",
+      "--top_p",
+      "0.9",
+      "--random_seed",
+      "7",
+    ];
+    const a = kiln(...args);
+    assert.equal(a.code, 0, a.stderr);
+    assert.equal(kiln(...args).stdout, a.stdout);
+    assertRefused(
+      kiln("run", "--engine_dir", engine, "--input_file", ids, "--max_output_len", "6", "--num_beams", "8"),
+      "num_beams 8",
+      "max_beam_width",
+    );
+  });
+
+  test("builds that cannot work are refused: continuous KV with paged context, an engine too big for memory", () => {
+    const out = path.join(work, "engine-refused");
+    assertRefused(
+      kiln(
+        "build",
+        "--checkpoint_dir",
+        ckpt,
+        "--output_dir",
+        out,
+        "--kv_cache_type",
+        "continuous",
+        "--use_paged_context_fmha",
+        "enable",
+      ),
+      "--use_paged_context_fmha",
+    );
+    assertRefused(
+      kiln("build", "--checkpoint_dir", ckpt, "--output_dir", out, "--max_seq_len", "2000000000"),
+      "GiB",
+      "--max_seq_len",
+    );
+    assertNothingWritten(out);
+  });
+});

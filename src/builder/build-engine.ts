@@ -74,7 +74,6 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
   }
   const model = readCheckpointConfig(opts.checkpointDir);
   const { config: build, warnings } = resolveBuildConfig(model, opts.request);
-  for (const w of warnings) opts.warn?.(w);
   const rankFile = path.join(opts.checkpointDir, "rank0.safetensors");
   if (!fs.existsSync(rankFile)) throw new CheckpointError(`${rankFile}: missing (expected one rank file per rank)`);
   const file = SafetensorsFile.open(rankFile);
@@ -85,8 +84,10 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
       0,
     );
     const memory = planMemory(model, build, weightsBytes);
-    opts.info?.(describeMemoryPlan(memory));
     checkMemoryPlan(memory, build);
+    // Said once the build is known to go ahead, so that a refusal stays one line.
+    for (const w of warnings) opts.warn?.(w);
+    opts.info?.(describeMemoryPlan(memory));
     const engineConfig: EngineConfig = {
       version: KILN_VERSION,
       pretrained_config: model,

@@ -2,9 +2,10 @@
 
 import fs from "node:fs";
 import type { GenerationOutput } from "../runtime/llm.js";
-import { writeNpyFloat32 } from "../util/npy.js";
+import { writeNpyFloat32, writeNpyInt32 } from "../util/npy.js";
 
 export interface RunOutputFlags {
+  output_npy?: string;
   output_json?: string;
   output_logits_npy?: string;
   output_log_probs_npy?: string;
@@ -29,8 +30,21 @@ export function writeRunOutputs(
   inputIds: number[][],
   outs: GenerationOutput[],
   vocab: number,
+  padId: number,
 ): void {
   const multi = outs.some((o) => o.sequences.length > 1);
+  if (flags.output_npy) {
+    // run.py's layout: [prompt][sequence][max output length], the tail after each output filled with pad_id.
+    const seqs = Math.max(...outs.map((o) => o.sequences.length));
+    const steps = Math.max(1, ...outs.flatMap((o) => o.sequences.map((s) => s.outputIds.length)));
+    const data = new Int32Array(outs.length * seqs * steps).fill(padId);
+    outs.forEach((o, p) => {
+      o.sequences.forEach((s, q) => {
+        data.set(s.outputIds, (p * seqs + q) * steps);
+      });
+    });
+    writeNpyInt32(flags.output_npy, data, [outs.length, seqs, steps]);
+  }
   if (flags.output_json) {
     // One sequence per prompt keeps the flat [prompt][tokens] shape; several become [prompt][sequence][tokens].
     const json: Record<string, unknown> = {

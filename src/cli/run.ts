@@ -60,6 +60,12 @@ export function runCommand(): Command {
     )
     .option("--output_log_probs_npy <file>", "write the generated tokens' log probs [prompt][sequence][step]")
     .option("--output_cum_log_probs_npy <file>", "write cumulative log probs [prompt][sequence]")
+    .option("--output_npy <file>", "write output ids [prompt][sequence][step] as int32, padded with --pad_id")
+    .option(
+      "--pad_id <id>",
+      "token that pads --output_npy (default: the tokenizer's pad, else the end id)",
+      nonNegativeInt,
+    )
     .action(async (o) => {
       if (!!o.input_text === !!o.input_file) throw new UsageError("give exactly one of --input_text and --input_file");
       const prompts: Prompt[] = o.input_text
@@ -128,6 +134,7 @@ export function runCommand(): Command {
       const secs = (performance.now() - t0) / 1000;
       const generated = outs.reduce((n, x) => n + x.sequences.reduce((m, s) => m + s.outputIds.length, 0), 0);
       console.error(`kiln: ${generated} tokens in ${secs.toFixed(2)} s (${(generated / secs).toFixed(1)} tokens/s)`);
-      writeRunOutputs(o, inputIds, outs, llm.vocabSize);
+      const padId = o.pad_id ?? tok?.padId ?? opts.endId ?? 0;
+      writeRunOutputs(o, inputIds, outs, llm.vocabSize, padId);
     });
 }
