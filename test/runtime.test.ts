@@ -204,6 +204,8 @@ describe("KV cache", () => {
     assert.ok(maxAbsDiff(stackRows(c.contextLogits!, ref.vocab), stackRows(w.contextLogits!, ref.vocab)) < 1e-5);
     assert.ok(maxAbsDiff(stackRows(c.contextLogits!, ref.vocab), p.contextLogits) <= 1e-3);
     assert.deepEqual(c.outputIds, w.outputIds);
+    assertAllBlocksFree(chunked);
+    assertAllBlocksFree(whole);
   });
 
   test("padded steps (remove_input_padding disable) and a continuous KV cache give the same outputs", async () => {
