@@ -4,10 +4,12 @@
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import path from "node:path";
 import { after, describe, test } from "node:test";
+import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { LimitError } from "../src/errors.js";
 import { type GenerateOptions, isFailure, LLM } from "../src/runtime/llm.js";
-import { fixtureEngine, loadReference, maxAbsDiff, stackRows, succeeded, tempDir } from "./helpers.js";
+import { FIXTURES, fixtureEngine, loadReference, maxAbsDiff, stackRows, succeeded, tempDir } from "./helpers.js";
 
 const work = tempDir("kiln-runtime-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -248,4 +250,55 @@ describe("KV cache", () => {
     for await (const _ of llm.stream(p, { maxNewTokens: 10, endId: null })) break; // a consumer walking away aborts
     assertAllBlocksFree(llm);
   });
+});
+
+describe("beam search where beams finish early", () => {
+  const variants = [
+    { tag: "lp1_es1", lengthPenalty: 1, earlyStopping: true },
+    { tag: "lp05_es1", lengthPenalty: 0.5, earlyStopping: true },
+    { tag: "lp1_es0", lengthPenalty: 1, earlyStopping: false },
+  ];
+  for (const name of ["qwen2_tied_gqa", "qwen2_untied_mqa", "llama3_rope_scaling", "llama_tied_mha"]) {
+    test(`beams, scores and finish order match transformers with end ids that beams meet: ${name}`, async () => {
+      const r = loadReference(name);
+      const rec = SafetensorsFile.open(path.join(FIXTURES, name, "beam_eos.safetensors"));
+      const llm = LLM.load(await fixtureEngine(work, name, { max_beam_width: 4 }));
+      try {
+        r.prompts.forEach((p, i) => {
+          const endId = rec.readFloat32(`prompt${i}.end_id`)[0];
+          for (const v of variants) {
+            const [out] = succeeded(
+              llm.generate([p.inputIds], {
+                maxNewTokens: 16,
+                endId,
+                numBeams: 4,
+                numReturnSequences: 4,
+                lengthPenalty: v.lengthPenalty,
+                earlyStopping: v.earlyStopping,
+              }),
+            );
+            const shape = rec.info(`prompt${i}.${v.tag}.beam_ids`).shape;
+            const flat = Array.from(rec.readFloat32(`prompt${i}.${v.tag}.beam_ids`));
+            const beams = Array.from({ length: shape[0] }, (_, b) =>
+              flat.slice(b * shape[1], (b + 1) * shape[1]).filter((t) => t >= 0),
+            );
+            const where = `prompt ${i} ${v.tag} (end id ${endId})`;
+            assert.deepEqual(
+              out.sequences.map((s) => s.outputIds),
+              beams,
+              where,
+            );
+            const scores = out.sequences.map((s) => s.score);
+            assert.ok(
+              maxAbsDiff(scores, rec.readFloat32(`prompt${i}.${v.tag}.beam_scores`)) < 1e-4,
+              `${where}: ${scores}`,
+            );
+          }
+        });
+      } finally {
+        rec.close();
+      }
+      assertAllBlocksFree(llm);
+    });
+  }
 });
