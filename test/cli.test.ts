@@ -33,6 +33,17 @@ function assertNothingWritten(dir: string): void {
   assert.deepEqual(leftovers, []);
 }
 
+/** Rewrites a safetensors file without one of its tensors. */
+function dropTensor(file: string, name: string): void {
+  const src = SafetensorsFile.open(file);
+  const kept = src
+    .names()
+    .filter((n) => n !== name)
+    .map((n) => ({ ...src.info(n), data: src.readBytes(n) }));
+  src.close();
+  writeSafetensorsFile(file, kept);
+}
+
 function copyModel(name: string, to: string): string {
   fs.cpSync(path.join(FIXTURES, name, "hf"), to, { recursive: true });
   return to;
@@ -207,14 +218,8 @@ describe("bad input", () => {
   test("a missing tensor", () => {
     const model = copyModel("llama3_rope_scaling", path.join(work, "missing"));
     const file = path.join(model, "model.safetensors");
-    const src = SafetensorsFile.open(file);
     const gone = "model.layers.1.mlp.up_proj.weight";
-    const tensors = src
-      .names()
-      .filter((n) => n !== gone)
-      .map((n) => ({ ...src.info(n), data: src.readBytes(n) }));
-    src.close();
-    writeSafetensorsFile(file, tensors);
+    dropTensor(file, gone);
     const out = path.join(work, "out-missing");
     assertRefused(kiln("convert", "--model_dir", model, "--output_dir", out), gone);
     assertNothingWritten(out);
@@ -227,14 +232,8 @@ describe("bad input", () => {
       0,
     );
     const file = path.join(ckpt, "rank0.safetensors");
-    const src = SafetensorsFile.open(file);
     const gone = "transformer.ln_f.weight";
-    const tensors = src
-      .names()
-      .filter((n) => n !== gone)
-      .map((n) => ({ ...src.info(n), data: src.readBytes(n) }));
-    src.close();
-    writeSafetensorsFile(file, tensors);
+    dropTensor(file, gone);
     const out = path.join(work, "engine-missing");
     assertRefused(kiln("build", "--checkpoint_dir", ckpt, "--output_dir", out), "rank0.safetensors", gone);
     assertNothingWritten(out);
