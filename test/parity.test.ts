@@ -25,7 +25,7 @@ for (const name of FIXTURE_NAMES) {
       backend: "cpu",
       request: { gather_context_logits: true, gather_generation_logits: true },
     });
-    const llm = LLM.load(engine);
+    const llm = await LLM.load(engine);
     const prompts = ref.prompts.map((p) => p.inputIds);
     const outs = succeeded(llm.generate(prompts, { maxNewTokens: 16, endId: ref.eosId }));
 

@@ -38,7 +38,7 @@ function assertAllBlocksFree(llm: LLM): void {
 describe("in-flight batching", () => {
   test("16 prompts of different lengths arriving at different times give exactly what each gives alone", async () => {
     const engine = await fixtureEngine(work, FIXTURE, { max_batch_size: 4, max_num_tokens: 48, tokens_per_block: 16 });
-    const llm = LLM.load(engine);
+    const llm = await LLM.load(engine);
     const ps = prompts(16, 7);
     const opts = (i: number): GenerateOptions => ({ maxNewTokens: 4 + (i % 9), endId: null });
     const expected = ps.map((p, i) => alone(llm, p, opts(i)));
@@ -59,7 +59,7 @@ describe("in-flight batching", () => {
 
   test("a pool too small for everyone preempts and recomputes, with the same outputs", async () => {
     const engine = await fixtureEngine(work, FIXTURE, { max_batch_size: 8, tokens_per_block: 16 });
-    const llm = LLM.load(engine, { kvCacheTokens: 128 }); // 8 blocks: two long sequences at most
+    const llm = await LLM.load(engine, { kvCacheTokens: 128 }); // 8 blocks: two long sequences at most
     const ps = prompts(6, 11, 40).map((p) => [...p, ...p].slice(0, 40));
     const opts = { maxNewTokens: 20, endId: null };
     const expected = ps.map((p) => alone(llm, p, opts));
@@ -73,7 +73,7 @@ describe("in-flight batching", () => {
 describe("limits", () => {
   test("a request past a limit fails alone with a clear error; the others finish", async () => {
     const engine = await fixtureEngine(work, FIXTURE, { max_input_len: 32, max_seq_len: 48, max_beam_width: 2 });
-    const llm = LLM.load(engine);
+    const llm = await LLM.load(engine);
     const ok = ref.prompts[1].inputIds;
     const results = llm.generate([ok, Array(40).fill(5), ok], { maxNewTokens: 8, endId: null });
     assert.ok(isFailure(results[1]) && results[1].error instanceof LimitError);
@@ -89,7 +89,7 @@ describe("beam search", () => {
   for (const name of ["qwen2_tied_gqa", "qwen2_untied_mqa", "llama3_rope_scaling", "llama_tied_mha"]) {
     test(`num_beams 4 returns transformers' beams and scores: ${name}`, async () => {
       const r = loadReference(name);
-      const llm = LLM.load(await fixtureEngine(work, name, { max_beam_width: 4 }));
+      const llm = await LLM.load(await fixtureEngine(work, name, { max_beam_width: 4 }));
       const outs = succeeded(
         llm.generate(
           r.prompts.map((p) => p.inputIds),
@@ -122,7 +122,7 @@ describe("beam search", () => {
 
 describe("sampling through the engine", () => {
   test("a seed reproduces a sampled run; top_k 1 equals greedy", async () => {
-    const llm = LLM.load(await fixtureEngine(work, FIXTURE));
+    const llm = await LLM.load(await fixtureEngine(work, FIXTURE));
     const p = ref.prompts.map((x) => x.inputIds);
     const sampled = (seed: number) =>
       succeeded(
@@ -142,7 +142,7 @@ describe("sampling through the engine", () => {
   });
 
   test("num_return_sequences samples several sequences, best cumulative log prob first", async () => {
-    const llm = LLM.load(await fixtureEngine(work, FIXTURE));
+    const llm = await LLM.load(await fixtureEngine(work, FIXTURE));
     const [out] = succeeded(
       llm.generate([ref.prompts[2].inputIds], {
         maxNewTokens: 10,
@@ -162,7 +162,7 @@ describe("sampling through the engine", () => {
   });
 
   test("stop words end generation after the words; bad words never appear", async () => {
-    const llm = LLM.load(await fixtureEngine(work, FIXTURE));
+    const llm = await LLM.load(await fixtureEngine(work, FIXTURE));
     const p = ref.prompts[3].inputIds;
     const greedy = alone(llm, p, { maxNewTokens: 16, endId: null });
     const stop = greedy.slice(3, 5);
@@ -179,7 +179,7 @@ describe("sampling through the engine", () => {
 describe("KV cache", () => {
   test("KV reuse: a second request sharing a 96-token prefix computes only its new tokens, with the same output", async () => {
     const engine = await fixtureEngine(work, FIXTURE, { tokens_per_block: 32 });
-    const llm = LLM.load(engine);
+    const llm = await LLM.load(engine);
     const prefix = prompts(1, 5, 1)[0]
       .concat(...prompts(96, 6, 1))
       .slice(0, 96);
@@ -190,16 +190,16 @@ describe("KV cache", () => {
     assert.equal(a.numComputedPromptTokens, first.length);
     const [b] = succeeded(llm.generate([second], opts));
     assert.equal(b.numComputedPromptTokens, 7, "only the 7 new tokens were scheduled");
-    const fresh = LLM.load(engine);
+    const fresh = await LLM.load(engine);
     assert.deepEqual(b.outputIds, alone(fresh, second, opts));
     assertAllBlocksFree(llm);
   });
 
   test("chunked context gives the same logits as one pass", async () => {
-    const chunked = LLM.load(
+    const chunked = await LLM.load(
       await fixtureEngine(work, FIXTURE, { max_num_tokens: 16, tokens_per_block: 16, gather_context_logits: true }),
     );
-    const whole = LLM.load(await fixtureEngine(work, FIXTURE, { gather_context_logits: true }));
+    const whole = await LLM.load(await fixtureEngine(work, FIXTURE, { gather_context_logits: true }));
     const p = ref.prompts[3];
     const [c] = succeeded(chunked.generate([p.inputIds], { maxNewTokens: 4, endId: null }));
     const [w] = succeeded(whole.generate([p.inputIds], { maxNewTokens: 4, endId: null }));
@@ -213,9 +213,9 @@ describe("KV cache", () => {
   test("padded steps (remove_input_padding disable) and a continuous KV cache give the same outputs", async () => {
     const ps = prompts(5, 21, 30);
     const opts = { maxNewTokens: 6, endId: null };
-    const packed = LLM.load(await fixtureEngine(work, FIXTURE));
+    const packed = await LLM.load(await fixtureEngine(work, FIXTURE));
     const expected = succeeded(packed.generate(ps, opts)).map((o) => o.outputIds);
-    const padded = LLM.load(await fixtureEngine(work, FIXTURE, { remove_input_padding: false }));
+    const padded = await LLM.load(await fixtureEngine(work, FIXTURE, { remove_input_padding: false }));
     const first = padded.submit(ps[0], opts);
     padded.submit(ps[1], opts);
     padded.step();
@@ -226,7 +226,7 @@ describe("KV cache", () => {
       succeeded(padded.generate(ps, opts)).map((o) => o.outputIds),
       expected,
     );
-    const continuous = LLM.load(await fixtureEngine(work, FIXTURE, { kv_cache_type: "CONTINUOUS" }));
+    const continuous = await LLM.load(await fixtureEngine(work, FIXTURE, { kv_cache_type: "CONTINUOUS" }));
     assert.deepEqual(
       succeeded(continuous.generate(ps, opts)).map((o) => o.outputIds),
       expected,
@@ -235,7 +235,7 @@ describe("KV cache", () => {
   });
 
   test("an aborted request frees its blocks at once; streaming yields what generate returns", async () => {
-    const llm = LLM.load(await fixtureEngine(work, FIXTURE));
+    const llm = await LLM.load(await fixtureEngine(work, FIXTURE));
     const p = ref.prompts[3].inputIds;
     const request = llm.submit(p, { maxNewTokens: 30, endId: null });
     llm.step();
@@ -262,7 +262,7 @@ describe("beam search where beams finish early", () => {
     test(`beams, scores and finish order match transformers with end ids that beams meet: ${name}`, async () => {
       const r = loadReference(name);
       const rec = SafetensorsFile.open(path.join(FIXTURES, name, "beam_eos.safetensors"));
-      const llm = LLM.load(await fixtureEngine(work, name, { max_beam_width: 4 }));
+      const llm = await LLM.load(await fixtureEngine(work, name, { max_beam_width: 4 }));
       try {
         r.prompts.forEach((p, i) => {
           const endId = rec.readFloat32(`prompt${i}.end_id`)[0];

@@ -51,20 +51,27 @@ export interface Backend<T> {
   allocateKvCache(spec: KvCacheSpec): void;
   /** Copies whole KV blocks (every layer, keys and values), for copy-on-write of shared blocks. */
   copyKvBlocks(copies: readonly { src: number; dst: number }[]): void;
-  /** Rows of `table` picked by `ids`. */
-  embed(table: T, ids: Int32Array): T;
+  /** Makes the step's metadata (tokens, positions, slots, block tables) available to the ops that follow. */
+  beginStep(step: StepInput): void;
+  /** Rows of `table` picked by the step's token ids. */
+  embed(table: T, step: StepInput): T;
   rmsNorm(x: T, weight: T, eps: number): T;
   /** `residual += x` in place, then returns rmsNorm(residual). */
   addRmsNorm(residual: T, x: T, weight: T, eps: number): T;
   addInPlace(x: T, y: T): void;
-  /** x · weightᵀ (+ bias): x [rows, in], weight [out, in]. */
-  linear(x: T, weight: T, bias: T | null): T;
+  /** x · weightᵀ (+ bias): x [rows, in], weight [out, in]; float32 output when asked (logits). */
+  linear(x: T, weight: T, bias: T | null, float32Out?: boolean): T;
   /** Rotates q and k of the fused qkv rows in place and writes k and v into the layer's cache slots. */
   ropeAndCacheKv(layer: number, qkv: T, step: StepInput, rope: RopeSpec, shape: AttentionShape): void;
   /** Causal attention of each new token over its sequence's cached keys and values. */
   attention(layer: number, qkv: T, step: StepInput, shape: AttentionShape): T;
   /** silu(a) * b, elementwise. */
   siluMul(a: T, b: T): T;
-  gatherRows(x: T, rows: Int32Array): T;
+  /** silu of the first half of each row times its second half: a fused [fc | gate] output. */
+  siluMulHalves(fg: T): T;
+  /** The rows of x whose logits the step wants (step.logitRows). */
+  gatherRows(x: T, step: StepInput): T;
   toHost(x: T): Float32Array;
+  /** Per row of float32 logits: the first index of the maximum over [0, vocab) and its log-softmax. */
+  greedy(logits: T, vocab: number): { tokens: Int32Array; logProbs: Float32Array };
 }

@@ -4,18 +4,18 @@
 import fs from "node:fs";
 import path from "node:path";
 import { copyTokenizerFiles, readJson } from "../checkpoint/convert-hf.js";
-import { dtypeByteSize } from "../checkpoint/dtype.js";
+import { dtypeByteSize, dtypeFromName } from "../checkpoint/dtype.js";
 import { type PretrainedConfig, parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { SafetensorsFile } from "../checkpoint/safetensors.js";
 import { CheckpointError, ConfigError } from "../errors.js";
-import { decoderTensorShapes } from "../models/decoder.js";
 import { familyOf } from "../models/families.js";
 import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
 import { KILN_VERSION } from "../version.js";
 import { type BackendName, type BuildConfig, type BuildRequest, resolveBuildConfig } from "./build-config.js";
-import { EngineWriter, type SectionSpec } from "./engine-file.js";
+import { EngineWriter } from "./engine-file.js";
 import { checkMemoryPlan, describeMemoryPlan, planMemory } from "./memory-plan.js";
+import { bytesSection, cpuSections, cudaWeightSections, type PlannedSection, sectionBytes } from "./section-plan.js";
 
 export interface EngineConfig {
   version: string;
@@ -52,39 +52,22 @@ export function readCheckpointConfig(dir: string): PretrainedConfig {
   return cfg;
 }
 
-/** Checks every tensor the model needs is there with its shape; a shared embedding may stand in for lm_head. */
-function planSections(cfg: PretrainedConfig, file: SafetensorsFile): { spec: SectionSpec; source: string }[] {
-  const plan: { spec: SectionSpec; source: string }[] = [];
-  for (const [name, shape] of decoderTensorShapes(cfg)) {
-    let source = name;
-    if (!file.has(name) && name === "lm_head.weight") source = "transformer.vocab_embedding.weight";
-    if (!file.has(source)) throw new CheckpointError(`${file.path}: required tensor "${name}" is missing`);
-    const got = file.info(source).shape;
-    if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) {
-      throw new CheckpointError(`${file.path}: tensor "${source}" has shape [${got}], expected [${shape}]`);
-    }
-    plan.push({ spec: { name, dtype: "F32", shape }, source });
-  }
-  return plan;
-}
-
 export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
-  if (opts.backend !== "cpu") {
-    throw new ConfigError(`--backend ${opts.backend}: this kiln builds cpu engines only`);
-  }
   const model = readCheckpointConfig(opts.checkpointDir);
   const { config: build, warnings } = resolveBuildConfig(model, opts.request);
+  if (opts.backend === "cuda" && !build.remove_input_padding) {
+    throw new ConfigError("--remove_input_padding disable is supported by the cpu backend only");
+  }
   const rankFile = path.join(opts.checkpointDir, "rank0.safetensors");
   if (!fs.existsSync(rankFile)) throw new CheckpointError(`${rankFile}: missing (expected one rank file per rank)`);
   const file = SafetensorsFile.open(rankFile);
   try {
-    const plan = planSections(model, file);
-    const weightsBytes = plan.reduce(
-      (n, p) => n + p.spec.shape.reduce((a, b) => a * b, 1) * dtypeByteSize(p.spec.dtype),
-      0,
-    );
-    const memory = planMemory(model, build, weightsBytes);
+    const weights = opts.backend === "cpu" ? cpuSections(model, file) : cudaWeightSections(model, file);
+    const memory = planMemory(model, build, sectionBytes(weights), opts.backend === "cpu" ? 4 : dtypeByteSize(dtypeFromName(model.dtype)));
     checkMemoryPlan(memory, build);
+    // The GPU's own target (and the kernels compiled for it) come last: a refusal above costs no compile.
+    const { target, sections: code } = opts.backend === "cpu" ? { target: CPU_TARGET, sections: [] } : await cudaKernelSections(model);
+    const sections = [...weights, ...code];
     // Said once the build is known to go ahead, so that a refusal stays one line.
     for (const w of warnings) opts.warn?.(w);
     opts.info?.(describeMemoryPlan(memory));
@@ -93,19 +76,17 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
       pretrained_config: model,
       build_config: build,
       backend: opts.backend,
-      target: CPU_TARGET,
+      target,
     };
     return await writeOutputDir(opts.outputDir, "--output_dir", opts, (dir) => {
       const writer = new EngineWriter(
         path.join(dir, "rank0.engine"),
-        { backend: opts.backend, target: CPU_TARGET, rank: 0 },
-        plan.map((p) => p.spec),
+        { backend: opts.backend, target, rank: 0 },
+        sections.map((p) => p.spec),
       );
-      const bar = progress("build", plan.length);
-      for (const p of plan) {
-        // The cpu kernels read float32 rows; decode once here so loading is a plain read.
-        const f32 = file.readFloat32(p.source);
-        writer.write(p.spec.name, new Uint8Array(f32.buffer, f32.byteOffset, f32.length * dtypeByteSize("F32")));
+      const bar = progress("build", sections.length);
+      for (const p of sections) {
+        writer.write(p.spec.name, p.make());
         bar.tick(p.spec.name);
       }
       writer.close();
@@ -117,4 +98,11 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
   } finally {
     file.close();
   }
+}
+
+/** Kernels compiled by NVRTC for this machine's GPU (imported lazily: cpu builds never load CUDA). */
+async function cudaKernelSections(model: PretrainedConfig): Promise<{ target: string; sections: PlannedSection[] }> {
+  const { compileEngineKernels } = await import("../backends/cuda/engine-kernels.js");
+  const { target, cubin, ptx } = compileEngineKernels(model.dtype);
+  return { target, sections: [bytesSection("kernels.cubin", cubin), bytesSection("kernels.ptx", ptx)] };
 }

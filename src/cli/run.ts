@@ -71,7 +71,7 @@ export function runCommand(): Command {
       const prompts: Prompt[] = o.input_text
         ? o.input_text.map((text: string) => ({ text }))
         : readInputFile(o.input_file);
-      const llm = LLM.load(o.engine_dir);
+      const llm = await LLM.load(o.engine_dir);
       const hasText = prompts.some((p) => "text" in p) || !!o.stop_words || !!o.bad_words || o.streaming;
       const tok = tokenizerFor(o.tokenizer_dir ?? o.engine_dir, hasText);
       const useTemplate = !o.no_prompt_template && tok?.chatTemplate != null;

@@ -65,7 +65,8 @@ export class DecoderModel<T> {
   forward(step: StepInput): T {
     const be = this.be;
     const eps = this.cfg.norm_epsilon;
-    const residual = be.embed(this.w("transformer.vocab_embedding.weight"), step.tokenIds);
+    be.beginStep(step);
+    const residual = be.embed(this.w("transformer.vocab_embedding.weight"), step);
     let x = be.rmsNorm(residual, this.w("transformer.layers.0.input_layernorm.weight"), eps);
     const L = this.cfg.num_hidden_layers;
     for (let l = 0; l < L; l++) {
@@ -75,9 +76,7 @@ export class DecoderModel<T> {
       const attn = be.attention(l, qkv, step, this.shape);
       const dense = be.linear(attn, this.w(`${t}.attention.dense.weight`), this.bias(`${t}.attention.dense.bias`));
       x = be.addRmsNorm(residual, dense, this.w(`${t}.post_layernorm.weight`), eps);
-      const fc = be.linear(x, this.w(`${t}.mlp.fc.weight`), this.bias(`${t}.mlp.fc.bias`));
-      const gate = be.linear(x, this.w(`${t}.mlp.gate.weight`), this.bias(`${t}.mlp.gate.bias`));
-      const mlp = be.linear(be.siluMul(fc, gate), this.w(`${t}.mlp.proj.weight`), this.bias(`${t}.mlp.proj.bias`));
+      const mlp = be.linear(this.gatedMlp(t, x), this.w(`${t}.mlp.proj.weight`), this.bias(`${t}.mlp.proj.bias`));
       if (l + 1 < L) {
         x = be.addRmsNorm(residual, mlp, this.w(`transformer.layers.${l + 1}.input_layernorm.weight`), eps);
       } else {
@@ -85,7 +84,18 @@ export class DecoderModel<T> {
       }
     }
     // Only the rows whose logits are wanted go through the final norm and the (large) lm_head.
-    const last = be.rmsNorm(be.gatherRows(residual, step.logitRows), this.w("transformer.ln_f.weight"), eps);
-    return be.linear(last, this.w("lm_head.weight"), null);
+    const last = be.rmsNorm(be.gatherRows(residual, step), this.w("transformer.ln_f.weight"), eps);
+    return be.linear(last, this.w("lm_head.weight"), null, true);
+  }
+
+  /** silu(fc(x)) · gate(x); one GEMM when the engine holds fc and gate fused (`mlp.fc_gate`). */
+  private gatedMlp(t: string, x: T): T {
+    const be = this.be;
+    if (be.hasWeight(`${t}.mlp.fc_gate.weight`)) {
+      return be.siluMulHalves(be.linear(x, this.w(`${t}.mlp.fc_gate.weight`), this.bias(`${t}.mlp.fc_gate.bias`)));
+    }
+    const fc = be.linear(x, this.w(`${t}.mlp.fc.weight`), this.bias(`${t}.mlp.fc.bias`));
+    const gate = be.linear(x, this.w(`${t}.mlp.gate.weight`), this.bias(`${t}.mlp.gate.bias`));
+    return be.siluMul(fc, gate);
   }
 }

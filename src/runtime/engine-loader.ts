@@ -9,15 +9,17 @@ import { CPU_TARGET } from "../builder/build-engine.js";
 import { EngineFile } from "../builder/engine-file.js";
 import { readJson } from "../checkpoint/convert-hf.js";
 import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
+import type { Backend } from "../backends/backend.js";
 import { ConfigError, EngineError } from "../errors.js";
 import { DecoderModel } from "../models/decoder.js";
-import { KILN_VERSION } from "../version.js";
 
 export interface LoadedEngine {
   dir: string;
   config: EngineConfig;
-  backend: CpuBackend;
-  model: DecoderModel<CpuTensor>;
+  // biome-ignore lint/suspicious/noExplicitAny: the runtime never looks inside a backend's tensors
+  backend: Backend<any>;
+  // biome-ignore lint/suspicious/noExplicitAny: as above
+  model: DecoderModel<any>;
 }
 
 export function readEngineConfig(dir: string): EngineConfig {
@@ -34,12 +36,13 @@ export function readEngineConfig(dir: string): EngineConfig {
   return { ...(raw as EngineConfig), pretrained_config: pretrained };
 }
 
-export function loadEngine(dir: string): LoadedEngine {
+export async function loadEngine(dir: string): Promise<LoadedEngine> {
   const config = readEngineConfig(dir);
-  if (config.backend !== "cpu") {
-    throw new EngineError(
-      `${dir}: engine was built for backend "${config.backend}"; kiln ${KILN_VERSION} runs cpu engines only`,
-    );
+  if (config.backend === "cuda") {
+    // Imported only here, so cpu users never load koffi or look for CUDA libraries.
+    const { loadCudaBackend } = await import("../backends/cuda/load.js");
+    const backend = loadCudaBackend(path.join(dir, "rank0.engine"), config);
+    return { dir, config, backend, model: new DecoderModel(config.pretrained_config, backend) };
   }
   const file = EngineFile.open(path.join(dir, "rank0.engine"), { backend: "cpu", target: CPU_TARGET });
   const weights = new Map<string, CpuTensor>();

@@ -72,7 +72,12 @@ export class LLM {
       tokensPerBlock: tpb,
     });
     this.scheduler = new Scheduler(
-      { maxBatchSize: b.max_batch_size, maxNumTokens: b.max_num_tokens, chunkedContext: b.use_paged_context_fmha },
+      {
+        maxBatchSize: b.max_batch_size,
+        maxNumTokens: b.max_num_tokens,
+        chunkedContext: b.use_paged_context_fmha,
+        maxSeqs: this.maxSeqs,
+      },
       this.blocks,
     );
     const lmHeadRows = engine.backend.weight("lm_head.weight").rows;
@@ -82,8 +87,13 @@ export class LLM {
     this.runner = new ModelRunner(forward, tpb, lmHeadRows, b.remove_input_padding);
   }
 
-  static load(engineDir: string, opts: LoadOptions = {}): LLM {
-    return new LLM(loadEngine(engineDir), opts);
+  static async load(engineDir: string, opts: LoadOptions = {}): Promise<LLM> {
+    return new LLM(await loadEngine(engineDir), opts);
+  }
+
+  /** Sequences that may run at once: a batch of the widest beams. */
+  get maxSeqs(): number {
+    return this.buildConfig.max_batch_size * this.buildConfig.max_beam_width;
   }
 
   get buildConfig() {
@@ -147,6 +157,11 @@ export class LLM {
     const bad = promptIds.find((t) => !Number.isInteger(t) || t < 0 || t >= this.vocabSize);
     if (bad !== undefined) throw new LimitError(`token id ${bad} is outside the vocabulary [0, ${this.vocabSize})`);
     const width = Math.max(params.numBeams, n);
+    if (width > this.maxSeqs) {
+      throw new LimitError(
+        `num_return_sequences ${n} needs ${width} sequences at once; the engine runs max_batch_size × max_beam_width = ${this.maxSeqs}`,
+      );
+    }
     // Each sequence may also need one block copied when it first writes into a block it shares.
     const blocks = width * (this.blocks.blocksFor(promptIds.length + params.maxNewTokens) + 1);
     if (blocks > this.blocks.numBlocks) {

@@ -49,6 +49,11 @@ export class Request {
   /** Called when the request gains tokens or finishes (streaming). */
   onProgress: (() => void) | null = null;
 
+  /** Sequences this request runs at its widest. */
+  get width(): number {
+    return Math.max(this.params.numBeams, this.params.numReturnSequences);
+  }
+
   constructor(
     readonly id: number,
     readonly promptIds: readonly number[],

@@ -19,6 +19,8 @@ export interface SchedulerLimits {
   maxNumTokens: number;
   /** Whether a prompt may be split over steps (use_paged_context_fmha). */
   chunkedContext: boolean;
+  /** Most sequences running at once (beams and sampled siblings count one each). */
+  maxSeqs: number;
 }
 
 export interface Schedule {
@@ -66,8 +68,10 @@ export class Scheduler {
         budget -= n;
       }
     }
+    let seqs = this.running.reduce((n, r) => n + r.width, 0);
     while (this.waiting.length > 0 && budget > 0 && this.running.length < this.limits.maxBatchSize) {
       const request = this.waiting[0];
+      if (seqs + request.width > this.limits.maxSeqs) break;
       const admitted: ScheduledSeq[] = [];
       let left = budget;
       for (const seq of request.seqs) {
@@ -83,6 +87,7 @@ export class Scheduler {
         break;
       }
       this.waiting.shift();
+      seqs += request.width;
       request.status = "running";
       this.running.push(request);
       batch.push(...admitted);

@@ -4,6 +4,7 @@ import { EngineError } from "../../errors.js";
 import type { AttentionShape, Backend, KvCacheSpec, RopeSpec, StepInput } from "../backend.js";
 import { matmulTransposed, rmsNormRows, rotateHalf, silu, softmaxInPlace } from "./kernels.js";
 import { CpuKvStore } from "./kv-store.js";
+import { argmax, logSoftmax } from "../../runtime/sampling/sampler.js";
 
 export interface CpuTensor {
   data: Float32Array;
@@ -44,7 +45,10 @@ export class CpuBackend implements Backend<CpuTensor> {
     return this.kv;
   }
 
-  embed(table: CpuTensor, ids: Int32Array): CpuTensor {
+  beginStep(_step: StepInput): void {}
+
+  embed(table: CpuTensor, step: StepInput): CpuTensor {
+    const ids = step.tokenIds;
     const out = cpuTensor(ids.length, table.cols);
     for (let r = 0; r < ids.length; r++) {
       const id = ids[r];
@@ -71,7 +75,7 @@ export class CpuBackend implements Backend<CpuTensor> {
     for (let i = 0; i < a.length; i++) a[i] += b[i];
   }
 
-  linear(x: CpuTensor, weight: CpuTensor, bias: CpuTensor | null): CpuTensor {
+  linear(x: CpuTensor, weight: CpuTensor, bias: CpuTensor | null, _float32Out = true): CpuTensor {
     if (x.cols !== weight.cols) throw new Error(`linear: input has ${x.cols} columns, weight expects ${weight.cols}`);
     const out = cpuTensor(x.rows, weight.rows);
     matmulTransposed(x.data, x.rows, x.cols, weight.data, weight.rows, bias ? bias.data : null, out.data);
@@ -152,7 +156,17 @@ export class CpuBackend implements Backend<CpuTensor> {
     return out;
   }
 
-  gatherRows(x: CpuTensor, rows: Int32Array): CpuTensor {
+  siluMulHalves(fg: CpuTensor): CpuTensor {
+    const inter = fg.cols / 2;
+    const out = cpuTensor(fg.rows, inter);
+    for (let r = 0; r < fg.rows; r++) {
+      for (let i = 0; i < inter; i++) out.data[r * inter + i] = silu(fg.data[r * fg.cols + i]) * fg.data[r * fg.cols + inter + i];
+    }
+    return out;
+  }
+
+  gatherRows(x: CpuTensor, step: StepInput): CpuTensor {
+    const rows = step.logitRows;
     const out = cpuTensor(rows.length, x.cols);
     for (let i = 0; i < rows.length; i++)
       out.data.set(x.data.subarray(rows[i] * x.cols, (rows[i] + 1) * x.cols), i * x.cols);
@@ -161,5 +175,16 @@ export class CpuBackend implements Backend<CpuTensor> {
 
   toHost(x: CpuTensor): Float32Array {
     return x.data;
+  }
+
+  greedy(logits: CpuTensor, vocab: number): { tokens: Int32Array; logProbs: Float32Array } {
+    const tokens = new Int32Array(logits.rows);
+    const logProbs = new Float32Array(logits.rows);
+    for (let r = 0; r < logits.rows; r++) {
+      const row = logits.data.subarray(r * logits.cols, r * logits.cols + vocab);
+      tokens[r] = argmax(row);
+      logProbs[r] = logSoftmax(row)[tokens[r]];
+    }
+    return { tokens, logProbs };
   }
 }

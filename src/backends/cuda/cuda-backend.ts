@@ -1,0 +1,294 @@
+// The cuda backend: the Backend interface on one NVIDIA GPU. Weights and the KV cache live in plain device
+// allocations made at load; a step's activations come from a bump arena reset at every step, so a step's
+// launches always see the same addresses for the same shape (what CUDA graph replay needs).
+
+import type { BackendName } from "../../builder/build-config.js";
+import type { AttentionShape, Backend, KvCacheSpec, RopeSpec, StepInput } from "../backend.js";
+import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, Cublas } from "./cublas.js";
+import { type CudaDevice, f32, i32, ptr } from "./driver.js";
+
+export type CudaDtype = "F32" | "F16" | "BF16";
+
+export interface CudaTensor {
+  ptr: number;
+  rows: number;
+  cols: number;
+  dtype: CudaDtype;
+}
+
+const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
+const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
+const KERNELS = ["embed", "rmsnorm", "add_rmsnorm", "add_inplace", "add_bias", "silu_mul", "rope_cache", "attention", "gather_rows", "argmax_logprob"] as const;
+type KernelName = (typeof KERNELS)[number];
+
+export interface CudaLimits {
+  maxRows: number;
+  maxSeqs: number;
+  maxBlocksPerSeq: number;
+  hidden: number;
+  /** Widest activation row any op produces (qkv, fused fc|gate, vocab for logits). */
+  widestRow: number;
+  vocab: number;
+  /** Most logits rows in one step. */
+  logitRows: number;
+}
+
+/** Offsets (in int32s) of the step's metadata within the uploaded buffer. */
+interface StepLayout {
+  tokenIds: number;
+  positions: number;
+  slots: number;
+  rowSeq: number;
+  logitRows: number;
+  blockTables: number;
+  rows: number;
+  numLogitRows: number;
+}
+
+export class CudaBackend implements Backend<CudaTensor> {
+  readonly name: BackendName = "cuda";
+  private readonly fns = new Map<KernelName, unknown>();
+  private readonly cublas: Cublas;
+  private readonly arena: { base: number; size: number; used: number };
+  private readonly pinned: { handle: unknown; ints: Int32Array };
+  private readonly stepInts: number;
+  private step: StepLayout | null = null;
+  private kv: { k: number[]; v: number[]; spec: KvCacheSpec } | null = null;
+  private readonly invFreq: number;
+  private readonly greedyOut: number;
+  private readonly stepDevice: number;
+
+  constructor(
+    readonly device: CudaDevice,
+    module: unknown,
+    private readonly weights: Map<string, CudaTensor>,
+    readonly dtype: CudaDtype,
+    private readonly limits: CudaLimits,
+    invFreq: Float32Array,
+  ) {
+    for (const k of KERNELS) this.fns.set(k, device.getFunction(module, k));
+    this.cublas = new Cublas(device);
+    // Live activations of one layer at the widest step, with room to spare; float32 logits on top.
+    const rowBytes = (8 * limits.hidden + 3 * limits.widestRow) * BYTES[dtype];
+    const size = limits.maxRows * rowBytes + limits.logitRows * limits.vocab * 4 + (64 << 20);
+    this.arena = { base: device.alloc(size), size, used: 0 };
+    this.stepInts = 4 * limits.maxRows + limits.maxRows + limits.maxSeqs * limits.maxBlocksPerSeq + 64;
+    const host = device.allocHost(this.stepInts * 4);
+    this.pinned = { handle: host.handle, ints: new Int32Array(host.buffer) };
+    this.stepDevice = device.alloc(this.stepInts * 4);
+    this.invFreq = device.alloc(invFreq.byteLength);
+    device.upload(this.invFreq, invFreq);
+    this.greedyOut = device.alloc(limits.maxRows * 8);
+  }
+
+  weight(name: string): CudaTensor {
+    const w = this.weights.get(name);
+    if (!w) throw new Error(`engine has no weight "${name}"`);
+    return w;
+  }
+
+  hasWeight(name: string): boolean {
+    return this.weights.has(name);
+  }
+
+  allocateKvCache(spec: KvCacheSpec): void {
+    const bytes = spec.numBlocks * spec.tokensPerBlock * spec.numKvHeads * spec.headSize * BYTES[this.dtype];
+    const k: number[] = [];
+    const v: number[] = [];
+    for (let l = 0; l < spec.numLayers; l++) {
+      k.push(this.device.alloc(bytes));
+      v.push(this.device.alloc(bytes));
+    }
+    this.kv = { k, v, spec };
+  }
+
+  copyKvBlocks(copies: readonly { src: number; dst: number }[]): void {
+    const kv = this.kv!;
+    const blockBytes = kv.spec.tokensPerBlock * kv.spec.numKvHeads * kv.spec.headSize * BYTES[this.dtype];
+    for (const { src, dst } of copies) {
+      for (let l = 0; l < kv.spec.numLayers; l++) {
+        this.device.copyAsync(kv.k[l] + dst * blockBytes, kv.k[l] + src * blockBytes, blockBytes);
+        this.device.copyAsync(kv.v[l] + dst * blockBytes, kv.v[l] + src * blockBytes, blockBytes);
+      }
+    }
+  }
+
+  private alloc(rows: number, cols: number, dtype: CudaDtype = this.dtype): CudaTensor {
+    const bytes = Math.ceil((rows * cols * BYTES[dtype]) / 256) * 256;
+    if (this.arena.used + bytes > this.arena.size) throw new Error(`cuda activation arena exhausted (${this.arena.size} bytes)`);
+    const t = { ptr: this.arena.base + this.arena.used, rows, cols, dtype };
+    this.arena.used += bytes;
+    return t;
+  }
+
+  private fn(name: KernelName): unknown {
+    return this.fns.get(name)!;
+  }
+
+  private stepPtr(offsetInts: number): number {
+    return this.stepDevice + offsetInts * 4;
+  }
+
+  /** Packs the step's metadata into pinned memory and copies it to the device in one transfer. */
+  beginStep(step: StepInput): void {
+    this.arena.used = 0;
+    const rows = step.tokenIds.length;
+    const L = this.limits;
+    if (rows > L.maxRows || step.seqs.length > L.maxSeqs) {
+      throw new Error(`cuda step of ${rows} rows and ${step.seqs.length} sequences exceeds the engine's ${L.maxRows} / ${L.maxSeqs}`);
+    }
+    const ints = this.pinned.ints;
+    const layout: StepLayout = {
+      tokenIds: 0,
+      positions: rows,
+      slots: 2 * rows,
+      rowSeq: 3 * rows,
+      logitRows: 4 * rows,
+      blockTables: 4 * rows + step.logitRows.length,
+      rows,
+      numLogitRows: step.logitRows.length,
+    };
+    ints.set(step.tokenIds, layout.tokenIds);
+    ints.set(step.positions, layout.positions);
+    ints.set(step.slotMapping, layout.slots);
+    ints.fill(-1, layout.rowSeq, layout.rowSeq + rows);
+    step.seqs.forEach((s, i) => {
+      ints.fill(i, layout.rowSeq + s.rowStart, layout.rowSeq + s.rowStart + s.numNew);
+      if (s.blockTable.length > L.maxBlocksPerSeq) throw new Error("block table longer than the engine's max_seq_len");
+      ints.set(s.blockTable, layout.blockTables + i * L.maxBlocksPerSeq);
+    });
+    ints.set(step.logitRows, layout.logitRows);
+    const used = layout.blockTables + step.seqs.length * L.maxBlocksPerSeq;
+    this.device.uploadAsync(this.stepDevice, this.pinned.handle, used * 4);
+    this.step = layout;
+  }
+
+  embed(table: CudaTensor, _step: StepInput): CudaTensor {
+    const s = this.step!;
+    const out = this.alloc(s.rows, table.cols);
+    this.device.launch(this.fn("embed"), [s.rows], [256], [ptr(out.ptr), ptr(table.ptr), ptr(this.stepPtr(s.tokenIds)), i32(table.cols)]);
+    return out;
+  }
+
+  rmsNorm(x: CudaTensor, weight: CudaTensor, eps: number): CudaTensor {
+    const out = this.alloc(x.rows, x.cols);
+    this.device.launch(this.fn("rmsnorm"), [x.rows], [256], [ptr(out.ptr), ptr(x.ptr), ptr(weight.ptr), i32(x.cols), f32(eps)]);
+    return out;
+  }
+
+  addRmsNorm(residual: CudaTensor, x: CudaTensor, weight: CudaTensor, eps: number): CudaTensor {
+    const out = this.alloc(x.rows, x.cols);
+    this.device.launch(this.fn("add_rmsnorm"), [x.rows], [256], [
+      ptr(residual.ptr),
+      ptr(x.ptr),
+      ptr(out.ptr),
+      ptr(weight.ptr),
+      i32(x.cols),
+      f32(eps),
+    ]);
+    return out;
+  }
+
+  addInPlace(x: CudaTensor, y: CudaTensor): void {
+    const n = x.rows * x.cols;
+    this.device.launch(this.fn("add_inplace"), [Math.min(1024, Math.ceil(n / 256))], [256], [ptr(x.ptr), ptr(y.ptr), { u64: n }]);
+  }
+
+  linear(x: CudaTensor, weight: CudaTensor, bias: CudaTensor | null, float32Out = false): CudaTensor {
+    const out = this.alloc(x.rows, weight.rows, float32Out ? "F32" : this.dtype);
+    this.cublas.linear(out.ptr, CUBLAS_TYPE[out.dtype], x.ptr, weight.ptr, CUBLAS_TYPE[this.dtype], x.rows, x.cols, weight.rows);
+    if (bias) {
+      if (float32Out) throw new Error("a bias on a float32-output linear is not supported");
+      this.device.launch(this.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
+    }
+    return out;
+  }
+
+  ropeAndCacheKv(layer: number, qkv: CudaTensor, _step: StepInput, rope: RopeSpec, shape: AttentionShape): void {
+    const s = this.step!;
+    const kv = this.kv!;
+    this.device.launch(this.fn("rope_cache"), [qkv.rows], [128], [
+      ptr(qkv.ptr),
+      ptr(this.stepPtr(s.positions)),
+      ptr(this.stepPtr(s.slots)),
+      ptr(kv.k[layer]),
+      ptr(kv.v[layer]),
+      ptr(this.invFreq),
+      i32(shape.numHeads),
+      i32(shape.numKvHeads),
+      i32(shape.headSize),
+      i32(rope.rotaryDim),
+    ]);
+  }
+
+  attention(layer: number, qkv: CudaTensor, _step: StepInput, shape: AttentionShape): CudaTensor {
+    const s = this.step!;
+    const kv = this.kv!;
+    const out = this.alloc(qkv.rows, shape.numHeads * shape.headSize);
+    this.device.launch(this.fn("attention"), [qkv.rows, shape.numHeads], [128], [
+      ptr(out.ptr),
+      ptr(qkv.ptr),
+      ptr(kv.k[layer]),
+      ptr(kv.v[layer]),
+      ptr(this.stepPtr(s.rowSeq)),
+      ptr(this.stepPtr(s.positions)),
+      ptr(this.stepPtr(s.blockTables)),
+      i32(this.limits.maxBlocksPerSeq),
+      i32(shape.numHeads),
+      i32(shape.numKvHeads),
+      i32(shape.headSize),
+      i32(kv.spec.tokensPerBlock),
+      f32(1 / Math.sqrt(shape.headSize)),
+    ]);
+    return out;
+  }
+
+  siluMul(_a: CudaTensor, _b: CudaTensor): CudaTensor {
+    throw new Error("cuda engines hold fc and gate fused: use siluMulHalves");
+  }
+
+  siluMulHalves(fg: CudaTensor): CudaTensor {
+    const inter = fg.cols / 2;
+    const out = this.alloc(fg.rows, inter);
+    this.device.launch(this.fn("silu_mul"), [fg.rows], [256], [ptr(out.ptr), ptr(fg.ptr), i32(inter)]);
+    return out;
+  }
+
+  gatherRows(x: CudaTensor, _step: StepInput): CudaTensor {
+    const s = this.step!;
+    const out = this.alloc(s.numLogitRows, x.cols);
+    if (s.numLogitRows > 0) {
+      this.device.launch(this.fn("gather_rows"), [s.numLogitRows], [256], [ptr(out.ptr), ptr(x.ptr), ptr(this.stepPtr(s.logitRows)), i32(x.cols)]);
+    }
+    return out;
+  }
+
+  toHost(x: CudaTensor): Float32Array {
+    if (x.dtype !== "F32") throw new Error("only float32 tensors (logits) are copied to the host");
+    const out = new Float32Array(x.rows * x.cols);
+    this.device.synchronize();
+    if (out.length > 0) this.device.download(out, x.ptr);
+    return out;
+  }
+
+  greedy(logits: CudaTensor, vocab: number): { tokens: Int32Array; logProbs: Float32Array } {
+    const rows = logits.rows;
+    if (rows > 0) {
+      this.device.launch(this.fn("argmax_logprob"), [rows], [1024], [
+        ptr(this.greedyOut),
+        ptr(this.greedyOut + this.limits.maxRows * 4),
+        ptr(logits.ptr),
+        i32(vocab),
+        i32(logits.cols),
+      ]);
+    }
+    this.device.synchronize();
+    const tokens = new Int32Array(rows);
+    const logProbs = new Float32Array(rows);
+    if (rows > 0) {
+      this.device.download(tokens, this.greedyOut);
+      this.device.download(logProbs, this.greedyOut + this.limits.maxRows * 4);
+    }
+    return { tokens, logProbs };
+  }
+}

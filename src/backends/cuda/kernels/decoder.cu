@@ -1,0 +1,251 @@
+// kiln's decoder kernels. One source, compiled per engine dtype with -DKILN_DTYPE=0 (float), 1 (half) or
+// 2 (bfloat16): activations, weights and the KV cache are T; all arithmetic is float. Where transformers
+// rounds an intermediate to the model dtype (the normalised value before the norm weight, rope's cos/sin,
+// silu before the product), these kernels round it too, so bf16 engines track transformers closely.
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#if KILN_DTYPE == 0
+typedef float T;
+__device__ __forceinline__ float tof(T x) { return x; }
+__device__ __forceinline__ T fromf(float x) { return x; }
+#elif KILN_DTYPE == 1
+typedef __half T;
+__device__ __forceinline__ float tof(T x) { return __half2float(x); }
+__device__ __forceinline__ T fromf(float x) { return __float2half_rn(x); }
+#else
+typedef __nv_bfloat16 T;
+__device__ __forceinline__ float tof(T x) { return __bfloat162float(x); }
+__device__ __forceinline__ T fromf(float x) { return __float2bfloat16_rn(x); }
+#endif
+
+// Rounds through T: what a framework computing in the model dtype stores.
+__device__ __forceinline__ float rnd(float x) { return tof(fromf(x)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+  return v;
+}
+
+// Sum over the block; every thread gets the result. blockDim.x is a multiple of 32, at most 1024.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x >> 5;
+  v = lane < warps ? partial[lane] : 0.f;
+  return warp_sum(v);
+}
+
+// out[r] = table[ids[r]]; grid = rows.
+extern "C" __global__ void embed(T* out, const T* table, const int* ids, int hidden) {
+  const int r = blockIdx.x;
+  const T* src = table + (size_t)ids[r] * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[(size_t)r * hidden + i] = src[i];
+}
+
+__device__ void rmsnorm_row(T* out, const T* x, const T* w, int dim, float eps) {
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = tof(x[i]);
+    ss += v * v;
+  }
+  const float inv = rsqrtf(block_sum(ss) / dim + eps);
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) out[i] = fromf(tof(w[i]) * rnd(tof(x[i]) * inv));
+}
+
+// out = rmsnorm(x) · w; grid = rows.
+extern "C" __global__ void rmsnorm(T* out, const T* x, const T* w, int dim, float eps) {
+  const size_t o = (size_t)blockIdx.x * dim;
+  rmsnorm_row(out + o, x + o, w, dim, eps);
+}
+
+// residual += x (rounded to T), then out = rmsnorm(residual) · w; grid = rows.
+extern "C" __global__ void add_rmsnorm(T* residual, const T* x, T* out, const T* w, int dim, float eps) {
+  const size_t o = (size_t)blockIdx.x * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) residual[o + i] = fromf(tof(residual[o + i]) + tof(x[o + i]));
+  __syncthreads();
+  rmsnorm_row(out + o, residual + o, w, dim, eps);
+}
+
+// x += y, elementwise over n values.
+extern "C" __global__ void add_inplace(T* x, const T* y, long n) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+    x[i] = fromf(tof(x[i]) + tof(y[i]));
+}
+
+// x[r, c] += b[c]; grid = rows.
+extern "C" __global__ void add_bias(T* x, const T* b, int cols) {
+  T* row = x + (size_t)blockIdx.x * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) row[c] = fromf(tof(row[c]) + tof(b[c]));
+}
+
+// out[r, i] = silu(fg[r, i]) · fg[r, inter + i]: the fused fc|gate GEMM's two halves; grid = rows.
+extern "C" __global__ void silu_mul(T* out, const T* fg, int inter) {
+  const T* row = fg + (size_t)blockIdx.x * 2 * inter;
+  for (int i = threadIdx.x; i < inter; i += blockDim.x) {
+    const float a = tof(row[i]);
+    const float s = rnd(a / (1.f + __expf(-a)));
+    out[(size_t)blockIdx.x * inter + i] = fromf(s * tof(row[inter + i]));
+  }
+}
+
+// Rotates q and k of each qkv row (gpt-neox halves) at its position and writes k and v to the row's KV cache
+// slot (skipped for slot < 0: padding). Cache layout: [slot][kv head][head dim]. grid = rows.
+extern "C" __global__ void rope_cache(T* qkv, const int* positions, const int* slots, T* kcache, T* vcache,
+                                      const float* inv_freq, int num_heads, int num_kv, int head, int rotary) {
+  const int r = blockIdx.x;
+  const int stride = (num_heads + 2 * num_kv) * head;
+  T* row = qkv + (size_t)r * stride;
+  const int half = rotary / 2;
+  const float pos = (float)positions[r];
+  for (int t = threadIdx.x; t < (num_heads + num_kv) * half; t += blockDim.x) {
+    const int h = t / half, i = t % half;
+    float s, c;
+    sincosf(pos * inv_freq[i], &s, &c);  // pos·inv_freq rounded to float, as transformers' float32 matmul
+    c = rnd(c);
+    s = rnd(s);
+    T* v = row + h * head;
+    const float a = tof(v[i]), b = tof(v[i + half]);
+    v[i] = fromf(rnd(a * c) - rnd(b * s));
+    v[i + half] = fromf(rnd(b * c) + rnd(a * s));
+  }
+  __syncthreads();
+  const int slot = slots[r];
+  if (slot < 0) return;
+  const int kv = num_kv * head;
+  const T* k = row + num_heads * head;
+  const T* vv = k + kv;
+  for (int i = threadIdx.x; i < kv; i += blockDim.x) {
+    kcache[(size_t)slot * kv + i] = k[i];
+    vcache[(size_t)slot * kv + i] = vv[i];
+  }
+}
+
+#define ATT_WARPS 4
+#define MAX_HEAD 256
+
+// Causal attention of one query row and head over its sequence's paged keys and values, with an online
+// softmax. Each warp takes every ATT_WARPS-th key; lanes split the head dimension; the warps' partial
+// results are merged at the end. grid = (rows, num_heads), block = 32 × ATT_WARPS.
+// row_seq[r]: the row's sequence (-1: padding), row_pos[r]: its position (it sees keys 0..pos).
+extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
+attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row_seq, const int* row_pos,
+          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
+  const int r = blockIdx.x, h = blockIdx.y;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int seq = row_seq[r];
+  T* o = out + ((size_t)r * num_heads + h) * head;
+  if (seq < 0) {
+    for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(0.f);
+    return;
+  }
+  const int visible = row_pos[r] + 1;
+  const int kvh = h / (num_heads / num_kv);
+  const int per_lane = (head + 31) / 32;  // ≤ MAX_HEAD / 32
+  const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
+  float qv[MAX_HEAD / 32], acc[MAX_HEAD / 32];
+#pragma unroll
+  for (int j = 0; j < MAX_HEAD / 32; j++) {
+    const int d = lane + 32 * j;
+    qv[j] = (j < per_lane && d < head) ? tof(q[d]) : 0.f;
+    acc[j] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  const int* table = block_tables + (size_t)seq * max_blocks;
+  const int kv_stride = num_kv * head;
+  for (int t = warp; t < visible; t += ATT_WARPS) {
+    const size_t base = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < MAX_HEAD / 32; j++) {
+      const int d = lane + 32 * j;
+      if (j < per_lane && d < head) s += qv[j] * tof(kcache[base + d]);
+    }
+    s = warp_sum(s) * scale;
+    const float m2 = fmaxf(m, s);
+    const float correction = __expf(m - m2), p = __expf(s - m2);
+    l = l * correction + p;
+#pragma unroll
+    for (int j = 0; j < MAX_HEAD / 32; j++) {
+      const int d = lane + 32 * j;
+      if (j < per_lane && d < head) acc[j] = acc[j] * correction + p * tof(vcache[base + d]);
+    }
+    m = m2;
+  }
+  __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+  __shared__ float sacc[ATT_WARPS][MAX_HEAD];
+  if (lane == 0) {
+    sm[warp] = m;
+    sl[warp] = l;
+  }
+#pragma unroll
+  for (int j = 0; j < MAX_HEAD / 32; j++) {
+    const int d = lane + 32 * j;
+    if (j < per_lane && d < head) sacc[warp][d] = acc[j];
+  }
+  __syncthreads();
+  float mall = -INFINITY;
+  for (int w = 0; w < ATT_WARPS; w++) mall = fmaxf(mall, sm[w]);
+  float lall = 0.f;
+  for (int w = 0; w < ATT_WARPS; w++) lall += sm[w] == -INFINITY ? 0.f : sl[w] * __expf(sm[w] - mall);
+  for (int d = threadIdx.x; d < head; d += blockDim.x) {
+    float v = 0.f;
+    for (int w = 0; w < ATT_WARPS; w++) v += sm[w] == -INFINITY ? 0.f : sacc[w][d] * __expf(sm[w] - mall);
+    o[d] = fromf(v / lall);
+  }
+}
+
+// out[i] = x[rows[i]]; grid = number of rows gathered.
+extern "C" __global__ void gather_rows(T* out, const T* x, const int* rows, int cols) {
+  const T* src = x + (size_t)rows[blockIdx.x] * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)blockIdx.x * cols + c] = src[c];
+}
+
+// Greedy choice per logits row: the first index of the maximum (as torch.argmax), and its log probability
+// under softmax. grid = rows, block = 1024.
+extern "C" __global__ void argmax_logprob(int* tokens, float* logprobs, const float* logits, int vocab, int stride) {
+  const float* row = logits + (size_t)blockIdx.x * stride;
+  float best = -INFINITY;
+  int arg = 0x7fffffff;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float v = row[i];
+    if (v > best || (v == best && i < arg)) {
+      best = v;
+      arg = i;
+    }
+  }
+  __shared__ float sv[1024];
+  __shared__ int si[1024];
+  sv[threadIdx.x] = best;
+  si[threadIdx.x] = arg;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) {
+      const float v = sv[threadIdx.x + s];
+      const int j = si[threadIdx.x + s];
+      if (v > sv[threadIdx.x] || (v == sv[threadIdx.x] && j < si[threadIdx.x])) {
+        sv[threadIdx.x] = v;
+        si[threadIdx.x] = j;
+      }
+    }
+    __syncthreads();
+  }
+  const float mx = sv[0];
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += __expf(row[i] - mx);
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) {
+    tokens[blockIdx.x] = si[0];
+    logprobs[blockIdx.x] = -logf(sum);
+  }
+}

@@ -1,0 +1,79 @@
+// What goes into a rank's engine file for each backend: the checkpoint's tensors in the layout the backend's
+// kernels read (cpu: float32; cuda: the model dtype with fc and gate fused into one GEMM), plus, for cuda,
+// the compiled kernels. Each section is produced on demand, one at a time, while the file is written.
+
+import { type Dtype, dtypeByteSize, dtypeFromName, encodeFromFloat32 } from "../checkpoint/dtype.js";
+import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
+import type { SafetensorsFile } from "../checkpoint/safetensors.js";
+import { CheckpointError } from "../errors.js";
+import { decoderTensorShapes } from "../models/decoder.js";
+import type { SectionSpec } from "./engine-file.js";
+
+export interface PlannedSection {
+  spec: SectionSpec;
+  make(): Uint8Array;
+}
+
+/** The checkpoint tensor that stands for `name`: a shared embedding may stand in for lm_head. */
+function checkedSource(name: string, shape: number[], file: SafetensorsFile): string {
+  const source = !file.has(name) && name === "lm_head.weight" ? "transformer.vocab_embedding.weight" : name;
+  if (!file.has(source)) throw new CheckpointError(`${file.path}: required tensor "${name}" is missing`);
+  const got = file.info(source).shape;
+  if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) {
+    throw new CheckpointError(`${file.path}: tensor "${source}" has shape [${got}], expected [${shape}]`);
+  }
+  return source;
+}
+
+function asBytes(a: Float32Array): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/** Sections holding `sources` (concatenated along rows) in `dtype`; raw bytes when nothing changes. */
+function tensorSection(name: string, shape: number[], dtype: Dtype, sources: string[], file: SafetensorsFile): PlannedSection {
+  return {
+    spec: { name, dtype, shape },
+    make() {
+      if (sources.length === 1 && file.info(sources[0]).dtype === dtype) return file.readBytes(sources[0]);
+      const parts = sources.map((s) => file.readFloat32(s));
+      const all = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+      let at = 0;
+      for (const p of parts) {
+        all.set(p, at);
+        at += p.length;
+      }
+      return dtype === "F32" ? asBytes(all) : encodeFromFloat32(all, dtype as "F16" | "BF16");
+    },
+  };
+}
+
+export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile): PlannedSection[] {
+  return [...decoderTensorShapes(cfg)].map(([name, shape]) => tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file));
+}
+
+/** Model-dtype weights; each layer's mlp.fc and mlp.gate become one [2·inter, hidden] mlp.fc_gate. */
+export function cudaWeightSections(cfg: PretrainedConfig, file: SafetensorsFile): PlannedSection[] {
+  const dtype = dtypeFromName(cfg.dtype);
+  const shapes = decoderTensorShapes(cfg);
+  const out: PlannedSection[] = [];
+  for (const [name, shape] of shapes) {
+    const m = /^(transformer\.layers\.\d+\.mlp)\.(fc|gate)\.(weight|bias)$/.exec(name);
+    if (!m) {
+      out.push(tensorSection(name, shape, dtype, [checkedSource(name, shape, file)], file));
+      continue;
+    }
+    if (m[2] === "gate") continue; // folded into fc_gate with its fc twin
+    const gate = `${m[1]}.gate.${m[3]}`;
+    const sources = [checkedSource(name, shape, file), checkedSource(gate, shapes.get(gate)!, file)];
+    out.push(tensorSection(`${m[1]}.fc_gate.${m[3]}`, [2 * shape[0], ...shape.slice(1)], dtype, sources, file));
+  }
+  return out;
+}
+
+export function sectionBytes(sections: readonly PlannedSection[]): number {
+  return sections.reduce((n, s) => n + s.spec.shape.reduce((a, b) => a * b, 1) * dtypeByteSize(s.spec.dtype), 0);
+}
+
+export function bytesSection(name: string, data: Uint8Array): PlannedSection {
+  return { spec: { name, dtype: "U8", shape: [data.byteLength] }, make: () => data };
+}
