@@ -209,7 +209,7 @@ describe("parameters", () => {
     for (const repetitionPenalty of [0, -1]) rejects({ repetitionPenalty }, "--repetition_penalty ");
     rejects({ presencePenalty: Number.NaN }, "--presence_penalty ");
     rejects({ frequencyPenalty: Number.POSITIVE_INFINITY }, "--frequency_penalty ");
-    for (const seed of [-1, 1.5, 2 ** 53]) rejects({ seed }, "--seed ");
+    for (const seed of [-1, 1.5, 2 ** 53]) rejects({ seed }, "--random_seed ");
     rejects({ badWords: [[1], []] }, "--bad_words[1] ");
     rejects({ badWords: [[1, -2]] }, "--bad_words[0] ");
   });

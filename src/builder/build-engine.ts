@@ -63,10 +63,16 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
   const file = SafetensorsFile.open(rankFile);
   try {
     const weights = opts.backend === "cpu" ? cpuSections(model, file) : cudaWeightSections(model, file);
-    const memory = planMemory(model, build, sectionBytes(weights), opts.backend === "cpu" ? 4 : dtypeByteSize(dtypeFromName(model.dtype)));
+    const memory = planMemory(
+      model,
+      build,
+      sectionBytes(weights),
+      opts.backend === "cpu" ? 4 : dtypeByteSize(dtypeFromName(model.dtype)),
+    );
     checkMemoryPlan(memory, build);
     // The GPU's own target (and the kernels compiled for it) come last: a refusal above costs no compile.
-    const { target, sections: code } = opts.backend === "cpu" ? { target: CPU_TARGET, sections: [] } : await cudaKernelSections(model);
+    const { target, sections: code } =
+      opts.backend === "cpu" ? { target: CPU_TARGET, sections: [] } : await cudaKernelSections(model);
     const sections = [...weights, ...code];
     // Said once the build is known to go ahead, so that a refusal stays one line.
     for (const w of warnings) opts.warn?.(w);

@@ -30,7 +30,13 @@ function asBytes(a: Float32Array): Uint8Array {
 }
 
 /** Sections holding `sources` (concatenated along rows) in `dtype`; raw bytes when nothing changes. */
-function tensorSection(name: string, shape: number[], dtype: Dtype, sources: string[], file: SafetensorsFile): PlannedSection {
+function tensorSection(
+  name: string,
+  shape: number[],
+  dtype: Dtype,
+  sources: string[],
+  file: SafetensorsFile,
+): PlannedSection {
   return {
     spec: { name, dtype, shape },
     make() {
@@ -48,7 +54,9 @@ function tensorSection(name: string, shape: number[], dtype: Dtype, sources: str
 }
 
 export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile): PlannedSection[] {
-  return [...decoderTensorShapes(cfg)].map(([name, shape]) => tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file));
+  return [...decoderTensorShapes(cfg)].map(([name, shape]) =>
+    tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file),
+  );
 }
 
 /** Model-dtype weights; each layer's mlp.fc and mlp.gate become one [2·inter, hidden] mlp.fc_gate. */

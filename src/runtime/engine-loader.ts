@@ -3,13 +3,13 @@
 
 import fs from "node:fs";
 import path from "node:path";
+import type { Backend } from "../backends/backend.js";
 import { CpuBackend, type CpuTensor, cpuTensor } from "../backends/cpu/cpu-backend.js";
 import type { EngineConfig } from "../builder/build-engine.js";
 import { CPU_TARGET } from "../builder/build-engine.js";
 import { EngineFile } from "../builder/engine-file.js";
 import { readJson } from "../checkpoint/convert-hf.js";
 import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
-import type { Backend } from "../backends/backend.js";
 import { ConfigError, EngineError } from "../errors.js";
 import { DecoderModel } from "../models/decoder.js";
 

@@ -44,6 +44,7 @@ export interface RequestFailure {
 }
 
 const KV_BUDGET_BYTES = 4 * 2 ** 30;
+const ONE_SEQUENCE = "streaming returns one sequence: use num_beams 1 and num_return_sequences 1";
 
 export class LLM {
   private readonly scheduler: Scheduler;
@@ -349,13 +350,15 @@ export class LLM {
    * other submitted work advances alongside. Breaking out of the loop aborts the request.
    */
   async *stream(promptIds: readonly number[], opts: GenerateOptions): AsyncGenerator<number> {
+    const params = resolveParams(opts);
+    if (params.numBeams > 1 || params.numReturnSequences > 1) throw new LimitError(ONE_SEQUENCE);
     yield* this.follow(this.submit(promptIds, opts));
   }
 
   /** Streams the tokens of a submitted single-sequence request, stepping the engine as needed. */
   async *follow(request: Request): AsyncGenerator<number> {
     if (request.params.numBeams > 1 || request.params.numReturnSequences > 1) {
-      throw new LimitError("streaming returns one sequence: use num_beams 1 and num_return_sequences 1");
+      throw new LimitError(ONE_SEQUENCE);
     }
     const seq = request.seqs[0];
     let sent = 0;

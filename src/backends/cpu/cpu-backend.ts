@@ -1,10 +1,10 @@
 // The cpu backend: the reference implementation of the Backend interface on Float32Array.
 
 import { EngineError } from "../../errors.js";
+import { argmax, logSoftmax } from "../../runtime/sampling/sampler.js";
 import type { AttentionShape, Backend, KvCacheSpec, RopeSpec, StepInput } from "../backend.js";
 import { matmulTransposed, rmsNormRows, rotateHalf, silu, softmaxInPlace } from "./kernels.js";
 import { CpuKvStore } from "./kv-store.js";
-import { argmax, logSoftmax } from "../../runtime/sampling/sampler.js";
 
 export interface CpuTensor {
   data: Float32Array;
@@ -160,7 +160,8 @@ export class CpuBackend implements Backend<CpuTensor> {
     const inter = fg.cols / 2;
     const out = cpuTensor(fg.rows, inter);
     for (let r = 0; r < fg.rows; r++) {
-      for (let i = 0; i < inter; i++) out.data[r * inter + i] = silu(fg.data[r * fg.cols + i]) * fg.data[r * fg.cols + inter + i];
+      for (let i = 0; i < inter; i++)
+        out.data[r * inter + i] = silu(fg.data[r * fg.cols + i]) * fg.data[r * fg.cols + inter + i];
     }
     return out;
   }

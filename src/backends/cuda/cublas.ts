@@ -17,14 +17,20 @@ export class Cublas {
   private readonly one = new Float32Array([1]);
   private readonly zero = new Float32Array([0]);
 
-  constructor(private readonly device: CudaDevice, workspaceBytes = 32 << 20) {
+  constructor(
+    private readonly device: CudaDevice,
+    workspaceBytes = 32 << 20,
+  ) {
     this.api = loadCublas();
     const h = [null];
     this.check(this.api.cublasCreate(h), "cublasCreate");
     this.handle = h[0];
     this.check(this.api.cublasSetStream(this.handle, device.stream), "cublasSetStream");
     // A fixed workspace keeps cuBLAS from allocating during CUDA graph capture.
-    this.check(this.api.cublasSetWorkspace(this.handle, device.alloc(workspaceBytes), workspaceBytes), "cublasSetWorkspace");
+    this.check(
+      this.api.cublasSetWorkspace(this.handle, device.alloc(workspaceBytes), workspaceBytes),
+      "cublasSetWorkspace",
+    );
   }
 
   private check(code: number, what: string): void {
@@ -35,7 +41,16 @@ export class Cublas {
    * y = x · wᵀ. Row-major x [rows, inDim] and w [outDim, inDim] are column-major xᵀ and wᵀ to cuBLAS, so it
    * computes yᵀ (column-major [outDim, rows], i.e. row-major y) = (wᵀ)ᵀ · xᵀ.
    */
-  linear(y: number, yType: number, x: number, w: number, abType: number, rows: number, inDim: number, outDim: number): void {
+  linear(
+    y: number,
+    yType: number,
+    x: number,
+    w: number,
+    abType: number,
+    rows: number,
+    inDim: number,
+    outDim: number,
+  ): void {
     const code = this.api.cublasGemmEx(
       this.handle,
       CUBLAS_OP_T,

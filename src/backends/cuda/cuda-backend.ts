@@ -18,7 +18,18 @@ export interface CudaTensor {
 
 const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
-const KERNELS = ["embed", "rmsnorm", "add_rmsnorm", "add_inplace", "add_bias", "silu_mul", "rope_cache", "attention", "gather_rows", "argmax_logprob"] as const;
+const KERNELS = [
+  "embed",
+  "rmsnorm",
+  "add_rmsnorm",
+  "add_inplace",
+  "add_bias",
+  "silu_mul",
+  "rope_cache",
+  "attention",
+  "gather_rows",
+  "argmax_logprob",
+] as const;
 type KernelName = (typeof KERNELS)[number];
 
 export interface CudaLimits {
@@ -115,7 +126,8 @@ export class CudaBackend implements Backend<CudaTensor> {
 
   private alloc(rows: number, cols: number, dtype: CudaDtype = this.dtype): CudaTensor {
     const bytes = Math.ceil((rows * cols * BYTES[dtype]) / 256) * 256;
-    if (this.arena.used + bytes > this.arena.size) throw new Error(`cuda activation arena exhausted (${this.arena.size} bytes)`);
+    if (this.arena.used + bytes > this.arena.size)
+      throw new Error(`cuda activation arena exhausted (${this.arena.size} bytes)`);
     const t = { ptr: this.arena.base + this.arena.used, rows, cols, dtype };
     this.arena.used += bytes;
     return t;
@@ -135,7 +147,9 @@ export class CudaBackend implements Backend<CudaTensor> {
     const rows = step.tokenIds.length;
     const L = this.limits;
     if (rows > L.maxRows || step.seqs.length > L.maxSeqs) {
-      throw new Error(`cuda step of ${rows} rows and ${step.seqs.length} sequences exceeds the engine's ${L.maxRows} / ${L.maxSeqs}`);
+      throw new Error(
+        `cuda step of ${rows} rows and ${step.seqs.length} sequences exceeds the engine's ${L.maxRows} / ${L.maxSeqs}`,
+      );
     }
     const ints = this.pinned.ints;
     const layout: StepLayout = {
@@ -166,37 +180,59 @@ export class CudaBackend implements Backend<CudaTensor> {
   embed(table: CudaTensor, _step: StepInput): CudaTensor {
     const s = this.step!;
     const out = this.alloc(s.rows, table.cols);
-    this.device.launch(this.fn("embed"), [s.rows], [256], [ptr(out.ptr), ptr(table.ptr), ptr(this.stepPtr(s.tokenIds)), i32(table.cols)]);
+    this.device.launch(
+      this.fn("embed"),
+      [s.rows],
+      [256],
+      [ptr(out.ptr), ptr(table.ptr), ptr(this.stepPtr(s.tokenIds)), i32(table.cols)],
+    );
     return out;
   }
 
   rmsNorm(x: CudaTensor, weight: CudaTensor, eps: number): CudaTensor {
     const out = this.alloc(x.rows, x.cols);
-    this.device.launch(this.fn("rmsnorm"), [x.rows], [256], [ptr(out.ptr), ptr(x.ptr), ptr(weight.ptr), i32(x.cols), f32(eps)]);
+    this.device.launch(
+      this.fn("rmsnorm"),
+      [x.rows],
+      [256],
+      [ptr(out.ptr), ptr(x.ptr), ptr(weight.ptr), i32(x.cols), f32(eps)],
+    );
     return out;
   }
 
   addRmsNorm(residual: CudaTensor, x: CudaTensor, weight: CudaTensor, eps: number): CudaTensor {
     const out = this.alloc(x.rows, x.cols);
-    this.device.launch(this.fn("add_rmsnorm"), [x.rows], [256], [
-      ptr(residual.ptr),
-      ptr(x.ptr),
-      ptr(out.ptr),
-      ptr(weight.ptr),
-      i32(x.cols),
-      f32(eps),
-    ]);
+    this.device.launch(
+      this.fn("add_rmsnorm"),
+      [x.rows],
+      [256],
+      [ptr(residual.ptr), ptr(x.ptr), ptr(out.ptr), ptr(weight.ptr), i32(x.cols), f32(eps)],
+    );
     return out;
   }
 
   addInPlace(x: CudaTensor, y: CudaTensor): void {
     const n = x.rows * x.cols;
-    this.device.launch(this.fn("add_inplace"), [Math.min(1024, Math.ceil(n / 256))], [256], [ptr(x.ptr), ptr(y.ptr), { u64: n }]);
+    this.device.launch(
+      this.fn("add_inplace"),
+      [Math.min(1024, Math.ceil(n / 256))],
+      [256],
+      [ptr(x.ptr), ptr(y.ptr), { u64: n }],
+    );
   }
 
   linear(x: CudaTensor, weight: CudaTensor, bias: CudaTensor | null, float32Out = false): CudaTensor {
     const out = this.alloc(x.rows, weight.rows, float32Out ? "F32" : this.dtype);
-    this.cublas.linear(out.ptr, CUBLAS_TYPE[out.dtype], x.ptr, weight.ptr, CUBLAS_TYPE[this.dtype], x.rows, x.cols, weight.rows);
+    this.cublas.linear(
+      out.ptr,
+      CUBLAS_TYPE[out.dtype],
+      x.ptr,
+      weight.ptr,
+      CUBLAS_TYPE[this.dtype],
+      x.rows,
+      x.cols,
+      weight.rows,
+    );
     if (bias) {
       if (float32Out) throw new Error("a bias on a float32-output linear is not supported");
       this.device.launch(this.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
@@ -207,39 +243,49 @@ export class CudaBackend implements Backend<CudaTensor> {
   ropeAndCacheKv(layer: number, qkv: CudaTensor, _step: StepInput, rope: RopeSpec, shape: AttentionShape): void {
     const s = this.step!;
     const kv = this.kv!;
-    this.device.launch(this.fn("rope_cache"), [qkv.rows], [128], [
-      ptr(qkv.ptr),
-      ptr(this.stepPtr(s.positions)),
-      ptr(this.stepPtr(s.slots)),
-      ptr(kv.k[layer]),
-      ptr(kv.v[layer]),
-      ptr(this.invFreq),
-      i32(shape.numHeads),
-      i32(shape.numKvHeads),
-      i32(shape.headSize),
-      i32(rope.rotaryDim),
-    ]);
+    this.device.launch(
+      this.fn("rope_cache"),
+      [qkv.rows],
+      [128],
+      [
+        ptr(qkv.ptr),
+        ptr(this.stepPtr(s.positions)),
+        ptr(this.stepPtr(s.slots)),
+        ptr(kv.k[layer]),
+        ptr(kv.v[layer]),
+        ptr(this.invFreq),
+        i32(shape.numHeads),
+        i32(shape.numKvHeads),
+        i32(shape.headSize),
+        i32(rope.rotaryDim),
+      ],
+    );
   }
 
   attention(layer: number, qkv: CudaTensor, _step: StepInput, shape: AttentionShape): CudaTensor {
     const s = this.step!;
     const kv = this.kv!;
     const out = this.alloc(qkv.rows, shape.numHeads * shape.headSize);
-    this.device.launch(this.fn("attention"), [qkv.rows, shape.numHeads], [128], [
-      ptr(out.ptr),
-      ptr(qkv.ptr),
-      ptr(kv.k[layer]),
-      ptr(kv.v[layer]),
-      ptr(this.stepPtr(s.rowSeq)),
-      ptr(this.stepPtr(s.positions)),
-      ptr(this.stepPtr(s.blockTables)),
-      i32(this.limits.maxBlocksPerSeq),
-      i32(shape.numHeads),
-      i32(shape.numKvHeads),
-      i32(shape.headSize),
-      i32(kv.spec.tokensPerBlock),
-      f32(1 / Math.sqrt(shape.headSize)),
-    ]);
+    this.device.launch(
+      this.fn("attention"),
+      [qkv.rows, shape.numHeads],
+      [128],
+      [
+        ptr(out.ptr),
+        ptr(qkv.ptr),
+        ptr(kv.k[layer]),
+        ptr(kv.v[layer]),
+        ptr(this.stepPtr(s.rowSeq)),
+        ptr(this.stepPtr(s.positions)),
+        ptr(this.stepPtr(s.blockTables)),
+        i32(this.limits.maxBlocksPerSeq),
+        i32(shape.numHeads),
+        i32(shape.numKvHeads),
+        i32(shape.headSize),
+        i32(kv.spec.tokensPerBlock),
+        f32(1 / Math.sqrt(shape.headSize)),
+      ],
+    );
     return out;
   }
 
@@ -258,7 +304,12 @@ export class CudaBackend implements Backend<CudaTensor> {
     const s = this.step!;
     const out = this.alloc(s.numLogitRows, x.cols);
     if (s.numLogitRows > 0) {
-      this.device.launch(this.fn("gather_rows"), [s.numLogitRows], [256], [ptr(out.ptr), ptr(x.ptr), ptr(this.stepPtr(s.logitRows)), i32(x.cols)]);
+      this.device.launch(
+        this.fn("gather_rows"),
+        [s.numLogitRows],
+        [256],
+        [ptr(out.ptr), ptr(x.ptr), ptr(this.stepPtr(s.logitRows)), i32(x.cols)],
+      );
     }
     return out;
   }
@@ -274,13 +325,18 @@ export class CudaBackend implements Backend<CudaTensor> {
   greedy(logits: CudaTensor, vocab: number): { tokens: Int32Array; logProbs: Float32Array } {
     const rows = logits.rows;
     if (rows > 0) {
-      this.device.launch(this.fn("argmax_logprob"), [rows], [1024], [
-        ptr(this.greedyOut),
-        ptr(this.greedyOut + this.limits.maxRows * 4),
-        ptr(logits.ptr),
-        i32(vocab),
-        i32(logits.cols),
-      ]);
+      this.device.launch(
+        this.fn("argmax_logprob"),
+        [rows],
+        [1024],
+        [
+          ptr(this.greedyOut),
+          ptr(this.greedyOut + this.limits.maxRows * 4),
+          ptr(logits.ptr),
+          i32(vocab),
+          i32(logits.cols),
+        ],
+      );
     }
     this.device.synchronize();
     const tokens = new Int32Array(rows);

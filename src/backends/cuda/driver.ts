@@ -45,7 +45,10 @@ export class CudaDevice {
       this.check(a.cuDeviceGetAttribute(v, id, dev[0]), "cuDeviceGetAttribute");
       return v[0];
     };
-    this.computeCapability = [attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR), attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)];
+    this.computeCapability = [
+      attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+      attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+    ];
     this.multiprocessors = attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
     const nameBuf = new Uint8Array(128);
     this.check(a.cuDeviceGetName(nameBuf, 128, dev[0]), "cuDeviceGetName");
@@ -155,12 +158,21 @@ export class CudaDevice {
     const fn = [null];
     this.check(this.api.cuModuleGetFunction(fn, module, name), `cuModuleGetFunction(${name})`);
     if (maxDynamicShared > 48 * 1024) {
-      this.check(this.api.cuFuncSetAttribute(fn[0], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, maxDynamicShared), "cuFuncSetAttribute");
+      this.check(
+        this.api.cuFuncSetAttribute(fn[0], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, maxDynamicShared),
+        "cuFuncSetAttribute",
+      );
     }
     return fn[0];
   }
 
-  launch(fn: unknown, grid: [number, number?, number?], block: [number, number?, number?], args: KernelArg[], sharedBytes = 0): void {
+  launch(
+    fn: unknown,
+    grid: [number, number?, number?],
+    block: [number, number?, number?],
+    args: KernelArg[],
+    sharedBytes = 0,
+  ): void {
     if (args.length > MAX_ARGS) throw new CudaError(`a kernel takes at most ${MAX_ARGS} arguments`);
     const v = this.argView;
     args.forEach((a, i) => {

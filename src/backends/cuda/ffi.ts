@@ -28,7 +28,9 @@ function open(candidates: readonly string[], what: string): LibraryHandle {
       errors.push(`${c}: ${(e as Error).message.split("\n")[0]}`);
     }
   }
-  throw new CudaUnavailableError(`${what} not found (${candidates.join(", ")}); the cuda backend needs an NVIDIA driver and the CUDA toolkit's libraries`);
+  throw new CudaUnavailableError(
+    `${what} not found (${candidates.join(", ")}); the cuda backend needs an NVIDIA driver and the CUDA toolkit's libraries`,
+  );
 }
 
 const CUDA_LIB = process.env.KILN_CUDA_LIB_DIR ?? "/usr/local/cuda/lib64";
@@ -70,7 +72,9 @@ function driverApi(lib: LibraryHandle) {
     ),
     cuStreamBeginCapture: f("int cuStreamBeginCapture_v2(CUstream stream, int mode)"),
     cuStreamEndCapture: f("int cuStreamEndCapture(CUstream stream, _Out_ CUgraph *graph)"),
-    cuGraphInstantiate: f("int cuGraphInstantiateWithFlags(_Out_ CUgraphExec *exec, CUgraph graph, unsigned long long flags)"),
+    cuGraphInstantiate: f(
+      "int cuGraphInstantiateWithFlags(_Out_ CUgraphExec *exec, CUgraph graph, unsigned long long flags)",
+    ),
     cuGraphLaunch: f("int cuGraphLaunch(CUgraphExec exec, CUstream stream)"),
     cuGraphDestroy: f("int cuGraphDestroy(CUgraph graph)"),
     cuGraphExecDestroy: f("int cuGraphExecDestroy(CUgraphExec exec)"),
@@ -131,6 +135,8 @@ export function loadNvrtc(): NvrtcApi {
 }
 
 export function loadCublas(): CublasApi {
-  cublas ??= cublasApi(open([`${CUDA_LIB}/libcublas.so`, "libcublas.so", "libcublas.so.13", "libcublas.so.12"], "cuBLAS (libcublas.so)"));
+  cublas ??= cublasApi(
+    open([`${CUDA_LIB}/libcublas.so`, "libcublas.so", "libcublas.so.13", "libcublas.so.12"], "cuBLAS (libcublas.so)"),
+  );
   return cublas;
 }

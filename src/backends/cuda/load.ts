@@ -22,7 +22,9 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
       image = new Uint8Array(ptx.byteLength + 1); // the driver reads PTX as a NUL-terminated string
       image.set(ptx);
     } else {
-      throw new EngineError(`${enginePath}: engine was built for ${built}; this GPU (${device.name}) is ${device.target}: rebuild it here`);
+      throw new EngineError(
+        `${enginePath}: engine was built for ${built}; this GPU (${device.name}) is ${device.target}: rebuild it here`,
+      );
     }
     const module = device.loadModule(image);
     const b = config.build_config;
@@ -38,7 +40,8 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
       const bytes = file.read(s.name);
       const p = device.alloc(bytes.byteLength);
       device.upload(p, bytes);
-      const [rows, cols] = s.shape.length === 1 ? [1, s.shape[0]] : [s.shape[0], s.shape.slice(1).reduce((x, y) => x * y, 1)];
+      const [rows, cols] =
+        s.shape.length === 1 ? [1, s.shape[0]] : [s.shape[0], s.shape.slice(1).reduce((x, y) => x * y, 1)];
       weights.set(s.name, { ptr: p, rows, cols, dtype: s.dtype });
     }
     const maxSeqs = b.max_batch_size * b.max_beam_width;

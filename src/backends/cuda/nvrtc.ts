@@ -17,7 +17,11 @@ export interface CompiledKernels {
 
 const INCLUDE = process.env.KILN_CUDA_INCLUDE_DIR ?? "/usr/local/cuda/include";
 
-function compileOnce(source: string, name: string, options: string[]): { image: Uint8Array; log: string; kind: "cubin" | "ptx" } {
+function compileOnce(
+  source: string,
+  name: string,
+  options: string[],
+): { image: Uint8Array; log: string; kind: "cubin" | "ptx" } {
   const api = loadNvrtc();
   const prog = [null];
   let code = api.nvrtcCreateProgram(prog, source, name, 0, null, null);
@@ -29,7 +33,8 @@ function compileOnce(source: string, name: string, options: string[]): { image: 
     const logBuf = new Uint8Array(Math.max(1, logSize[0]));
     api.nvrtcGetProgramLog(prog[0], logBuf);
     const log = Buffer.from(logBuf).toString("utf8").replace(/\0+$/, "");
-    if (code !== 0) throw new KernelCompileError(`${name} does not compile (${api.nvrtcGetErrorString(code)}):\n${log}`);
+    if (code !== 0)
+      throw new KernelCompileError(`${name} does not compile (${api.nvrtcGetErrorString(code)}):\n${log}`);
     const cubin = options.some((o) => o.startsWith("--gpu-architecture=sm_"));
     const size = [0];
     (cubin ? api.nvrtcGetCUBINSize : api.nvrtcGetPTXSize)(prog[0], size);
@@ -42,11 +47,17 @@ function compileOnce(source: string, name: string, options: string[]): { image: 
 }
 
 /** Compiles `source` for `target` (e.g. "sm_90"), with `defines` as -D options. */
-export function compileKernels(source: string, name: string, target: string, defines: Record<string, string | number>): CompiledKernels {
+export function compileKernels(
+  source: string,
+  name: string,
+  target: string,
+  defines: Record<string, string | number>,
+): CompiledKernels {
   const arch = target.replace(/^sm_/, "");
   const common = [`-I${INCLUDE}`, "--std=c++17", "-default-device", "-lineinfo"];
   for (const [k, v] of Object.entries(defines)) common.push(`-D${k}=${v}`);
-  if (!fs.existsSync(INCLUDE)) throw new KernelCompileError(`${INCLUDE}: CUDA headers not found; set KILN_CUDA_INCLUDE_DIR`);
+  if (!fs.existsSync(INCLUDE))
+    throw new KernelCompileError(`${INCLUDE}: CUDA headers not found; set KILN_CUDA_INCLUDE_DIR`);
   const cubin = compileOnce(source, name, [...common, `--gpu-architecture=sm_${arch}`]);
   const ptx = compileOnce(source, name, [...common, `--gpu-architecture=compute_${arch}`]);
   return { cubin: cubin.image, ptx: ptx.image, log: cubin.log };

@@ -57,7 +57,11 @@ const NUMERIC_RULES: Record<NumericField, { flag: string; ok: (v: number) => boo
   },
   presencePenalty: { flag: "--presence_penalty", ok: Number.isFinite, expected: "a finite number" },
   frequencyPenalty: { flag: "--frequency_penalty", ok: Number.isFinite, expected: "a finite number" },
-  seed: { flag: "--seed", ok: (v) => Number.isSafeInteger(v) && v >= 0, expected: "an integer in [0, 2^53 - 1]" },
+  seed: {
+    flag: "--random_seed",
+    ok: (v) => Number.isSafeInteger(v) && v >= 0,
+    expected: "an integer in [0, 2^53 - 1]",
+  },
 };
 
 /** Throws a LimitError naming the first flag whose value is out of range. */

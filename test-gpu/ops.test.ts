@@ -1,0 +1,163 @@
+// Op parity in the spirit of ggml's test-backend-ops: every cuda op, in float32, float16 and bfloat16,
+// against the cpu backend (the reference) on the same inputs, rounded to the dtype first. GPU machine only.
+
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import type { StepInput } from "../src/backends/backend.js";
+import { CpuBackend, type CpuTensor, cpuTensor } from "../src/backends/cpu/cpu-backend.js";
+import { CudaBackend, type CudaDtype, type CudaTensor } from "../src/backends/cuda/cuda-backend.js";
+import { CudaDevice } from "../src/backends/cuda/driver.js";
+import { kernelSource } from "../src/backends/cuda/engine-kernels.js";
+import { compileKernels } from "../src/backends/cuda/nvrtc.js";
+import { decodeToFloat32, encodeFromFloat32 } from "../src/checkpoint/dtype.js";
+
+const device = CudaDevice.open();
+const DTYPES: [CudaDtype, number, number][] = [
+  ["F32", 0, 1e-4],
+  ["F16", 1, 1e-2],
+  ["BF16", 2, 3e-2],
+];
+
+let seed = 12345;
+function rand(n: number, scale = 1): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    out[i] = ((seed / 2 ** 31) * 2 - 1) * scale;
+  }
+  return out;
+}
+
+/** ‖a − b‖ / ‖b‖ */
+function relErr(a: Float32Array, b: Float32Array): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+for (const [dtype, kilnDtype, tol] of DTYPES) {
+  describe(`cuda ops vs cpu: ${dtype}`, () => {
+    const { cubin } = compileKernels(kernelSource(), "decoder.cu", device.target, { KILN_DTYPE: kilnDtype });
+    const module = device.loadModule(cubin);
+    const round = (x: Float32Array) => (dtype === "F32" ? x : decodeToFloat32(encodeFromFloat32(x, dtype), dtype));
+    const upload = (data: Float32Array, rows: number, cols: number): [CudaTensor, CpuTensor] => {
+      const r = round(data);
+      const bytes = dtype === "F32" ? new Uint8Array(r.buffer) : encodeFromFloat32(r, dtype);
+      const p = device.alloc(bytes.byteLength);
+      device.upload(p, bytes);
+      return [{ ptr: p, rows, cols, dtype }, cpuTensor(rows, cols, r)];
+    };
+    const download = (t: CudaTensor): Float32Array => {
+      device.synchronize();
+      const bytes = new Uint8Array(t.rows * t.cols * (t.dtype === "F32" ? 4 : 2));
+      device.download(bytes, t.ptr);
+      return decodeToFloat32(bytes, t.dtype);
+    };
+    const H = 96;
+    const heads = 6;
+    const kv = 2;
+    const D = 16;
+    const inter = 80;
+    const V = 300;
+    const weights = new Map<string, [CudaTensor, CpuTensor]>([
+      ["emb", upload(rand(V * H), V, H)],
+      [
+        "norm",
+        upload(
+          rand(H, 0.5).map((x) => 1 + x),
+          1,
+          H,
+        ),
+      ],
+      ["qkv", upload(rand((heads + 2 * kv) * D * H, 0.2), (heads + 2 * kv) * D, H)],
+      ["qkv_bias", upload(rand((heads + 2 * kv) * D, 0.3), 1, (heads + 2 * kv) * D)],
+      ["fc_gate", upload(rand(2 * inter * H, 0.2), 2 * inter, H)],
+    ]);
+    const invFreq = new Float32Array(D / 2).map((_, i) => 1 / 10000 ** ((2 * i) / D));
+    const cuda = new CudaBackend(
+      device,
+      module,
+      new Map([...weights].map(([k, v]) => [k, v[0]])),
+      dtype,
+      { maxRows: 64, maxSeqs: 4, maxBlocksPerSeq: 8, hidden: H, widestRow: 2 * inter, vocab: V, logitRows: 64 },
+      invFreq,
+    );
+    const cpu = new CpuBackend(new Map([...weights].map(([k, v]) => [k, v[1]])));
+    const spec = { numLayers: 1, numBlocks: 16, tokensPerBlock: 4, numHeads: heads, numKvHeads: kv, headSize: D };
+    cuda.allocateKvCache(spec);
+    cpu.allocateKvCache(spec);
+    const shape = { numHeads: heads, numKvHeads: kv, headSize: D };
+    const rope = { invFreq, rotaryDim: D };
+
+    // Two sequences: one prefilling 7 tokens, one with 5 cached tokens adding 3; blocks scattered.
+    const prefill: StepInput = {
+      tokenIds: Int32Array.from([3, 17, 250, 9, 9, 42, 1, 5, 6, 7, 8, 11]),
+      positions: Int32Array.from([0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4]),
+      slotMapping: Int32Array.from([20, 21, 22, 23, 8, 9, 10, 40, 41, 42, 43, 12]),
+      seqs: [
+        { rowStart: 0, numNew: 7, numCached: 0, blockTable: Int32Array.from([5, 2]) },
+        { rowStart: 7, numNew: 5, numCached: 0, blockTable: Int32Array.from([10, 3]) },
+      ],
+      logitRows: Int32Array.from([6, 11]),
+    };
+    const decode: StepInput = {
+      tokenIds: Int32Array.from([77, 78, 79, 80]),
+      positions: Int32Array.from([7, 5, 6, 7]),
+      slotMapping: Int32Array.from([11, 13, 14, 15]),
+      seqs: [
+        { rowStart: 0, numNew: 1, numCached: 7, blockTable: Int32Array.from([5, 2]) },
+        { rowStart: 1, numNew: 3, numCached: 5, blockTable: Int32Array.from([10, 3]) },
+      ],
+      logitRows: Int32Array.from([0, 3]),
+    };
+
+    for (const [label, step] of [
+      ["prefill", prefill],
+      ["decode after prefill", decode],
+    ] as const) {
+      test(`the decoder ops chained over a ${label} step match the cpu backend`, () => {
+        const run = <T>(be: CpuBackend | CudaBackend, w: (n: string) => T, dl: (t: T) => Float32Array) => {
+          // biome-ignore lint/suspicious/noExplicitAny: the same calls on both backends
+          const b = be as any;
+          b.beginStep(step);
+          const x = b.embed(w("emb"), step);
+          const n = b.rmsNorm(x, w("norm"), 1e-6);
+          const qkv = b.linear(n, w("qkv"), w("qkv_bias"));
+          b.ropeAndCacheKv(0, qkv, step, rope, shape);
+          const att = b.attention(0, qkv, step, shape);
+          const fg = b.linear(n, w("fc_gate"), null);
+          const act = b.siluMulHalves(fg);
+          const normed = b.addRmsNorm(x, x, w("norm"), 1e-6);
+          const rows = b.gatherRows(normed, step);
+          const logits = b.linear(rows, w("emb"), null, true);
+          const greedy = b.greedy(logits, V);
+          return {
+            qkv: dl(qkv),
+            att: dl(att),
+            act: dl(act),
+            normed: dl(normed),
+            residual: dl(x),
+            logits: dl(logits),
+            greedy,
+          };
+        };
+        const got = run(cuda, (k) => weights.get(k)![0], download);
+        const want = run(
+          cpu,
+          (k) => weights.get(k)![1],
+          (t: CpuTensor) => t.data.slice(),
+        );
+        for (const k of ["qkv", "att", "act", "normed", "residual", "logits"] as const) {
+          const e = relErr(got[k], want[k]);
+          assert.ok(e < tol, `${k}: relative error ${e.toExponential(2)} ≥ ${tol}`);
+        }
+        assert.deepEqual(Array.from(got.greedy.tokens), Array.from(want.greedy.tokens));
+        assert.ok(relErr(got.greedy.logProbs, want.greedy.logProbs) < tol);
+      });
+    }
+  });
+}
