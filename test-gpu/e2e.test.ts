@@ -1,6 +1,9 @@
 // Fixtures through convert → build --backend cuda → run on the GPU, against what transformers recorded:
-// float32 engines within 1e-3 with identical greedy ids, bfloat16 engines within 2e-2 of transformers'
-// bfloat16 logits; a batch gives what each prompt gives alone. GPU machine only.
+// float32 engines within 1e-3 with identical greedy ids; a batch gives what each prompt gives alone.
+// bfloat16 engines: two bfloat16 implementations differ by their rounding noise, which on these fixtures
+// (logits up to ±6) is ~0.1, as transformers' own bfloat16 run differs from its float32 run by that much;
+// so the check is that kiln's bfloat16 logits are no farther from transformers' (bfloat16 or float32) than
+// transformers' bfloat16 logits are from its float32 ones. GPU machine only.
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -50,26 +53,28 @@ for (const name of FIXTURE_NAMES) {
       assert.equal(llm.numFreeKvBlocks, llm.numKvBlocks);
     });
 
-    test("bfloat16: logits within 2e-2 of transformers' bfloat16", async () => {
-      const file = path.join(FIXTURES, name, "reference_bf16.safetensors");
-      const rec = SafetensorsFile.open(file);
+    test("bfloat16: within transformers' own bfloat16 rounding noise", async () => {
+      const rec = SafetensorsFile.open(path.join(FIXTURES, name, "reference_bf16.safetensors"));
       const llm = await cudaEngine(name, "bfloat16");
       const outs = succeeded(llm.generate(prompts, { maxNewTokens: 16, endId: ref.eosId }));
-      let worst = 0;
+      let vsHfBf16 = 0;
+      let vsHfFp32 = 0;
+      let hfNoise = 0;
       let sameGreedy = 0;
-      ref.prompts.forEach((_, i) => {
-        worst = Math.max(
-          worst,
-          maxAbsDiff(stackRows(outs[i].contextLogits!, ref.vocab), rec.readFloat32(`prompt${i}.context_logits`)),
-        );
-        const hf = Array.from(rec.readFloat32(`prompt${i}.greedy_ids`));
-        if (JSON.stringify(hf) === JSON.stringify(outs[i].outputIds)) sameGreedy++;
+      ref.prompts.forEach((p, i) => {
+        const ours = stackRows(outs[i].contextLogits!, ref.vocab);
+        const hf = rec.readFloat32(`prompt${i}.context_logits`);
+        vsHfBf16 = Math.max(vsHfBf16, maxAbsDiff(ours, hf));
+        vsHfFp32 = Math.max(vsHfFp32, maxAbsDiff(ours, p.contextLogits));
+        hfNoise = Math.max(hfNoise, maxAbsDiff(hf, p.contextLogits));
+        if (JSON.stringify(Array.from(rec.readFloat32(`prompt${i}.greedy_ids`))) === JSON.stringify(outs[i].outputIds)) sameGreedy++;
       });
       rec.close();
       console.log(
-        `# ${name} bfloat16 max |Δlogit| ${worst.toExponential(2)}, greedy identical ${sameGreedy}/${prompts.length}`,
+        `# ${name} bfloat16 max |Δlogit| vs transformers bf16 ${vsHfBf16.toExponential(2)}, vs fp32 ${vsHfFp32.toExponential(2)}; transformers bf16 vs fp32 ${hfNoise.toExponential(2)}; greedy identical to transformers bf16 ${sameGreedy}/${prompts.length}`,
       );
-      assert.ok(worst <= 2e-2, `max |Δlogit| ${worst}`);
+      assert.ok(vsHfBf16 <= hfNoise, `vs transformers bf16 ${vsHfBf16} > its own noise ${hfNoise}`);
+      assert.ok(vsHfFp32 <= 1.25 * hfNoise, `vs float32 ${vsHfFp32} > 1.25 × ${hfNoise}`);
     });
   });
 }

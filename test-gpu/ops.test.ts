@@ -156,7 +156,8 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           assert.ok(e < tol, `${k}: relative error ${e.toExponential(2)} ≥ ${tol}`);
         }
         assert.deepEqual(Array.from(got.greedy.tokens), Array.from(want.greedy.tokens));
-        assert.ok(relErr(got.greedy.logProbs, want.greedy.logProbs) < tol);
+        const lp = Math.max(...Array.from(got.greedy.logProbs, (x, i) => Math.abs(x - want.greedy.logProbs[i])));
+        assert.ok(lp < 10 * tol, `greedy log probs differ by ${lp}`);
       });
     }
   });

@@ -4,6 +4,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import type { Backend } from "../backends/backend.js";
+import type { StepExecutor } from "./model-runner.js";
 import { CpuBackend, type CpuTensor, cpuTensor } from "../backends/cpu/cpu-backend.js";
 import type { EngineConfig } from "../builder/build-engine.js";
 import { CPU_TARGET } from "../builder/build-engine.js";
@@ -20,6 +21,15 @@ export interface LoadedEngine {
   backend: Backend<any>;
   // biome-ignore lint/suspicious/noExplicitAny: as above
   model: DecoderModel<any>;
+  executor: StepExecutor;
+}
+
+/** Runs each step eagerly through the model; the cpu backend's executor. */
+export function eagerExecutor<T>(backend: Backend<T>, model: DecoderModel<T>, vocab: number): StepExecutor {
+  return {
+    logits: (step) => backend.toHost(model.forward(step)),
+    greedy: (step) => backend.greedy(model.forward(step), vocab),
+  };
 }
 
 export function readEngineConfig(dir: string): EngineConfig {
@@ -41,8 +51,10 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
   if (config.backend === "cuda") {
     // Imported only here, so cpu users never load koffi or look for CUDA libraries.
     const { loadCudaBackend } = await import("../backends/cuda/load.js");
+    const { CudaExecutor } = await import("../backends/cuda/executor.js");
     const backend = loadCudaBackend(path.join(dir, "rank0.engine"), config);
-    return { dir, config, backend, model: new DecoderModel(config.pretrained_config, backend) };
+    const model = new DecoderModel(config.pretrained_config, backend);
+    return { dir, config, backend, model, executor: new CudaExecutor(backend, model, config.pretrained_config.vocab_size) };
   }
   const file = EngineFile.open(path.join(dir, "rank0.engine"), { backend: "cpu", target: CPU_TARGET });
   const weights = new Map<string, CpuTensor>();
@@ -60,5 +72,6 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
     file.close();
   }
   const backend = new CpuBackend(weights);
-  return { dir, config, backend, model: new DecoderModel(config.pretrained_config, backend) };
+  const model = new DecoderModel(config.pretrained_config, backend);
+  return { dir, config, backend, model, executor: eagerExecutor(backend, model, config.pretrained_config.vocab_size) };
 }

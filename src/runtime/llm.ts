@@ -14,7 +14,7 @@ import {
   type GenerateOptions,
   resolveParams,
 } from "./results.js";
-import { logSoftmax, Rng, sampleToken, validateSampling } from "./sampling/index.js";
+import { isGreedy, logSoftmax, Rng, sampleToken, validateSampling } from "./sampling/index.js";
 import { Scheduler } from "./scheduler.js";
 import { Sequence } from "./sequence.js";
 
@@ -82,10 +82,7 @@ export class LLM {
       this.blocks,
     );
     const lmHeadRows = engine.backend.weight("lm_head.weight").rows;
-    const forward = {
-      forward: (s: Parameters<LoadedEngine["model"]["forward"]>[0]) => engine.backend.toHost(engine.model.forward(s)),
-    };
-    this.runner = new ModelRunner(forward, tpb, lmHeadRows, b.remove_input_padding);
+    this.runner = new ModelRunner(engine.executor, tpb, lmHeadRows, b.remove_input_padding);
   }
 
   static async load(engineDir: string, opts: LoadOptions = {}): Promise<LLM> {
@@ -202,27 +199,40 @@ export class LLM {
     const { batch, copies } = this.scheduler.schedule();
     if (batch.length === 0) return;
     if (copies.length > 0) this.engine.backend.copyKvBlocks(copies);
-    const gather = this.buildConfig.gather_context_logits;
-    const wantsContext = (r: Request, seq: Sequence, pos: number) =>
-      gather && r.seqs[0] === seq && pos < seq.numPromptTokens && r.contextLogits.length <= pos;
-    const rows = this.runner.run(batch, ({ request, seq }, i) => {
-      const pos = seq.numCachedTokens + i;
-      return pos === seq.numTokens - 1 || wantsContext(request, seq, pos);
-    });
+    const b = this.buildConfig;
+    if (!b.gather_context_logits && !b.gather_generation_logits && batch.every(({ request }) => isPlainGreedy(request.params))) {
+      // Greedy fast path: the backend picks each token; no logits row is copied to the host.
+      const chosen = this.runner.runGreedy(batch);
+      batch.forEach(({ seq, numNewTokens }, k) => {
+        seq.numCachedTokens += numNewTokens;
+        this.blocks.registerFullBlocks(seq);
+        const c = chosen[k];
+        if (c && c.pos === seq.numTokens - 1) seq.pendingChoice = { token: c.token, logProb: c.logProb };
+      });
+    } else {
+      const wantsContext = (r: Request, seq: Sequence, pos: number) =>
+        b.gather_context_logits && r.seqs[0] === seq && pos < seq.numPromptTokens && r.contextLogits.length <= pos;
+      const rows = this.runner.run(batch, ({ request, seq }, i) => {
+        const pos = seq.numCachedTokens + i;
+        return pos === seq.numTokens - 1 || wantsContext(request, seq, pos);
+      });
+      batch.forEach(({ request, seq, numNewTokens }, k) => {
+        seq.numCachedTokens += numNewTokens;
+        this.blocks.registerFullBlocks(seq);
+        for (const { pos, logits } of rows[k]) {
+          const row = logits.subarray(0, this.vocabSize);
+          if (wantsContext(request, seq, pos) && request.contextLogits.length === pos) request.contextLogits.push(row);
+          if (pos === seq.numTokens - 1) seq.pendingLogits = row;
+        }
+      });
+    }
     const stepped = new Set<Request>();
-    batch.forEach(({ request, seq, numNewTokens }, k) => {
-      request.numComputedPromptTokens += Math.max(0, Math.min(numNewTokens, seq.numPromptTokens - seq.numCachedTokens));
-      seq.numCachedTokens += numNewTokens;
-      this.blocks.registerFullBlocks(seq);
-      for (const { pos, logits } of rows[k]) {
-        const row = logits.subarray(0, this.vocabSize);
-        if (wantsContext(request, seq, pos) && request.contextLogits.length === pos) request.contextLogits.push(row);
-        if (pos === seq.numTokens - 1) seq.pendingLogits = row;
-      }
+    for (const { request, seq, numNewTokens } of batch) {
+      request.numComputedPromptTokens += Math.max(0, Math.min(numNewTokens, seq.numPromptTokens - (seq.numCachedTokens - numNewTokens)));
       stepped.add(request);
-    });
+    }
     for (const request of stepped) {
-      if (request.status === "running" && request.seqs.every((s) => s.pendingLogits)) this.advance(request);
+      if (request.status === "running" && request.seqs.every((s) => s.pendingLogits || s.pendingChoice)) this.advance(request);
     }
   }
 
@@ -250,15 +260,8 @@ export class LLM {
       }
     }
     for (const seq of [...request.seqs]) {
-      const logits = seq.pendingLogits!;
-      seq.pendingLogits = null;
-      if (this.buildConfig.gather_generation_logits) seq.generationLogits.push(logits.slice());
-      const { token, logProb } = sampleToken(
-        logits,
-        p.sampling,
-        { promptIds: request.promptIds, outputIds: seq.outputIds },
-        request.rngs.get(seq)!,
-      );
+      const { token, logProb } = seq.pendingChoice ?? this.sample(request, seq);
+      seq.pendingChoice = null;
       seq.tokenIds.push(token);
       seq.logProbs.push(logProb);
       seq.cumLogProb += logProb;
@@ -277,6 +280,14 @@ export class LLM {
         request.seqs.splice(request.seqs.indexOf(seq), 1);
       }
     }
+  }
+
+  private sample(request: Request, seq: Sequence): { token: number; logProb: number } {
+    const logits = seq.pendingLogits!;
+    seq.pendingLogits = null;
+    if (this.buildConfig.gather_generation_logits) seq.generationLogits.push(logits.slice());
+    const history = { promptIds: request.promptIds, outputIds: seq.outputIds };
+    return sampleToken(logits, request.params.sampling, history, request.rngs.get(seq)!);
   }
 
   private advanceBeams(request: Request): void {
@@ -374,6 +385,21 @@ export class LLM {
       this.abort(request);
     }
   }
+}
+
+/** Greedy with nothing that needs the logits row on the host: the backend can choose the token itself. */
+function isPlainGreedy(p: GenerationParams): boolean {
+  const s = p.sampling;
+  return (
+    p.numBeams === 1 &&
+    p.numReturnSequences === 1 &&
+    isGreedy(s) &&
+    (s.temperature === 0 || s.temperature === 1) &&
+    s.repetitionPenalty === 1 &&
+    s.presencePenalty === 0 &&
+    s.frequencyPenalty === 0 &&
+    s.badWords.length === 0
+  );
 }
 
 export function isFailure(r: GenerationOutput | RequestFailure): r is RequestFailure {

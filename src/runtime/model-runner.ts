@@ -5,8 +5,17 @@
 import type { StepInput } from "../backends/backend.js";
 import type { ScheduledSeq } from "./scheduler.js";
 
-export interface ForwardModel {
-  forward(step: StepInput): Float32Array;
+/** Runs a step on an engine: its logits rows on the host, or just the greedy choice per row (no logits copied). */
+export interface StepExecutor {
+  logits(step: StepInput): Float32Array;
+  greedy(step: StepInput): { tokens: Int32Array; logProbs: Float32Array };
+}
+
+/** A greedy choice and its log probability, at a sequence position. */
+export interface PositionToken {
+  pos: number;
+  token: number;
+  logProb: number;
 }
 
 /** A logits row and the sequence position it was computed at. */
@@ -20,7 +29,7 @@ export class ModelRunner {
   lastStepRows = 0;
 
   constructor(
-    private readonly model: ForwardModel,
+    private readonly executor: StepExecutor,
     readonly tokensPerBlock: number,
     /** Width of a logits row (the lm_head's, possibly padded past the vocabulary). */
     private readonly logitsWidth: number,
@@ -32,6 +41,28 @@ export class ModelRunner {
    * `wantRow(s, i)` says whether the i-th new token of scheduled sequence s needs its logits row.
    */
   run(batch: ScheduledSeq[], wantRow: (s: ScheduledSeq, i: number) => boolean): PositionLogits[][] {
+    const { step, owners } = this.prepare(batch, wantRow);
+    const logits = this.executor.logits(step);
+    const rows: PositionLogits[][] = batch.map(() => []);
+    const w = this.logitsWidth;
+    owners.forEach(([b, pos], i) => {
+      rows[b].push({ pos, logits: logits.slice(i * w, (i + 1) * w) });
+    });
+    return rows;
+  }
+
+  /** Like run, but the backend picks the greedy token of each last position; no logits reach the host. */
+  runGreedy(batch: ScheduledSeq[]): (PositionToken | null)[] {
+    const { step, owners } = this.prepare(batch, ({ seq }, i) => seq.numCachedTokens + i === seq.numTokens - 1);
+    const { tokens, logProbs } = this.executor.greedy(step);
+    const out: (PositionToken | null)[] = batch.map(() => null);
+    owners.forEach(([b, pos], i) => {
+      out[b] = { pos, token: tokens[i], logProb: logProbs[i] };
+    });
+    return out;
+  }
+
+  private prepare(batch: ScheduledSeq[], wantRow: (s: ScheduledSeq, i: number) => boolean): { step: StepInput; owners: [number, number][] } {
     const stride = this.removeInputPadding ? 0 : Math.max(...batch.map((s) => s.numNewTokens));
     const numRows = this.removeInputPadding ? batch.reduce((n, s) => n + s.numNewTokens, 0) : stride * batch.length;
     const tokenIds = new Int32Array(numRows);
@@ -63,18 +94,6 @@ export class ModelRunner {
       };
     });
     this.lastStepRows = numRows;
-    const logits = this.model.forward({
-      tokenIds,
-      positions,
-      slotMapping,
-      seqs,
-      logitRows: Int32Array.from(logitRows),
-    });
-    const rows: PositionLogits[][] = batch.map(() => []);
-    const w = this.logitsWidth;
-    owners.forEach(([b, pos], i) => {
-      rows[b].push({ pos, logits: logits.slice(i * w, (i + 1) * w) });
-    });
-    return rows;
+    return { step: { tokenIds, positions, slotMapping, seqs, logitRows: Int32Array.from(logitRows) }, owners };
   }
 }

@@ -103,6 +103,7 @@ export class Scheduler {
     for (const seq of request.seqs) {
       this.blocks.free(seq);
       seq.pendingLogits = null;
+      seq.pendingChoice = null;
     }
     this.running.splice(this.running.indexOf(request), 1);
     request.status = "waiting";

@@ -13,6 +13,8 @@ export class Sequence {
   numHashedBlocks = 0;
   /** The logits row of the last token once computed, waiting for the sampler or the beam search. */
   pendingLogits: Float32Array | null = null;
+  /** Or, on the greedy fast path, the token the backend already chose, with its log probability. */
+  pendingChoice: { token: number; logProb: number } | null = null;
   /** Log probability of each generated token, and their sum. */
   logProbs: number[] = [];
   cumLogProb = 0;

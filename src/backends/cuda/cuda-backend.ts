@@ -143,6 +143,14 @@ export class CudaBackend implements Backend<CudaTensor> {
 
   /** Packs the step's metadata into pinned memory and copies it to the device in one transfer. */
   beginStep(step: StepInput): void {
+    this.device.uploadAsync(this.stepDevice, this.pinned.handle, this.packStep(step) * 4);
+  }
+
+  /**
+   * Lays the step's metadata out in pinned memory (host work only) and resets the arena; returns the ints
+   * used. A graph replay copies the same pinned buffer again, so packing is all a replayed step needs.
+   */
+  packStep(step: StepInput): number {
     this.arena.used = 0;
     const rows = step.tokenIds.length;
     const L = this.limits;
@@ -172,9 +180,8 @@ export class CudaBackend implements Backend<CudaTensor> {
       ints.set(s.blockTable, layout.blockTables + i * L.maxBlocksPerSeq);
     });
     ints.set(step.logitRows, layout.logitRows);
-    const used = layout.blockTables + step.seqs.length * L.maxBlocksPerSeq;
-    this.device.uploadAsync(this.stepDevice, this.pinned.handle, used * 4);
     this.step = layout;
+    return layout.blockTables + step.seqs.length * L.maxBlocksPerSeq;
   }
 
   embed(table: CudaTensor, _step: StepInput): CudaTensor {
@@ -323,21 +330,24 @@ export class CudaBackend implements Backend<CudaTensor> {
   }
 
   greedy(logits: CudaTensor, vocab: number): { tokens: Int32Array; logProbs: Float32Array } {
-    const rows = logits.rows;
-    if (rows > 0) {
-      this.device.launch(
-        this.fn("argmax_logprob"),
-        [rows],
-        [1024],
-        [
-          ptr(this.greedyOut),
-          ptr(this.greedyOut + this.limits.maxRows * 4),
-          ptr(logits.ptr),
-          i32(vocab),
-          i32(logits.cols),
-        ],
-      );
-    }
+    this.launchGreedy(logits, vocab);
+    return this.readGreedy(logits.rows);
+  }
+
+  /** Enqueues the greedy choice of every logits row (graph-capturable: no synchronisation). */
+  launchGreedy(logits: CudaTensor, vocab: number): void {
+    if (logits.rows === 0) return;
+    this.device.launch(this.fn("argmax_logprob"), [logits.rows], [1024], [
+      ptr(this.greedyOut),
+      ptr(this.greedyOut + this.limits.maxRows * 4),
+      ptr(logits.ptr),
+      i32(vocab),
+      i32(logits.cols),
+    ]);
+  }
+
+  /** Waits for the stream and reads the greedy choices of the first `rows` rows. */
+  readGreedy(rows: number): { tokens: Int32Array; logProbs: Float32Array } {
     this.device.synchronize();
     const tokens = new Int32Array(rows);
     const logProbs = new Float32Array(rows);
@@ -346,5 +356,9 @@ export class CudaBackend implements Backend<CudaTensor> {
       this.device.download(logProbs, this.greedyOut + this.limits.maxRows * 4);
     }
     return { tokens, logProbs };
+  }
+
+  get maxGraphRows(): number {
+    return Math.min(this.limits.maxSeqs, this.limits.maxRows);
   }
 }

@@ -20,6 +20,9 @@ __device__ __forceinline__ float tof(T x) { return __bfloat162float(x); }
 __device__ __forceinline__ T fromf(float x) { return __float2bfloat16_rn(x); }
 #endif
 
+// NVRTC has no <math.h>: spell infinity out.
+#define NEG_INF __int_as_float(0xff800000)
+
 // Rounds through T: what a framework computing in the model dtype stores.
 __device__ __forceinline__ float rnd(float x) { return tof(fromf(x)); }
 
@@ -160,7 +163,7 @@ attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row
     qv[j] = (j < per_lane && d < head) ? tof(q[d]) : 0.f;
     acc[j] = 0.f;
   }
-  float m = -INFINITY, l = 0.f;
+  float m = NEG_INF, l = 0.f;
   const int* table = block_tables + (size_t)seq * max_blocks;
   const int kv_stride = num_kv * head;
   for (int t = warp; t < visible; t += ATT_WARPS) {
@@ -194,13 +197,13 @@ attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row
     if (j < per_lane && d < head) sacc[warp][d] = acc[j];
   }
   __syncthreads();
-  float mall = -INFINITY;
+  float mall = NEG_INF;
   for (int w = 0; w < ATT_WARPS; w++) mall = fmaxf(mall, sm[w]);
   float lall = 0.f;
-  for (int w = 0; w < ATT_WARPS; w++) lall += sm[w] == -INFINITY ? 0.f : sl[w] * __expf(sm[w] - mall);
+  for (int w = 0; w < ATT_WARPS; w++) lall += sm[w] == NEG_INF ? 0.f : sl[w] * __expf(sm[w] - mall);
   for (int d = threadIdx.x; d < head; d += blockDim.x) {
     float v = 0.f;
-    for (int w = 0; w < ATT_WARPS; w++) v += sm[w] == -INFINITY ? 0.f : sacc[w][d] * __expf(sm[w] - mall);
+    for (int w = 0; w < ATT_WARPS; w++) v += sm[w] == NEG_INF ? 0.f : sacc[w][d] * __expf(sm[w] - mall);
     o[d] = fromf(v / lall);
   }
 }
@@ -215,7 +218,7 @@ extern "C" __global__ void gather_rows(T* out, const T* x, const int* rows, int 
 // under softmax. grid = rows, block = 1024.
 extern "C" __global__ void argmax_logprob(int* tokens, float* logprobs, const float* logits, int vocab, int stride) {
   const float* row = logits + (size_t)blockIdx.x * stride;
-  float best = -INFINITY;
+  float best = NEG_INF;
   int arg = 0x7fffffff;
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
     const float v = row[i];
