@@ -67,7 +67,8 @@ for (const name of FIXTURE_NAMES) {
         vsHfBf16 = Math.max(vsHfBf16, maxAbsDiff(ours, hf));
         vsHfFp32 = Math.max(vsHfFp32, maxAbsDiff(ours, p.contextLogits));
         hfNoise = Math.max(hfNoise, maxAbsDiff(hf, p.contextLogits));
-        if (JSON.stringify(Array.from(rec.readFloat32(`prompt${i}.greedy_ids`))) === JSON.stringify(outs[i].outputIds)) sameGreedy++;
+        if (JSON.stringify(Array.from(rec.readFloat32(`prompt${i}.greedy_ids`))) === JSON.stringify(outs[i].outputIds))
+          sameGreedy++;
       });
       rec.close();
       console.log(

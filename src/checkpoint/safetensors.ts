@@ -233,7 +233,8 @@ export class SafetensorsWriter {
     });
     // Keys are serialised by hand: JSON.stringify would move integer-like names to the front.
     const entries: string[] = [];
-    if (metadata !== undefined && Object.keys(metadata).length > 0) entries.push(`${q(METADATA_KEY)}:${q(validateMetadata(file, metadata))}`);
+    if (metadata !== undefined && Object.keys(metadata).length > 0)
+      entries.push(`${q(METADATA_KEY)}:${q(validateMetadata(file, metadata))}`);
     let offset = 0;
     for (const s of this.#specs) {
       const entry = { dtype: s.dtype, shape: s.shape, data_offsets: [offset, offset + s.byteLength] };

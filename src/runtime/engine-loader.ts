@@ -4,7 +4,6 @@
 import fs from "node:fs";
 import path from "node:path";
 import type { Backend } from "../backends/backend.js";
-import type { StepExecutor } from "./model-runner.js";
 import { CpuBackend, type CpuTensor, cpuTensor } from "../backends/cpu/cpu-backend.js";
 import type { EngineConfig } from "../builder/build-engine.js";
 import { CPU_TARGET } from "../builder/build-engine.js";
@@ -13,6 +12,7 @@ import { readJson } from "../checkpoint/convert-hf.js";
 import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { ConfigError, EngineError } from "../errors.js";
 import { DecoderModel } from "../models/decoder.js";
+import type { StepExecutor } from "./model-runner.js";
 
 export interface LoadedEngine {
   dir: string;
@@ -54,7 +54,13 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
     const { CudaExecutor } = await import("../backends/cuda/executor.js");
     const backend = loadCudaBackend(path.join(dir, "rank0.engine"), config);
     const model = new DecoderModel(config.pretrained_config, backend);
-    return { dir, config, backend, model, executor: new CudaExecutor(backend, model, config.pretrained_config.vocab_size) };
+    return {
+      dir,
+      config,
+      backend,
+      model,
+      executor: new CudaExecutor(backend, model, config.pretrained_config.vocab_size),
+    };
   }
   const file = EngineFile.open(path.join(dir, "rank0.engine"), { backend: "cpu", target: CPU_TARGET });
   const weights = new Map<string, CpuTensor>();

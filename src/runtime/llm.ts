@@ -200,7 +200,11 @@ export class LLM {
     if (batch.length === 0) return;
     if (copies.length > 0) this.engine.backend.copyKvBlocks(copies);
     const b = this.buildConfig;
-    if (!b.gather_context_logits && !b.gather_generation_logits && batch.every(({ request }) => isPlainGreedy(request.params))) {
+    if (
+      !b.gather_context_logits &&
+      !b.gather_generation_logits &&
+      batch.every(({ request }) => isPlainGreedy(request.params))
+    ) {
       // Greedy fast path: the backend picks each token; no logits row is copied to the host.
       const chosen = this.runner.runGreedy(batch);
       batch.forEach(({ seq, numNewTokens }, k) => {
@@ -228,11 +232,15 @@ export class LLM {
     }
     const stepped = new Set<Request>();
     for (const { request, seq, numNewTokens } of batch) {
-      request.numComputedPromptTokens += Math.max(0, Math.min(numNewTokens, seq.numPromptTokens - (seq.numCachedTokens - numNewTokens)));
+      request.numComputedPromptTokens += Math.max(
+        0,
+        Math.min(numNewTokens, seq.numPromptTokens - (seq.numCachedTokens - numNewTokens)),
+      );
       stepped.add(request);
     }
     for (const request of stepped) {
-      if (request.status === "running" && request.seqs.every((s) => s.pendingLogits || s.pendingChoice)) this.advance(request);
+      if (request.status === "running" && request.seqs.every((s) => s.pendingLogits || s.pendingChoice))
+        this.advance(request);
     }
   }
 

@@ -62,7 +62,10 @@ export class ModelRunner {
     return out;
   }
 
-  private prepare(batch: ScheduledSeq[], wantRow: (s: ScheduledSeq, i: number) => boolean): { step: StepInput; owners: [number, number][] } {
+  private prepare(
+    batch: ScheduledSeq[],
+    wantRow: (s: ScheduledSeq, i: number) => boolean,
+  ): { step: StepInput; owners: [number, number][] } {
     const stride = this.removeInputPadding ? 0 : Math.max(...batch.map((s) => s.numNewTokens));
     const numRows = this.removeInputPadding ? batch.reduce((n, s) => n + s.numNewTokens, 0) : stride * batch.length;
     const tokenIds = new Int32Array(numRows);

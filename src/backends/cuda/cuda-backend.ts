@@ -337,13 +337,18 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Enqueues the greedy choice of every logits row (graph-capturable: no synchronisation). */
   launchGreedy(logits: CudaTensor, vocab: number): void {
     if (logits.rows === 0) return;
-    this.device.launch(this.fn("argmax_logprob"), [logits.rows], [1024], [
-      ptr(this.greedyOut),
-      ptr(this.greedyOut + this.limits.maxRows * 4),
-      ptr(logits.ptr),
-      i32(vocab),
-      i32(logits.cols),
-    ]);
+    this.device.launch(
+      this.fn("argmax_logprob"),
+      [logits.rows],
+      [1024],
+      [
+        ptr(this.greedyOut),
+        ptr(this.greedyOut + this.limits.maxRows * 4),
+        ptr(logits.ptr),
+        i32(vocab),
+        i32(logits.cols),
+      ],
+    );
   }
 
   /** Waits for the stream and reads the greedy choices of the first `rows` rows. */

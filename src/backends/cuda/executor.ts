@@ -2,9 +2,9 @@
 // CUDA graphs, one per batch-size bucket: the step is padded to the bucket, its metadata packed into pinned
 // memory, and the captured graph (metadata copy, every kernel and GEMM, the greedy choice) replayed.
 
-import type { StepInput } from "../backend.js";
 import type { DecoderModel } from "../../models/decoder.js";
 import type { StepExecutor } from "../../runtime/model-runner.js";
+import type { StepInput } from "../backend.js";
 import type { CudaBackend, CudaTensor } from "./cuda-backend.js";
 
 const BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
@@ -22,7 +22,10 @@ export function padDecodeStep(step: StepInput, bucket: number): StepInput {
     tokenIds: pad(step.tokenIds, 0),
     positions: pad(step.positions, 0),
     slotMapping: pad(step.slotMapping, -1),
-    seqs: [...step.seqs, ...Array.from({ length: bucket - n }, () => ({ rowStart: 0, numNew: 0, numCached: 0, blockTable: empty }))],
+    seqs: [
+      ...step.seqs,
+      ...Array.from({ length: bucket - n }, () => ({ rowStart: 0, numNew: 0, numCached: 0, blockTable: empty })),
+    ],
     logitRows: Int32Array.from({ length: bucket }, (_, i) => i),
   };
 }

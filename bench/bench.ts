@@ -1,0 +1,102 @@
+// kiln bench on the GPU machine: a random-weight model of Qwen2.5-0.5B-Instruct's shape through convert →
+// build --backend cuda → the runtime, measuring batch-1 decode, time to first token, context throughput,
+// the nano-vllm offline workload and peak GPU memory. Writes JSON (and merges a transformers baseline
+// measured by scripts/bench_hf.py in the same run, when given).
+//
+// node dist/bench/bench.js --work DIR --out bench/results/cuda-bf16.json [--hf hf.json] [--quick]
+
+import fs from "node:fs";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { CudaDevice } from "../src/backends/cuda/driver.js";
+import { buildEngine } from "../src/builder/build-engine.js";
+import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import { LLM } from "../src/runtime/llm.js";
+import { QWEN25_05B, writeRandomQwen2 } from "./random-model.js";
+
+const { values: args } = parseArgs({
+  options: { work: { type: "string" }, out: { type: "string" }, hf: { type: "string" }, quick: { type: "boolean" } },
+});
+const work = args.work ?? "/tmp/kiln-bench";
+
+let rng = 0;
+const rand = () => {
+  rng = (Math.imul(rng, 1664525) + 1013904223) >>> 0;
+  return rng / 2 ** 32;
+};
+const randomIds = (n: number) => Array.from({ length: n }, () => Math.floor(rand() * 150000));
+
+function run(llm: LLM, prompts: number[][], maxNew: number | number[]): { seconds: number; outputTokens: number } {
+  const t0 = performance.now();
+  const requests = prompts.map((p, i) =>
+    llm.submit(p, { maxNewTokens: Array.isArray(maxNew) ? maxNew[i] : maxNew, endId: null }),
+  );
+  while (llm.hasWork) llm.step();
+  const seconds = (performance.now() - t0) / 1000;
+  const outputTokens = requests.reduce((n, r) => n + llm.result(r).outputIds.length, 0);
+  return { seconds, outputTokens };
+}
+
+async function main() {
+  const device = CudaDevice.open();
+  const hfDir = path.join(work, "hf");
+  const ckpt = path.join(work, "ckpt");
+  const engine = path.join(work, "engine");
+  if (!fs.existsSync(path.join(hfDir, "model.safetensors"))) writeRandomQwen2(hfDir, QWEN25_05B);
+  await convertHfCheckpoint({ modelDir: hfDir, outputDir: ckpt, dtype: "bfloat16", overwrite: true });
+  const before = device.memInfo();
+  await buildEngine({
+    checkpointDir: ckpt,
+    outputDir: engine,
+    backend: "cuda",
+    overwrite: true,
+    request: { max_batch_size: 256, max_seq_len: 2304, max_input_len: 1024, max_num_tokens: 8192 },
+  });
+  const llm = await LLM.load(engine, { kvCacheTokens: 256 * 2304 });
+  const results: Record<string, number | string> = {
+    device: device.name,
+    model: "Qwen2.5-0.5B shape, random bf16 weights",
+  };
+
+  // Batch-1 decode, input 128, output 128: decode steps only (the first token is the prefill's).
+  run(llm, [randomIds(128)], 8); // warm-up: kernels, graphs for bucket 1
+  const single = llm.submit(randomIds(128), { maxNewTokens: 128, endId: null });
+  llm.step();
+  const t0 = performance.now();
+  while (llm.hasWork) llm.step();
+  const decodeSeconds = (performance.now() - t0) / 1000;
+  results.batch1_decode_tokens_per_s = (llm.result(single).outputIds.length - 1) / decodeSeconds;
+
+  const ttft = run(llm, [randomIds(1024)], 1);
+  results.ttft_input_1024_ms = ttft.seconds * 1000;
+  const ctx = run(
+    llm,
+    Array.from({ length: 8 }, () => randomIds(1024)),
+    1,
+  );
+  results.context_tokens_per_s_8x1024 = (8 * 1024) / ctx.seconds;
+
+  // nano-vllm's offline workload: 256 sequences, input and output lengths uniform in [100, 1024], seed 0.
+  rng = 0;
+  const n = args.quick ? 32 : 256;
+  const inLens = Array.from({ length: n }, () => 100 + Math.floor(rand() * 925));
+  const outLens = Array.from({ length: n }, () => 100 + Math.floor(rand() * 925));
+  const prompts = inLens.map((l) => randomIds(l));
+  const wl = run(llm, prompts, outLens);
+  results.nanovllm_sequences = n;
+  results.nanovllm_output_tokens = wl.outputTokens;
+  results.nanovllm_seconds = wl.seconds;
+  results.nanovllm_output_tokens_per_s = wl.outputTokens / wl.seconds;
+  const after = device.memInfo();
+  results.gpu_memory_used_gib = (before.free - after.free) / 2 ** 30;
+  results.preemptions = llm.numPreemptions;
+  if (args.hf && fs.existsSync(args.hf)) Object.assign(results, JSON.parse(fs.readFileSync(args.hf, "utf8")));
+  if (typeof results.hf_batch1_decode_tokens_per_s === "number") {
+    results.speedup_batch1_vs_hf =
+      (results.batch1_decode_tokens_per_s as number) / results.hf_batch1_decode_tokens_per_s;
+  }
+  console.log(JSON.stringify(results, null, 2));
+  if (args.out) fs.writeFileSync(args.out, `${JSON.stringify(results, null, 2)}\n`);
+}
+
+await main();
