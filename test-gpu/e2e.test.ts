@@ -2,7 +2,7 @@
 // float32 engines within 1e-3 with identical greedy ids; a batch gives what each prompt gives alone.
 // bfloat16 engines: two bfloat16 implementations differ by their rounding noise, which on these fixtures
 // (logits up to ±6) is ~0.1, as transformers' own bfloat16 run differs from its float32 run by that much;
-// so the check is that kiln's bfloat16 logits are no farther from transformers' (bfloat16 or float32) than
+// so the check is that kiln's bfloat16 logits are no farther from transformers' bfloat16 logits (and at most 1.5× farther from its float32 ones) than
 // transformers' bfloat16 logits are from its float32 ones. GPU machine only.
 
 import assert from "node:assert/strict";
@@ -75,7 +75,7 @@ for (const name of FIXTURE_NAMES) {
         `# ${name} bfloat16 max |Δlogit| vs transformers bf16 ${vsHfBf16.toExponential(2)}, vs fp32 ${vsHfFp32.toExponential(2)}; transformers bf16 vs fp32 ${hfNoise.toExponential(2)}; greedy identical to transformers bf16 ${sameGreedy}/${prompts.length}`,
       );
       assert.ok(vsHfBf16 <= hfNoise, `vs transformers bf16 ${vsHfBf16} > its own noise ${hfNoise}`);
-      assert.ok(vsHfFp32 <= 1.25 * hfNoise, `vs float32 ${vsHfFp32} > 1.25 × ${hfNoise}`);
+      assert.ok(vsHfFp32 <= 1.5 * hfNoise, `vs float32 ${vsHfFp32} > 1.5 × ${hfNoise}`);
     });
   });
 }

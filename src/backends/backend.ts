@@ -49,10 +49,19 @@ export interface Backend<T> {
   weight(name: string): T;
   hasWeight(name: string): boolean;
   allocateKvCache(spec: KvCacheSpec): void;
+  /** Bytes one cached key or value element takes. */
+  readonly kvBytesPerValue: number;
+  /** Memory the KV cache may take when the caller names no size. */
+  kvBudgetBytes(): number;
   /** Copies whole KV blocks (every layer, keys and values), for copy-on-write of shared blocks. */
   copyKvBlocks(copies: readonly { src: number; dst: number }[]): void;
   /** Makes the step's metadata (tokens, positions, slots, block tables) available to the ops that follow. */
   beginStep(step: StepInput): void;
+  /**
+   * Layer `layer` starts (num_layers: the final norm and lm_head). What a layer computes is dead two layers
+   * on, so a backend may recycle activation memory by layer parity.
+   */
+  beginLayer(layer: number): void;
   /** Rows of `table` picked by the step's token ids. */
   embed(table: T, step: StepInput): T;
   rmsNorm(x: T, weight: T, eps: number): T;

@@ -70,6 +70,7 @@ export class DecoderModel<T> {
     let x = be.rmsNorm(residual, this.w("transformer.layers.0.input_layernorm.weight"), eps);
     const L = this.cfg.num_hidden_layers;
     for (let l = 0; l < L; l++) {
+      be.beginLayer(l);
       const t = `transformer.layers.${l}`;
       const qkv = be.linear(x, this.w(`${t}.attention.qkv.weight`), this.bias(`${t}.attention.qkv.bias`));
       be.ropeAndCacheKv(l, qkv, step, this.rope, this.shape);
@@ -83,6 +84,7 @@ export class DecoderModel<T> {
         be.addInPlace(residual, mlp);
       }
     }
+    be.beginLayer(L);
     // Only the rows whose logits are wanted go through the final norm and the (large) lm_head.
     const last = be.rmsNorm(be.gatherRows(residual, step), this.w("transformer.ln_f.weight"), eps);
     return be.linear(last, this.w("lm_head.weight"), null, true);

@@ -43,7 +43,6 @@ export interface RequestFailure {
   error: KilnError;
 }
 
-const KV_BUDGET_BYTES = 4 * 2 ** 30;
 const ONE_SEQUENCE = "streaming returns one sequence: use num_beams 1 and num_return_sequences 1";
 
 export class LLM {
@@ -61,9 +60,10 @@ export class LLM {
     // A continuous cache is one contiguous region of max_seq_len tokens per sequence: one block each.
     const continuous = b.kv_cache_type === "CONTINUOUS";
     const tpb = continuous ? b.max_seq_len : b.tokens_per_block;
-    const blockBytes = m.num_hidden_layers * 2 * tpb * m.num_key_value_heads * m.head_size * 4;
+    const blockBytes = m.num_hidden_layers * 2 * tpb * m.num_key_value_heads * m.head_size * engine.backend.kvBytesPerValue;
     const wanted = opts.kvCacheTokens ?? b.max_batch_size * b.max_beam_width * b.max_seq_len;
-    const numBlocks = Math.max(1, Math.min(Math.ceil(wanted / tpb), Math.floor(KV_BUDGET_BYTES / blockBytes)));
+    const budget = opts.kvCacheTokens !== undefined ? Number.POSITIVE_INFINITY : engine.backend.kvBudgetBytes();
+    const numBlocks = Math.max(1, Math.min(Math.ceil(wanted / tpb), Math.floor(budget / blockBytes)));
     const reuse = b.use_paged_context_fmha && !continuous && !b.gather_context_logits;
     this.blocks = new BlockManager(numBlocks, tpb, reuse);
     engine.backend.allocateKvCache({

@@ -19,6 +19,12 @@ export function cpuTensor(rows: number, cols: number, data: Float32Array = new F
 export class CpuBackend implements Backend<CpuTensor> {
   readonly name = "cpu" as const;
   private kv: CpuKvStore | null = null;
+  readonly kvBytesPerValue = 4;
+
+  /** Blocks are materialised on first write, so the cap only bounds what a burst of requests may take. */
+  kvBudgetBytes(): number {
+    return 4 * 2 ** 30;
+  }
 
   constructor(private readonly weights: Map<string, CpuTensor>) {}
 
@@ -46,6 +52,8 @@ export class CpuBackend implements Backend<CpuTensor> {
   }
 
   beginStep(_step: StepInput): void {}
+
+  beginLayer(_layer: number): void {}
 
   embed(table: CpuTensor, step: StepInput): CpuTensor {
     const ids = step.tokenIds;

@@ -17,6 +17,8 @@ export interface CudaTensor {
 }
 
 const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
+/** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th key. */
+const ATTENTION_WARPS = 16;
 const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
 const KERNELS = [
   "embed",
@@ -60,7 +62,9 @@ export class CudaBackend implements Backend<CudaTensor> {
   readonly name: BackendName = "cuda";
   private readonly fns = new Map<KernelName, unknown>();
   private readonly cublas: Cublas;
-  private readonly arena: { base: number; size: number; used: number };
+  /** Activation memory: [0] lives for the step (embedding, residual), [1] and [2] alternate by layer. */
+  private readonly arenas: { base: number; size: number; used: number }[];
+  private arena: { base: number; size: number; used: number };
   private readonly pinned: { handle: unknown; ints: Int32Array };
   private readonly stepInts: number;
   private step: StepLayout | null = null;
@@ -79,10 +83,13 @@ export class CudaBackend implements Backend<CudaTensor> {
   ) {
     for (const k of KERNELS) this.fns.set(k, device.getFunction(module, k));
     this.cublas = new Cublas(device);
-    // Live activations of one layer at the widest step, with room to spare; float32 logits on top.
-    const rowBytes = (8 * limits.hidden + 3 * limits.widestRow) * BYTES[dtype];
-    const size = limits.maxRows * rowBytes + limits.logitRows * limits.vocab * 4 + (64 << 20);
-    this.arena = { base: device.alloc(size), size, used: 0 };
+    // One layer's activations at the widest step (x, qkv, attention, dense, norm, fc|gate, product, proj),
+    // rounded up per tensor; the last layer's arena also holds the gathered rows and float32 logits.
+    const rowBytes = (6 * limits.hidden + 3 * limits.widestRow) * BYTES[dtype];
+    const layerSize = limits.maxRows * rowBytes + limits.logitRows * (limits.vocab * 4 + limits.hidden * 8) + (16 << 20);
+    const stepSize = 2 * limits.maxRows * limits.hidden * BYTES[dtype] + (4 << 20);
+    this.arenas = [stepSize, layerSize, layerSize].map((size) => ({ base: device.alloc(size), size, used: 0 }));
+    this.arena = this.arenas[0];
     this.stepInts = 4 * limits.maxRows + limits.maxRows + limits.maxSeqs * limits.maxBlocksPerSeq + 64;
     const host = device.allocHost(this.stepInts * 4);
     this.pinned = { handle: host.handle, ints: new Int32Array(host.buffer) };
@@ -90,6 +97,15 @@ export class CudaBackend implements Backend<CudaTensor> {
     this.invFreq = device.alloc(invFreq.byteLength);
     device.upload(this.invFreq, invFreq);
     this.greedyOut = device.alloc(limits.maxRows * 8);
+  }
+
+  get kvBytesPerValue(): number {
+    return BYTES[this.dtype];
+  }
+
+  /** 90% of the GPU memory still free once weights and activations are allocated (TensorRT-LLM's default). */
+  kvBudgetBytes(): number {
+    return 0.9 * this.device.memInfo().free;
   }
 
   weight(name: string): CudaTensor {
@@ -151,6 +167,7 @@ export class CudaBackend implements Backend<CudaTensor> {
    * used. A graph replay copies the same pinned buffer again, so packing is all a replayed step needs.
    */
   packStep(step: StepInput): number {
+    this.arena = this.arenas[0];
     this.arena.used = 0;
     const rows = step.tokenIds.length;
     const L = this.limits;
@@ -182,6 +199,11 @@ export class CudaBackend implements Backend<CudaTensor> {
     ints.set(step.logitRows, layout.logitRows);
     this.step = layout;
     return layout.blockTables + step.seqs.length * L.maxBlocksPerSeq;
+  }
+
+  beginLayer(layer: number): void {
+    this.arena = this.arenas[1 + (layer % 2)];
+    this.arena.used = 0;
   }
 
   embed(table: CudaTensor, _step: StepInput): CudaTensor {
@@ -276,7 +298,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     this.device.launch(
       this.fn("attention"),
       [qkv.rows, shape.numHeads],
-      [128],
+      [32 * ATTENTION_WARPS],
       [
         ptr(out.ptr),
         ptr(qkv.ptr),

@@ -51,6 +51,19 @@ export class CudaExecutor implements StepExecutor {
     private readonly vocab: number,
   ) {}
 
+  /** GPU milliseconds per replay of a captured bucket's graph, timed with events over `iters` replays. */
+  timeGraph(bucket: number, iters: number): number | null {
+    const graph = this.graphs.get(bucket);
+    if (graph === undefined) return null;
+    const d = this.be.device;
+    const start = d.createEvent();
+    const end = d.createEvent();
+    d.record(start);
+    for (let i = 0; i < iters; i++) d.replay(graph);
+    d.record(end);
+    return d.elapsed(start, end) / iters;
+  }
+
   logits(step: StepInput): Float32Array {
     this.eagerSteps++;
     return this.be.toHost(this.model.forward(step));

@@ -134,7 +134,7 @@ extern "C" __global__ void rope_cache(T* qkv, const int* positions, const int* s
   }
 }
 
-#define ATT_WARPS 4
+#define ATT_WARPS 16
 #define MAX_HEAD 256
 
 // Causal attention of one query row and head over its sequence's paged keys and values, with an online
