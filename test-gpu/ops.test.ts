@@ -76,6 +76,7 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       ["qkv", upload(rand((heads + 2 * kv) * D * H, 0.2), (heads + 2 * kv) * D, H)],
       ["qkv_bias", upload(rand((heads + 2 * kv) * D, 0.3), 1, (heads + 2 * kv) * D)],
       ["fc_gate", upload(rand(2 * inter * H, 0.2), 2 * inter, H)],
+      ["fc_gate_bias", upload(rand(2 * inter, 0.3), 1, 2 * inter)],
     ]);
     const invFreq = new Float32Array(D / 2).map((_, i) => 1 / 10000 ** ((2 * i) / D));
     const cuda = new CudaBackend(
@@ -126,10 +127,10 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           b.beginStep(step);
           const x = b.embed(w("emb"), step);
           const n = b.rmsNorm(x, w("norm"), 1e-6);
-          const qkv = b.linear(n, w("qkv"), w("qkv_bias"));
-          b.ropeAndCacheKv(0, qkv, step, rope, shape);
+          const qkv = b.linear(n, w("qkv"), null);
+          b.ropeAndCacheKv(0, qkv, step, rope, shape, w("qkv_bias"));
           const att = b.attention(0, qkv, step, shape);
-          const fg = b.linear(n, w("fc_gate"), null);
+          const fg = b.linear(n, w("fc_gate"), w("fc_gate_bias"));
           const act = b.siluMulHalves(fg);
           const normed = b.addRmsNorm(x, x, w("norm"), 1e-6);
           const rows = b.gatherRows(normed, step);

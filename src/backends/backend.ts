@@ -70,8 +70,11 @@ export interface Backend<T> {
   addInPlace(x: T, y: T): void;
   /** x · weightᵀ (+ bias): x [rows, in], weight [out, in]; float32 output when asked (logits). */
   linear(x: T, weight: T, bias: T | null, float32Out?: boolean): T;
-  /** Rotates q and k of the fused qkv rows in place and writes k and v into the layer's cache slots. */
-  ropeAndCacheKv(layer: number, qkv: T, step: StepInput, rope: RopeSpec, shape: AttentionShape): void;
+  /**
+   * Adds the qkv bias (when given), rotates q and k of the fused qkv rows in place, and writes k and v into
+   * the layer's cache slots.
+   */
+  ropeAndCacheKv(layer: number, qkv: T, step: StepInput, rope: RopeSpec, shape: AttentionShape, bias: T | null): void;
   /** Causal attention of each new token over its sequence's cached keys and values. */
   attention(layer: number, qkv: T, step: StepInput, shape: AttentionShape): T;
   /** silu(a) * b, elementwise. */

@@ -72,8 +72,8 @@ export class DecoderModel<T> {
     for (let l = 0; l < L; l++) {
       be.beginLayer(l);
       const t = `transformer.layers.${l}`;
-      const qkv = be.linear(x, this.w(`${t}.attention.qkv.weight`), this.bias(`${t}.attention.qkv.bias`));
-      be.ropeAndCacheKv(l, qkv, step, this.rope, this.shape);
+      const qkv = be.linear(x, this.w(`${t}.attention.qkv.weight`), null);
+      be.ropeAndCacheKv(l, qkv, step, this.rope, this.shape, this.bias(`${t}.attention.qkv.bias`));
       const attn = be.attention(l, qkv, step, this.shape);
       const dense = be.linear(attn, this.w(`${t}.attention.dense.weight`), this.bias(`${t}.attention.dense.bias`));
       x = be.addRmsNorm(residual, dense, this.w(`${t}.post_layernorm.weight`), eps);

@@ -60,7 +60,8 @@ export class LLM {
     // A continuous cache is one contiguous region of max_seq_len tokens per sequence: one block each.
     const continuous = b.kv_cache_type === "CONTINUOUS";
     const tpb = continuous ? b.max_seq_len : b.tokens_per_block;
-    const blockBytes = m.num_hidden_layers * 2 * tpb * m.num_key_value_heads * m.head_size * engine.backend.kvBytesPerValue;
+    const blockBytes =
+      m.num_hidden_layers * 2 * tpb * m.num_key_value_heads * m.head_size * engine.backend.kvBytesPerValue;
     const wanted = opts.kvCacheTokens ?? b.max_batch_size * b.max_beam_width * b.max_seq_len;
     const budget = opts.kvCacheTokens !== undefined ? Number.POSITIVE_INFINITY : engine.backend.kvBudgetBytes();
     const numBlocks = Math.max(1, Math.min(Math.ceil(wanted / tpb), Math.floor(budget / blockBytes)));

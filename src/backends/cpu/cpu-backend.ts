@@ -90,7 +90,17 @@ export class CpuBackend implements Backend<CpuTensor> {
     return out;
   }
 
-  ropeAndCacheKv(layer: number, qkv: CpuTensor, step: StepInput, rope: RopeSpec, shape: AttentionShape): void {
+  ropeAndCacheKv(
+    layer: number,
+    qkv: CpuTensor,
+    step: StepInput,
+    rope: RopeSpec,
+    shape: AttentionShape,
+    bias: CpuTensor | null,
+  ): void {
+    if (bias) {
+      for (let r = 0; r < qkv.rows; r++) for (let c = 0; c < qkv.cols; c++) qkv.data[r * qkv.cols + c] += bias.data[c];
+    }
     const { numHeads, numKvHeads, headSize } = shape;
     const half = rope.rotaryDim / 2;
     const cos = new Float32Array(half);

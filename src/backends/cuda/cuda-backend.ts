@@ -17,6 +17,8 @@ export interface CudaTensor {
 }
 
 const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
+/** ARGMAX_SPLIT in decoder.cu: blocks that share one logits row in the greedy choice. */
+const ARGMAX_SPLIT = 32;
 /** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th key. */
 const ATTENTION_WARPS = 16;
 const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
@@ -30,7 +32,8 @@ const KERNELS = [
   "rope_cache",
   "attention",
   "gather_rows",
-  "argmax_logprob",
+  "argmax_partial",
+  "argmax_final",
 ] as const;
 type KernelName = (typeof KERNELS)[number];
 
@@ -71,6 +74,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   private kv: { k: number[]; v: number[]; spec: KvCacheSpec } | null = null;
   private readonly invFreq: number;
   private readonly greedyOut: number;
+  private readonly argmaxPartial: number;
   private readonly stepDevice: number;
 
   constructor(
@@ -86,7 +90,8 @@ export class CudaBackend implements Backend<CudaTensor> {
     // One layer's activations at the widest step (x, qkv, attention, dense, norm, fc|gate, product, proj),
     // rounded up per tensor; the last layer's arena also holds the gathered rows and float32 logits.
     const rowBytes = (6 * limits.hidden + 3 * limits.widestRow) * BYTES[dtype];
-    const layerSize = limits.maxRows * rowBytes + limits.logitRows * (limits.vocab * 4 + limits.hidden * 8) + (16 << 20);
+    const layerSize =
+      limits.maxRows * rowBytes + limits.logitRows * (limits.vocab * 4 + limits.hidden * 8) + (16 << 20);
     const stepSize = 2 * limits.maxRows * limits.hidden * BYTES[dtype] + (4 << 20);
     this.arenas = [stepSize, layerSize, layerSize].map((size) => ({ base: device.alloc(size), size, used: 0 }));
     this.arena = this.arenas[0];
@@ -97,6 +102,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     this.invFreq = device.alloc(invFreq.byteLength);
     device.upload(this.invFreq, invFreq);
     this.greedyOut = device.alloc(limits.maxRows * 8);
+    this.argmaxPartial = device.alloc(limits.logitRows * ARGMAX_SPLIT * 3 * 4);
   }
 
   get kvBytesPerValue(): number {
@@ -269,7 +275,14 @@ export class CudaBackend implements Backend<CudaTensor> {
     return out;
   }
 
-  ropeAndCacheKv(layer: number, qkv: CudaTensor, _step: StepInput, rope: RopeSpec, shape: AttentionShape): void {
+  ropeAndCacheKv(
+    layer: number,
+    qkv: CudaTensor,
+    _step: StepInput,
+    rope: RopeSpec,
+    shape: AttentionShape,
+    bias: CudaTensor | null,
+  ): void {
     const s = this.step!;
     const kv = this.kv!;
     this.device.launch(
@@ -278,6 +291,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       [128],
       [
         ptr(qkv.ptr),
+        ptr(bias ? bias.ptr : 0),
         ptr(this.stepPtr(s.positions)),
         ptr(this.stepPtr(s.slots)),
         ptr(kv.k[layer]),
@@ -325,7 +339,13 @@ export class CudaBackend implements Backend<CudaTensor> {
   siluMulHalves(fg: CudaTensor): CudaTensor {
     const inter = fg.cols / 2;
     const out = this.alloc(fg.rows, inter);
-    this.device.launch(this.fn("silu_mul"), [fg.rows], [256], [ptr(out.ptr), ptr(fg.ptr), i32(inter)]);
+    const n = fg.rows * inter;
+    this.device.launch(
+      this.fn("silu_mul"),
+      [Math.min(4096, Math.ceil(n / 256))],
+      [256],
+      [ptr(out.ptr), ptr(fg.ptr), i32(inter), { u64: n }],
+    );
     return out;
   }
 
@@ -360,16 +380,16 @@ export class CudaBackend implements Backend<CudaTensor> {
   launchGreedy(logits: CudaTensor, vocab: number): void {
     if (logits.rows === 0) return;
     this.device.launch(
-      this.fn("argmax_logprob"),
+      this.fn("argmax_partial"),
+      [logits.rows, ARGMAX_SPLIT],
+      [256],
+      [ptr(this.argmaxPartial), ptr(logits.ptr), i32(vocab), i32(logits.cols)],
+    );
+    this.device.launch(
+      this.fn("argmax_final"),
       [logits.rows],
-      [1024],
-      [
-        ptr(this.greedyOut),
-        ptr(this.greedyOut + this.limits.maxRows * 4),
-        ptr(logits.ptr),
-        i32(vocab),
-        i32(logits.cols),
-      ],
+      [32],
+      [ptr(this.greedyOut), ptr(this.greedyOut + this.limits.maxRows * 4), ptr(this.argmaxPartial)],
     );
   }
 

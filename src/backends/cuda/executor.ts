@@ -8,6 +8,8 @@ import type { StepInput } from "../backend.js";
 import type { CudaBackend, CudaTensor } from "./cuda-backend.js";
 
 const BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+/** KILN_CUDA_GRAPHS=0 runs every step eagerly (for profilers that follow kernel launches). */
+const GRAPHS = process.env.KILN_CUDA_GRAPHS !== "0";
 
 /** A decode step padded to `bucket` rows and sequences: padding rows write no cache and attend to nothing. */
 export function padDecodeStep(step: StepInput, bucket: number): StepInput {
@@ -71,7 +73,7 @@ export class CudaExecutor implements StepExecutor {
 
   greedy(step: StepInput): { tokens: Int32Array; logProbs: Float32Array } {
     const n = step.tokenIds.length;
-    const bucket = isDecodeStep(step) ? BUCKETS.find((b) => b >= n && b <= this.be.maxGraphRows) : undefined;
+    const bucket = GRAPHS && isDecodeStep(step) ? BUCKETS.find((b) => b >= n && b <= this.be.maxGraphRows) : undefined;
     if (bucket === undefined) {
       this.eagerSteps++;
       this.be.launchGreedy(this.model.forward(step), this.vocab);

@@ -92,23 +92,29 @@ extern "C" __global__ void add_bias(T* x, const T* b, int cols) {
   for (int c = threadIdx.x; c < cols; c += blockDim.x) row[c] = fromf(tof(row[c]) + tof(b[c]));
 }
 
-// out[r, i] = silu(fg[r, i]) · fg[r, inter + i]: the fused fc|gate GEMM's two halves; grid = rows.
-extern "C" __global__ void silu_mul(T* out, const T* fg, int inter) {
-  const T* row = fg + (size_t)blockIdx.x * 2 * inter;
-  for (int i = threadIdx.x; i < inter; i += blockDim.x) {
+// out[r, i] = silu(fg[r, i]) · fg[r, inter + i]: the fused fc|gate GEMM's two halves. One thread an
+// element over the whole grid: a row-per-block loop would serialise its loads.
+extern "C" __global__ void silu_mul(T* out, const T* fg, int inter, long n) {
+  for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < n; e += (long)gridDim.x * blockDim.x) {
+    const long r = e / inter, i = e % inter;
+    const T* row = fg + r * 2 * inter;
     const float a = tof(row[i]);
     const float s = rnd(a / (1.f + __expf(-a)));
-    out[(size_t)blockIdx.x * inter + i] = fromf(s * tof(row[inter + i]));
+    out[e] = fromf(s * tof(row[inter + i]));
   }
 }
 
-// Rotates q and k of each qkv row (gpt-neox halves) at its position and writes k and v to the row's KV cache
+// Adds the qkv bias (when given), rotates q and k of each qkv row (gpt-neox halves) at its position and writes k and v to the row's KV cache
 // slot (skipped for slot < 0: padding). Cache layout: [slot][kv head][head dim]. grid = rows.
-extern "C" __global__ void rope_cache(T* qkv, const int* positions, const int* slots, T* kcache, T* vcache,
-                                      const float* inv_freq, int num_heads, int num_kv, int head, int rotary) {
+extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* positions, const int* slots, T* kcache,
+                                      T* vcache, const float* inv_freq, int num_heads, int num_kv, int head, int rotary) {
   const int r = blockIdx.x;
   const int stride = (num_heads + 2 * num_kv) * head;
   T* row = qkv + (size_t)r * stride;
+  if (bias != nullptr) {  // the qkv bias, fused here to save a launch
+    for (int i = threadIdx.x; i < stride; i += blockDim.x) row[i] = fromf(tof(row[i]) + tof(bias[i]));
+    __syncthreads();
+  }
   const int half = rotary / 2;
   const float pos = (float)positions[r];
   for (int t = threadIdx.x; t < (num_heads + num_kv) * half; t += blockDim.x) {
@@ -166,22 +172,38 @@ attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row
   float m = NEG_INF, l = 0.f;
   const int* table = block_tables + (size_t)seq * max_blocks;
   const int kv_stride = num_kv * head;
-  for (int t = warp; t < visible; t += ATT_WARPS) {
-    const size_t base = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
-    float s = 0.f;
+  // Four keys per warp per iteration: their loads are independent, so they are in flight together.
+  for (int t0 = warp * 4; t0 < visible; t0 += ATT_WARPS * 4) {
+    float s[4];
+    size_t base[4];
 #pragma unroll
-    for (int j = 0; j < MAX_HEAD / 32; j++) {
-      const int d = lane + 32 * j;
-      if (j < per_lane && d < head) s += qv[j] * tof(kcache[base + d]);
+    for (int u = 0; u < 4; u++) {
+      const int t = min(t0 + u, visible - 1);
+      base[u] = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
+      s[u] = 0.f;
+#pragma unroll
+      for (int j = 0; j < MAX_HEAD / 32; j++) {
+        const int d = lane + 32 * j;
+        if (j < per_lane && d < head) s[u] += qv[j] * tof(kcache[base[u] + d]);
+      }
     }
-    s = warp_sum(s) * scale;
-    const float m2 = fmaxf(m, s);
-    const float correction = __expf(m - m2), p = __expf(s - m2);
-    l = l * correction + p;
+#pragma unroll
+    for (int u = 0; u < 4; u++) s[u] = t0 + u < visible ? warp_sum(s[u]) * scale : NEG_INF;
+    const float m2 = fmaxf(m, fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])));
+    const float correction = __expf(m - m2);
+    float p[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) p[u] = __expf(s[u] - m2);
+    l = l * correction + p[0] + p[1] + p[2] + p[3];
 #pragma unroll
     for (int j = 0; j < MAX_HEAD / 32; j++) {
       const int d = lane + 32 * j;
-      if (j < per_lane && d < head) acc[j] = acc[j] * correction + p * tof(vcache[base + d]);
+      if (j < per_lane && d < head) {
+        float a = acc[j] * correction;
+#pragma unroll
+        for (int u = 0; u < 4; u++) a += p[u] * tof(vcache[base[u] + d]);
+        acc[j] = a;
+      }
     }
     m = m2;
   }
@@ -214,41 +236,72 @@ extern "C" __global__ void gather_rows(T* out, const T* x, const int* rows, int 
   for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)blockIdx.x * cols + c] = src[c];
 }
 
-// Greedy choice per logits row: the first index of the maximum (as torch.argmax), and its log probability
-// under softmax. grid = rows, block = 1024.
-extern "C" __global__ void argmax_logprob(int* tokens, float* logprobs, const float* logits, int vocab, int stride) {
+// Greedy choice per logits row, in two stages so that a 152k-entry row is read by many blocks at once.
+// Stage 1, grid (rows, ARGMAX_SPLIT): each block's slice gives its maximum (first index on ties) and the sum
+// of exp(x − that maximum). Stage 2, grid rows: merges the slices into the token and its log-softmax.
+#define ARGMAX_SPLIT 32
+
+extern "C" __global__ void argmax_partial(float* partial, const float* logits, int vocab, int stride) {
   const float* row = logits + (size_t)blockIdx.x * stride;
+  const int per = (vocab + ARGMAX_SPLIT - 1) / ARGMAX_SPLIT;
+  const int lo = blockIdx.y * per, hi = min(vocab, lo + per);
+  float best = NEG_INF, sum = 0.f;
+  int arg = 0x7fffffff;
+  for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+    const float v = row[i];
+    if (v > best) {
+      sum = sum * __expf(best - v) + 1.f;
+      best = v;
+      arg = i;
+    } else {
+      sum += __expf(v - best);
+      if (v == best && i < arg) arg = i;
+    }
+  }
+  __shared__ float sv[256], ss[256];
+  __shared__ int si[256];
+  sv[threadIdx.x] = best;
+  ss[threadIdx.x] = sum;
+  si[threadIdx.x] = arg;
+  __syncthreads();
+  for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+    if (threadIdx.x < k) {
+      const float a = sv[threadIdx.x], b = sv[threadIdx.x + k];
+      const float m = fmaxf(a, b);
+      const float sa = a == NEG_INF ? 0.f : ss[threadIdx.x] * __expf(a - m);
+      const float sb = b == NEG_INF ? 0.f : ss[threadIdx.x + k] * __expf(b - m);
+      const int ia = si[threadIdx.x], ib = si[threadIdx.x + k];
+      si[threadIdx.x] = (b > a || (b == a && ib < ia)) ? ib : ia;
+      sv[threadIdx.x] = m;
+      ss[threadIdx.x] = sa + sb;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    float* out = partial + ((size_t)blockIdx.x * ARGMAX_SPLIT + blockIdx.y) * 3;
+    out[0] = sv[0];
+    out[1] = ss[0];
+    out[2] = __int_as_float(si[0]);
+  }
+}
+
+extern "C" __global__ void argmax_final(int* tokens, float* logprobs, const float* partial) {
+  if (threadIdx.x != 0) return;
+  const float* p = partial + (size_t)blockIdx.x * ARGMAX_SPLIT * 3;
   float best = NEG_INF;
   int arg = 0x7fffffff;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = row[i];
+  for (int k = 0; k < ARGMAX_SPLIT; k++) {
+    const float v = p[3 * k];
+    const int i = __float_as_int(p[3 * k + 2]);
     if (v > best || (v == best && i < arg)) {
       best = v;
       arg = i;
     }
   }
-  __shared__ float sv[1024];
-  __shared__ int si[1024];
-  sv[threadIdx.x] = best;
-  si[threadIdx.x] = arg;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) {
-      const float v = sv[threadIdx.x + s];
-      const int j = si[threadIdx.x + s];
-      if (v > sv[threadIdx.x] || (v == sv[threadIdx.x] && j < si[threadIdx.x])) {
-        sv[threadIdx.x] = v;
-        si[threadIdx.x] = j;
-      }
-    }
-    __syncthreads();
-  }
-  const float mx = sv[0];
   float sum = 0.f;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += __expf(row[i] - mx);
-  sum = block_sum(sum);
-  if (threadIdx.x == 0) {
-    tokens[blockIdx.x] = si[0];
-    logprobs[blockIdx.x] = -logf(sum);
+  for (int k = 0; k < ARGMAX_SPLIT; k++) {
+    if (p[3 * k] != NEG_INF) sum += p[3 * k + 1] * __expf(p[3 * k] - best);
   }
+  tokens[blockIdx.x] = arg;
+  logprobs[blockIdx.x] = -logf(sum);
 }
