@@ -500,3 +500,39 @@ describe("run: sampling, beams and outputs", () => {
     assertNothingWritten(out);
   });
 });
+
+describe("engines and backends", () => {
+  const ckpt = path.join(work, "ckpt-backends");
+  test("build --backend cuda fails with one line and writes nothing where there is no GPU", () => {
+    assert.equal(kiln("convert", "--model_dir", path.join(FIXTURES, "llama_tied_mha", "hf"), "--output_dir", ckpt).code, 0);
+    const out = path.join(work, "engine-cuda");
+    const r = kiln("build", "--checkpoint_dir", ckpt, "--output_dir", out, "--backend", "cuda");
+    if (fs.existsSync("/dev/nvidia0")) {
+      assert.equal(r.code, 0, r.stderr); // a GPU machine builds it
+      return;
+    }
+    assertRefused(r, "CUDA");
+    assertNothingWritten(out);
+  });
+
+  test("an engine refuses to load on another backend, naming both", async () => {
+    const cpuEngine = path.join(work, "engine-for-cpu");
+    assert.equal(kiln("build", "--checkpoint_dir", ckpt, "--output_dir", cpuEngine).code, 0);
+    const ids = path.join(work, "one.json");
+    fs.writeFileSync(ids, "[[1, 2, 3]]");
+    // The same files relabelled as a cuda engine: its rank file still says cpu.
+    const relabelled = path.join(work, "engine-relabelled");
+    fs.cpSync(cpuEngine, relabelled, { recursive: true });
+    const cfgPath = path.join(relabelled, "config.json");
+    const cfg = JSON.parse(fs.readFileSync(cfgPath, "utf8"));
+    fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, backend: "cuda", target: "sm_90" }));
+    const r = kiln("run", "--engine_dir", relabelled, "--input_file", ids, "--max_output_len", "2");
+    if (!fs.existsSync("/dev/nvidia0")) assertRefused(r, "CUDA");
+    else assertRefused(r, "rank0.engine", "cpu");
+    // And a rank file written for cuda refuses to open as a cpu engine.
+    const { EngineWriter, EngineFile } = await import("../src/builder/engine-file.js");
+    const file = path.join(work, "cuda.engine");
+    new EngineWriter(file, { backend: "cuda", target: "sm_90", rank: 0 }, []).close();
+    assert.throws(() => EngineFile.open(file, { backend: "cpu", target: null }), /built for backend "cuda", not "cpu"/);
+  });
+});
