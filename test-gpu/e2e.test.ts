@@ -79,3 +79,50 @@ for (const name of FIXTURE_NAMES) {
     });
   });
 }
+
+describe("the runtime on the cuda backend", () => {
+  const ref = loadReference("qwen2_tied_gqa");
+
+  async function engine(request: Record<string, unknown>): Promise<LLM> {
+    const ckpt = path.join(work, "runtime-ckpt");
+    if (!fs.existsSync(ckpt))
+      await convertHfCheckpoint({
+        modelDir: path.join(FIXTURES, "qwen2_tied_gqa", "hf"),
+        outputDir: ckpt,
+        dtype: "float32",
+      });
+    const dir = path.join(work, `runtime-engine-${JSON.stringify(request).replace(/\W/g, "")}`);
+    await buildEngine({ checkpointDir: ckpt, outputDir: dir, backend: "cuda", request });
+    return LLM.load(dir);
+  }
+
+  test("arrivals mid-run, chunked prompts and KV reuse give what each request gives alone; dispose frees the GPU", async () => {
+    const { CudaDevice } = await import("../src/backends/cuda/driver.js");
+    const device = CudaDevice.open();
+    const before = device.memInfo().free;
+    const llm = await engine({ max_batch_size: 4, max_num_tokens: 32, tokens_per_block: 16 });
+    const prompts = [
+      ...ref.prompts.map((p) => p.inputIds),
+      [...ref.prompts[3].inputIds, 5, 6, 7],
+      ref.prompts[3].inputIds.slice(0, 33),
+    ];
+    const opts = { maxNewTokens: 10, endId: null };
+    const alone = prompts.map((p) => succeeded(llm.generate([p], opts))[0].outputIds);
+    const requests = [];
+    for (const p of prompts) {
+      requests.push(llm.submit(p, opts));
+      llm.step();
+    }
+    while (llm.hasWork) llm.step();
+    for (const [i, r] of requests.entries()) assert.deepEqual(llm.result(r).outputIds, alone[i], `prompt ${i}`);
+    // The solo runs left their full 16-token blocks in the prefix cache, so the requests sharing them reuse them.
+    assert.ok(requests.slice(4).every((r) => llm.result(r).numComputedPromptTokens < r.promptIds.length));
+    assert.equal(llm.numFreeKvBlocks, llm.numKvBlocks);
+    llm.dispose();
+    const after = device.memInfo().free;
+    assert.ok(
+      Math.abs(after - before) < 64 * 2 ** 20,
+      `GPU memory not returned: ${((before - after) / 2 ** 20).toFixed(1)} MiB held`,
+    );
+  });
+});

@@ -504,7 +504,10 @@ describe("run: sampling, beams and outputs", () => {
 describe("engines and backends", () => {
   const ckpt = path.join(work, "ckpt-backends");
   test("build --backend cuda fails with one line and writes nothing where there is no GPU", () => {
-    assert.equal(kiln("convert", "--model_dir", path.join(FIXTURES, "llama_tied_mha", "hf"), "--output_dir", ckpt).code, 0);
+    assert.equal(
+      kiln("convert", "--model_dir", path.join(FIXTURES, "llama_tied_mha", "hf"), "--output_dir", ckpt).code,
+      0,
+    );
     const out = path.join(work, "engine-cuda");
     const r = kiln("build", "--checkpoint_dir", ckpt, "--output_dir", out, "--backend", "cuda");
     if (fs.existsSync("/dev/nvidia0")) {

@@ -46,6 +46,8 @@ export interface KvCacheSpec extends AttentionShape {
 
 export interface Backend<T> {
   readonly name: BackendName;
+  /** Frees everything the backend holds (weights, KV cache, workspaces); it is unusable afterwards. */
+  dispose(): void;
   weight(name: string): T;
   hasWeight(name: string): boolean;
   allocateKvCache(spec: KvCacheSpec): void;

@@ -27,6 +27,7 @@ export interface LoadedEngine {
 /** Runs each step eagerly through the model; the cpu backend's executor. */
 export function eagerExecutor<T>(backend: Backend<T>, model: DecoderModel<T>, vocab: number): StepExecutor {
   return {
+    dispose: () => backend.dispose(),
     logits: (step) => backend.toHost(model.forward(step)),
     greedy: (step) => backend.greedy(model.forward(step), vocab),
   };

@@ -95,6 +95,16 @@ export class LLM {
     return this.buildConfig.max_batch_size * this.buildConfig.max_beam_width;
   }
 
+  /** Frees the engine's memory (on a GPU, every device allocation); the LLM is unusable afterwards. */
+  dispose(): void {
+    for (const r of [...this.scheduler.running, ...this.scheduler.waiting]) this.abort(r);
+    this.engine.executor.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
   get buildConfig() {
     return this.engine.config.build_config;
   }

@@ -7,6 +7,8 @@ import type { ScheduledSeq } from "./scheduler.js";
 
 /** Runs a step on an engine: its logits rows on the host, or just the greedy choice per row (no logits copied). */
 export interface StepExecutor {
+  /** Frees the engine's memory (device memory on a GPU): the executor and its backend are done. */
+  dispose(): void;
   logits(step: StepInput): Float32Array;
   greedy(step: StepInput): { tokens: Int32Array; logProbs: Float32Array };
 }

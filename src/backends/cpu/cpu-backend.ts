@@ -53,6 +53,11 @@ export class CpuBackend implements Backend<CpuTensor> {
 
   beginStep(_step: StepInput): void {}
 
+  dispose(): void {
+    this.weights.clear();
+    this.kv = null;
+  }
+
   beginLayer(_layer: number): void {}
 
   embed(table: CpuTensor, step: StepInput): CpuTensor {

@@ -14,6 +14,7 @@ const CUBLAS_OP_T = 1;
 export class Cublas {
   private readonly api: CublasApi;
   private readonly handle: unknown;
+  private readonly workspace: number;
   private readonly one = new Float32Array([1]);
   private readonly zero = new Float32Array([0]);
 
@@ -27,10 +28,13 @@ export class Cublas {
     this.handle = h[0];
     this.check(this.api.cublasSetStream(this.handle, device.stream), "cublasSetStream");
     // A fixed workspace keeps cuBLAS from allocating during CUDA graph capture.
-    this.check(
-      this.api.cublasSetWorkspace(this.handle, device.alloc(workspaceBytes), workspaceBytes),
-      "cublasSetWorkspace",
-    );
+    this.workspace = device.alloc(workspaceBytes);
+    this.check(this.api.cublasSetWorkspace(this.handle, this.workspace, workspaceBytes), "cublasSetWorkspace");
+  }
+
+  dispose(): void {
+    this.check(this.api.cublasDestroy(this.handle), "cublasDestroy");
+    this.device.free(this.workspace);
   }
 
   private check(code: number, what: string): void {

@@ -19,6 +19,8 @@ export interface CudaTensor {
 const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 /** ARGMAX_SPLIT in decoder.cu: blocks that share one logits row in the greedy choice. */
 const ARGMAX_SPLIT = 32;
+/** GEMV_MAX_ROWS in decoder.cu: up to this many rows, linear layers run as a GEMV kernel instead of cuBLAS. */
+const GEMV_MAX_ROWS = 8;
 /** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th key. */
 const ATTENTION_WARPS = 16;
 const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
@@ -34,6 +36,7 @@ const KERNELS = [
   "gather_rows",
   "argmax_partial",
   "argmax_final",
+  "gemv",
 ] as const;
 type KernelName = (typeof KERNELS)[number];
 
@@ -79,7 +82,7 @@ export class CudaBackend implements Backend<CudaTensor> {
 
   constructor(
     readonly device: CudaDevice,
-    module: unknown,
+    private readonly module: unknown,
     private readonly weights: Map<string, CudaTensor>,
     readonly dtype: CudaDtype,
     private readonly limits: CudaLimits,
@@ -105,6 +108,34 @@ export class CudaBackend implements Backend<CudaTensor> {
     this.argmaxPartial = device.alloc(limits.logitRows * ARGMAX_SPLIT * 3 * 4);
   }
 
+  private disposed = false;
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.device.synchronize();
+    for (const w of this.weights.values()) this.device.free(w.ptr);
+    this.weights.clear();
+    for (const p of [
+      ...this.kvPointers(),
+      ...this.arenas.map((a) => a.base),
+      this.stepDevice,
+      this.invFreq,
+      this.greedyOut,
+      this.argmaxPartial,
+    ]) {
+      this.device.free(p);
+    }
+    this.kv = null;
+    this.cublas.dispose();
+    this.device.freeHost(this.pinned.handle);
+    this.device.unloadModule(this.module);
+  }
+
+  private kvPointers(): number[] {
+    return this.kv ? [...this.kv.k, ...this.kv.v] : [];
+  }
+
   get kvBytesPerValue(): number {
     return BYTES[this.dtype];
   }
@@ -125,6 +156,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   }
 
   allocateKvCache(spec: KvCacheSpec): void {
+    for (const p of this.kvPointers()) this.device.free(p);
     const bytes = spec.numBlocks * spec.tokensPerBlock * spec.numKvHeads * spec.headSize * BYTES[this.dtype];
     const k: number[] = [];
     const v: number[] = [];
@@ -258,6 +290,25 @@ export class CudaBackend implements Backend<CudaTensor> {
 
   linear(x: CudaTensor, weight: CudaTensor, bias: CudaTensor | null, float32Out = false): CudaTensor {
     const out = this.alloc(x.rows, weight.rows, float32Out ? "F32" : this.dtype);
+    if (x.rows <= GEMV_MAX_ROWS && (x.cols * BYTES[this.dtype]) % 16 === 0) {
+      const blocks = Math.min(65535, Math.ceil(weight.rows / 8));
+      this.device.launch(
+        this.fn("gemv"),
+        [blocks],
+        [256],
+        [
+          ptr(out.ptr),
+          ptr(x.ptr),
+          ptr(weight.ptr),
+          ptr(bias ? bias.ptr : 0),
+          i32(x.rows),
+          i32(x.cols),
+          i32(weight.rows),
+          i32(float32Out ? 1 : 0),
+        ],
+      );
+      return out;
+    }
     this.cublas.linear(
       out.ptr,
       CUBLAS_TYPE[out.dtype],

@@ -127,6 +127,18 @@ export class CudaDevice {
     this.check(this.api.cuMemcpyDtoH(dst, src, dst.byteLength), "cuMemcpyDtoH");
   }
 
+  freeHost(handle: unknown): void {
+    this.check(this.api.cuMemFreeHost(handle), "cuMemFreeHost");
+  }
+
+  unloadModule(module: unknown): void {
+    this.check(this.api.cuModuleUnload(module), "cuModuleUnload");
+  }
+
+  destroyGraph(exec: unknown): void {
+    this.check(this.api.cuGraphExecDestroy(exec), "cuGraphExecDestroy");
+  }
+
   /** Copies the first `bytes` of a pinned host buffer (from allocHost) to the device, in stream order. */
   uploadAsync(dst: number, pinnedSrc: unknown, bytes: number): void {
     this.check(this.api.cuMemcpyHtoDAsync(dst, pinnedSrc, bytes, this.stream), "cuMemcpyHtoDAsync");

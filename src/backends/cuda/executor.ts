@@ -66,6 +66,12 @@ export class CudaExecutor implements StepExecutor {
     return d.elapsed(start, end) / iters;
   }
 
+  dispose(): void {
+    for (const g of this.graphs.values()) this.be.device.destroyGraph(g);
+    this.graphs.clear();
+    this.be.dispose();
+  }
+
   logits(step: StepInput): Float32Array {
     this.eagerSteps++;
     return this.be.toHost(this.model.forward(step));

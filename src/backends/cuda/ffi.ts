@@ -65,6 +65,7 @@ function driverApi(lib: LibraryHandle) {
     cuEventSynchronize: f("int cuEventSynchronize(CUevent event)"),
     cuEventElapsedTime: f("int cuEventElapsedTime(_Out_ float *ms, CUevent start, CUevent end)"),
     cuModuleLoadData: f("int cuModuleLoadData(_Out_ CUmodule *module, const void *image)"),
+    cuModuleUnload: f("int cuModuleUnload(CUmodule module)"),
     cuModuleGetFunction: f("int cuModuleGetFunction(_Out_ CUfunction *fn, CUmodule module, const char *name)"),
     cuFuncSetAttribute: f("int cuFuncSetAttribute(CUfunction fn, int attrib, int value)"),
     cuLaunchKernel: f(
@@ -104,6 +105,7 @@ function cublasApi(lib: LibraryHandle) {
   const f = (sig: string) => lib.func(sig);
   return {
     cublasCreate: f("int cublasCreate_v2(_Out_ cublasHandle_t *handle)"),
+    cublasDestroy: f("int cublasDestroy_v2(cublasHandle_t handle)"),
     cublasSetStream: f("int cublasSetStream_v2(cublasHandle_t handle, CUstream stream)"),
     cublasSetWorkspace: f("int cublasSetWorkspace_v2(cublasHandle_t handle, uint64_t workspace, size_t bytes)"),
     cublasSetMathMode: f("int cublasSetMathMode(cublasHandle_t handle, int mode)"),

@@ -305,3 +305,45 @@ extern "C" __global__ void argmax_final(int* tokens, float* logprobs, const floa
   tokens[blockIdx.x] = arg;
   logprobs[blockIdx.x] = -logf(sum);
 }
+
+// y[r, o] = Σ_k x[r, k] · w[o, k] (+ bias[o]) for a few rows r < R ≤ GEMV_MAX_ROWS: decode steps, where a
+// GEMM would waste most of its tile. One warp an output, 16-byte loads of w (each weight read once for all
+// rows), float accumulation; y is T, or float32 when out_f32 (logits). Needs k a multiple of 16 / sizeof(T).
+#define GEMV_MAX_ROWS 8
+#define VEC (16 / sizeof(T))
+
+extern "C" __global__ void gemv(void* y, const T* x, const T* w, const T* bias, int rows, int k, int out, int out_f32) {
+  const int lane = threadIdx.x & 31;
+  const int warps = (gridDim.x * blockDim.x) >> 5;
+  for (int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; o < out; o += warps) {
+    float acc[GEMV_MAX_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; r++) acc[r] = 0.f;
+    const T* wrow = w + (size_t)o * k;
+#pragma unroll 4
+    for (int c = lane * VEC; c < k; c += 32 * VEC) {
+      const uint4 wv = *reinterpret_cast<const uint4*>(wrow + c);
+      const T* wp = reinterpret_cast<const T*>(&wv);
+#pragma unroll
+      for (int r = 0; r < GEMV_MAX_ROWS; r++) {
+        if (r < rows) {
+          const uint4 xv = *reinterpret_cast<const uint4*>(x + (size_t)r * k + c);
+          const T* xp = reinterpret_cast<const T*>(&xv);
+#pragma unroll
+          for (int j = 0; j < (int)VEC; j++) acc[r] += tof(wp[j]) * tof(xp[j]);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; r++) {
+      if (r < rows) {
+        float v = warp_sum(acc[r]);
+        if (lane == 0) {
+          if (bias != nullptr) v += tof(bias[o]);
+          if (out_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = v;
+          else reinterpret_cast<T*>(y)[(size_t)r * out + o] = fromf(v);
+        }
+      }
+    }
+  }
+}
