@@ -19,8 +19,6 @@ export interface CudaTensor {
 const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 /** ARGMAX_SPLIT in decoder.cu: blocks that share one logits row in the greedy choice. */
 const ARGMAX_SPLIT = 32;
-/** GEMV_MAX_ROWS in decoder.cu: up to this many rows, linear layers run as a GEMV kernel instead of cuBLAS. */
-const GEMV_MAX_ROWS = 8;
 /** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th key. */
 const ATTENTION_WARPS = 16;
 const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
@@ -36,7 +34,6 @@ const KERNELS = [
   "gather_rows",
   "argmax_partial",
   "argmax_final",
-  "gemv",
 ] as const;
 type KernelName = (typeof KERNELS)[number];
 
@@ -290,25 +287,6 @@ export class CudaBackend implements Backend<CudaTensor> {
 
   linear(x: CudaTensor, weight: CudaTensor, bias: CudaTensor | null, float32Out = false): CudaTensor {
     const out = this.alloc(x.rows, weight.rows, float32Out ? "F32" : this.dtype);
-    if (x.rows <= GEMV_MAX_ROWS && (x.cols * BYTES[this.dtype]) % 16 === 0) {
-      const blocks = Math.min(65535, Math.ceil(weight.rows / 8));
-      this.device.launch(
-        this.fn("gemv"),
-        [blocks],
-        [256],
-        [
-          ptr(out.ptr),
-          ptr(x.ptr),
-          ptr(weight.ptr),
-          ptr(bias ? bias.ptr : 0),
-          i32(x.rows),
-          i32(x.cols),
-          i32(weight.rows),
-          i32(float32Out ? 1 : 0),
-        ],
-      );
-      return out;
-    }
     this.cublas.linear(
       out.ptr,
       CUBLAS_TYPE[out.dtype],

@@ -186,6 +186,8 @@ export class CudaDevice {
     sharedBytes = 0,
   ): void {
     if (args.length > MAX_ARGS) throw new CudaError(`a kernel takes at most ${MAX_ARGS} arguments`);
+    // An empty grid (a step with no logits rows, say) has nothing to do; the driver would call it invalid.
+    if (grid[0] === 0 || grid[1] === 0 || grid[2] === 0) return;
     const v = this.argView;
     args.forEach((a, i) => {
       if ("u64" in a) v.setBigUint64(8 * i, BigInt(a.u64), true);
