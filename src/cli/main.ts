@@ -7,6 +7,7 @@ import { KILN_VERSION } from "../version.js";
 import { buildCommand } from "./build.js";
 import { convertCommand } from "./convert.js";
 import { runCommand } from "./run.js";
+import { serveCommand } from "./serve.js";
 import { tokenizeCommand } from "./tokenize.js";
 
 export async function main(argv: string[]): Promise<number> {
@@ -15,7 +16,7 @@ export async function main(argv: string[]): Promise<number> {
     .version(KILN_VERSION)
     .exitOverride()
     .showHelpAfterError("(run with --help for usage)");
-  for (const cmd of [convertCommand(), buildCommand(), runCommand(), tokenizeCommand()]) {
+  for (const cmd of [convertCommand(), buildCommand(), runCommand(), serveCommand(), tokenizeCommand()]) {
     program.addCommand(cmd.exitOverride().showHelpAfterError("(run with --help for usage)"));
   }
   try {

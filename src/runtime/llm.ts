@@ -113,6 +113,14 @@ export class LLM {
     return this.engine.config.pretrained_config.vocab_size;
   }
 
+  get numWaiting(): number {
+    return this.scheduler.waiting.length;
+  }
+
+  get numRunning(): number {
+    return this.scheduler.running.length;
+  }
+
   get numFreeKvBlocks(): number {
     return this.blocks.numFreeBlocks;
   }
@@ -163,6 +171,9 @@ export class LLM {
       );
     }
     validateSampling(params.sampling);
+    if (!Number.isInteger(params.topLogProbs) || params.topLogProbs < 0 || params.topLogProbs > 20) {
+      throw new LimitError(`top_logprobs must be an integer in [0, 20], got ${params.topLogProbs}`);
+    }
     const bad = promptIds.find((t) => !Number.isInteger(t) || t < 0 || t >= this.vocabSize);
     if (bad !== undefined) throw new LimitError(`token id ${bad} is outside the vocabulary [0, ${this.vocabSize})`);
     const width = Math.max(params.numBeams, n);
@@ -275,6 +286,7 @@ export class LLM {
         this.blocks.fork(first, child);
         child.pendingLogits = first.pendingLogits!.slice();
         request.seqs.push(child);
+        request.allSeqs.push(child);
         request.rngs.set(child, new Rng((p.sampling.seed + i * 0x9e3779b9) % 2 ** 53));
       }
     }
@@ -305,6 +317,8 @@ export class LLM {
     const logits = seq.pendingLogits!;
     seq.pendingLogits = null;
     if (this.buildConfig.gather_generation_logits) seq.generationLogits.push(logits.slice());
+    // The alternatives come from the model's own distribution, before penalties and truncation.
+    if (request.params.topLogProbs > 0) seq.topLogProbs.push(topTokens(logSoftmax(logits), request.params.topLogProbs));
     const history = { promptIds: request.promptIds, outputIds: seq.outputIds };
     return sampleToken(logits, request.params.sampling, history, request.rngs.get(seq)!);
   }
@@ -412,6 +426,7 @@ function isPlainGreedy(p: GenerationParams): boolean {
   return (
     p.numBeams === 1 &&
     p.numReturnSequences === 1 &&
+    p.topLogProbs === 0 &&
     isGreedy(s) &&
     (s.temperature === 0 || s.temperature === 1) &&
     s.repetitionPenalty === 1 &&
@@ -419,6 +434,20 @@ function isPlainGreedy(p: GenerationParams): boolean {
     s.frequencyPenalty === 0 &&
     s.badWords.length === 0
   );
+}
+
+/** The k most likely tokens of a log-softmax row, most likely first. */
+function topTokens(logProbs: Float64Array, k: number): { token: number; logProb: number }[] {
+  const best: { token: number; logProb: number }[] = [];
+  for (let t = 0; t < logProbs.length; t++) {
+    const lp = logProbs[t];
+    if (best.length === k && lp <= best[k - 1].logProb) continue;
+    let i = best.length;
+    while (i > 0 && best[i - 1].logProb < lp) i--;
+    best.splice(i, 0, { token: t, logProb: lp });
+    if (best.length > k) best.pop();
+  }
+  return best;
 }
 
 export function isFailure(r: GenerationOutput | RequestFailure): r is RequestFailure {

@@ -21,13 +21,23 @@ export interface GenerationParams {
   earlyStopping: boolean;
   /** Token sequences that end generation when the output ends with one (kept in the output). */
   stopWords: number[][];
+  /** Alternatives to report with each generated token's log probability (0: none). */
+  topLogProbs: number;
 }
 
 export type RequestStatus = "waiting" | "running" | "finished";
 
+/** A token and its log probability. */
+export interface TokenLogProb {
+  token: number;
+  logProb: number;
+}
+
 export interface FinishedSequence {
   outputIds: number[];
   logProbs: number[];
+  /** The most likely tokens at each step, when topLogProbs was asked for. */
+  topLogProbs: TokenLogProb[][];
   cumLogProb: number;
   /** The beam score (length-normalised); for sampled sequences, the cumulative log prob. */
   score: number;
@@ -39,6 +49,8 @@ export class Request {
   status: RequestStatus = "waiting";
   /** Sequences still generating. */
   seqs: Sequence[];
+  /** Every sampled sequence in creation order (the first, then its num_return_sequences siblings). */
+  readonly allSeqs: Sequence[];
   readonly finished: FinishedSequence[] = [];
   readonly rngs = new Map<Sequence, Rng>();
   beam: BeamSearch | null = null;
@@ -61,5 +73,6 @@ export class Request {
     first: Sequence,
   ) {
     this.seqs = [first];
+    this.allSeqs = [first];
   }
 }

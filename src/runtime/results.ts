@@ -24,6 +24,7 @@ export function resolveParams(opts: GenerateOptions): GenerationParams {
     lengthPenalty: opts.lengthPenalty ?? 1,
     earlyStopping: opts.earlyStopping ?? true,
     stopWords: opts.stopWords ?? [],
+    topLogProbs: opts.topLogProbs ?? 0,
   };
 }
 
@@ -31,6 +32,7 @@ export function finishSampled(seq: Sequence): FinishedSequence {
   return {
     outputIds: seq.outputIds,
     logProbs: [...seq.logProbs],
+    topLogProbs: seq.topLogProbs,
     cumLogProb: seq.cumLogProb,
     score: seq.cumLogProb,
     finishReason: seq.finishReason ?? "length",
@@ -42,6 +44,7 @@ export function finishedFromBeams(beam: BeamSearch, endId: number | null): Finis
   return beam.finished.map((h) => ({
     outputIds: h.tokens,
     logProbs: h.logProbs,
+    topLogProbs: [],
     cumLogProb: h.cumLogProb,
     score: h.score,
     finishReason: endId !== null && h.tokens[h.tokens.length - 1] === endId ? "end_id" : "length",

@@ -18,6 +18,8 @@ export class Sequence {
   /** Log probability of each generated token, and their sum. */
   logProbs: number[] = [];
   cumLogProb = 0;
+  /** The most likely alternatives at each generated token, when asked for. */
+  topLogProbs: { token: number; logProb: number }[][] = [];
   generationLogits: Float32Array[] = [];
   finishReason: FinishReason | null = null;
 
@@ -50,6 +52,7 @@ export class Sequence {
   branch(id: number): Sequence {
     const s = new Sequence(id, this.tokenIds, this.numPromptTokens);
     s.logProbs = [...this.logProbs];
+    s.topLogProbs = [...this.topLogProbs];
     s.cumLogProb = this.cumLogProb;
     s.generationLogits = [...this.generationLogits];
     return s;
