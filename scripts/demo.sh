@@ -6,5 +6,5 @@ model=${KILN_DEMO_MODEL:-models/demo}
 out=${KILN_DEMO_OUT:-demo-out}
 prompt=${KILN_DEMO_PROMPT:-The jury said}
 ./bin/kiln convert --model_dir "$model" --output_dir "$out/checkpoint" --overwrite
-./bin/kiln build --checkpoint_dir "$out/checkpoint" --output_dir "$out/engine" --max_batch_size 8 --overwrite
+./bin/kiln build --checkpoint_dir "$out/checkpoint" --output_dir "$out/engine" --max_batch_size 64 --overwrite
 ./bin/kiln run --engine_dir "$out/engine" --input_text "$prompt" --max_output_len 48
