@@ -187,7 +187,8 @@ describe("errors as OpenAI answers them", () => {
     );
     await assert.rejects(
       client.completions.create({ model: "gpt-9", prompt: "x", max_tokens: 1 }),
-      (e: unknown) => e instanceof OpenAI.NotFoundError && e.status === 404 && /gpt-9/.test(e.message),
+      (e: unknown) =>
+        e instanceof OpenAI.NotFoundError && e.status === 404 && /gpt-9/.test(e.message) && e.param === "model",
     );
   });
 
@@ -210,7 +211,11 @@ describe("errors as OpenAI answers them", () => {
     assert.match(body.error.message, /JSON/);
     await assert.rejects(
       client.completions.create({ model: "fixture", prompt: Array(300).fill(5), max_tokens: 4 }),
-      (e: unknown) => e instanceof OpenAI.APIError && e.status === 413 && /max_input_len 256/.test(e.message),
+      (e: unknown) =>
+        e instanceof OpenAI.APIError &&
+        e.status === 413 &&
+        /max_input_len 256/.test(e.message) &&
+        e.code === "context_length_exceeded",
     );
     assert.equal(blocksInUse(), 0);
   });
@@ -226,12 +231,37 @@ describe("errors as OpenAI answers them", () => {
         c.completions.create({ model: "fixture", prompt: "The jury", max_tokens: 30, temperature: 0 }),
       ),
     );
-    const refused = results.filter((r) => r.status === "rejected" && (r.reason as { status?: number }).status === 429);
+    const refused = results.filter(
+      (r) =>
+        r.status === "rejected" &&
+        r.reason instanceof OpenAI.RateLimitError &&
+        r.reason.code === "queue_full" &&
+        r.reason.type === "rate_limit_error",
+    );
     assert.ok(refused.length > 0, "some requests were refused with 429");
     assert.ok(results.some((r) => r.status === "fulfilled"));
     await small.app.close();
     await small.loop.idle();
     assert.equal(one.numKvBlocks - one.numFreeKvBlocks, 0);
+  });
+});
+
+describe("metrics and health", () => {
+  test("/health answers ok; /metrics has request, token, queue, KV and latency series in Prometheus text", async () => {
+    assert.deepEqual(await (await fetch(`${base}/health`)).json(), { status: "ok" });
+    await client.completions.create({ model: "fixture", prompt: "The", max_tokens: 3, temperature: 0 });
+    const text = await (await fetch(`${base}/metrics`)).text();
+    for (const series of [
+      'kiln_requests_total{route="/v1/completions",status="200"}',
+      "kiln_generation_tokens_total",
+      "kiln_prompt_tokens_total",
+      "kiln_queue_depth 0",
+      "kiln_kv_blocks_in_use 0",
+      "kiln_time_to_first_token_seconds_count",
+      "kiln_inter_token_latency_seconds_count",
+    ]) {
+      assert.ok(text.includes(series), `missing ${series}`);
+    }
   });
 });
 
