@@ -141,9 +141,13 @@ export class CpuBackend implements Backend<CpuTensor> {
     const out = cpuTensor(qkv.rows, numHeads * headSize);
     let scores = new Float64Array(256);
     const acc = new Float64Array(headSize);
+    const tokenFloats = numKvHeads * headSize;
     for (const seq of step.seqs) {
       const total = seq.numCached + seq.numNew;
+      if (seq.numNew === 0) continue;
       if (scores.length < total) scores = new Float64Array(total * 2);
+      const kBlocks = kv.keyBlocks(layer, seq.blockTable);
+      const vBlocks = kv.valueBlocks(layer, seq.blockTable);
       for (let i = 0; i < seq.numNew; i++) {
         const r = seq.rowStart + i;
         const visible = seq.numCached + i + 1; // causal: itself and everything before it
@@ -151,19 +155,19 @@ export class CpuBackend implements Backend<CpuTensor> {
           const q = r * qkv.cols + h * headSize;
           const kvh = Math.floor(h / group) * headSize;
           for (let j = 0; j < visible; j++) {
-            const slot = seq.blockTable[Math.floor(j / tpb)] * tpb + (j % tpb);
-            const [kb, ko] = kv.keyAt(layer, slot);
+            const kb = kBlocks[Math.floor(j / tpb)];
+            const ko = (j % tpb) * tokenFloats + kvh;
             let s = 0;
-            for (let d = 0; d < headSize; d++) s += qkv.data[q + d] * kb[ko + kvh + d];
+            for (let d = 0; d < headSize; d++) s += qkv.data[q + d] * kb[ko + d];
             scores[j] = s * scale;
           }
           softmaxInPlace(scores, visible);
           acc.fill(0);
           for (let j = 0; j < visible; j++) {
-            const slot = seq.blockTable[Math.floor(j / tpb)] * tpb + (j % tpb);
-            const [vb, vo] = kv.valueAt(layer, slot);
+            const vb = vBlocks[Math.floor(j / tpb)];
+            const vo = (j % tpb) * tokenFloats + kvh;
             const p = scores[j];
-            for (let d = 0; d < headSize; d++) acc[d] += p * vb[vo + kvh + d];
+            for (let d = 0; d < headSize; d++) acc[d] += p * vb[vo + d];
           }
           const o = r * out.cols + h * headSize;
           for (let d = 0; d < headSize; d++) out.data[o + d] = acc[d];

@@ -1,7 +1,10 @@
 // Reference kernels on Float32Array, row-major. Accumulation happens in JS numbers (float64), so these are
 // at least as exact as float32 framework math; they are the yardstick other backends are measured against.
 
-/** out[r, n] = Σ_k x[r, k] · w[n, k] + bias[n]. The weight row stays hot in L1 across the rows of x. */
+/**
+ * out[r, n] = Σ_k x[r, k] · w[n, k] + bias[n]. The weight row stays hot in L1 across the rows of x, and four
+ * rows share each weight load (batched steps are bound by these multiply-adds).
+ */
 export function matmulTransposed(
   x: Float32Array,
   rows: number,
@@ -11,16 +14,39 @@ export function matmulTransposed(
   bias: Float32Array | null,
   out: Float32Array,
 ): void {
-  const k4 = inDim - (inDim % 4);
+  const rows4 = rows - (rows % 4);
   for (let n = 0; n < outDim; n++) {
     const wo = n * inDim;
     const b = bias ? bias[n] : 0;
-    for (let r = 0; r < rows; r++) {
+    let r = 0;
+    for (; r < rows4; r += 4) {
+      const x0 = r * inDim;
+      const x1 = x0 + inDim;
+      const x2 = x1 + inDim;
+      const x3 = x2 + inDim;
+      let s0 = 0;
+      let s1 = 0;
+      let s2 = 0;
+      let s3 = 0;
+      for (let k = 0; k < inDim; k++) {
+        const wk = w[wo + k];
+        s0 += x[x0 + k] * wk;
+        s1 += x[x1 + k] * wk;
+        s2 += x[x2 + k] * wk;
+        s3 += x[x3 + k] * wk;
+      }
+      out[r * outDim + n] = s0 + b;
+      out[(r + 1) * outDim + n] = s1 + b;
+      out[(r + 2) * outDim + n] = s2 + b;
+      out[(r + 3) * outDim + n] = s3 + b;
+    }
+    for (; r < rows; r++) {
       const xo = r * inDim;
       let s0 = 0;
       let s1 = 0;
       let s2 = 0;
       let s3 = 0;
+      const k4 = inDim - (inDim % 4);
       let k = 0;
       for (; k < k4; k += 4) {
         s0 += x[xo + k] * w[wo + k];

@@ -34,6 +34,15 @@ export class CpuKvStore {
     }
   }
 
+  /** A sequence's key (or value) blocks of one layer, in block-table order: read once per attention call. */
+  keyBlocks(layer: number, table: Int32Array): Float32Array[] {
+    return Array.from(table, (b) => this.block(this.keys, layer, b));
+  }
+
+  valueBlocks(layer: number, table: Int32Array): Float32Array[] {
+    return Array.from(table, (b) => this.block(this.values, layer, b));
+  }
+
   /** The block and float offset holding `slot`'s keys (or values). */
   keyAt(layer: number, slot: number): [Float32Array, number] {
     const tpb = this.spec.tokensPerBlock;
