@@ -4,12 +4,14 @@
 import fs from "node:fs";
 import path from "node:path";
 import { CheckpointError, ConfigError } from "../errors.js";
+import { Mapping } from "../mapping.js";
 import { familyOf } from "../models/families.js";
 import type { HfConfig } from "../models/hf-decoder.js";
 import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
-import { type Dtype, dtypeFromName, encodeFromFloat32 } from "./dtype.js";
+import { decodeToFloat32, dtypeByteSize, dtypeFromName, encodeFromFloat32 } from "./dtype.js";
 import type { ModelDtype, PretrainedConfig } from "./pretrained-config.js";
+import { type RankTensor, rankTensors } from "./rank-split.js";
 import { SafetensorsWriter } from "./safetensors.js";
 import { TensorStore } from "./tensor-store.js";
 
@@ -26,6 +28,8 @@ export interface ConvertOptions {
   outputDir: string;
   /** "auto" takes the HF dtype, except float32 becomes float16, as TensorRT-LLM's converter does. */
   dtype: ModelDtype | "auto";
+  /** The parallel layout to split for (default: one rank). */
+  mapping?: Mapping;
   overwrite?: boolean;
 }
 
@@ -61,56 +65,82 @@ export function unifiedConfigFromHf(modelDir: string, dtype: ModelDtype | "auto"
   return cfg;
 }
 
-function concatRows(parts: Float32Array[]): Float32Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+/** The bytes of one rank tensor in `target` dtype, reading only the rows (and columns) it takes. */
+function tensorBytes(store: TensorStore, t: RankTensor, target: "F32" | "F16" | "BF16", where: string): Uint8Array {
+  const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);
+  const chunks = t.parts.map((p) => {
+    if ("zeroRows" in p) return new Uint8Array(p.zeroRows * rowElems * dtypeByteSize(target));
+    if (!store.has(p.source))
+      throw new CheckpointError(`${where}: tensor "${p.source}" is missing (needed for ${t.name})`);
+    const info = store.info(p.source);
+    const cols = info.shape.slice(1).reduce((a, b) => a * b, 1);
+    const [a, b] = p.rows;
+    const wantCols = p.cols ? p.cols[1] - p.cols[0] : rowElems;
+    if ((info.shape[0] ?? 1) < b || (p.cols ? cols < p.cols[1] : cols !== rowElems) || wantCols !== rowElems) {
+      throw new CheckpointError(
+        `${where}: tensor "${p.source}" has shape [${info.shape}], which does not fit ${t.name} [${t.shape}]`,
+      );
+    }
+    const raw = info.shape.length === 0 ? store.readBytes(p.source) : store.readRows(p.source, a, b);
+    if (!p.cols && info.dtype === target) return raw; // a plain slice: bytes as they are
+    let values = decodeToFloat32(raw, info.dtype);
+    if (p.cols) {
+      const [c0, c1] = p.cols;
+      const picked = new Float32Array((b - a) * (c1 - c0));
+      for (let r = 0; r < b - a; r++) picked.set(values.subarray(r * cols + c0, r * cols + c1), r * (c1 - c0));
+      values = picked;
+    }
+    return target === "F32"
+      ? new Uint8Array(values.buffer, values.byteOffset, values.byteLength)
+      : encodeFromFloat32(values, target);
+  });
+  if (chunks.length === 1) return chunks[0];
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
   let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
   }
   return out;
 }
 
 export async function convertHfCheckpoint(opts: ConvertOptions): Promise<PretrainedConfig> {
   const cfg = unifiedConfigFromHf(opts.modelDir, opts.dtype);
-  const family = familyOf(cfg.architecture, path.join(opts.modelDir, "config.json"));
+  const mapping = opts.mapping ?? new Mapping();
+  mapping.validateFor(cfg);
+  cfg.mapping = mapping.toConfig();
   const store = TensorStore.open(opts.modelDir);
   try {
-    const sources = family.weightSources(cfg, (n) => store.has(n));
-    const target: Dtype = dtypeFromName(cfg.dtype);
-    const specs = sources.map((s) => {
-      const infos = s.sources.map((src) => {
-        if (!store.has(src)) {
-          throw new CheckpointError(`${opts.modelDir}: tensor "${src}" is missing (needed for ${s.name})`);
+    const target = dtypeFromName(cfg.dtype);
+    const ranks = Array.from({ length: mapping.numFileRanks }, (_, f) =>
+      rankTensors(cfg, mapping, f, (n) => store.has(n)),
+    );
+    // Every source is looked up before anything is written: a missing tensor leaves no output behind.
+    for (const tensors of ranks) {
+      for (const t of tensors) {
+        for (const p of t.parts) {
+          if ("source" in p && !store.has(p.source)) {
+            throw new CheckpointError(`${opts.modelDir}: tensor "${p.source}" is missing (needed for ${t.name})`);
+          }
         }
-        return store.info(src);
-      });
-      const shape = [...infos[0].shape];
-      for (const info of infos.slice(1)) {
-        if (info.shape.length !== shape.length || info.shape.slice(1).some((d, i) => d !== shape[i + 1])) {
-          throw new CheckpointError(
-            `${opts.modelDir}: tensor "${info.name}" has shape [${info.shape}], which cannot be concatenated with "${infos[0].name}" [${infos[0].shape}]`,
-          );
-        }
-        shape[0] += info.shape[0];
       }
-      return { name: s.name, dtype: target, shape };
-    });
+    }
     return await writeOutputDir(opts.outputDir, "--output_dir", opts, async (dir) => {
-      const writer = new SafetensorsWriter(path.join(dir, "rank0.safetensors"), specs);
-      const bar = progress("convert", sources.length);
-      for (const s of sources) {
-        const single = s.sources.length === 1 ? store.info(s.sources[0]) : null;
-        // Same dtype and one source: copy the bytes, so a bf16 → bf16 convert is exact by construction.
-        const bytes =
-          single && single.dtype === target
-            ? store.readBytes(single.name)
-            : encodeFromFloat32(concatRows(s.sources.map((src) => store.readFloat32(src))), target as "F32");
-        writer.write(s.name, bytes);
-        bar.tick(s.name);
-      }
-      writer.close();
+      const bar = progress(
+        "convert",
+        ranks.reduce((n, r) => n + r.length, 0),
+      );
+      ranks.forEach((tensors, f) => {
+        const writer = new SafetensorsWriter(
+          path.join(dir, `rank${f}.safetensors`),
+          tensors.map((t) => ({ name: t.name, dtype: target, shape: t.shape })),
+        );
+        for (const t of tensors) {
+          writer.write(t.name, tensorBytes(store, t, target, opts.modelDir));
+          bar.tick(`rank${f} ${t.name}`);
+        }
+        writer.close();
+      });
       bar.done();
       fs.writeFileSync(path.join(dir, "config.json"), `${JSON.stringify(cfg, null, 4)}\n`);
       copyTokenizerFiles(opts.modelDir, dir);

@@ -195,6 +195,20 @@ export class SafetensorsFile {
     return decodeToFloat32(this.readBytes(name), this.info(name).dtype);
   }
 
+  /** Rows [start, end) of a tensor (along its first dimension): a slice without reading the rest. */
+  readRows(name: string, start: number, end: number): Uint8Array {
+    const { byteLength, fileOffset, shape } = this.info(name);
+    const rows = shape[0] ?? 1;
+    if (start < 0 || end > rows || start > end) {
+      throw new CheckpointError(`${this.path}: rows [${start}, ${end}) of tensor ${q(name)}, which has ${rows}`);
+    }
+    if (this.#fd === undefined) throw new CheckpointError(`${this.path}: tensor ${q(name)} read after close()`);
+    const rowBytes = byteLength / rows;
+    const bytes = new Uint8Array((end - start) * rowBytes);
+    readFully(this.#fd, bytes, fileOffset + start * rowBytes, `${this.path}: tensor ${q(name)}`);
+    return bytes;
+  }
+
   close(): void {
     if (this.#fd === undefined) return;
     fs.closeSync(this.#fd);

@@ -91,6 +91,10 @@ export class TensorStore {
     return this.#file(name).readFloat32(name);
   }
 
+  readRows(name: string, start: number, end: number): Uint8Array {
+    return this.#file(name).readRows(name, start, end);
+  }
+
   close(): void {
     for (const f of this.#files) f.close();
   }

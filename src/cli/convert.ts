@@ -2,12 +2,15 @@
 
 import { Command } from "commander";
 import { convertHfCheckpoint } from "../checkpoint/convert-hf.js";
-import { oneOf } from "./flags.js";
+import { Mapping } from "../mapping.js";
+import { oneOf, positiveInt } from "./flags.js";
 
 export function convertCommand(): Command {
   const cmd = new Command("convert");
   return cmd
-    .description("convert a Hugging Face model dir into a unified checkpoint (config.json + rank0.safetensors)")
+    .description(
+      "convert a Hugging Face model dir into a unified checkpoint (config.json + one rank{N}.safetensors a tp × pp rank)",
+    )
     .requiredOption("--model_dir <dir>", "Hugging Face model dir (config.json, *.safetensors)")
     .option("--output_dir <dir>", "checkpoint dir to write", "tllm_checkpoint")
     .addOption(

@@ -2,7 +2,7 @@
 
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { ConfigError } from "../errors.js";
-import { decoderWeightSources, type HfConfig, type WeightSource } from "./hf-decoder.js";
+import type { HfConfig } from "./hf-decoder.js";
 import { llamaConfigFromHf } from "./llama.js";
 import { qwen2ConfigFromHf } from "./qwen2.js";
 
@@ -10,7 +10,6 @@ export interface ModelFamily {
   name: string;
   architectures: readonly string[];
   configFromHf(hf: HfConfig, where: string): PretrainedConfig;
-  weightSources(cfg: PretrainedConfig, hasTensor: (name: string) => boolean): WeightSource[];
 }
 
 export const FAMILIES: readonly ModelFamily[] = [
@@ -18,13 +17,11 @@ export const FAMILIES: readonly ModelFamily[] = [
     name: "llama",
     architectures: ["LlamaForCausalLM", "MistralForCausalLM"],
     configFromHf: llamaConfigFromHf,
-    weightSources: decoderWeightSources,
   },
   {
     name: "qwen2",
     architectures: ["Qwen2ForCausalLM"],
     configFromHf: qwen2ConfigFromHf,
-    weightSources: decoderWeightSources,
   },
 ];
 

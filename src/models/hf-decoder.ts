@@ -1,17 +1,11 @@
-// What the llama and qwen2 families share: a Hugging Face config turned into a unified checkpoint config,
-// and the table that says which HF tensors make each TensorRT-LLM tensor.
+// What the llama and qwen2 families share: a Hugging Face config turned into a unified checkpoint config.
+// (Which HF tensors make each TensorRT-LLM tensor of each rank: checkpoint/rank-split.ts.)
 
 import type { ModelDtype, PretrainedConfig, RotaryScaling } from "../checkpoint/pretrained-config.js";
 import { noQuantization, singleRankMapping } from "../checkpoint/pretrained-config.js";
 import { ConfigError } from "../errors.js";
 
 export type HfConfig = Record<string, unknown>;
-
-/** One unified tensor and the HF tensors it is made of (concatenated along dim 0 when several). */
-export interface WeightSource {
-  name: string;
-  sources: string[];
-}
 
 function num(hf: HfConfig, key: string, where: string, fallback?: number): number {
   const v = hf[key] ?? fallback;
@@ -125,36 +119,4 @@ export function decoderConfigFromHf(hf: HfConfig, where: string, traits: Decoder
     quantization: noQuantization(),
     ...traits.extra,
   };
-}
-
-/** Unified tensor names (TensorRT-LLM's) and their HF sources, for one rank holding the whole model. */
-export function decoderWeightSources(cfg: PretrainedConfig, hasTensor: (name: string) => boolean): WeightSource[] {
-  const out: WeightSource[] = [{ name: "transformer.vocab_embedding.weight", sources: ["model.embed_tokens.weight"] }];
-  for (let i = 0; i < cfg.num_hidden_layers; i++) {
-    const hf = `model.layers.${i}`;
-    const t = `transformer.layers.${i}`;
-    const attn = ["q_proj", "k_proj", "v_proj"].map((p) => `${hf}.self_attn.${p}`);
-    out.push({ name: `${t}.input_layernorm.weight`, sources: [`${hf}.input_layernorm.weight`] });
-    out.push({ name: `${t}.attention.qkv.weight`, sources: attn.map((p) => `${p}.weight`) });
-    if (cfg.attn_bias) out.push({ name: `${t}.attention.qkv.bias`, sources: attn.map((p) => `${p}.bias`) });
-    out.push({ name: `${t}.attention.dense.weight`, sources: [`${hf}.self_attn.o_proj.weight`] });
-    if (hasTensor(`${hf}.self_attn.o_proj.bias`)) {
-      out.push({ name: `${t}.attention.dense.bias`, sources: [`${hf}.self_attn.o_proj.bias`] });
-    }
-    out.push({ name: `${t}.post_layernorm.weight`, sources: [`${hf}.post_attention_layernorm.weight`] });
-    // TensorRT-LLM's GatedMLP computes proj(act(fc(x)) * gate(x)): fc is HF's gate_proj, gate is HF's up_proj.
-    const mlp: [string, string][] = [
-      ["fc", "gate_proj"],
-      ["gate", "up_proj"],
-      ["proj", "down_proj"],
-    ];
-    for (const [trt, hfName] of mlp) {
-      out.push({ name: `${t}.mlp.${trt}.weight`, sources: [`${hf}.mlp.${hfName}.weight`] });
-      if (cfg.mlp_bias) out.push({ name: `${t}.mlp.${trt}.bias`, sources: [`${hf}.mlp.${hfName}.bias`] });
-    }
-  }
-  out.push({ name: "transformer.ln_f.weight", sources: ["model.norm.weight"] });
-  const lmHead = cfg.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  out.push({ name: "lm_head.weight", sources: [lmHead] });
-  return out;
 }

@@ -76,6 +76,7 @@ export function startGeneration(
     }
   }
   const started = performance.now();
+  const holdBack = Math.max(0, ...stop.map((x) => x.length - 1));
   const choices = Array.from({ length: prompts.length * n }, (_, i) => new Choice(i, tok));
   let resolveDone!: () => void;
   const done = new Promise<void>((r) => {
@@ -114,9 +115,12 @@ export function startGeneration(
         c.text += c.decoder.flush();
         c.finish = seq.finishReason === "length" ? "length" : seq.finishReason === "aborted" ? "abort" : "stop";
       }
-      piece = c.text.slice(c.sent);
-      c.sent = c.text.length;
-      if (onDelta && (piece || c.finish)) onDelta({ index: c.index, text: piece, tokens, finishReason: c.finish });
+      // Hold back what could still turn out to be the start of a stop string.
+      const safe = c.finish ? c.text.length : Math.max(c.sent, c.text.length - holdBack);
+      piece = c.text.slice(c.sent, safe);
+      c.sent = safe;
+      if (onDelta && (piece || c.finish || tokens.length))
+        onDelta({ index: c.index, text: piece, tokens, finishReason: c.finish });
     });
     // Every choice cut by a stop string: the rest of the request is unwanted.
     if (request.status !== "finished" && choices.slice(base, base + n).every((c) => c.finish)) llm.abort(request);
