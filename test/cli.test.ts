@@ -539,3 +539,20 @@ describe("engines and backends", () => {
     assert.throws(() => EngineFile.open(file, { backend: "cpu", target: null }), /built for backend "cuda", not "cpu"/);
   });
 });
+
+describe("convert for a parallel layout", () => {
+  test("--tp_size 3 --pp_size 3 writes nine rank files; a tp that divides no head count is refused before writing", () => {
+    const model = path.join(FIXTURES, "qwen2_untied_mqa", "hf");
+    const out = path.join(work, "ckpt-tp3pp3");
+    const r = kiln("convert", "--model_dir", model, "--output_dir", out, "--tp_size", "3", "--pp_size", "3");
+    assert.equal(r.code, 0, r.stderr);
+    const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8"));
+    assert.deepEqual([cfg.mapping.world_size, cfg.mapping.tp_size, cfg.mapping.pp_size], [9, 3, 3]);
+    assert.equal(fs.readdirSync(out).filter((f) => /^rank\d+\.safetensors$/.test(f)).length, 9);
+    const bad = path.join(work, "ckpt-tp4");
+    assertRefused(kiln("convert", "--model_dir", model, "--output_dir", bad, "--tp_size", "4"), "--tp_size 4", "num_attention_heads 6");
+    assertNothingWritten(bad);
+    // Building a multi-rank checkpoint is not there yet, and says so.
+    assertRefused(kiln("build", "--checkpoint_dir", out, "--output_dir", path.join(work, "engine-tp3")), "world_size is 9");
+  });
+});

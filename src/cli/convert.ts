@@ -22,14 +22,32 @@ export function convertCommand(): Command {
         .default("auto")
         .argParser(oneOf(["auto", "float32", "float16", "bfloat16"] as const)),
     )
+    .option("--tp_size <n>", "tensor-parallel ranks: heads, MLP and vocab split across them", positiveInt, 1)
+    .option(
+      "--pp_size <n>",
+      "pipeline stages: layers split across them (the first stages take any extra)",
+      positiveInt,
+      1,
+    )
+    .option("--cp_size <n>", "context-parallel ranks (they share their (tp, pp) rank file)", positiveInt, 1)
+    .option("--moe_tp_size <n>", "tensor parallelism inside each expert (default: tp_size / moe_ep_size)", positiveInt)
+    .option("--moe_ep_size <n>", "expert parallelism (default: tp_size / moe_tp_size, or 1)", positiveInt)
     .option("--overwrite", "replace an output dir that already holds files", false)
     .action(async (o) => {
       const t0 = performance.now();
+      const mapping = new Mapping({
+        tpSize: o.tp_size,
+        ppSize: o.pp_size,
+        cpSize: o.cp_size,
+        moeTpSize: o.moe_tp_size,
+        moeEpSize: o.moe_ep_size,
+      });
       const cfg = await convertHfCheckpoint({
         modelDir: o.model_dir,
         outputDir: o.output_dir,
         dtype: o.dtype,
         overwrite: o.overwrite,
+        mapping,
       });
       const secs = ((performance.now() - t0) / 1000).toFixed(1);
       console.error(
