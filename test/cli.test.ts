@@ -415,7 +415,7 @@ describe("run: sampling, beams and outputs", () => {
   });
 
   test("--streaming prints the same text as a plain run", () => {
-    const plain = kiln(
+    const args = [
       "run",
       "--engine_dir",
       engine,
@@ -425,19 +425,9 @@ describe("run: sampling, beams and outputs", () => {
       "8",
       "--end_id",
       "9999",
-    );
-    const streamed = kiln(
-      "run",
-      "--engine_dir",
-      engine,
-      "--input_text",
-      "The jury",
-      "--max_output_len",
-      "8",
-      "--end_id",
-      "9999",
-      "--streaming",
-    );
+    ];
+    const plain = kiln(...args);
+    const streamed = kiln(...args, "--streaming");
     assert.equal(plain.code, 0, plain.stderr);
     assert.equal(streamed.code, 0, streamed.stderr);
     const text = (s: string) =>
@@ -550,9 +540,16 @@ describe("convert for a parallel layout", () => {
     assert.deepEqual([cfg.mapping.world_size, cfg.mapping.tp_size, cfg.mapping.pp_size], [9, 3, 3]);
     assert.equal(fs.readdirSync(out).filter((f) => /^rank\d+\.safetensors$/.test(f)).length, 9);
     const bad = path.join(work, "ckpt-tp4");
-    assertRefused(kiln("convert", "--model_dir", model, "--output_dir", bad, "--tp_size", "4"), "--tp_size 4", "num_attention_heads 6");
+    assertRefused(
+      kiln("convert", "--model_dir", model, "--output_dir", bad, "--tp_size", "4"),
+      "--tp_size 4",
+      "num_attention_heads 6",
+    );
     assertNothingWritten(bad);
     // Building a multi-rank checkpoint is not there yet, and says so.
-    assertRefused(kiln("build", "--checkpoint_dir", out, "--output_dir", path.join(work, "engine-tp3")), "world_size is 9");
+    assertRefused(
+      kiln("build", "--checkpoint_dir", out, "--output_dir", path.join(work, "engine-tp3")),
+      "world_size is 9",
+    );
   });
 });
