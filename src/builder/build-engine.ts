@@ -9,6 +9,7 @@ import { type PretrainedConfig, parsePretrainedConfig } from "../checkpoint/pret
 import { SafetensorsFile } from "../checkpoint/safetensors.js";
 import { CheckpointError, ConfigError } from "../errors.js";
 import { familyOf } from "../models/families.js";
+import { quantMode } from "../quantization/mode.js";
 import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
 import { KILN_VERSION } from "../version.js";
@@ -46,8 +47,10 @@ export function readCheckpointConfig(dir: string): PretrainedConfig {
       `${where}: mapping.world_size is ${cfg.mapping.world_size}; this kiln builds single-rank checkpoints only`,
     );
   }
-  if (cfg.quantization.quant_algo !== null || cfg.quantization.kv_cache_quant_algo !== null) {
-    throw new ConfigError(`${where}: quantization ${cfg.quantization.quant_algo} is not supported by this kiln yet`);
+  const mode = quantMode(cfg.quantization.quant_algo, where);
+  if ((mode && !mode.supported) || cfg.quantization.kv_cache_quant_algo !== null) {
+    const what = cfg.quantization.quant_algo ?? `kv_cache_quant_algo ${cfg.quantization.kv_cache_quant_algo}`;
+    throw new ConfigError(`${where}: quantization ${what} is not supported by this kiln yet (supported: W8A16, W4A16)`);
   }
   return cfg;
 }
@@ -55,6 +58,11 @@ export function readCheckpointConfig(dir: string): PretrainedConfig {
 export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
   const model = readCheckpointConfig(opts.checkpointDir);
   const { config: build, warnings } = resolveBuildConfig(model, opts.request);
+  if (opts.backend === "cuda" && model.quantization.quant_algo !== null) {
+    throw new ConfigError(
+      `quant_algo ${model.quantization.quant_algo}: the cuda backend runs unquantized engines only so far; build with --backend cpu`,
+    );
+  }
   if (opts.backend === "cuda" && !build.remove_input_padding) {
     throw new ConfigError("--remove_input_padding disable is supported by the cpu backend only");
   }

@@ -7,6 +7,7 @@ import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import type { SafetensorsFile } from "../checkpoint/safetensors.js";
 import { CheckpointError } from "../errors.js";
 import { decoderTensorShapes } from "../models/decoder.js";
+import { isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
 import type { SectionSpec } from "./engine-file.js";
 
 export interface PlannedSection {
@@ -53,10 +54,24 @@ function tensorSection(
   };
 }
 
+/** float32 tensors for the cpu kernels; weight-only quantized layers keep their int8 bytes and float32 scales. */
 export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile): PlannedSection[] {
-  return [...decoderTensorShapes(cfg)].map(([name, shape]) =>
-    tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file),
-  );
+  const algo = cfg.quantization.quant_algo;
+  const quantized = algo === "W8A16" || algo === "W4A16";
+  return [...decoderTensorShapes(cfg)].flatMap(([name, shape]) => {
+    if (!quantized || !isWeightOnlyLayer(name))
+      return [tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file)];
+    const [out, inDim] = shape;
+    const stored = [inDim, algo === "W8A16" ? out : out / 2];
+    const scale = scaleName(name);
+    if (!file.has(name) || file.info(name).dtype !== "I8") {
+      throw new CheckpointError(`${file.path}: ${algo} expects "${name}" as I8 [${stored}]`);
+    }
+    return [
+      tensorSection(name, stored, "I8", [checkedSource(name, stored, file)], file),
+      tensorSection(scale, [out], "F32", [checkedSource(scale, [out], file)], file),
+    ];
+  });
 }
 
 /** Model-dtype weights; each layer's mlp.fc and mlp.gate become one [2·inter, hidden] mlp.fc_gate. */

@@ -7,6 +7,8 @@ import { CheckpointError, ConfigError } from "../errors.js";
 import { Mapping } from "../mapping.js";
 import { familyOf } from "../models/families.js";
 import type { HfConfig } from "../models/hf-decoder.js";
+import { isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
+import { quantizeWeightOnly } from "../quantization/weight-only.js";
 import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
 import { decodeToFloat32, dtypeByteSize, dtypeFromName, encodeFromFloat32 } from "./dtype.js";
@@ -30,6 +32,8 @@ export interface ConvertOptions {
   dtype: ModelDtype | "auto";
   /** The parallel layout to split for (default: one rank). */
   mapping?: Mapping;
+  /** Weight-only per-channel quantization of the linear layers (W8A16 / W4A16). */
+  weightOnlyBits?: 4 | 8;
   overwrite?: boolean;
 }
 
@@ -109,6 +113,8 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   const mapping = opts.mapping ?? new Mapping();
   mapping.validateFor(cfg);
   cfg.mapping = mapping.toConfig();
+  const bits = opts.weightOnlyBits;
+  if (bits) cfg.quantization.quant_algo = bits === 8 ? "W8A16" : "W4A16";
   const store = TensorStore.open(opts.modelDir);
   try {
     const target = dtypeFromName(cfg.dtype);
@@ -131,12 +137,30 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
         ranks.reduce((n, r) => n + r.length, 0),
       );
       ranks.forEach((tensors, f) => {
+        const quantized = (t: RankTensor) => bits !== undefined && isWeightOnlyLayer(t.name);
         const writer = new SafetensorsWriter(
           path.join(dir, `rank${f}.safetensors`),
-          tensors.map((t) => ({ name: t.name, dtype: target, shape: t.shape })),
+          tensors.flatMap((t) =>
+            quantized(t) ? weightOnlySpecs(t, bits!, target) : [{ name: t.name, dtype: target, shape: t.shape }],
+          ),
         );
         for (const t of tensors) {
-          writer.write(t.name, tensorBytes(store, t, target, opts.modelDir));
+          if (quantized(t)) {
+            const [out, inDim] = t.shape;
+            const q = quantizeWeightOnly(
+              decodeToFloat32(tensorBytes(store, t, "F32", opts.modelDir), "F32"),
+              out,
+              inDim,
+              bits!,
+            );
+            writer.write(t.name, new Uint8Array(q.qweight.buffer));
+            writer.write(
+              scaleName(t.name),
+              target === "F32" ? new Uint8Array(q.scales.buffer) : encodeFromFloat32(q.scales, target),
+            );
+          } else {
+            writer.write(t.name, tensorBytes(store, t, target, opts.modelDir));
+          }
           bar.tick(`rank${f} ${t.name}`);
         }
         writer.close();
@@ -149,6 +173,15 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   } finally {
     store.close();
   }
+}
+
+/** TensorRT-LLM's weight-only layout: `<lin>.weight` int8 [in, out] (int4: [in, out/2]), `<lin>.per_channel_scale` [out]. */
+function weightOnlySpecs(t: RankTensor, bits: 4 | 8, scaleDtype: "F32" | "F16" | "BF16") {
+  const [out, inDim] = t.shape;
+  return [
+    { name: t.name, dtype: "I8" as const, shape: [inDim, bits === 8 ? out : out / 2] },
+    { name: scaleName(t.name), dtype: scaleDtype, shape: [out] },
+  ];
 }
 
 /** Tokenizer files travel with the checkpoint and the engine, so `kiln run` needs no --tokenizer_dir. */

@@ -32,6 +32,17 @@ export function convertCommand(): Command {
     .option("--cp_size <n>", "context-parallel ranks (they share their (tp, pp) rank file)", positiveInt, 1)
     .option("--moe_tp_size <n>", "tensor parallelism inside each expert (default: tp_size / moe_ep_size)", positiveInt)
     .option("--moe_ep_size <n>", "expert parallelism (default: tp_size / moe_tp_size, or 1)", positiveInt)
+    .option(
+      "--use_weight_only",
+      "quantize the linear layers' weights (per output channel); activations stay in dtype",
+      false,
+    )
+    .addOption(
+      cmd
+        .createOption("--weight_only_precision <p>", "int8 (W8A16) or int4 (W4A16)")
+        .default("int8")
+        .argParser(oneOf(["int8", "int4"] as const)),
+    )
     .option("--overwrite", "replace an output dir that already holds files", false)
     .action(async (o) => {
       const t0 = performance.now();
@@ -48,6 +59,7 @@ export function convertCommand(): Command {
         dtype: o.dtype,
         overwrite: o.overwrite,
         mapping,
+        weightOnlyBits: o.use_weight_only ? (o.weight_only_precision === "int4" ? 4 : 8) : undefined,
       });
       const secs = ((performance.now() - t0) / 1000).toFixed(1);
       console.error(

@@ -12,6 +12,7 @@ import { readJson } from "../checkpoint/convert-hf.js";
 import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { ConfigError, EngineError } from "../errors.js";
 import { DecoderModel } from "../models/decoder.js";
+import { scaleName } from "../quantization/mode.js";
 import type { StepExecutor } from "./model-runner.js";
 
 export interface LoadedEngine {
@@ -66,14 +67,36 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
   const file = EngineFile.open(path.join(dir, "rank0.engine"), { backend: "cpu", target: CPU_TARGET });
   const weights = new Map<string, CpuTensor>();
   try {
+    const quantized = new Map<string, { q: Int8Array; shape: number[] }>();
     for (const s of file.header.sections) {
-      if (s.dtype !== "F32")
-        throw new EngineError(`${file.path}: section "${s.name}" is ${s.dtype}; cpu engines hold F32`);
+      if (s.dtype === "I8") {
+        const bytes = file.read(s.name);
+        quantized.set(s.name, { q: new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), shape: s.shape });
+        continue;
+      }
+      if (s.dtype !== "F32") {
+        throw new EngineError(
+          `${file.path}: section "${s.name}" is ${s.dtype}; cpu engines hold F32 (and I8 quantized weights)`,
+        );
+      }
       const bytes = file.read(s.name);
       const data = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
       const [rows, cols] =
         s.shape.length === 1 ? [1, s.shape[0]] : [s.shape[0], s.shape.slice(1).reduce((a, b) => a * b, 1)];
       weights.set(s.name, cpuTensor(rows, cols, data));
+    }
+    // Weight-only layers: [in, out] int8 (or [in, out/2] int4 pairs) with their per-output-channel scales.
+    for (const [name, { q, shape }] of quantized) {
+      const scales = weights.get(scaleName(name));
+      if (!scales) throw new EngineError(`${file.path}: quantized "${name}" has no "${scaleName(name)}"`);
+      const out = scales.cols;
+      const bits = shape[1] === out ? 8 : 4;
+      weights.set(name, {
+        data: new Float32Array(0),
+        rows: out,
+        cols: shape[0],
+        quant: { bits, q, scales: scales.data },
+      });
     }
   } finally {
     file.close();

@@ -3,13 +3,15 @@
 import { EngineError } from "../../errors.js";
 import { argmax, logSoftmax } from "../../runtime/sampling/sampler.js";
 import type { AttentionShape, Backend, KvCacheSpec, RopeSpec, StepInput } from "../backend.js";
-import { matmulTransposed, rmsNormRows, rotateHalf, silu, softmaxInPlace } from "./kernels.js";
+import { matmulTransposed, matmulWeightOnly, rmsNormRows, rotateHalf, silu, softmaxInPlace } from "./kernels.js";
 import { CpuKvStore } from "./kv-store.js";
 
 export interface CpuTensor {
   data: Float32Array;
   rows: number;
   cols: number;
+  /** A weight-only quantized weight: [cols (in), rows (out)] int8, or packed int4 pairs, and [rows] scales. */
+  quant?: { bits: 4 | 8; q: Int8Array; scales: Float32Array };
 }
 
 export function cpuTensor(rows: number, cols: number, data: Float32Array = new Float32Array(rows * cols)): CpuTensor {
@@ -91,7 +93,9 @@ export class CpuBackend implements Backend<CpuTensor> {
   linear(x: CpuTensor, weight: CpuTensor, bias: CpuTensor | null, _float32Out = true): CpuTensor {
     if (x.cols !== weight.cols) throw new Error(`linear: input has ${x.cols} columns, weight expects ${weight.cols}`);
     const out = cpuTensor(x.rows, weight.rows);
-    matmulTransposed(x.data, x.rows, x.cols, weight.data, weight.rows, bias ? bias.data : null, out.data);
+    const b = bias ? bias.data : null;
+    if (weight.quant) matmulWeightOnly(x.data, x.rows, x.cols, weight.quant, weight.rows, b, out.data);
+    else matmulTransposed(x.data, x.rows, x.cols, weight.data, weight.rows, b, out.data);
     return out;
   }
 

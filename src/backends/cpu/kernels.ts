@@ -60,6 +60,44 @@ export function matmulTransposed(
   }
 }
 
+/**
+ * out[r, o] = scale[o] · Σ_i x[r, i] · q[i, o] + bias[o]: a weight-only quantized linear, dequantized on the
+ * fly. q is [in, out] int8, or [in, out/2] bytes of int4 pairs (even output in the low nibble).
+ */
+export function matmulWeightOnly(
+  x: Float32Array,
+  rows: number,
+  inDim: number,
+  w: { bits: 4 | 8; q: Int8Array; scales: Float32Array },
+  outDim: number,
+  bias: Float32Array | null,
+  out: Float32Array,
+): void {
+  const acc = new Float64Array(outDim);
+  const q = w.q;
+  for (let r = 0; r < rows; r++) {
+    acc.fill(0);
+    for (let i = 0; i < inDim; i++) {
+      const xv = x[r * inDim + i];
+      if (xv === 0) continue;
+      if (w.bits === 8) {
+        const row = i * outDim;
+        for (let o = 0; o < outDim; o++) acc[o] += xv * q[row + o];
+      } else {
+        const row = (i * outDim) >> 1;
+        for (let o = 0; o < outDim; o += 2) {
+          const byte = q[row + (o >> 1)];
+          const lo = ((byte & 0xf) ^ 8) - 8; // sign-extend the nibble
+          const hi = (((byte >> 4) & 0xf) ^ 8) - 8;
+          acc[o] += xv * lo;
+          acc[o + 1] += xv * hi;
+        }
+      }
+    }
+    for (let o = 0; o < outDim; o++) out[r * outDim + o] = acc[o] * w.scales[o] + (bias ? bias[o] : 0);
+  }
+}
+
 export function rmsNormRows(
   x: Float32Array,
   rows: number,
