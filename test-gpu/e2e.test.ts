@@ -126,3 +126,36 @@ describe("the runtime on the cuda backend", () => {
     );
   });
 });
+
+describe("long contexts on the cuda backend", () => {
+  test("decode over a 400-token context (split attention) matches the cpu engine's logits and tokens", async () => {
+    const ckpt = path.join(work, "long-ckpt");
+    await convertHfCheckpoint({
+      modelDir: path.join(FIXTURES, "llama3_rope_scaling", "hf"),
+      outputDir: ckpt,
+      dtype: "float32",
+    });
+    const request = { gather_generation_logits: true, max_batch_size: 4 };
+    await buildEngine({ checkpointDir: ckpt, outputDir: path.join(work, "long-cuda"), backend: "cuda", request });
+    await buildEngine({ checkpointDir: ckpt, outputDir: path.join(work, "long-cpu"), backend: "cpu", request });
+    const gpu = await LLM.load(path.join(work, "long-cuda"));
+    const cpu = await LLM.load(path.join(work, "long-cpu"));
+    const prompts = [
+      Array.from({ length: 400 }, (_, i) => (i * 37) % 384),
+      Array.from({ length: 300 }, (_, i) => (i * 11 + 5) % 384),
+    ];
+    const opts = { maxNewTokens: 8, endId: null };
+    const a = succeeded(gpu.generate(prompts, opts));
+    const b = succeeded(cpu.generate(prompts, opts));
+    let worst = 0;
+    a.forEach((o, i) => {
+      assert.deepEqual(o.outputIds, b[i].outputIds, `prompt ${i}`);
+      o.generationLogits!.forEach((row, k) => {
+        worst = Math.max(worst, maxAbsDiff(row, b[i].generationLogits![k]));
+      });
+    });
+    console.log(`# long context float32 generation logits, cuda vs cpu: max |Δ| ${worst.toExponential(2)}`);
+    assert.ok(worst < 1e-3);
+    gpu.dispose();
+  });
+});

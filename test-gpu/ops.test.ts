@@ -84,7 +84,18 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       module,
       new Map([...weights].map(([k, v]) => [k, v[0]])),
       dtype,
-      { maxRows: 64, maxSeqs: 4, maxBlocksPerSeq: 8, hidden: H, widestRow: 2 * inter, vocab: V, logitRows: 64 },
+      {
+        maxRows: 64,
+        maxSeqs: 4,
+        maxBlocksPerSeq: 8,
+        hidden: H,
+        widestRow: 2 * inter,
+        vocab: V,
+        logitRows: 64,
+        maxSeqLen: 32,
+        numHeads: heads,
+        headSize: D,
+      },
       invFreq,
     );
     const cpu = new CpuBackend(new Map([...weights].map(([k, v]) => [k, v[1]])));

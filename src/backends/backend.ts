@@ -24,6 +24,22 @@ export interface StepInput {
   seqs: SeqSlice[];
   /** Packed rows whose logits are wanted, in output order. */
   logitRows: Int32Array;
+  /** Per logits row, when the backend samples: the parameters of that row's draw. */
+  rowSampling?: RowSampling;
+}
+
+/** Sampling parameters per logits row, for backends that sample on the device. */
+export interface RowSampling {
+  temperature: Float32Array;
+  /** 0: off. */
+  topK: Int32Array;
+  /** 1: off. */
+  topP: Float32Array;
+  /** 0: off. */
+  minP: Float32Array;
+  /** The request's seed (low 32 bits) and the draw's index within its sequence: together they fix the draw. */
+  seed: Int32Array;
+  counter: Int32Array;
 }
 
 export interface AttentionShape {

@@ -5,7 +5,7 @@ import { KilnError, LimitError } from "../errors.js";
 import { BeamSearch } from "./beam-search.js";
 import { BlockManager } from "./block-manager.js";
 import { type LoadedEngine, loadEngine } from "./engine-loader.js";
-import { ModelRunner } from "./model-runner.js";
+import { ModelRunner, type RowParams } from "./model-runner.js";
 import { type GenerationParams, Request } from "./request.js";
 import {
   type FinishedSequence,
@@ -222,13 +222,17 @@ export class LLM {
     if (batch.length === 0) return;
     if (copies.length > 0) this.engine.backend.copyKvBlocks(copies);
     const b = this.buildConfig;
-    if (
-      !b.gather_context_logits &&
-      !b.gather_generation_logits &&
-      batch.every(({ request }) => isPlainGreedy(request.params))
-    ) {
-      // Greedy fast path: the backend picks each token; no logits row is copied to the host.
-      const chosen = this.runner.runGreedy(batch);
+    const onDevice = !b.gather_context_logits && !b.gather_generation_logits;
+    const greedy = onDevice && batch.every(({ request }) => isPlainGreedy(request.params));
+    const sampled =
+      onDevice &&
+      !greedy &&
+      this.engine.executor.sample !== undefined &&
+      batch.every(({ request }) => isDeviceSampleable(request.params));
+    if (greedy || sampled) {
+      // Fast path: the backend chooses each token (greedy, or drawn on the GPU); no logits reach the host.
+      const toRow = ({ request, seq }: { request: Request; seq: Sequence }) => rowParams(request.params, seq);
+      const chosen = this.runner.runGreedy(batch, sampled ? toRow : undefined);
       batch.forEach(({ seq, numNewTokens }, k) => {
         seq.numCachedTokens += numNewTokens;
         this.blocks.registerFullBlocks(seq);
@@ -434,6 +438,34 @@ function isPlainGreedy(p: GenerationParams): boolean {
     s.frequencyPenalty === 0 &&
     s.badWords.length === 0
   );
+}
+
+/** Sampling a backend can do itself: no penalties, bad words, siblings or alternatives to report. */
+function isDeviceSampleable(p: GenerationParams): boolean {
+  const s = p.sampling;
+  return (
+    p.numBeams === 1 &&
+    p.numReturnSequences === 1 &&
+    p.topLogProbs === 0 &&
+    s.repetitionPenalty === 1 &&
+    s.presencePenalty === 0 &&
+    s.frequencyPenalty === 0 &&
+    s.badWords.length === 0
+  );
+}
+
+/** A row's draw: greedy rows become top-k 1; the counter is the token's index in its sequence. */
+function rowParams(p: GenerationParams, seq: Sequence): RowParams {
+  const s = p.sampling;
+  const greedy = isGreedy(s);
+  return {
+    temperature: greedy || s.temperature === 0 ? 1 : s.temperature,
+    topK: greedy ? 1 : s.topK,
+    topP: s.topP === 0 ? 1 : s.topP,
+    minP: s.minP,
+    seed: (s.seed % 2 ** 32) | 0,
+    counter: seq.numOutputTokens,
+  };
 }
 
 /** The k most likely tokens of a log-softmax row, most likely first. */

@@ -11,6 +11,18 @@ export interface StepExecutor {
   dispose(): void;
   logits(step: StepInput): Float32Array;
   greedy(step: StepInput): { tokens: Int32Array; logProbs: Float32Array };
+  /** Draws a token per logits row on the device with step.rowSampling (backends that can). */
+  sample?(step: StepInput): { tokens: Int32Array; logProbs: Float32Array };
+}
+
+/** One row's draw on the device: what RowSampling holds for it. */
+export interface RowParams {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  seed: number;
+  counter: number;
 }
 
 /** A greedy choice and its log probability, at a sequence position. */
@@ -53,10 +65,25 @@ export class ModelRunner {
     return rows;
   }
 
-  /** Like run, but the backend picks the greedy token of each last position; no logits reach the host. */
-  runGreedy(batch: ScheduledSeq[]): (PositionToken | null)[] {
+  /**
+   * Like run, but the backend chooses the token of each last position (greedy, or drawn with `sampling` per
+   * scheduled sequence on backends that sample); no logits reach the host.
+   */
+  runGreedy(batch: ScheduledSeq[], sampling?: (s: ScheduledSeq) => RowParams): (PositionToken | null)[] {
     const { step, owners } = this.prepare(batch, ({ seq }, i) => seq.numCachedTokens + i === seq.numTokens - 1);
-    const { tokens, logProbs } = this.executor.greedy(step);
+    if (sampling) {
+      const rows = owners.map(([b]) => sampling(batch[b]));
+      step.rowSampling = {
+        temperature: Float32Array.from(rows, (r) => r.temperature),
+        topK: Int32Array.from(rows, (r) => r.topK),
+        topP: Float32Array.from(rows, (r) => r.topP),
+        minP: Float32Array.from(rows, (r) => r.minP),
+        seed: Int32Array.from(rows, (r) => r.seed),
+        counter: Int32Array.from(rows, (r) => r.counter),
+      };
+    }
+    const { tokens, logProbs } =
+      sampling && this.executor.sample ? this.executor.sample(step) : this.executor.greedy(step);
     const out: (PositionToken | null)[] = batch.map(() => null);
     owners.forEach(([b, pos], i) => {
       out[b] = { pos, token: tokens[i], logProb: logProbs[i] };

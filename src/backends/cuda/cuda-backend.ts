@@ -19,6 +19,8 @@ export interface CudaTensor {
 const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 /** ARGMAX_SPLIT in decoder.cu: blocks that share one logits row in the greedy choice. */
 const ARGMAX_SPLIT = 32;
+/** ATT_CHUNK in decoder.cu: keys per block of the split (flash-decoding) attention. */
+const ATTENTION_CHUNK = 256;
 /** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th key. */
 const ATTENTION_WARPS = 16;
 const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
@@ -34,6 +36,9 @@ const KERNELS = [
   "gather_rows",
   "argmax_partial",
   "argmax_final",
+  "sample_rows",
+  "attention_split",
+  "attention_merge",
 ] as const;
 type KernelName = (typeof KERNELS)[number];
 
@@ -47,6 +52,10 @@ export interface CudaLimits {
   vocab: number;
   /** Most logits rows in one step. */
   logitRows: number;
+  /** The engine's max_seq_len: how many chunks a captured decode attention must cover. */
+  maxSeqLen: number;
+  numHeads: number;
+  headSize: number;
 }
 
 /** Offsets (in int32s) of the step's metadata within the uploaded buffer. */
@@ -57,8 +66,12 @@ interface StepLayout {
   rowSeq: number;
   logitRows: number;
   blockTables: number;
+  /** Where the per-row sampling parameters start (six arrays of numLogitRows). */
+  sampling: number;
   rows: number;
   numLogitRows: number;
+  /** Longest context a row of this step attends to. */
+  maxVisible: number;
 }
 
 export class CudaBackend implements Backend<CudaTensor> {
@@ -68,12 +81,15 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Activation memory: [0] lives for the step (embedding, residual), [1] and [2] alternate by layer. */
   private readonly arenas: { base: number; size: number; used: number }[];
   private arena: { base: number; size: number; used: number };
-  private readonly pinned: { handle: unknown; ints: Int32Array };
+  private readonly pinned: { handle: unknown; ints: Int32Array; floats: Float32Array };
   private readonly stepInts: number;
   private step: StepLayout | null = null;
   private kv: { k: number[]; v: number[]; spec: KvCacheSpec } | null = null;
   private readonly invFreq: number;
   private readonly greedyOut: number;
+  private readonly attentionPartial: number;
+  /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
+  graphMode = false;
   private readonly argmaxPartial: number;
   private readonly stepDevice: number;
 
@@ -95,14 +111,17 @@ export class CudaBackend implements Backend<CudaTensor> {
     const stepSize = 2 * limits.maxRows * limits.hidden * BYTES[dtype] + (4 << 20);
     this.arenas = [stepSize, layerSize, layerSize].map((size) => ({ base: device.alloc(size), size, used: 0 }));
     this.arena = this.arenas[0];
-    this.stepInts = 4 * limits.maxRows + limits.maxRows + limits.maxSeqs * limits.maxBlocksPerSeq + 64;
+    // tokens, positions, slots, row → sequence, logit rows, block tables, and six sampling values a logits row
+    this.stepInts = 5 * limits.maxRows + limits.maxSeqs * limits.maxBlocksPerSeq + 6 * limits.logitRows + 64;
     const host = device.allocHost(this.stepInts * 4);
-    this.pinned = { handle: host.handle, ints: new Int32Array(host.buffer) };
+    this.pinned = { handle: host.handle, ints: new Int32Array(host.buffer), floats: new Float32Array(host.buffer) };
     this.stepDevice = device.alloc(this.stepInts * 4);
     this.invFreq = device.alloc(invFreq.byteLength);
     device.upload(this.invFreq, invFreq);
     this.greedyOut = device.alloc(limits.maxRows * 8);
     this.argmaxPartial = device.alloc(limits.logitRows * ARGMAX_SPLIT * 3 * 4);
+    const maxChunks = Math.ceil(limits.maxSeqLen / ATTENTION_CHUNK);
+    this.attentionPartial = device.alloc(limits.maxSeqs * limits.numHeads * maxChunks * (limits.headSize + 2) * 4);
   }
 
   private disposed = false;
@@ -219,8 +238,10 @@ export class CudaBackend implements Backend<CudaTensor> {
       rowSeq: 3 * rows,
       logitRows: 4 * rows,
       blockTables: 4 * rows + step.logitRows.length,
+      sampling: 4 * rows + step.logitRows.length + step.seqs.length * L.maxBlocksPerSeq,
       rows,
       numLogitRows: step.logitRows.length,
+      maxVisible: step.positions.reduce((m, p) => Math.max(m, p + 1), 0),
     };
     ints.set(step.tokenIds, layout.tokenIds);
     ints.set(step.positions, layout.positions);
@@ -233,7 +254,43 @@ export class CudaBackend implements Backend<CudaTensor> {
     });
     ints.set(step.logitRows, layout.logitRows);
     this.step = layout;
-    return layout.blockTables + step.seqs.length * L.maxBlocksPerSeq;
+    const n = step.logitRows.length;
+    const rs = step.rowSampling;
+    if (!rs) return layout.sampling;
+    const f = this.pinned.floats;
+    f.set(rs.temperature, layout.sampling);
+    ints.set(rs.topK, layout.sampling + n);
+    f.set(rs.topP, layout.sampling + 2 * n);
+    f.set(rs.minP, layout.sampling + 3 * n);
+    ints.set(rs.seed, layout.sampling + 4 * n);
+    ints.set(rs.counter, layout.sampling + 5 * n);
+    return layout.sampling + 6 * n;
+  }
+
+  /** Enqueues a draw for every logits row with the step's per-row sampling parameters (graph-capturable). */
+  launchSample(logits: CudaTensor, vocab: number): void {
+    const s = this.step!;
+    const n = s.numLogitRows;
+    if (n === 0) return;
+    const at = (k: number) => ptr(this.stepPtr(s.sampling + k * n));
+    this.device.launch(
+      this.fn("sample_rows"),
+      [n],
+      [1024],
+      [
+        ptr(this.greedyOut),
+        ptr(this.greedyOut + this.limits.maxRows * 4),
+        ptr(logits.ptr),
+        i32(vocab),
+        i32(logits.cols),
+        at(0),
+        at(1),
+        at(2),
+        at(3),
+        at(4),
+        at(5),
+      ],
+    );
   }
 
   beginLayer(layer: number): void {
@@ -338,6 +395,37 @@ export class CudaBackend implements Backend<CudaTensor> {
     const s = this.step!;
     const kv = this.kv!;
     const out = this.alloc(qkv.rows, shape.numHeads * shape.headSize);
+    // Few rows over long contexts (decode): split each (row, head) over the sequence so the GPU fills up.
+    const chunks = Math.ceil((this.graphMode ? this.limits.maxSeqLen : s.maxVisible) / ATTENTION_CHUNK);
+    if (qkv.rows <= this.limits.maxSeqs && chunks > 1) {
+      this.device.launch(
+        this.fn("attention_split"),
+        [qkv.rows, shape.numHeads, chunks],
+        [128],
+        [
+          ptr(this.attentionPartial),
+          ptr(qkv.ptr),
+          ptr(kv.k[layer]),
+          ptr(kv.v[layer]),
+          ptr(this.stepPtr(s.rowSeq)),
+          ptr(this.stepPtr(s.positions)),
+          ptr(this.stepPtr(s.blockTables)),
+          i32(this.limits.maxBlocksPerSeq),
+          i32(shape.numHeads),
+          i32(shape.numKvHeads),
+          i32(shape.headSize),
+          i32(kv.spec.tokensPerBlock),
+          f32(1 / Math.sqrt(shape.headSize)),
+        ],
+      );
+      this.device.launch(
+        this.fn("attention_merge"),
+        [qkv.rows, shape.numHeads],
+        [128],
+        [ptr(out.ptr), ptr(this.attentionPartial), i32(shape.numHeads), i32(shape.headSize), i32(chunks)],
+      );
+      return out;
+    }
     this.device.launch(
       this.fn("attention"),
       [qkv.rows, shape.numHeads],

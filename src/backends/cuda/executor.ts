@@ -29,7 +29,21 @@ export function padDecodeStep(step: StepInput, bucket: number): StepInput {
       ...Array.from({ length: bucket - n }, () => ({ rowStart: 0, numNew: 0, numCached: 0, blockTable: empty })),
     ],
     logitRows: Int32Array.from({ length: bucket }, (_, i) => i),
+    rowSampling: step.rowSampling && {
+      temperature: padF(step.rowSampling.temperature, bucket, 1),
+      topK: pad(step.rowSampling.topK, 1),
+      topP: padF(step.rowSampling.topP, bucket, 1),
+      minP: padF(step.rowSampling.minP, bucket, 0),
+      seed: pad(step.rowSampling.seed, 0),
+      counter: pad(step.rowSampling.counter, 0),
+    },
   };
+}
+
+function padF(a: Float32Array, size: number, fill: number): Float32Array {
+  const out = new Float32Array(size).fill(fill);
+  out.set(a);
+  return out;
 }
 
 function isDecodeStep(step: StepInput): boolean {
@@ -42,7 +56,7 @@ function isDecodeStep(step: StepInput): boolean {
 }
 
 export class CudaExecutor implements StepExecutor {
-  private readonly graphs = new Map<number, unknown>();
+  private readonly graphs = new Map<string, unknown>();
   /** Steps run by replaying a graph, and eagerly (for tests and metrics). */
   replays = 0;
   eagerSteps = 0;
@@ -55,7 +69,7 @@ export class CudaExecutor implements StepExecutor {
 
   /** GPU milliseconds per replay of a captured bucket's graph, timed with events over `iters` replays. */
   timeGraph(bucket: number, iters: number): number | null {
-    const graph = this.graphs.get(bucket);
+    const graph = this.graphs.get(`greedy:${bucket}`);
     if (graph === undefined) return null;
     const d = this.be.device;
     const start = d.createEvent();
@@ -78,22 +92,39 @@ export class CudaExecutor implements StepExecutor {
   }
 
   greedy(step: StepInput): { tokens: Int32Array; logProbs: Float32Array } {
+    return this.choose(step, "greedy");
+  }
+
+  sample(step: StepInput): { tokens: Int32Array; logProbs: Float32Array } {
+    return this.choose(step, "sample");
+  }
+
+  /** The forward pass and the device's choice of a token per logits row: by graph replay for decode steps. */
+  private choose(step: StepInput, mode: "greedy" | "sample"): { tokens: Int32Array; logProbs: Float32Array } {
+    const pick = (logits: CudaTensor) =>
+      mode === "greedy" ? this.be.launchGreedy(logits, this.vocab) : this.be.launchSample(logits, this.vocab);
     const n = step.tokenIds.length;
     const bucket = GRAPHS && isDecodeStep(step) ? BUCKETS.find((b) => b >= n && b <= this.be.maxGraphRows) : undefined;
     if (bucket === undefined) {
       this.eagerSteps++;
-      this.be.launchGreedy(this.model.forward(step), this.vocab);
+      pick(this.model.forward(step));
       return this.be.readGreedy(step.logitRows.length);
     }
     const padded = padDecodeStep(step, bucket);
-    let graph = this.graphs.get(bucket);
+    const key = `${mode}:${bucket}`;
+    let graph = this.graphs.get(key);
     if (graph === undefined) {
       // One eager run first loads every kernel (cuBLAS's too) outside the capture. It computes this very
-      // step, so the replay below writes the same keys and values again.
-      this.be.launchGreedy(this.model.forward(padded), this.vocab);
-      this.be.readGreedy(bucket);
-      graph = this.be.device.capture(() => this.be.launchGreedy(this.model.forward(padded), this.vocab));
-      this.graphs.set(bucket, graph);
+      // step, so the replay below writes the same keys and values again (and draws the same tokens).
+      this.be.graphMode = true;
+      try {
+        pick(this.model.forward(padded));
+        this.be.readGreedy(bucket);
+        graph = this.be.device.capture(() => pick(this.model.forward(padded)));
+      } finally {
+        this.be.graphMode = false;
+      }
+      this.graphs.set(key, graph);
     }
     this.be.packStep(padded);
     this.be.device.replay(graph);

@@ -59,6 +59,9 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
         widestRow: Math.max(qkv, 2 * m.intermediate_size),
         vocab: weights.get("lm_head.weight")?.rows ?? m.vocab_size,
         logitRows: b.gather_context_logits ? Math.max(b.max_num_tokens, maxSeqs) : maxSeqs,
+        maxSeqLen: b.max_seq_len,
+        numHeads: m.num_attention_heads,
+        headSize: m.head_size,
       },
       ropeSpec(m).invFreq,
     );

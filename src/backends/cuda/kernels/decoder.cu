@@ -305,3 +305,232 @@ extern "C" __global__ void argmax_final(int* tokens, float* logprobs, const floa
   tokens[blockIdx.x] = arg;
   logprobs[blockIdx.x] = -logf(sum);
 }
+
+// Sampling on the GPU, one block (1024 threads) a logits row: temperature, then top-k, top-p and min-p as one
+// threshold on the logits (found by bisection, so ties at the threshold are all kept), then a draw from the
+// kept mass with a counter-based random number: splitmix64(seed, counter), so a request's draws depend only
+// on its own seed and position. The log probability reported is under the temperature-scaled distribution
+// before truncation, as the cpu sampler reports it.
+#define SAMPLE_THREADS 1024
+
+__device__ float block_max(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < (blockDim.x >> 5) ? partial[lane] : NEG_INF;
+  return warp_max(v);
+}
+
+__device__ unsigned long long splitmix64(unsigned long long x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int stride, const float* temperature,
+            const int* top_k, const float* top_p, const float* min_p, const unsigned* seeds, const int* counters) {
+  const int r = blockIdx.x;
+  const float* row = logits + (size_t)r * stride;
+  const float t = temperature[r];
+  float mx = NEG_INF, mn = -NEG_INF;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    mx = fmaxf(mx, row[i]);
+    mn = fminf(mn, row[i]);
+  }
+  mx = block_max(mx);
+  mn = -block_max(-mn);
+  // z_i = (x_i − max) / t; Z = Σ exp(z_i)
+  float s = 0.f;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += __expf((row[i] - mx) / t);
+  const float Z = block_sum(s);
+  // Threshold on the logits: keep x_i ≥ tau. Each criterion's tau is found by bisection on [mn, mx].
+  float tau = mn;
+  const int k = top_k[r];
+  if (k > 0 && k < vocab) {
+    float lo = mn, hi = mx;
+    for (int it = 0; it < 30; it++) {
+      const float mid = 0.5f * (lo + hi);
+      float c = 0.f;
+      for (int i = threadIdx.x; i < vocab; i += blockDim.x) c += row[i] >= mid ? 1.f : 0.f;
+      c = block_sum(c);
+      if (c >= k) lo = mid; else hi = mid;
+    }
+    tau = fmaxf(tau, lo);
+  }
+  const float p = top_p[r];
+  if (p > 0.f && p < 1.f) {
+    float lo = mn, hi = mx;
+    for (int it = 0; it < 30; it++) {
+      const float mid = 0.5f * (lo + hi);
+      float m = 0.f;
+      for (int i = threadIdx.x; i < vocab; i += blockDim.x) m += row[i] >= mid ? __expf((row[i] - mx) / t) : 0.f;
+      m = block_sum(m);
+      if (m >= p * Z) lo = mid; else hi = mid;
+    }
+    tau = fmaxf(tau, lo);
+  }
+  if (min_p[r] > 0.f) tau = fmaxf(tau, mx + t * logf(min_p[r]));  // p_i ≥ min_p · p_max
+  // Kept mass per thread over a contiguous slice of the vocabulary, then a block scan to find the slice
+  // where the drawn point falls.
+  const int per = (vocab + blockDim.x - 1) / blockDim.x;
+  const int lo_i = threadIdx.x * per, hi_i = min(vocab, lo_i + per);
+  float mine = 0.f;
+  for (int i = lo_i; i < hi_i; i++) mine += row[i] >= tau ? __expf((row[i] - mx) / t) : 0.f;
+  __shared__ float scan[SAMPLE_THREADS];
+  scan[threadIdx.x] = mine;
+  __syncthreads();
+  for (int off = 1; off < blockDim.x; off <<= 1) {
+    const float add = threadIdx.x >= off ? scan[threadIdx.x - off] : 0.f;
+    __syncthreads();
+    scan[threadIdx.x] += add;
+    __syncthreads();
+  }
+  const float kept = scan[blockDim.x - 1];
+  const unsigned long long bits = splitmix64(((unsigned long long)seeds[r] << 32) ^ (unsigned long long)(unsigned)counters[r]);
+  const float u = (float)((bits >> 11) * (1.0 / 9007199254740992.0));
+  const float target = u * kept;
+  const float before = threadIdx.x > 0 ? scan[threadIdx.x - 1] : 0.f;
+  __shared__ int chosen;
+  if (threadIdx.x == 0) chosen = -1;
+  __syncthreads();
+  if (mine > 0.f && target >= before && (target < scan[threadIdx.x] || threadIdx.x == blockDim.x - 1 || scan[threadIdx.x] >= kept)) {
+    float acc = before;
+    int pick = -1;
+    for (int i = lo_i; i < hi_i; i++) {
+      if (row[i] < tau) continue;
+      pick = i;
+      acc += __expf((row[i] - mx) / t);
+      if (acc > target) break;
+    }
+    atomicCAS(&chosen, -1, pick);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int tok = chosen;
+    if (tok < 0) {  // rounding left the point past the last kept token: take the most likely one
+      for (int i = 0; i < vocab; i++) if (row[i] == mx) { tok = i; break; }
+    }
+    tokens[r] = tok;
+    logprobs[r] = (row[tok] - mx) / t - logf(Z);
+  }
+}
+
+// Decode attention split over the sequence (flash-decoding): with few query rows, one block per (row, head)
+// leaves most of the GPU idle on long contexts, so each (row, head) is also split into chunks of
+// ATT_CHUNK keys, each block writing a partial (max, sum, weighted values) that attention_merge combines.
+// grid = (rows, heads, chunks), block = 32 × SPLIT_WARPS; chunks past a row's context exit at once.
+#define ATT_CHUNK 256
+#define SPLIT_WARPS 4
+
+extern "C" __global__ void __launch_bounds__(32 * SPLIT_WARPS)
+attention_split(float* partial, const T* qkv, const T* kcache, const T* vcache, const int* row_seq, const int* row_pos,
+                const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
+  const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int chunks = gridDim.z;
+  float* part = partial + (((size_t)r * num_heads + h) * chunks + c) * (head + 2);
+  const int seq = row_seq[r];
+  const int visible = seq < 0 ? 0 : row_pos[r] + 1;
+  const int t_begin = c * ATT_CHUNK, t_end = min(visible, t_begin + ATT_CHUNK);
+  if (t_begin >= t_end) {
+    if (threadIdx.x == 0) part[0] = NEG_INF;  // an empty chunk: the merge skips it
+    return;
+  }
+  const int kvh = h / (num_heads / num_kv);
+  const int per_lane = (head + 31) / 32;
+  const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
+  float qv[MAX_HEAD / 32], acc[MAX_HEAD / 32];
+#pragma unroll
+  for (int j = 0; j < MAX_HEAD / 32; j++) {
+    const int d = lane + 32 * j;
+    qv[j] = (j < per_lane && d < head) ? tof(q[d]) : 0.f;
+    acc[j] = 0.f;
+  }
+  float m = NEG_INF, l = 0.f;
+  const int* table = block_tables + (size_t)seq * max_blocks;
+  const int kv_stride = num_kv * head;
+  for (int t0 = t_begin + warp * 4; t0 < t_end; t0 += SPLIT_WARPS * 4) {
+    float s[4];
+    size_t base[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int t = min(t0 + u, t_end - 1);
+      base[u] = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
+      s[u] = 0.f;
+#pragma unroll
+      for (int j = 0; j < MAX_HEAD / 32; j++) {
+        const int d = lane + 32 * j;
+        if (j < per_lane && d < head) s[u] += qv[j] * tof(kcache[base[u] + d]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) s[u] = t0 + u < t_end ? warp_sum(s[u]) * scale : NEG_INF;
+    const float m2 = fmaxf(m, fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])));
+    const float correction = __expf(m - m2);
+    float p[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) p[u] = __expf(s[u] - m2);
+    l = l * correction + p[0] + p[1] + p[2] + p[3];
+#pragma unroll
+    for (int j = 0; j < MAX_HEAD / 32; j++) {
+      const int d = lane + 32 * j;
+      if (j < per_lane && d < head) {
+        float a = acc[j] * correction;
+#pragma unroll
+        for (int u = 0; u < 4; u++) a += p[u] * tof(vcache[base[u] + d]);
+        acc[j] = a;
+      }
+    }
+    m = m2;
+  }
+  __shared__ float sm[SPLIT_WARPS], sl[SPLIT_WARPS];
+  __shared__ float sacc[SPLIT_WARPS][MAX_HEAD];
+  if (lane == 0) {
+    sm[warp] = m;
+    sl[warp] = l;
+  }
+#pragma unroll
+  for (int j = 0; j < MAX_HEAD / 32; j++) {
+    const int d = lane + 32 * j;
+    if (j < per_lane && d < head) sacc[warp][d] = acc[j];
+  }
+  __syncthreads();
+  float mall = NEG_INF;
+  for (int w = 0; w < SPLIT_WARPS; w++) mall = fmaxf(mall, sm[w]);
+  if (threadIdx.x == 0) {
+    float lall = 0.f;
+    for (int w = 0; w < SPLIT_WARPS; w++) lall += sm[w] == NEG_INF ? 0.f : sl[w] * __expf(sm[w] - mall);
+    part[0] = mall;
+    part[1] = lall;
+  }
+  for (int d = threadIdx.x; d < head; d += blockDim.x) {
+    float v = 0.f;
+    for (int w = 0; w < SPLIT_WARPS; w++) v += sm[w] == NEG_INF ? 0.f : sacc[w][d] * __expf(sm[w] - mall);
+    part[2 + d] = v;
+  }
+}
+
+// Combines attention_split's chunks of each (row, head): grid = (rows, heads), block ≥ head threads.
+extern "C" __global__ void attention_merge(T* out, const float* partial, int num_heads, int head, int chunks) {
+  const int r = blockIdx.x, h = blockIdx.y;
+  const float* part = partial + ((size_t)r * num_heads + h) * chunks * (head + 2);
+  float mall = NEG_INF;
+  for (int c = 0; c < chunks; c++) mall = fmaxf(mall, part[c * (head + 2)]);
+  T* o = out + ((size_t)r * num_heads + h) * head;
+  for (int d = threadIdx.x; d < head; d += blockDim.x) {
+    float num = 0.f, den = 0.f;
+    for (int c = 0; c < chunks; c++) {
+      const float* p = part + c * (head + 2);
+      if (p[0] == NEG_INF) continue;
+      const float w = __expf(p[0] - mall);
+      num += p[2 + d] * w;
+      den += p[1] * w;
+    }
+    o[d] = fromf(den > 0.f ? num / den : 0.f);
+  }
+}
