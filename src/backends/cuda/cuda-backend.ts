@@ -21,7 +21,7 @@ const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 const ARGMAX_SPLIT = 32;
 /** ATT_CHUNK in decoder.cu: keys per block of the split (flash-decoding) attention. */
 const ATTENTION_CHUNK = 256;
-/** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th key. */
+/** ATT_WARPS (and SPLIT_WARPS) in decoder.cu: warps of one attention block, each walking every 16th key. */
 const ATTENTION_WARPS = 16;
 const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
 const KERNELS = [

@@ -343,7 +343,9 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
     mn = fminf(mn, row[i]);
   }
   mx = block_max(mx);
-  mn = -block_max(-mn);
+  // Logits more than 80 temperatures below the maximum weigh under e^-80: the bisection need not look lower
+  // (and must not start from −∞ or a −1e30 mask).
+  mn = fmaxf(-block_max(-mn), mx - 80.f * t);
   // z_i = (x_i − max) / t; Z = Σ exp(z_i)
   float s = 0.f;
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += __expf((row[i] - mx) / t);
@@ -370,7 +372,7 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
       float m = 0.f;
       for (int i = threadIdx.x; i < vocab; i += blockDim.x) m += row[i] >= mid ? __expf((row[i] - mx) / t) : 0.f;
       m = block_sum(m);
-      if (m >= p * Z) lo = mid; else hi = mid;
+      if (m >= p * Z * (1.f - 1e-6f)) lo = mid; else hi = mid;  // float sums: reaching p within 1e-6 counts
     }
     tau = fmaxf(tau, lo);
   }
@@ -425,7 +427,7 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
 // ATT_CHUNK keys, each block writing a partial (max, sum, weighted values) that attention_merge combines.
 // grid = (rows, heads, chunks), block = 32 × SPLIT_WARPS; chunks past a row's context exit at once.
 #define ATT_CHUNK 256
-#define SPLIT_WARPS 4
+#define SPLIT_WARPS 16
 
 extern "C" __global__ void __launch_bounds__(32 * SPLIT_WARPS)
 attention_split(float* partial, const T* qkv, const T* kcache, const T* vcache, const int* row_seq, const int* row_pos,
