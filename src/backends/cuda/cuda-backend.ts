@@ -401,7 +401,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       this.device.launch(
         this.fn("attention_split"),
         [qkv.rows, shape.numHeads, chunks],
-        [128],
+        [32 * ATTENTION_WARPS],
         [
           ptr(this.attentionPartial),
           ptr(qkv.ptr),
