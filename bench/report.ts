@@ -52,6 +52,13 @@ const md = [
   "",
   "![batch-1 decode throughput](chart.svg)",
   "",
+  ...(fs.existsSync(path.join(dir, "cuda-bf16-h100.json"))
+    ? [
+        "The previous run, on an H100 before GPU sampling and split attention landed: [cuda-bf16-h100.json](cuda-bf16-h100.json)",
+        "(batch-1 decode 672 tokens/s, 1.32 ms a step; nano-vllm workload 10,368 tokens/s; transformers 10.8 tokens/s).",
+        "",
+      ]
+    : []),
   "Per-kernel GPU times of one batch-1 decode step (Nsight Compute, kernels run one by one with cold caches):",
   "[ncu-decode-batch1.txt](ncu-decode-batch1.txt).",
   "",
