@@ -21,7 +21,7 @@ const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 const ARGMAX_SPLIT = 32;
 /** ATT_CHUNK in decoder.cu: keys per block of the split (flash-decoding) attention. */
 const ATTENTION_CHUNK = 256;
-/** ATT_WARPS (and SPLIT_WARPS) in decoder.cu: warps of one attention block, each walking every 16th key. */
+/** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th group of four keys. */
 const ATTENTION_WARPS = 16;
 const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
 const KERNELS = [
@@ -395,57 +395,38 @@ export class CudaBackend implements Backend<CudaTensor> {
     const s = this.step!;
     const kv = this.kv!;
     const out = this.alloc(qkv.rows, shape.numHeads * shape.headSize);
+    // What both attention kernels read after their output pointer.
+    const inputs = [
+      ptr(qkv.ptr),
+      ptr(kv.k[layer]),
+      ptr(kv.v[layer]),
+      ptr(this.stepPtr(s.rowSeq)),
+      ptr(this.stepPtr(s.positions)),
+      ptr(this.stepPtr(s.blockTables)),
+      i32(this.limits.maxBlocksPerSeq),
+      i32(shape.numHeads),
+      i32(shape.numKvHeads),
+      i32(shape.headSize),
+      i32(kv.spec.tokensPerBlock),
+      f32(1 / Math.sqrt(shape.headSize)),
+    ];
+    const block: [number] = [32 * ATTENTION_WARPS];
     // Few rows over long contexts (decode): split each (row, head) over the sequence so the GPU fills up.
     const chunks = Math.ceil((this.graphMode ? this.limits.maxSeqLen : s.maxVisible) / ATTENTION_CHUNK);
     if (qkv.rows <= this.limits.maxSeqs && chunks > 1) {
-      this.device.launch(
-        this.fn("attention_split"),
-        [qkv.rows, shape.numHeads, chunks],
-        [32 * ATTENTION_WARPS],
-        [
-          ptr(this.attentionPartial),
-          ptr(qkv.ptr),
-          ptr(kv.k[layer]),
-          ptr(kv.v[layer]),
-          ptr(this.stepPtr(s.rowSeq)),
-          ptr(this.stepPtr(s.positions)),
-          ptr(this.stepPtr(s.blockTables)),
-          i32(this.limits.maxBlocksPerSeq),
-          i32(shape.numHeads),
-          i32(shape.numKvHeads),
-          i32(shape.headSize),
-          i32(kv.spec.tokensPerBlock),
-          f32(1 / Math.sqrt(shape.headSize)),
-        ],
-      );
+      this.device.launch(this.fn("attention_split"), [qkv.rows, shape.numHeads, chunks], block, [
+        ptr(this.attentionPartial),
+        ...inputs,
+      ]);
       this.device.launch(
         this.fn("attention_merge"),
         [qkv.rows, shape.numHeads],
         [128],
         [ptr(out.ptr), ptr(this.attentionPartial), i32(shape.numHeads), i32(shape.headSize), i32(chunks)],
       );
-      return out;
+    } else {
+      this.device.launch(this.fn("attention"), [qkv.rows, shape.numHeads], block, [ptr(out.ptr), ...inputs]);
     }
-    this.device.launch(
-      this.fn("attention"),
-      [qkv.rows, shape.numHeads],
-      [32 * ATTENTION_WARPS],
-      [
-        ptr(out.ptr),
-        ptr(qkv.ptr),
-        ptr(kv.k[layer]),
-        ptr(kv.v[layer]),
-        ptr(this.stepPtr(s.rowSeq)),
-        ptr(this.stepPtr(s.positions)),
-        ptr(this.stepPtr(s.blockTables)),
-        i32(this.limits.maxBlocksPerSeq),
-        i32(shape.numHeads),
-        i32(shape.numKvHeads),
-        i32(shape.headSize),
-        i32(kv.spec.tokensPerBlock),
-        f32(1 / Math.sqrt(shape.headSize)),
-      ],
-    );
     return out;
   }
 

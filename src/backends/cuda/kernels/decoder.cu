@@ -143,25 +143,15 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
 #define ATT_WARPS 16
 #define MAX_HEAD 256
 
-// Causal attention of one query row and head over its sequence's paged keys and values, with an online
-// softmax. Each warp takes every ATT_WARPS-th key; lanes split the head dimension; the warps' partial
-// results are merged at the end. grid = (rows, num_heads), block = 32 × ATT_WARPS.
-// row_seq[r]: the row's sequence (-1: padding), row_pos[r]: its position (it sees keys 0..pos).
-extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
-attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row_seq, const int* row_pos,
-          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
-  const int r = blockIdx.x, h = blockIdx.y;
+// Online softmax of one query row and head over keys [t_begin, t_end) of its paged KV cache, by one block of
+// 32 × ATT_WARPS threads: each warp takes every ATT_WARPS-th group of four keys (their loads in flight
+// together), lanes split the head dimension, and the warps' results are merged in shared memory. On return
+// (after a barrier) ml[0] is the block's maximum score (−∞ when the range is empty), ml[1] the sum of
+// exp(score − max) and acc[d] the sum of exp(score − max) · v[d].
+__device__ void attend(const T* q, const T* kcache, const T* vcache, const int* table, int t_begin, int t_end, int kvh,
+                       int num_kv, int head, int tpb, float scale, float* ml, float* acc_out) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int seq = row_seq[r];
-  T* o = out + ((size_t)r * num_heads + h) * head;
-  if (seq < 0) {
-    for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(0.f);
-    return;
-  }
-  const int visible = row_pos[r] + 1;
-  const int kvh = h / (num_heads / num_kv);
   const int per_lane = (head + 31) / 32;  // ≤ MAX_HEAD / 32
-  const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
   float qv[MAX_HEAD / 32], acc[MAX_HEAD / 32];
 #pragma unroll
   for (int j = 0; j < MAX_HEAD / 32; j++) {
@@ -170,15 +160,13 @@ attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row
     acc[j] = 0.f;
   }
   float m = NEG_INF, l = 0.f;
-  const int* table = block_tables + (size_t)seq * max_blocks;
   const int kv_stride = num_kv * head;
-  // Four keys per warp per iteration: their loads are independent, so they are in flight together.
-  for (int t0 = warp * 4; t0 < visible; t0 += ATT_WARPS * 4) {
+  for (int t0 = t_begin + warp * 4; t0 < t_end; t0 += ATT_WARPS * 4) {
     float s[4];
     size_t base[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) {
-      const int t = min(t0 + u, visible - 1);
+      const int t = min(t0 + u, t_end - 1);
       base[u] = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
       s[u] = 0.f;
 #pragma unroll
@@ -188,7 +176,7 @@ attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row
       }
     }
 #pragma unroll
-    for (int u = 0; u < 4; u++) s[u] = t0 + u < visible ? warp_sum(s[u]) * scale : NEG_INF;
+    for (int u = 0; u < 4; u++) s[u] = t0 + u < t_end ? warp_sum(s[u]) * scale : NEG_INF;
     const float m2 = fmaxf(m, fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])));
     const float correction = __expf(m - m2);
     float p[4];
@@ -221,13 +209,37 @@ attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row
   __syncthreads();
   float mall = NEG_INF;
   for (int w = 0; w < ATT_WARPS; w++) mall = fmaxf(mall, sm[w]);
-  float lall = 0.f;
-  for (int w = 0; w < ATT_WARPS; w++) lall += sm[w] == NEG_INF ? 0.f : sl[w] * __expf(sm[w] - mall);
+  if (threadIdx.x == 0) {
+    float lall = 0.f;
+    for (int w = 0; w < ATT_WARPS; w++) lall += sm[w] == NEG_INF ? 0.f : sl[w] * __expf(sm[w] - mall);
+    ml[0] = mall;
+    ml[1] = lall;
+  }
   for (int d = threadIdx.x; d < head; d += blockDim.x) {
     float v = 0.f;
     for (int w = 0; w < ATT_WARPS; w++) v += sm[w] == NEG_INF ? 0.f : sacc[w][d] * __expf(sm[w] - mall);
-    o[d] = fromf(v / lall);
+    acc_out[d] = v;
   }
+  __syncthreads();
+}
+
+// Causal attention of each query row and head over its sequence: row_seq[r] is the row's sequence (-1:
+// padding), row_pos[r] its position (it sees keys 0..pos). grid = (rows, num_heads), block = 32 × ATT_WARPS.
+extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
+attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row_seq, const int* row_pos,
+          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
+  const int r = blockIdx.x, h = blockIdx.y;
+  const int seq = row_seq[r];
+  T* o = out + ((size_t)r * num_heads + h) * head;
+  if (seq < 0) {
+    for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(0.f);
+    return;
+  }
+  __shared__ float ml[2], acc[MAX_HEAD];
+  const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
+  attend(q, kcache, vcache, block_tables + (size_t)seq * max_blocks, 0, row_pos[r] + 1, h / (num_heads / num_kv), num_kv,
+         head, tpb, scale, ml, acc);
+  for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(acc[d] / ml[1]);
 }
 
 // out[i] = x[rows[i]]; grid = number of rows gathered.
@@ -425,17 +437,14 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
 // Decode attention split over the sequence (flash-decoding): with few query rows, one block per (row, head)
 // leaves most of the GPU idle on long contexts, so each (row, head) is also split into chunks of
 // ATT_CHUNK keys, each block writing a partial (max, sum, weighted values) that attention_merge combines.
-// grid = (rows, heads, chunks), block = 32 × SPLIT_WARPS; chunks past a row's context exit at once.
+// grid = (rows, heads, chunks), block = 32 × ATT_WARPS; chunks past a row's context exit at once.
 #define ATT_CHUNK 256
-#define SPLIT_WARPS 16
 
-extern "C" __global__ void __launch_bounds__(32 * SPLIT_WARPS)
+extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention_split(float* partial, const T* qkv, const T* kcache, const T* vcache, const int* row_seq, const int* row_pos,
                 const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
   const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int chunks = gridDim.z;
-  float* part = partial + (((size_t)r * num_heads + h) * chunks + c) * (head + 2);
+  float* part = partial + (((size_t)r * num_heads + h) * gridDim.z + c) * (head + 2);
   const int seq = row_seq[r];
   const int visible = seq < 0 ? 0 : row_pos[r] + 1;
   const int t_begin = c * ATT_CHUNK, t_end = min(visible, t_begin + ATT_CHUNK);
@@ -443,78 +452,9 @@ attention_split(float* partial, const T* qkv, const T* kcache, const T* vcache, 
     if (threadIdx.x == 0) part[0] = NEG_INF;  // an empty chunk: the merge skips it
     return;
   }
-  const int kvh = h / (num_heads / num_kv);
-  const int per_lane = (head + 31) / 32;
   const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
-  float qv[MAX_HEAD / 32], acc[MAX_HEAD / 32];
-#pragma unroll
-  for (int j = 0; j < MAX_HEAD / 32; j++) {
-    const int d = lane + 32 * j;
-    qv[j] = (j < per_lane && d < head) ? tof(q[d]) : 0.f;
-    acc[j] = 0.f;
-  }
-  float m = NEG_INF, l = 0.f;
-  const int* table = block_tables + (size_t)seq * max_blocks;
-  const int kv_stride = num_kv * head;
-  for (int t0 = t_begin + warp * 4; t0 < t_end; t0 += SPLIT_WARPS * 4) {
-    float s[4];
-    size_t base[4];
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-      const int t = min(t0 + u, t_end - 1);
-      base[u] = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
-      s[u] = 0.f;
-#pragma unroll
-      for (int j = 0; j < MAX_HEAD / 32; j++) {
-        const int d = lane + 32 * j;
-        if (j < per_lane && d < head) s[u] += qv[j] * tof(kcache[base[u] + d]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < 4; u++) s[u] = t0 + u < t_end ? warp_sum(s[u]) * scale : NEG_INF;
-    const float m2 = fmaxf(m, fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])));
-    const float correction = __expf(m - m2);
-    float p[4];
-#pragma unroll
-    for (int u = 0; u < 4; u++) p[u] = __expf(s[u] - m2);
-    l = l * correction + p[0] + p[1] + p[2] + p[3];
-#pragma unroll
-    for (int j = 0; j < MAX_HEAD / 32; j++) {
-      const int d = lane + 32 * j;
-      if (j < per_lane && d < head) {
-        float a = acc[j] * correction;
-#pragma unroll
-        for (int u = 0; u < 4; u++) a += p[u] * tof(vcache[base[u] + d]);
-        acc[j] = a;
-      }
-    }
-    m = m2;
-  }
-  __shared__ float sm[SPLIT_WARPS], sl[SPLIT_WARPS];
-  __shared__ float sacc[SPLIT_WARPS][MAX_HEAD];
-  if (lane == 0) {
-    sm[warp] = m;
-    sl[warp] = l;
-  }
-#pragma unroll
-  for (int j = 0; j < MAX_HEAD / 32; j++) {
-    const int d = lane + 32 * j;
-    if (j < per_lane && d < head) sacc[warp][d] = acc[j];
-  }
-  __syncthreads();
-  float mall = NEG_INF;
-  for (int w = 0; w < SPLIT_WARPS; w++) mall = fmaxf(mall, sm[w]);
-  if (threadIdx.x == 0) {
-    float lall = 0.f;
-    for (int w = 0; w < SPLIT_WARPS; w++) lall += sm[w] == NEG_INF ? 0.f : sl[w] * __expf(sm[w] - mall);
-    part[0] = mall;
-    part[1] = lall;
-  }
-  for (int d = threadIdx.x; d < head; d += blockDim.x) {
-    float v = 0.f;
-    for (int w = 0; w < SPLIT_WARPS; w++) v += sm[w] == NEG_INF ? 0.f : sacc[w][d] * __expf(sm[w] - mall);
-    part[2 + d] = v;
-  }
+  attend(q, kcache, vcache, block_tables + (size_t)seq * max_blocks, t_begin, t_end, h / (num_heads / num_kv), num_kv,
+         head, tpb, scale, part, part + 2);
 }
 
 // Combines attention_split's chunks of each (row, head): grid = (rows, heads), block ≥ head threads.
