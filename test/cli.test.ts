@@ -294,6 +294,8 @@ describe("run: sampling, beams and outputs", () => {
   const ckpt = path.join(work, "ckpt-beams");
   const engine = path.join(work, "engine-beams");
   const ids = path.join(work, "beam-prompts.json");
+  /** kiln run on this engine with these prompts, plus `flags`. */
+  const runIds = (...flags: string[]) => kiln("run", "--engine_dir", engine, "--input_file", ids, ...flags);
 
   test("build --max_beam_width 4, then run --num_beams 4 writes [prompt][sequence][tokens] best first", () => {
     assert.equal(
@@ -322,12 +324,7 @@ describe("run: sampling, beams and outputs", () => {
     assert.match(b.stderr, /memory: weights/);
     fs.writeFileSync(ids, JSON.stringify(ref.prompts.map((p) => p.inputIds)));
     const out = path.join(work, "beams.json");
-    const r = kiln(
-      "run",
-      "--engine_dir",
-      engine,
-      "--input_file",
-      ids,
+    const r = runIds(
       "--max_output_len",
       "16",
       "--num_beams",
@@ -355,12 +352,7 @@ describe("run: sampling, beams and outputs", () => {
 
   test("--output_logits_npy and --output_log_probs_npy write run.py's arrays", () => {
     const stem = path.join(work, "logits");
-    const r = kiln(
-      "run",
-      "--engine_dir",
-      engine,
-      "--input_file",
-      ids,
+    const r = runIds(
       "--max_output_len",
       "5",
       "--output_logits_npy",
@@ -391,21 +383,7 @@ describe("run: sampling, beams and outputs", () => {
   test("--output_npy writes output ids padded with --pad_id", () => {
     const file = path.join(work, "ids.npy");
     const endId = ref.prompts[0].greedyIds[2];
-    const r = kiln(
-      "run",
-      "--engine_dir",
-      engine,
-      "--input_file",
-      ids,
-      "--max_output_len",
-      "6",
-      "--end_id",
-      String(endId),
-      "--pad_id",
-      "399",
-      "--output_npy",
-      file,
-    );
+    const r = runIds("--max_output_len", "6", "--end_id", String(endId), "--pad_id", "399", "--output_npy", file);
     assert.equal(r.code, 0, r.stderr);
     const out = readNpy(file, "<i4");
     assert.deepEqual(out.shape, [ref.prompts.length, 1, 6]);
@@ -459,11 +437,7 @@ describe("run: sampling, beams and outputs", () => {
     const a = kiln(...args);
     assert.equal(a.code, 0, a.stderr);
     assert.equal(kiln(...args).stdout, a.stdout);
-    assertRefused(
-      kiln("run", "--engine_dir", engine, "--input_file", ids, "--max_output_len", "6", "--num_beams", "8"),
-      "num_beams 8",
-      "max_beam_width",
-    );
+    assertRefused(runIds("--max_output_len", "6", "--num_beams", "8"), "num_beams 8", "max_beam_width");
   });
 
   test("builds that cannot work are refused: continuous KV with paged context, an engine too big for memory", () => {
