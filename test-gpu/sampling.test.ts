@@ -84,6 +84,8 @@ describe("sample_rows on a distribution known exactly", () => {
     assert.deepEqual(kept(draw(LOGITS, { topK: 2 })), [0, 1]);
     assert.deepEqual(kept(draw(LOGITS, { minP: 0.3 })), [0, 1, 2]);
     assert.deepEqual(kept(draw(LOGITS, { topK: 1 })), [0]);
+    // top-p measures against what top-k kept (0.85 here): 0.8 × 0.85 = 0.68 ≤ 0.7, so {0, 1}.
+    assert.deepEqual(kept(draw(LOGITS, { topK: 3, topP: 0.8 })), [0, 1]);
     assert.deepEqual(kept(draw(LOGITS, {})), [0, 1, 2, 3, 4]);
   });
 

@@ -376,15 +376,19 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
     }
     tau = fmaxf(tau, lo);
   }
+  // Top-p measures against what top-k kept, as the cpu sampler's masks do: each sees what the last left.
   const float p = top_p[r];
   if (p > 0.f && p < 1.f) {
-    float lo = mn, hi = mx;
+    float kept_z = 0.f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) kept_z += row[i] >= tau ? __expf((row[i] - mx) / t) : 0.f;
+    kept_z = block_sum(kept_z);
+    float lo = tau, hi = mx;
     for (int it = 0; it < 30; it++) {
       const float mid = 0.5f * (lo + hi);
       float m = 0.f;
       for (int i = threadIdx.x; i < vocab; i += blockDim.x) m += row[i] >= mid ? __expf((row[i] - mx) / t) : 0.f;
       m = block_sum(m);
-      if (m >= p * Z * (1.f - 1e-6f)) lo = mid; else hi = mid;  // float sums: reaching p within 1e-6 counts
+      if (m >= p * kept_z * (1.f - 1e-6f)) lo = mid; else hi = mid;  // float sums: reaching p within 1e-6 counts
     }
     tau = fmaxf(tau, lo);
   }
