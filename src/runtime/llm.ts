@@ -5,8 +5,9 @@ import { KilnError, LimitError } from "../errors.js";
 import { BeamSearch } from "./beam-search.js";
 import { BlockManager } from "./block-manager.js";
 import { type LoadedEngine, loadEngine } from "./engine-loader.js";
-import { ModelRunner, type RowParams } from "./model-runner.js";
+import { ModelRunner } from "./model-runner.js";
 import { type GenerationParams, Request } from "./request.js";
+import { checkRequest } from "./request-limits.js";
 import {
   type FinishedSequence,
   finishedFromBeams,
@@ -14,9 +15,10 @@ import {
   type GenerateOptions,
   resolveParams,
 } from "./results.js";
-import { isGreedy, logSoftmax, Rng, sampleToken, validateSampling } from "./sampling/index.js";
+import { logSoftmax, Rng, sampleToken } from "./sampling/index.js";
 import { Scheduler } from "./scheduler.js";
 import { Sequence } from "./sequence.js";
+import { isDeviceSampleable, isPlainGreedy, rowParams, topTokens } from "./token-choice.js";
 
 export type { GenerateOptions } from "./results.js";
 
@@ -144,51 +146,13 @@ export class LLM {
   }
 
   private check(promptIds: readonly number[], params: GenerationParams): void {
-    const b = this.buildConfig;
-    if (promptIds.length === 0) throw new LimitError("the prompt is empty: at least one token is needed");
-    if (promptIds.length > b.max_input_len) {
-      throw new LimitError(
-        `the prompt has ${promptIds.length} tokens, more than the engine's max_input_len ${b.max_input_len}`,
-      );
-    }
-    if (!Number.isInteger(params.maxNewTokens) || params.maxNewTokens < 1) {
-      throw new LimitError(`max_output_len must be a positive integer, got ${params.maxNewTokens}`);
-    }
-    if (promptIds.length + params.maxNewTokens > b.max_seq_len) {
-      throw new LimitError(
-        `max_output_len ${params.maxNewTokens} with a ${promptIds.length}-token prompt exceeds the engine's max_seq_len ${b.max_seq_len}`,
-      );
-    }
-    if (!Number.isInteger(params.numBeams) || params.numBeams < 1 || params.numBeams > b.max_beam_width) {
-      throw new LimitError(
-        `num_beams ${params.numBeams} is outside [1, ${b.max_beam_width}] (the engine's max_beam_width)`,
-      );
-    }
-    const n = params.numReturnSequences;
-    if (!Number.isInteger(n) || n < 1 || (params.numBeams > 1 && n > params.numBeams)) {
-      throw new LimitError(
-        `num_return_sequences ${n} must be a positive integer, at most num_beams when beams are used`,
-      );
-    }
-    validateSampling(params.sampling);
-    if (!Number.isInteger(params.topLogProbs) || params.topLogProbs < 0 || params.topLogProbs > 20) {
-      throw new LimitError(`top_logprobs must be an integer in [0, 20], got ${params.topLogProbs}`);
-    }
-    const bad = promptIds.find((t) => !Number.isInteger(t) || t < 0 || t >= this.vocabSize);
-    if (bad !== undefined) throw new LimitError(`token id ${bad} is outside the vocabulary [0, ${this.vocabSize})`);
-    const width = Math.max(params.numBeams, n);
-    if (width > this.maxSeqs) {
-      throw new LimitError(
-        `num_return_sequences ${n} needs ${width} sequences at once; the engine runs max_batch_size × max_beam_width = ${this.maxSeqs}`,
-      );
-    }
-    // Each sequence may also need one block copied when it first writes into a block it shares.
-    const blocks = width * (this.blocks.blocksFor(promptIds.length + params.maxNewTokens) + 1);
-    if (blocks > this.blocks.numBlocks) {
-      throw new LimitError(
-        `the request needs ${blocks} KV cache blocks, more than the pool's ${this.blocks.numBlocks}`,
-      );
-    }
+    checkRequest(promptIds, params, {
+      build: this.buildConfig,
+      vocabSize: this.vocabSize,
+      maxSeqs: this.maxSeqs,
+      blocksFor: (n) => this.blocks.blocksFor(n),
+      numBlocks: this.blocks.numBlocks,
+    });
   }
 
   submit(promptIds: readonly number[], opts: GenerateOptions): Request {
@@ -422,64 +386,6 @@ export class LLM {
       this.abort(request);
     }
   }
-}
-
-/** Greedy with nothing that needs the logits row on the host: the backend can choose the token itself. */
-function isPlainGreedy(p: GenerationParams): boolean {
-  const s = p.sampling;
-  return (
-    p.numBeams === 1 &&
-    p.numReturnSequences === 1 &&
-    p.topLogProbs === 0 &&
-    isGreedy(s) &&
-    (s.temperature === 0 || s.temperature === 1) &&
-    s.repetitionPenalty === 1 &&
-    s.presencePenalty === 0 &&
-    s.frequencyPenalty === 0 &&
-    s.badWords.length === 0
-  );
-}
-
-/** Sampling a backend can do itself: no penalties, bad words, siblings or alternatives to report. */
-function isDeviceSampleable(p: GenerationParams): boolean {
-  const s = p.sampling;
-  return (
-    p.numBeams === 1 &&
-    p.numReturnSequences === 1 &&
-    p.topLogProbs === 0 &&
-    s.repetitionPenalty === 1 &&
-    s.presencePenalty === 0 &&
-    s.frequencyPenalty === 0 &&
-    s.badWords.length === 0
-  );
-}
-
-/** A row's draw: greedy rows become top-k 1; the counter is the token's index in its sequence. */
-function rowParams(p: GenerationParams, seq: Sequence): RowParams {
-  const s = p.sampling;
-  const greedy = isGreedy(s);
-  return {
-    temperature: greedy || s.temperature === 0 ? 1 : s.temperature,
-    topK: greedy ? 1 : s.topK,
-    topP: s.topP === 0 ? 1 : s.topP,
-    minP: s.minP,
-    seed: (s.seed % 2 ** 32) | 0,
-    counter: seq.numOutputTokens,
-  };
-}
-
-/** The k most likely tokens of a log-softmax row, most likely first. */
-function topTokens(logProbs: Float64Array, k: number): { token: number; logProb: number }[] {
-  const best: { token: number; logProb: number }[] = [];
-  for (let t = 0; t < logProbs.length; t++) {
-    const lp = logProbs[t];
-    if (best.length === k && lp <= best[k - 1].logProb) continue;
-    let i = best.length;
-    while (i > 0 && best[i - 1].logProb < lp) i--;
-    best.splice(i, 0, { token: t, logProb: lp });
-    if (best.length > k) best.pop();
-  }
-  return best;
 }
 
 export function isFailure(r: GenerationOutput | RequestFailure): r is RequestFailure {
