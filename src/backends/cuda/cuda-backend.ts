@@ -6,6 +6,7 @@ import type { BackendName } from "../../builder/build-config.js";
 import type { AttentionShape, Backend, KvCacheSpec, RopeSpec, StepInput } from "../backend.js";
 import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, Cublas } from "./cublas.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
+import { StepBuffer, type StepLayout } from "./step-buffer.js";
 
 export type CudaDtype = "F32" | "F16" | "BF16";
 
@@ -58,22 +59,6 @@ export interface CudaLimits {
   headSize: number;
 }
 
-/** Offsets (in int32s) of the step's metadata within the uploaded buffer. */
-interface StepLayout {
-  tokenIds: number;
-  positions: number;
-  slots: number;
-  rowSeq: number;
-  logitRows: number;
-  blockTables: number;
-  /** Where the per-row sampling parameters start (six arrays of numLogitRows). */
-  sampling: number;
-  rows: number;
-  numLogitRows: number;
-  /** Longest context a row of this step attends to. */
-  maxVisible: number;
-}
-
 export class CudaBackend implements Backend<CudaTensor> {
   readonly name: BackendName = "cuda";
   private readonly fns = new Map<KernelName, unknown>();
@@ -81,8 +66,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Activation memory: [0] lives for the step (embedding, residual), [1] and [2] alternate by layer. */
   private readonly arenas: { base: number; size: number; used: number }[];
   private arena: { base: number; size: number; used: number };
-  private readonly pinned: { handle: unknown; ints: Int32Array; floats: Float32Array };
-  private readonly stepInts: number;
+  private readonly stepBuffer: StepBuffer;
   private step: StepLayout | null = null;
   private kv: { k: number[]; v: number[]; spec: KvCacheSpec } | null = null;
   private readonly invFreq: number;
@@ -91,7 +75,6 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
   private readonly argmaxPartial: number;
-  private readonly stepDevice: number;
 
   constructor(
     readonly device: CudaDevice,
@@ -111,11 +94,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     const stepSize = 2 * limits.maxRows * limits.hidden * BYTES[dtype] + (4 << 20);
     this.arenas = [stepSize, layerSize, layerSize].map((size) => ({ base: device.alloc(size), size, used: 0 }));
     this.arena = this.arenas[0];
-    // tokens, positions, slots, row → sequence, logit rows, block tables, and six sampling values a logits row
-    this.stepInts = 5 * limits.maxRows + limits.maxSeqs * limits.maxBlocksPerSeq + 6 * limits.logitRows + 64;
-    const host = device.allocHost(this.stepInts * 4);
-    this.pinned = { handle: host.handle, ints: new Int32Array(host.buffer), floats: new Float32Array(host.buffer) };
-    this.stepDevice = device.alloc(this.stepInts * 4);
+    this.stepBuffer = new StepBuffer(device, limits);
     this.invFreq = device.alloc(invFreq.byteLength);
     device.upload(this.invFreq, invFreq);
     this.greedyOut = device.alloc(limits.maxRows * 8);
@@ -135,7 +114,6 @@ export class CudaBackend implements Backend<CudaTensor> {
     for (const p of [
       ...this.kvPointers(),
       ...this.arenas.map((a) => a.base),
-      this.stepDevice,
       this.invFreq,
       this.greedyOut,
       this.argmaxPartial,
@@ -144,7 +122,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     }
     this.kv = null;
     this.cublas.dispose();
-    this.device.freeHost(this.pinned.handle);
+    this.stepBuffer.dispose();
     this.device.unloadModule(this.module);
   }
 
@@ -208,63 +186,23 @@ export class CudaBackend implements Backend<CudaTensor> {
   }
 
   private stepPtr(offsetInts: number): number {
-    return this.stepDevice + offsetInts * 4;
+    return this.stepBuffer.devicePtr(offsetInts);
   }
 
   /** Packs the step's metadata into pinned memory and copies it to the device in one transfer. */
   beginStep(step: StepInput): void {
-    this.device.uploadAsync(this.stepDevice, this.pinned.handle, this.packStep(step) * 4);
+    this.packStep(step);
+    this.stepBuffer.upload();
   }
 
   /**
-   * Lays the step's metadata out in pinned memory (host work only) and resets the arena; returns the ints
-   * used. A graph replay copies the same pinned buffer again, so packing is all a replayed step needs.
+   * Lays the step's metadata out in pinned memory (host work only) and resets the arena. A graph replay
+   * copies the same pinned buffer again, so packing is all a replayed step needs.
    */
-  packStep(step: StepInput): number {
+  packStep(step: StepInput): void {
     this.arena = this.arenas[0];
     this.arena.used = 0;
-    const rows = step.tokenIds.length;
-    const L = this.limits;
-    if (rows > L.maxRows || step.seqs.length > L.maxSeqs) {
-      throw new Error(
-        `cuda step of ${rows} rows and ${step.seqs.length} sequences exceeds the engine's ${L.maxRows} / ${L.maxSeqs}`,
-      );
-    }
-    const ints = this.pinned.ints;
-    const layout: StepLayout = {
-      tokenIds: 0,
-      positions: rows,
-      slots: 2 * rows,
-      rowSeq: 3 * rows,
-      logitRows: 4 * rows,
-      blockTables: 4 * rows + step.logitRows.length,
-      sampling: 4 * rows + step.logitRows.length + step.seqs.length * L.maxBlocksPerSeq,
-      rows,
-      numLogitRows: step.logitRows.length,
-      maxVisible: step.positions.reduce((m, p) => Math.max(m, p + 1), 0),
-    };
-    ints.set(step.tokenIds, layout.tokenIds);
-    ints.set(step.positions, layout.positions);
-    ints.set(step.slotMapping, layout.slots);
-    ints.fill(-1, layout.rowSeq, layout.rowSeq + rows);
-    step.seqs.forEach((s, i) => {
-      ints.fill(i, layout.rowSeq + s.rowStart, layout.rowSeq + s.rowStart + s.numNew);
-      if (s.blockTable.length > L.maxBlocksPerSeq) throw new Error("block table longer than the engine's max_seq_len");
-      ints.set(s.blockTable, layout.blockTables + i * L.maxBlocksPerSeq);
-    });
-    ints.set(step.logitRows, layout.logitRows);
-    this.step = layout;
-    const n = step.logitRows.length;
-    const rs = step.rowSampling;
-    if (!rs) return layout.sampling;
-    const f = this.pinned.floats;
-    f.set(rs.temperature, layout.sampling);
-    ints.set(rs.topK, layout.sampling + n);
-    f.set(rs.topP, layout.sampling + 2 * n);
-    f.set(rs.minP, layout.sampling + 3 * n);
-    ints.set(rs.seed, layout.sampling + 4 * n);
-    ints.set(rs.counter, layout.sampling + 5 * n);
-    return layout.sampling + 6 * n;
+    this.step = this.stepBuffer.pack(step);
   }
 
   /** Enqueues a draw for every logits row with the step's per-row sampling parameters (graph-capturable). */
