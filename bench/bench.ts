@@ -3,10 +3,12 @@
 // the nano-vllm offline workload and peak GPU memory. Writes JSON (and merges a transformers baseline
 // measured by scripts/bench_hf.py in the same run, when given).
 //
-// node dist/bench/bench.js --work DIR --out bench/results/cuda-bf16.json [--hf hf.json] [--quick]
+// kiln bench --work DIR --out bench/results/cuda-bf16.json [--hf hf.json] [--quick]
+// (or node dist/bench/bench.js with the same flags)
 
 import fs from "node:fs";
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { CudaDevice } from "../src/backends/cuda/driver.js";
 import type { CudaExecutor } from "../src/backends/cuda/executor.js";
@@ -15,10 +17,16 @@ import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { LLM } from "../src/runtime/llm.js";
 import { QWEN25_05B, writeRandomQwen2 } from "./random-model.js";
 
-const { values: args } = parseArgs({
-  options: { work: { type: "string" }, out: { type: "string" }, hf: { type: "string" }, quick: { type: "boolean" } },
-});
-const work = args.work ?? "/tmp/kiln-bench";
+export interface BenchOptions {
+  /** Where the random model, checkpoint and engine go. */
+  work?: string;
+  /** JSON file to write the results to. */
+  out?: string;
+  /** JSON of scripts/bench_hf.py's transformers baseline, measured in the same run, to merge. */
+  hf?: string;
+  /** 32 sequences instead of 256 in the nano-vllm workload. */
+  quick?: boolean;
+}
 
 let rng = 0;
 const rand = () => {
@@ -38,7 +46,8 @@ function run(llm: LLM, prompts: number[][], maxNew: number | number[]): { second
   return { seconds, outputTokens };
 }
 
-async function main() {
+export async function runBench(args: BenchOptions): Promise<Record<string, number | string>> {
+  const work = args.work ?? "/tmp/kiln-bench";
   const device = CudaDevice.open();
   const hfDir = path.join(work, "hf");
   const ckpt = path.join(work, "ckpt");
@@ -103,6 +112,14 @@ async function main() {
   }
   console.log(JSON.stringify(results, null, 2));
   if (args.out) fs.writeFileSync(args.out, `${JSON.stringify(results, null, 2)}\n`);
+  llm.dispose();
+  return results;
 }
 
-await main();
+// Run directly (node dist/bench/bench.js …) as well as through `kiln bench`.
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const { values } = parseArgs({
+    options: { work: { type: "string" }, out: { type: "string" }, hf: { type: "string" }, quick: { type: "boolean" } },
+  });
+  await runBench(values);
+}

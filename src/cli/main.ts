@@ -4,6 +4,7 @@
 import { Command, CommanderError } from "commander";
 import { KilnError } from "../errors.js";
 import { KILN_VERSION } from "../version.js";
+import { benchCommand } from "./bench.js";
 import { buildCommand } from "./build.js";
 import { convertCommand } from "./convert.js";
 import { runCommand } from "./run.js";
@@ -16,7 +17,14 @@ export async function main(argv: string[]): Promise<number> {
     .version(KILN_VERSION)
     .exitOverride()
     .showHelpAfterError("(run with --help for usage)");
-  for (const cmd of [convertCommand(), buildCommand(), runCommand(), serveCommand(), tokenizeCommand()]) {
+  for (const cmd of [
+    convertCommand(),
+    buildCommand(),
+    runCommand(),
+    serveCommand(),
+    tokenizeCommand(),
+    benchCommand(),
+  ]) {
     program.addCommand(cmd.exitOverride().showHelpAfterError("(run with --help for usage)"));
   }
   try {

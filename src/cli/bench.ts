@@ -1,0 +1,25 @@
+// kiln bench: the GPU benchmark of bench/bench.ts (a random Qwen2.5-0.5B-shaped model through convert → build
+// --backend cuda → the runtime), from the command line.
+
+import { Command } from "commander";
+import { UsageError } from "../errors.js";
+
+export function benchCommand(): Command {
+  return new Command("bench")
+    .description("benchmark the cuda backend on a random model of Qwen2.5-0.5B's shape (GPU machine)")
+    .option("--work <dir>", "where the random model, checkpoint and engine go", "/tmp/kiln-bench")
+    .option("--out <file>", "write the results as JSON")
+    .option("--hf <file>", "merge the transformers baseline that scripts/bench_hf.py wrote in the same run")
+    .option("--quick", "32 sequences instead of 256 in the nano-vllm workload", false)
+    .action(async (o) => {
+      let bench: typeof import("../../bench/bench.js");
+      try {
+        bench = await import("../../bench/bench.js");
+      } catch (e) {
+        throw new UsageError(
+          `kiln bench needs the bench/ folder of a kiln checkout (${(e as Error).message.split("\n")[0]})`,
+        );
+      }
+      await bench.runBench({ work: o.work, out: o.out, hf: o.hf, quick: o.quick });
+    });
+}
