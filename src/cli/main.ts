@@ -7,6 +7,7 @@ import { KILN_VERSION } from "../version.js";
 import { benchCommand } from "./bench.js";
 import { buildCommand } from "./build.js";
 import { convertCommand } from "./convert.js";
+import { evalCommand } from "./eval.js";
 import { runCommand } from "./run.js";
 import { serveCommand } from "./serve.js";
 import { tokenizeCommand } from "./tokenize.js";
@@ -22,6 +23,7 @@ export async function main(argv: string[]): Promise<number> {
     buildCommand(),
     runCommand(),
     serveCommand(),
+    evalCommand(),
     tokenizeCommand(),
     benchCommand(),
   ]) {
