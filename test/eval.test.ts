@@ -2,9 +2,9 @@
 // sliding windows scoring every token once, and the CLI's refusal without gathered logits.
 
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { spawnSync } from "node:child_process";
 import { after, describe, test } from "node:test";
 import { perplexity } from "../src/eval/perplexity.js";
 import { LLM } from "../src/runtime/llm.js";
@@ -49,7 +49,8 @@ describe("perplexity", () => {
     const text = path.join(work, "text.txt");
     fs.writeFileSync(text, "The jury said it did find that many of the laws were outmoded. ".repeat(4));
     const withLogits = await fixtureEngine(work, "qwen2_tied_gqa", { gather_context_logits: true });
-    const kiln = (...args: string[]) => spawnSync(process.execPath, [path.join(ROOT, "bin", "kiln"), ...args], { encoding: "utf8" });
+    const kiln = (...args: string[]) =>
+      spawnSync(process.execPath, [path.join(ROOT, "bin", "kiln"), ...args], { encoding: "utf8" });
     const ok = kiln("eval", "--engine_dir", withLogits, "--dataset", text, "--max_input_len", "32", "--stride", "16");
     assert.equal(ok.status, 0, ok.stderr);
     assert.match(ok.stdout, /^tokens scored \d+, perplexity \d+\.\d+, \d+ windows in/);

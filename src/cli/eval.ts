@@ -31,8 +31,11 @@ export function evalCommand(): Command {
       if (o.max_tokens) ids = ids.slice(0, o.max_tokens);
       const window = o.max_input_len ?? llm.buildConfig.max_input_len;
       const r = perplexity(llm, ids, window, o.stride ?? Math.max(1, Math.floor(window / 2)));
-      console.log(`tokens scored ${r.tokensScored}, perplexity ${r.perplexity.toFixed(3)}, ${r.windows} windows in ${r.seconds.toFixed(1)} s`);
-      if (o.output_json) fs.writeFileSync(o.output_json, `${JSON.stringify({ dataset: o.dataset, window, ...r }, null, 2)}\n`);
+      console.log(
+        `tokens scored ${r.tokensScored}, perplexity ${r.perplexity.toFixed(3)}, ${r.windows} windows in ${r.seconds.toFixed(1)} s`,
+      );
+      if (o.output_json)
+        fs.writeFileSync(o.output_json, `${JSON.stringify({ dataset: o.dataset, window, ...r }, null, 2)}\n`);
       llm.dispose();
     });
 }

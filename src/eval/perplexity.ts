@@ -20,7 +20,9 @@ export function perplexity(llm: LLM, ids: readonly number[], window: number, str
     throw new LimitError("perplexity needs the engine's context logits: rebuild it with --gather_context_logits");
   }
   if (window > llm.buildConfig.max_input_len) {
-    throw new LimitError(`--max_input_len ${window} exceeds the engine's max_input_len ${llm.buildConfig.max_input_len}`);
+    throw new LimitError(
+      `--max_input_len ${window} exceeds the engine's max_input_len ${llm.buildConfig.max_input_len}`,
+    );
   }
   if (stride < 1 || stride > window) throw new LimitError(`--stride must be in [1, ${window}], got ${stride}`);
   if (ids.length < 2) throw new LimitError("the dataset holds fewer than two tokens: nothing to score");
@@ -44,5 +46,11 @@ export function perplexity(llm: LLM, ids: readonly number[], window: number, str
     prevEnd = end;
     if (end === ids.length) break;
   }
-  return { tokensScored: scored, nll, perplexity: Math.exp(nll / scored), windows, seconds: (performance.now() - t0) / 1000 };
+  return {
+    tokensScored: scored,
+    nll,
+    perplexity: Math.exp(nll / scored),
+    windows,
+    seconds: (performance.now() - t0) / 1000,
+  };
 }
