@@ -7,7 +7,7 @@ import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import type { SafetensorsFile } from "../checkpoint/safetensors.js";
 import { CheckpointError } from "../errors.js";
 import { decoderTensorShapes } from "../models/decoder.js";
-import { isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
+import { companionName, isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
 import type { SectionSpec } from "./engine-file.js";
 
 export interface PlannedSection {
@@ -57,11 +57,13 @@ function tensorSection(
 /** float32 tensors for the cpu kernels; weight-only quantized layers keep their int8 bytes and float32 scales. */
 export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile): PlannedSection[] {
   const algo = cfg.quantization.quant_algo;
-  const quantized = algo === "W8A16" || algo === "W4A16";
+  const quantized = algo === "W8A16" || algo === "W4A16" || algo === "W4A16_GPTQ";
   return [...decoderTensorShapes(cfg)].flatMap(([name, shape]) => {
-    if (!quantized || !isWeightOnlyLayer(name))
+    if (!quantized || !isWeightOnlyLayer(name)) {
       return [tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file)];
+    }
     const [out, inDim] = shape;
+    if (algo === "W4A16_GPTQ") return gptqSections(cfg, file, name, out, inDim);
     const stored = [inDim, algo === "W8A16" ? out : out / 2];
     const scale = scaleName(name);
     if (!file.has(name) || file.info(name).dtype !== "I8") {
@@ -72,6 +74,34 @@ export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile): Plann
       tensorSection(scale, [out], "F32", [checkedSource(scale, [out], file)], file),
     ];
   });
+}
+
+/** W4A16_GPTQ: the packed int4 bytes (whatever dtype carries them) and float32 group scales and zeros. */
+function gptqSections(
+  cfg: PretrainedConfig,
+  file: SafetensorsFile,
+  name: string,
+  out: number,
+  inDim: number,
+): PlannedSection[] {
+  const g = cfg.quantization.group_size;
+  const groups = [inDim / g, out];
+  if (!file.has(name) || file.info(name).byteLength !== (inDim * out) / 2) {
+    throw new CheckpointError(
+      `${file.path}: W4A16_GPTQ expects "${name}" to hold ${(inDim * out) / 2} bytes of int4 pairs`,
+    );
+  }
+  const packed: PlannedSection = {
+    spec: { name, dtype: "U8", shape: [inDim, out / 2] },
+    make: () => file.readBytes(name),
+  };
+  return [
+    packed,
+    ...["weights_scaling_factor", "zero"].map((suffix) => {
+      const n = companionName(name, suffix);
+      return tensorSection(n, groups, "F32", [checkedSource(n, groups, file)], file);
+    }),
+  ];
 }
 
 /** Model-dtype weights; each layer's mlp.fc and mlp.gate become one [2·inter, hidden] mlp.fc_gate. */

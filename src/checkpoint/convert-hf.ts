@@ -2,13 +2,15 @@
 // TensorRT-LLM's names. Streams: one output tensor (and its sources) in memory at a time.
 
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
-import { CheckpointError, ConfigError } from "../errors.js";
+import { CheckpointError, ConfigError, UsageError } from "../errors.js";
 import { Mapping } from "../mapping.js";
 import { familyOf } from "../models/families.js";
 import type { HfConfig } from "../models/hf-decoder.js";
-import { isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
-import { quantizeWeightOnly } from "../quantization/weight-only.js";
+import { calibrationTexts, captureLinearInputs } from "../quantization/calibration.js";
+import { gptqQuantizer, weightOnlyQuantizer } from "../quantization/layer-quantizer.js";
+import { isWeightOnlyLayer } from "../quantization/mode.js";
 import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
 import { decodeToFloat32, dtypeByteSize, dtypeFromName, encodeFromFloat32 } from "./dtype.js";
@@ -34,6 +36,8 @@ export interface ConvertOptions {
   mapping?: Mapping;
   /** Weight-only per-channel quantization of the linear layers (W8A16 / W4A16). */
   weightOnlyBits?: 4 | 8;
+  /** GPTQ int4 with group scales and zeros (W4A16_GPTQ), calibrated on these texts. */
+  gptq?: { groupSize: number; calibDataset?: string; calibSize: number };
   overwrite?: boolean;
 }
 
@@ -113,15 +117,31 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   const mapping = opts.mapping ?? new Mapping();
   mapping.validateFor(cfg);
   cfg.mapping = mapping.toConfig();
-  const bits = opts.weightOnlyBits;
-  if (bits) cfg.quantization.quant_algo = bits === 8 ? "W8A16" : "W4A16";
+  if (opts.gptq && opts.weightOnlyBits)
+    throw new UsageError("give one weight-only precision, not both int4_gptq and int8/int4");
+  const quantizer = opts.gptq
+    ? gptqQuantizer(await calibrate(opts, opts.gptq), opts.gptq.groupSize)
+    : opts.weightOnlyBits
+      ? weightOnlyQuantizer(opts.weightOnlyBits)
+      : null;
+  if (quantizer) cfg.quantization.quant_algo = quantizer.algo;
+  if (opts.gptq) {
+    cfg.quantization.group_size = opts.gptq.groupSize;
+    cfg.quantization.has_zero_point = true;
+  }
   const store = TensorStore.open(opts.modelDir);
   try {
     const target = dtypeFromName(cfg.dtype);
     const ranks = Array.from({ length: mapping.numFileRanks }, (_, f) =>
       rankTensors(cfg, mapping, f, (n) => store.has(n)),
     );
-    // Every source is looked up before anything is written: a missing tensor leaves no output behind.
+    const quantized = (t: RankTensor) => quantizer !== null && isWeightOnlyLayer(t.name);
+    // Every source and every quantized shape is checked before anything is written: a refusal leaves no output.
+    const specs = ranks.map((tensors) =>
+      tensors.flatMap((t) =>
+        quantized(t) ? quantizer!.specs(t, target) : [{ name: t.name, dtype: target, shape: t.shape }],
+      ),
+    );
     for (const tensors of ranks) {
       for (const t of tensors) {
         for (const p of t.parts) {
@@ -137,27 +157,19 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
         ranks.reduce((n, r) => n + r.length, 0),
       );
       ranks.forEach((tensors, f) => {
-        const quantized = (t: RankTensor) => bits !== undefined && isWeightOnlyLayer(t.name);
-        const writer = new SafetensorsWriter(
-          path.join(dir, `rank${f}.safetensors`),
-          tensors.flatMap((t) =>
-            quantized(t) ? weightOnlySpecs(t, bits!, target) : [{ name: t.name, dtype: target, shape: t.shape }],
-          ),
-        );
+        const writer = new SafetensorsWriter(path.join(dir, `rank${f}.safetensors`), specs[f]);
+        const layers = mapping.ppLayers(cfg.num_hidden_layers, Math.floor(f / mapping.tpSize));
         for (const t of tensors) {
           if (quantized(t)) {
-            const [out, inDim] = t.shape;
-            const q = quantizeWeightOnly(
-              decodeToFloat32(tensorBytes(store, t, "F32", opts.modelDir), "F32"),
-              out,
-              inDim,
-              bits!,
+            const values = decodeToFloat32(tensorBytes(store, t, "F32", opts.modelDir), "F32");
+            const globalName = t.name.replace(
+              /^transformer\.layers\.(\d+)\./,
+              (_, i) => `transformer.layers.${layers[Number(i)]}.`,
             );
-            writer.write(t.name, new Uint8Array(q.qweight.buffer));
-            writer.write(
-              scaleName(t.name),
-              target === "F32" ? new Uint8Array(q.scales.buffer) : encodeFromFloat32(q.scales, target),
-            );
+            const bytes = quantizer!.tensors(t, values, target, globalName);
+            quantizer!.specs(t, target).forEach((spec, k) => {
+              writer.write(spec.name, bytes[k]);
+            });
           } else {
             writer.write(t.name, tensorBytes(store, t, target, opts.modelDir));
           }
@@ -175,13 +187,17 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   }
 }
 
-/** TensorRT-LLM's weight-only layout: `<lin>.weight` int8 [in, out] (int4: [in, out/2]), `<lin>.per_channel_scale` [out]. */
-function weightOnlySpecs(t: RankTensor, bits: 4 | 8, scaleDtype: "F32" | "F16" | "BF16") {
-  const [out, inDim] = t.shape;
-  return [
-    { name: t.name, dtype: "I8" as const, shape: [inDim, bits === 8 ? out : out / 2] },
-    { name: scaleName(t.name), dtype: scaleDtype, shape: [out] },
-  ];
+/** Calibration inputs of every linear layer: a float32 single-rank copy of the model run on the cpu backend. */
+async function calibrate(opts: ConvertOptions, g: NonNullable<ConvertOptions["gptq"]>) {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-calib-ckpt-"));
+  try {
+    const texts = calibrationTexts(g.calibDataset, g.calibSize);
+    const ckpt = path.join(tmp, "ckpt");
+    await convertHfCheckpoint({ modelDir: opts.modelDir, outputDir: ckpt, dtype: "float32" });
+    return await captureLinearInputs(ckpt, opts.modelDir, texts, 512, 4096);
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
 }
 
 /** Tokenizer files travel with the checkpoint and the engine, so `kiln run` needs no --tokenizer_dir. */

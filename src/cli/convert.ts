@@ -39,10 +39,19 @@ export function convertCommand(): Command {
     )
     .addOption(
       cmd
-        .createOption("--weight_only_precision <p>", "int8 (W8A16) or int4 (W4A16)")
+        .createOption(
+          "--weight_only_precision <p>",
+          "int8 (W8A16), int4 (W4A16), or int4_gptq (W4A16_GPTQ: calibrated, group scales and zeros)",
+        )
         .default("int8")
-        .argParser(oneOf(["int8", "int4"] as const)),
+        .argParser(oneOf(["int8", "int4", "int4_gptq"] as const)),
     )
+    .option("--group_size <n>", "input channels a GPTQ scale and zero cover", positiveInt, 128)
+    .option(
+      "--calib_dataset <file>",
+      "calibration texts: a .txt (one a line) or .jsonl ({text}); default the Brown corpus",
+    )
+    .option("--calib_size <n>", "calibration texts to use", positiveInt, 64)
     .option("--overwrite", "replace an output dir that already holds files", false)
     .action(async (o) => {
       const t0 = performance.now();
@@ -59,7 +68,17 @@ export function convertCommand(): Command {
         dtype: o.dtype,
         overwrite: o.overwrite,
         mapping,
-        weightOnlyBits: o.use_weight_only ? (o.weight_only_precision === "int4" ? 4 : 8) : undefined,
+        weightOnlyBits:
+          o.use_weight_only && o.weight_only_precision !== "int4_gptq"
+            ? o.weight_only_precision === "int4"
+              ? 4
+              : 8
+            : undefined,
+        // As TensorRT-LLM's converter, int4_gptq applies with or without --use_weight_only.
+        gptq:
+          o.weight_only_precision === "int4_gptq"
+            ? { groupSize: o.group_size, calibDataset: o.calib_dataset, calibSize: o.calib_size }
+            : undefined,
       });
       const secs = ((performance.now() - t0) / 1000).toFixed(1);
       console.error(

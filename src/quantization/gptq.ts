@@ -2,7 +2,7 @@
 // input channel), pushing each column's rounding error onto the columns not yet quantized, weighted by the
 // inverse Hessian H⁻¹ of the layer's calibration inputs (H = XᵀX). Asymmetric int4 (or int8) with a scale
 // and zero point per group of `groupSize` input channels for every output channel, as W4A16_GPTQ stores them.
-// Not yet wired into convert: this is the algorithm and its checks.
+// convert uses it for --weight_only_precision int4_gptq (with inputs from quantization/calibration.ts).
 
 export interface GroupQuantized {
   /** q[o, i] in [0, 2^bits − 1], row-major [out, in]. */
@@ -175,4 +175,29 @@ export function dequantizeGroups(t: GroupQuantized, out: number, inDim: number):
     }
   }
   return w;
+}
+
+/**
+ * TensorRT-LLM's W4A16_GPTQ tensors from a GroupQuantized [out, in] layer: the weight as signed int4 (q − 8)
+ * packed two to a byte along out (even column in the low nibble), [in, out/2] bytes; the group scales
+ * [in/G, out]; and `zero` = (8 − zero point) · scale, [in/G, out], so that w = q_signed · scale + zero.
+ */
+export function packGptq(
+  t: GroupQuantized,
+  out: number,
+  inDim: number,
+): { packed: Uint8Array; scales: Float32Array; zero: Float32Array } {
+  if (t.bits !== 4 || out % 2 !== 0)
+    throw new Error(`W4A16_GPTQ packs int4 in pairs of output channels (got ${out} outputs)`);
+  const packed = new Uint8Array((inDim * out) / 2);
+  for (let i = 0; i < inDim; i++) {
+    for (let o = 0; o < out; o += 2) {
+      const lo = (t.q[o * inDim + i] - 8) & 0xf;
+      const hi = (t.q[(o + 1) * inDim + i] - 8) & 0xf;
+      packed[(i * out + o) / 2] = lo | (hi << 4);
+    }
+  }
+  const zero = new Float32Array(t.scales.length);
+  for (let k = 0; k < zero.length; k++) zero[k] = (8 - t.zeros[k]) * t.scales[k];
+  return { packed, scales: t.scales, zero };
 }

@@ -53,7 +53,7 @@ const MODES: Record<QuantAlgo, QuantMode> = {
   W4A16_AWQ: mode({ weightBits: 4, weightFormat: "int", perGroup: true }),
   W4A8_AWQ: mode({ weightBits: 4, weightFormat: "int", perGroup: true, quantizedActivations: true }),
   W8A16_GPTQ: mode({ weightBits: 8, weightFormat: "int", perGroup: true }),
-  W4A16_GPTQ: mode({ weightBits: 4, weightFormat: "int", perGroup: true }),
+  W4A16_GPTQ: mode({ weightBits: 4, weightFormat: "int", perGroup: true, supported: true }),
   W8A8_SQ_PER_CHANNEL: mode({ weightBits: 8, weightFormat: "int", quantizedActivations: true }),
   W8A8_SQ_PER_TENSOR_PLUGIN: mode({ weightBits: 8, weightFormat: "int", quantizedActivations: true }),
   W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN: mode({ weightBits: 8, weightFormat: "int", quantizedActivations: true }),
@@ -88,4 +88,9 @@ export function isWeightOnlyLayer(name: string): boolean {
 /** `<lin>.weight` → `<lin>.per_channel_scale` */
 export function scaleName(weightName: string): string {
   return weightName.replace(/\.weight$/, ".per_channel_scale");
+}
+
+/** `<lin>.weight` → `<lin>.<suffix>`: the group scales ("weights_scaling_factor") and zeros ("zero") of GPTQ. */
+export function companionName(weightName: string, suffix: string): string {
+  return weightName.replace(/\.weight$/, `.${suffix}`);
 }

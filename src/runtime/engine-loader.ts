@@ -12,7 +12,7 @@ import { readJson } from "../checkpoint/convert-hf.js";
 import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { ConfigError, EngineError } from "../errors.js";
 import { DecoderModel } from "../models/decoder.js";
-import { scaleName } from "../quantization/mode.js";
+import { companionName, scaleName } from "../quantization/mode.js";
 import type { StepExecutor } from "./model-runner.js";
 
 export interface LoadedEngine {
@@ -69,7 +69,7 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
   try {
     const quantized = new Map<string, { q: Int8Array; shape: number[] }>();
     for (const s of file.header.sections) {
-      if (s.dtype === "I8") {
+      if (s.dtype === "I8" || s.dtype === "U8") {
         const bytes = file.read(s.name);
         quantized.set(s.name, { q: new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), shape: s.shape });
         continue;
@@ -86,7 +86,19 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
       weights.set(s.name, cpuTensor(rows, cols, data));
     }
     // Weight-only layers: [in, out] int8 (or [in, out/2] int4 pairs) with their per-output-channel scales.
+    const groupSize = config.pretrained_config.quantization.group_size;
     for (const [name, { q, shape }] of quantized) {
+      const groupScales = weights.get(companionName(name, "weights_scaling_factor"));
+      const zeros = weights.get(companionName(name, "zero"));
+      if (groupScales && zeros) {
+        weights.set(name, {
+          data: new Float32Array(0),
+          rows: groupScales.cols,
+          cols: shape[0],
+          groupQuant: { q, scales: groupScales.data, zeros: zeros.data, groupSize },
+        });
+        continue;
+      }
       const scales = weights.get(scaleName(name));
       if (!scales) throw new EngineError(`${file.path}: quantized "${name}" has no "${scaleName(name)}"`);
       const out = scales.cols;

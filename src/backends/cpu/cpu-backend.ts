@@ -3,7 +3,15 @@
 import { EngineError } from "../../errors.js";
 import { argmax, logSoftmax } from "../../runtime/sampling/sampler.js";
 import type { AttentionShape, Backend, KvCacheSpec, RopeSpec, StepInput } from "../backend.js";
-import { matmulTransposed, matmulWeightOnly, rmsNormRows, rotateHalf, silu, softmaxInPlace } from "./kernels.js";
+import {
+  matmulGroupwise,
+  matmulTransposed,
+  matmulWeightOnly,
+  rmsNormRows,
+  rotateHalf,
+  silu,
+  softmaxInPlace,
+} from "./kernels.js";
 import { CpuKvStore } from "./kv-store.js";
 
 export interface CpuTensor {
@@ -12,6 +20,8 @@ export interface CpuTensor {
   cols: number;
   /** A weight-only quantized weight: [cols (in), rows (out)] int8, or packed int4 pairs, and [rows] scales. */
   quant?: { bits: 4 | 8; q: Int8Array; scales: Float32Array };
+  /** A group-quantized weight (GPTQ): [in, out/2] signed int4 pairs; scales and zeros [in/groupSize, out]. */
+  groupQuant?: { q: Int8Array; scales: Float32Array; zeros: Float32Array; groupSize: number };
 }
 
 export function cpuTensor(rows: number, cols: number, data: Float32Array = new Float32Array(rows * cols)): CpuTensor {
@@ -28,7 +38,17 @@ export class CpuBackend implements Backend<CpuTensor> {
     return 4 * 2 ** 30;
   }
 
+  /** Calibration: called with each linear layer's weight name and input (see watchLinearInputs). */
+  private linearWatcher: ((weightName: string, x: CpuTensor) => void) | null = null;
+  private namesOfWeights: Map<CpuTensor, string> | null = null;
+
   constructor(private readonly weights: Map<string, CpuTensor>) {}
+
+  /** Calls `watch` with the input of every linear layer the model runs (null stops watching). */
+  watchLinearInputs(watch: ((weightName: string, x: CpuTensor) => void) | null): void {
+    this.linearWatcher = watch;
+    this.namesOfWeights = watch ? new Map([...this.weights].map(([n, t]) => [t, n])) : null;
+  }
 
   weight(name: string): CpuTensor {
     const w = this.weights.get(name);
@@ -92,9 +112,11 @@ export class CpuBackend implements Backend<CpuTensor> {
 
   linear(x: CpuTensor, weight: CpuTensor, bias: CpuTensor | null, _float32Out = true): CpuTensor {
     if (x.cols !== weight.cols) throw new Error(`linear: input has ${x.cols} columns, weight expects ${weight.cols}`);
+    if (this.linearWatcher) this.linearWatcher(this.namesOfWeights!.get(weight) ?? "", x);
     const out = cpuTensor(x.rows, weight.rows);
     const b = bias ? bias.data : null;
     if (weight.quant) matmulWeightOnly(x.data, x.rows, x.cols, weight.quant, weight.rows, b, out.data);
+    else if (weight.groupQuant) matmulGroupwise(x.data, x.rows, x.cols, weight.groupQuant, weight.rows, b, out.data);
     else matmulTransposed(x.data, x.rows, x.cols, weight.data, weight.rows, b, out.data);
     return out;
   }

@@ -98,6 +98,44 @@ export function matmulWeightOnly(
   }
 }
 
+/**
+ * A group-quantized linear (GPTQ), dequantized on the fly: w[o, i] = q[i, o] · scale[g, o] + zero[g, o] with
+ * g = i / groupSize and q signed int4 packed in pairs along o. Per group: Σ x·q scaled once, plus zero · Σ x.
+ */
+export function matmulGroupwise(
+  x: Float32Array,
+  rows: number,
+  inDim: number,
+  w: { q: Int8Array; scales: Float32Array; zeros: Float32Array; groupSize: number },
+  outDim: number,
+  bias: Float32Array | null,
+  out: Float32Array,
+): void {
+  const acc = new Float64Array(outDim);
+  const part = new Float64Array(outDim);
+  for (let r = 0; r < rows; r++) {
+    acc.fill(0);
+    for (let g0 = 0; g0 < inDim; g0 += w.groupSize) {
+      part.fill(0);
+      let xsum = 0;
+      for (let i = g0; i < g0 + w.groupSize; i++) {
+        const xv = x[r * inDim + i];
+        xsum += xv;
+        if (xv === 0) continue;
+        const row = (i * outDim) >> 1;
+        for (let o = 0; o < outDim; o += 2) {
+          const byte = w.q[row + (o >> 1)];
+          part[o] += xv * (((byte & 0xf) ^ 8) - 8);
+          part[o + 1] += xv * ((((byte >> 4) & 0xf) ^ 8) - 8);
+        }
+      }
+      const g = (g0 / w.groupSize) * outDim;
+      for (let o = 0; o < outDim; o++) acc[o] += part[o] * w.scales[g + o] + xsum * w.zeros[g + o];
+    }
+    for (let o = 0; o < outDim; o++) out[r * outDim + o] = acc[o] + (bias ? bias[o] : 0);
+  }
+}
+
 export function rmsNormRows(
   x: Float32Array,
   rows: number,
