@@ -50,7 +50,9 @@ export function readCheckpointConfig(dir: string): PretrainedConfig {
   const mode = quantMode(cfg.quantization.quant_algo, where);
   if ((mode && !mode.supported) || cfg.quantization.kv_cache_quant_algo !== null) {
     const what = cfg.quantization.quant_algo ?? `kv_cache_quant_algo ${cfg.quantization.kv_cache_quant_algo}`;
-    throw new ConfigError(`${where}: quantization ${what} is not supported by this kiln yet (supported: W8A16, W4A16, W4A16_GPTQ)`);
+    throw new ConfigError(
+      `${where}: quantization ${what} is not supported by this kiln yet (supported: W8A16, W4A16, W4A16_GPTQ)`,
+    );
   }
   return cfg;
 }
