@@ -48,10 +48,11 @@ export function readCheckpointConfig(dir: string): PretrainedConfig {
     );
   }
   const mode = quantMode(cfg.quantization.quant_algo, where);
-  if ((mode && !mode.supported) || cfg.quantization.kv_cache_quant_algo !== null) {
+  const kvAlgo = cfg.quantization.kv_cache_quant_algo;
+  if ((mode && !mode.supported) || (kvAlgo !== null && kvAlgo !== "INT8")) {
     const what = cfg.quantization.quant_algo ?? `kv_cache_quant_algo ${cfg.quantization.kv_cache_quant_algo}`;
     throw new ConfigError(
-      `${where}: quantization ${what} is not supported by this kiln yet (supported: W8A16, W4A16, W4A16_GPTQ)`,
+      `${where}: quantization ${what} is not supported by this kiln yet (supported: W8A16, W4A16, W4A16_GPTQ, and an INT8 KV cache)`,
     );
   }
   return cfg;
@@ -60,10 +61,10 @@ export function readCheckpointConfig(dir: string): PretrainedConfig {
 export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
   const model = readCheckpointConfig(opts.checkpointDir);
   const { config: build, warnings } = resolveBuildConfig(model, opts.request);
-  if (opts.backend === "cuda" && model.quantization.quant_algo !== null) {
-    throw new ConfigError(
-      `quant_algo ${model.quantization.quant_algo}: the cuda backend runs unquantized engines only so far; build with --backend cpu`,
-    );
+  const q = model.quantization;
+  if (opts.backend === "cuda" && (q.quant_algo !== null || q.kv_cache_quant_algo !== null)) {
+    const what = q.quant_algo !== null ? `quant_algo ${q.quant_algo}` : `kv_cache_quant_algo ${q.kv_cache_quant_algo}`;
+    throw new ConfigError(`${what}: the cuda backend runs unquantized engines only so far; build with --backend cpu`);
   }
   if (opts.backend === "cuda" && !build.remove_input_padding) {
     throw new ConfigError("--remove_input_padding disable is supported by the cpu backend only");
@@ -77,7 +78,8 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
       model,
       build,
       sectionBytes(weights),
-      opts.backend === "cpu" ? 4 : dtypeByteSize(dtypeFromName(model.dtype)),
+      // Bytes a cached key or value takes: the cpu backend keeps float32, or int8 for an INT8 KV cache.
+      opts.backend === "cpu" ? (q.kv_cache_quant_algo === "INT8" ? 1 : 4) : dtypeByteSize(dtypeFromName(model.dtype)),
     );
     checkMemoryPlan(memory, build);
     // The GPU's own target (and the kernels compiled for it) come last: a refusal above costs no compile.

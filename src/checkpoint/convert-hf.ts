@@ -8,7 +8,7 @@ import { CheckpointError, ConfigError, UsageError } from "../errors.js";
 import { Mapping } from "../mapping.js";
 import { familyOf } from "../models/families.js";
 import type { HfConfig } from "../models/hf-decoder.js";
-import { calibrationTexts, captureLinearInputs } from "../quantization/calibration.js";
+import { type Activations, calibrationTexts, captureActivations } from "../quantization/calibration.js";
 import { gptqQuantizer, weightOnlyQuantizer } from "../quantization/layer-quantizer.js";
 import { isWeightOnlyLayer } from "../quantization/mode.js";
 import { writeOutputDir } from "../util/output-dir.js";
@@ -38,6 +38,8 @@ export interface ConvertOptions {
   weightOnlyBits?: 4 | 8;
   /** GPTQ int4 with group scales and zeros (W4A16_GPTQ), calibrated on these texts. */
   gptq?: { groupSize: number; calibDataset?: string; calibSize: number };
+  /** INT8 KV cache: one calibrated scale per layer, amax(keys, values) / 127 (TensorRT-LLM's INT8 KV cache). */
+  int8KvCache?: { calibDataset?: string; calibSize: number };
   overwrite?: boolean;
 }
 
@@ -119,12 +121,16 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   cfg.mapping = mapping.toConfig();
   if (opts.gptq && opts.weightOnlyBits)
     throw new UsageError("give one weight-only precision, not both int4_gptq and int8/int4");
+  const calibSettings = opts.gptq ?? opts.int8KvCache;
+  const acts = calibSettings ? await calibrate(opts, calibSettings, opts.gptq !== undefined) : null;
   const quantizer = opts.gptq
-    ? gptqQuantizer(await calibrate(opts, opts.gptq), opts.gptq.groupSize)
+    ? gptqQuantizer(acts!.linearInputs, opts.gptq.groupSize)
     : opts.weightOnlyBits
       ? weightOnlyQuantizer(opts.weightOnlyBits)
       : null;
   if (quantizer) cfg.quantization.quant_algo = quantizer.algo;
+  const kvScales = opts.int8KvCache ? int8KvScales(acts!.kvAmax) : null;
+  if (kvScales) cfg.quantization.kv_cache_quant_algo = "INT8";
   if (opts.gptq) {
     cfg.quantization.group_size = opts.gptq.groupSize;
     cfg.quantization.has_zero_point = true;
@@ -137,11 +143,14 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
     );
     const quantized = (t: RankTensor) => quantizer !== null && isWeightOnlyLayer(t.name);
     // Every source and every quantized shape is checked before anything is written: a refusal leaves no output.
-    const specs = ranks.map((tensors) =>
-      tensors.flatMap((t) =>
+    const layersOf = (f: number) => mapping.ppLayers(cfg.num_hidden_layers, Math.floor(f / mapping.tpSize));
+    const kvScaleName = (local: number) => `transformer.layers.${local}.attention.kv_cache_scaling_factor`;
+    const specs = ranks.map((tensors, f) => [
+      ...tensors.flatMap((t) =>
         quantized(t) ? quantizer!.specs(t, target) : [{ name: t.name, dtype: target, shape: t.shape }],
       ),
-    );
+      ...(kvScales ? layersOf(f).map((_, i) => ({ name: kvScaleName(i), dtype: "F32" as const, shape: [1] })) : []),
+    ]);
     for (const tensors of ranks) {
       for (const t of tensors) {
         for (const p of t.parts) {
@@ -158,7 +167,7 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
       );
       ranks.forEach((tensors, f) => {
         const writer = new SafetensorsWriter(path.join(dir, `rank${f}.safetensors`), specs[f]);
-        const layers = mapping.ppLayers(cfg.num_hidden_layers, Math.floor(f / mapping.tpSize));
+        const layers = layersOf(f);
         for (const t of tensors) {
           if (quantized(t)) {
             const values = decodeToFloat32(tensorBytes(store, t, "F32", opts.modelDir), "F32");
@@ -175,6 +184,11 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
           }
           bar.tick(`rank${f} ${t.name}`);
         }
+        if (kvScales) {
+          layers.forEach((l, i) => {
+            writer.write(kvScaleName(i), new Uint8Array(Float32Array.of(kvScales[l]).buffer));
+          });
+        }
         writer.close();
       });
       bar.done();
@@ -187,17 +201,26 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   }
 }
 
-/** Calibration inputs of every linear layer: a float32 single-rank copy of the model run on the cpu backend. */
-async function calibrate(opts: ConvertOptions, g: NonNullable<ConvertOptions["gptq"]>) {
+/** Calibration: a float32 single-rank copy of the model run on the cpu backend (linear inputs only for GPTQ). */
+async function calibrate(
+  opts: ConvertOptions,
+  g: { calibDataset?: string; calibSize: number },
+  linearInputs: boolean,
+): Promise<Activations> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-calib-ckpt-"));
   try {
     const texts = calibrationTexts(g.calibDataset, g.calibSize);
     const ckpt = path.join(tmp, "ckpt");
     await convertHfCheckpoint({ modelDir: opts.modelDir, outputDir: ckpt, dtype: "float32" });
-    return await captureLinearInputs(ckpt, opts.modelDir, texts, 512, 4096);
+    return await captureActivations(ckpt, opts.modelDir, texts, { linearInputs, maxTokens: 512, maxRows: 4096 });
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
+}
+
+/** Per layer amax / 127: int8 codes −127…127 span the calibrated range (a layer that saw only zeros gets 1). */
+export function int8KvScales(kvAmax: Float32Array): Float32Array {
+  return kvAmax.map((a) => (a > 0 ? a / 127 : 1));
 }
 
 /** Tokenizer files travel with the checkpoint and the engine, so `kiln run` needs no --tokenizer_dir. */

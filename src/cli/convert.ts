@@ -46,6 +46,11 @@ export function convertCommand(): Command {
         .default("int8")
         .argParser(oneOf(["int8", "int4", "int4_gptq"] as const)),
     )
+    .option(
+      "--int8_kv_cache",
+      "store the KV cache as int8 with one calibrated scale a layer (kv_cache_quant_algo INT8; cpu backend)",
+      false,
+    )
     .option("--group_size <n>", "input channels a GPTQ scale and zero cover", positiveInt, 128)
     .option(
       "--calib_dataset <file>",
@@ -79,6 +84,7 @@ export function convertCommand(): Command {
           o.weight_only_precision === "int4_gptq"
             ? { groupSize: o.group_size, calibDataset: o.calib_dataset, calibSize: o.calib_size }
             : undefined,
+        int8KvCache: o.int8_kv_cache ? { calibDataset: o.calib_dataset, calibSize: o.calib_size } : undefined,
       });
       const secs = ((performance.now() - t0) / 1000).toFixed(1);
       console.error(

@@ -21,6 +21,7 @@ export function decoderTensorShapes(cfg: PretrainedConfig): Map<string, number[]
     m.set(`${t}.attention.dense.weight`, [H, cfg.num_attention_heads * D]);
     if (cfg.dense_bias === true) m.set(`${t}.attention.dense.bias`, [H]);
     m.set(`${t}.post_layernorm.weight`, [H]);
+    if (cfg.quantization.kv_cache_quant_algo === "INT8") m.set(`${t}.attention.kv_cache_scaling_factor`, [1]);
     m.set(`${t}.mlp.fc.weight`, [I, H]);
     m.set(`${t}.mlp.gate.weight`, [I, H]);
     m.set(`${t}.mlp.proj.weight`, [H, I]);

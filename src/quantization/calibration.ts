@@ -77,17 +77,25 @@ export interface LinearInputs {
   rows: number;
 }
 
+export interface Activations {
+  /** Per linear weight name (TensorRT-LLM's), the inputs it saw; empty unless asked for. */
+  linearInputs: Map<string, LinearInputs>;
+  /** Per layer, the largest |key| or |value| (after RoPE) that entered the KV cache. */
+  kvAmax: Float32Array;
+}
+
 /**
  * Runs `texts` (each cut to `maxTokens`) through an unquantized single-rank float32 checkpoint on the cpu
- * backend and returns, per linear weight name (TensorRT-LLM's), the inputs it saw (at most `maxRows` rows).
+ * backend and records what calibration needs: linear inputs (at most `maxRows` rows, when `linearInputs`)
+ * and the KV cache's per-layer range.
  */
-export async function captureLinearInputs(
+export async function captureActivations(
   checkpointDir: string,
   tokenizerDir: string,
   texts: string[],
-  maxTokens: number,
-  maxRows: number,
-): Promise<Map<string, LinearInputs>> {
+  want: { linearInputs: boolean; maxTokens: number; maxRows: number },
+): Promise<Activations> {
+  const { maxTokens, maxRows } = want;
   const tok = TextTokenizer.load(tokenizerDir);
   const engineDir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-calib-"));
   try {
@@ -102,8 +110,15 @@ export async function captureLinearInputs(
     const maxLen = Math.min(maxTokens, llm.buildConfig.max_input_len, llm.buildConfig.max_seq_len - 1);
     const seen = new Map<string, { parts: Float32Array[]; cols: number }>();
     let rowsTaken = 0;
-    (llm.engine.backend as CpuBackend).watchLinearInputs((name, x) => {
-      if (!name) return;
+    const backend = llm.engine.backend as CpuBackend;
+    const kvAmax = new Float32Array(llm.engine.config.pretrained_config.num_hidden_layers);
+    backend.watchKvWrites((layer, keys, values) => {
+      let m = kvAmax[layer];
+      for (let i = 0; i < keys.length; i++) m = Math.max(m, Math.abs(keys[i]), Math.abs(values[i]));
+      kvAmax[layer] = m;
+    });
+    backend.watchLinearInputs((name, x) => {
+      if (!name || !want.linearInputs) return;
       const entry = seen.get(name) ?? { parts: [], cols: x.cols };
       entry.parts.push(x.data.slice());
       seen.set(name, entry);
@@ -116,10 +131,11 @@ export async function captureLinearInputs(
       rowsTaken += ids.length;
       if (rowsTaken >= maxRows) break;
     }
-    (llm.engine.backend as CpuBackend).watchLinearInputs(null);
+    backend.watchLinearInputs(null);
+    backend.watchKvWrites(null);
     llm.dispose();
     if (rowsTaken === 0) throw new ConfigError("calibration texts encode to no tokens");
-    const out = new Map<string, LinearInputs>();
+    const linearInputs = new Map<string, LinearInputs>();
     for (const [name, { parts, cols }] of seen) {
       const all = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
       let at = 0;
@@ -128,9 +144,9 @@ export async function captureLinearInputs(
         at += p.length;
       }
       const rows = Math.min(maxRows, all.length / cols);
-      out.set(name, { x: all.subarray(0, rows * cols), rows });
+      linearInputs.set(name, { x: all.subarray(0, rows * cols), rows });
     }
-    return out;
+    return { linearInputs, kvAmax };
   } finally {
     fs.rmSync(engineDir, { recursive: true, force: true });
   }

@@ -113,7 +113,17 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
   } finally {
     file.close();
   }
-  const backend = new CpuBackend(weights);
+  const m = config.pretrained_config;
+  const kvScales =
+    m.quantization.kv_cache_quant_algo === "INT8"
+      ? Float32Array.from({ length: m.num_hidden_layers }, (_, l) => {
+          const name = `transformer.layers.${l}.attention.kv_cache_scaling_factor`;
+          const s = weights.get(name);
+          if (!s || !(s.data[0] > 0)) throw new EngineError(`${file.path}: INT8 KV cache needs a positive "${name}"`);
+          return s.data[0];
+        })
+      : null;
+  const backend = new CpuBackend(weights, kvScales);
   const model = new DecoderModel(config.pretrained_config, backend);
   return { dir, config, backend, model, executor: eagerExecutor(backend, model, config.pretrained_config.vocab_size) };
 }

@@ -31,7 +31,7 @@ export function cpuTensor(rows: number, cols: number, data: Float32Array = new F
 export class CpuBackend implements Backend<CpuTensor> {
   readonly name = "cpu" as const;
   private kv: CpuKvStore | null = null;
-  readonly kvBytesPerValue = 4;
+  readonly kvBytesPerValue: number;
 
   /** Blocks are materialised on first write, so the cap only bounds what a burst of requests may take. */
   kvBudgetBytes(): number {
@@ -42,7 +42,20 @@ export class CpuBackend implements Backend<CpuTensor> {
   private linearWatcher: ((weightName: string, x: CpuTensor) => void) | null = null;
   private namesOfWeights: Map<CpuTensor, string> | null = null;
 
-  constructor(private readonly weights: Map<string, CpuTensor>) {}
+  /** Calibration: called with each token's keys and values (after RoPE) as they enter the cache. */
+  private kvWatcher: ((layer: number, keys: Float32Array, values: Float32Array) => void) | null = null;
+
+  /** `int8KvScales`: one per layer for an INT8 KV cache (TensorRT-LLM's kv_cache_scaling_factor), else null. */
+  constructor(
+    private readonly weights: Map<string, CpuTensor>,
+    private readonly int8KvScales: Float32Array | null = null,
+  ) {
+    this.kvBytesPerValue = int8KvScales ? 1 : 4;
+  }
+
+  watchKvWrites(watch: ((layer: number, keys: Float32Array, values: Float32Array) => void) | null): void {
+    this.kvWatcher = watch;
+  }
 
   /** Calls `watch` with the input of every linear layer the model runs (null stops watching). */
   watchLinearInputs(watch: ((weightName: string, x: CpuTensor) => void) | null): void {
@@ -61,7 +74,7 @@ export class CpuBackend implements Backend<CpuTensor> {
   }
 
   allocateKvCache(spec: KvCacheSpec): void {
-    this.kv = new CpuKvStore(spec);
+    this.kv = new CpuKvStore(spec, this.int8KvScales);
   }
 
   copyKvBlocks(copies: readonly { src: number; dst: number }[]): void {
@@ -151,10 +164,10 @@ export class CpuBackend implements Backend<CpuTensor> {
       const row = r * qkv.cols;
       for (let h = 0; h < numHeads + numKvHeads; h++) rotateHalf(qkv.data, row + h * headSize, cos, sin, half);
       if (step.slotMapping[r] < 0) continue; // a padding row
-      const [kb, ko] = kv.keyAt(layer, step.slotMapping[r]);
-      kb.set(qkv.data.subarray(row + kOff, row + kOff + kvFloats), ko);
-      const [vb, vo] = kv.valueAt(layer, step.slotMapping[r]);
-      vb.set(qkv.data.subarray(row + vOff, row + vOff + kvFloats), vo);
+      const k = qkv.data.subarray(row + kOff, row + kOff + kvFloats);
+      const v = qkv.data.subarray(row + vOff, row + vOff + kvFloats);
+      this.kvWatcher?.(layer, k, v);
+      kv.write(layer, step.slotMapping[r], k, v);
     }
   }
 
@@ -163,7 +176,8 @@ export class CpuBackend implements Backend<CpuTensor> {
     const kv = this.kvStore();
     const tpb = kv.spec.tokensPerBlock;
     const group = numHeads / numKvHeads;
-    const scale = 1 / Math.sqrt(headSize);
+    const scale = kv.scale(layer) / Math.sqrt(headSize);
+    const vScale = kv.scale(layer);
     const out = cpuTensor(qkv.rows, numHeads * headSize);
     let scores = new Float64Array(256);
     const acc = new Float64Array(headSize);
@@ -196,7 +210,7 @@ export class CpuBackend implements Backend<CpuTensor> {
             for (let d = 0; d < headSize; d++) acc[d] += p * vb[vo + d];
           }
           const o = r * out.cols + h * headSize;
-          for (let d = 0; d < headSize; d++) out.data[o + d] = acc[d];
+          for (let d = 0; d < headSize; d++) out.data[o + d] = acc[d] * vScale;
         }
       }
     }
