@@ -9,7 +9,7 @@ import { buildEngine } from "../src/builder/build-engine.js";
 import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { LLM } from "../src/runtime/llm.js";
-import { FIXTURES, loadReference, stackRows, succeeded, tempDir } from "./helpers.js";
+import { contextLogitError, FIXTURES, loadReference, tempDir } from "./helpers.js";
 
 const work = tempDir("kiln-gptq-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -34,17 +34,8 @@ async function logitError(opts: Parameters<typeof convertHfCheckpoint>[0], name:
     request: { gather_context_logits: true },
   });
   const llm = await LLM.load(`${opts.outputDir}-e`);
-  const outs = succeeded(
-    llm.generate(
-      ref.prompts.map((p) => p.inputIds),
-      { maxNewTokens: 1, endId: null },
-    ),
-  );
-  let worst = 0;
-  ref.prompts.forEach((p, i) => {
-    const got = stackRows(outs[i].contextLogits!, ref.vocab);
-    for (let k = 0; k < got.length; k++) worst = Math.max(worst, Math.abs(got[k] - p.contextLogits[k]));
-  });
+  const { worst } = contextLogitError(llm, ref);
+  llm.dispose();
   console.log(`# ${name}: max |Δlogit| vs transformers ${worst.toFixed(4)}`);
   return worst;
 }

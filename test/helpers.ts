@@ -5,6 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
+import type { LLM } from "../src/runtime/llm.js";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const FIXTURES = path.join(ROOT, "test", "fixtures");
@@ -78,6 +79,33 @@ export function succeeded<T extends object>(results: (T | { error: Error })[]): 
     if ("error" in r) throw new Error(`request ${i} failed: ${r.error.message}`);
     return r as T;
   });
+}
+
+/**
+ * Runs a fixture's reference prompts through `llm` (built with gather_context_logits) and measures its context
+ * logits against transformers': the largest |Δ|, and the logits' std and rms to scale it by.
+ */
+export function contextLogitError(llm: LLM, ref: FixtureReference): { worst: number; std: number; rms: number } {
+  const outs = succeeded(
+    llm.generate(
+      ref.prompts.map((p) => p.inputIds),
+      { maxNewTokens: 1, endId: null },
+    ),
+  );
+  let worst = 0;
+  let sum = 0;
+  let sq = 0;
+  let n = 0;
+  ref.prompts.forEach((p, i) => {
+    const got = stackRows(outs[i].contextLogits!, ref.vocab);
+    for (let k = 0; k < got.length; k++) {
+      worst = Math.max(worst, Math.abs(got[k] - p.contextLogits[k]));
+      sum += p.contextLogits[k];
+      sq += p.contextLogits[k] ** 2;
+      n++;
+    }
+  });
+  return { worst, std: Math.sqrt(sq / n - (sum / n) ** 2), rms: Math.sqrt(sq / n) };
 }
 
 const engineCache = new Map<string, string>();

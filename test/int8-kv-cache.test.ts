@@ -12,7 +12,7 @@ import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { Mapping } from "../src/mapping.js";
 import { LLM } from "../src/runtime/llm.js";
-import { FIXTURES, loadReference, stackRows, succeeded, tempDir } from "./helpers.js";
+import { contextLogitError, FIXTURES, loadReference, tempDir } from "./helpers.js";
 
 const work = tempDir("kiln-kv8-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -92,25 +92,9 @@ describe("INT8 KV cache", () => {
       });
       const llm = await LLM.load(`${ckpt}-e`);
       assert.equal(llm.engine.backend.kvBytesPerValue, kv8 ? 1 : 4);
-      const outs = succeeded(
-        llm.generate(
-          ref.prompts.map((p) => p.inputIds),
-          { maxNewTokens: 1, endId: null },
-        ),
-      );
+      const { worst, rms } = contextLogitError(llm, ref);
       llm.dispose();
-      let worst = 0;
-      let sq = 0;
-      let n = 0;
-      ref.prompts.forEach((p, i) => {
-        const got = stackRows(outs[i].contextLogits!, ref.vocab);
-        for (let k = 0; k < got.length; k++) {
-          worst = Math.max(worst, Math.abs(got[k] - p.contextLogits[k]));
-          sq += p.contextLogits[k] ** 2;
-          n++;
-        }
-      });
-      errors[kv8 ? "int8" : "float32"] = worst / Math.sqrt(sq / n);
+      errors[kv8 ? "int8" : "float32"] = worst / rms;
     }
     console.log(`# ${fixture}: max |Δlogit| / rms(logits): float32 KV ${errors.float32}, int8 KV ${errors.int8}`);
     assert.ok(errors.float32 < 1e-4, `float32: ${errors.float32}`);

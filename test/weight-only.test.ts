@@ -12,7 +12,7 @@ import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { Mapping } from "../src/mapping.js";
 import { dequantizeWeightOnly, int4At, quantizeWeightOnly, roundHalfEven } from "../src/quantization/weight-only.js";
 import { LLM } from "../src/runtime/llm.js";
-import { FIXTURE_NAMES, FIXTURES, loadReference, stackRows, succeeded, tempDir } from "./helpers.js";
+import { contextLogitError, FIXTURE_NAMES, FIXTURES, loadReference, tempDir } from "./helpers.js";
 
 const work = tempDir("kiln-wo-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -102,26 +102,8 @@ describe("weight-only engines against transformers", () => {
           request: { gather_context_logits: true },
         });
         const llm = await LLM.load(engine);
-        const outs = succeeded(
-          llm.generate(
-            ref.prompts.map((p) => p.inputIds),
-            { maxNewTokens: 1, endId: null },
-          ),
-        );
-        let worst = 0;
-        let sum = 0;
-        let sq = 0;
-        let n = 0;
-        ref.prompts.forEach((p, i) => {
-          const got = stackRows(outs[i].contextLogits!, ref.vocab);
-          for (let k = 0; k < got.length; k++) {
-            worst = Math.max(worst, Math.abs(got[k] - p.contextLogits[k]));
-            sum += p.contextLogits[k];
-            sq += p.contextLogits[k] ** 2;
-            n++;
-          }
-        });
-        const std = Math.sqrt(sq / n - (sum / n) ** 2);
+        const { worst, std } = contextLogitError(llm, ref);
+        llm.dispose();
         errors[bits] = worst / std;
       }
       console.log(`# ${name}: max |Δlogit| / std(logits): int8 ${errors[8].toFixed(4)}, int4 ${errors[4].toFixed(4)}`);
