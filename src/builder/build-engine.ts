@@ -78,8 +78,9 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
       model,
       build,
       sectionBytes(weights),
-      // Bytes a cached key or value takes: the cpu backend keeps float32, or int8 for an INT8 KV cache.
-      opts.backend === "cpu" ? (q.kv_cache_quant_algo === "INT8" ? 1 : 4) : dtypeByteSize(dtypeFromName(model.dtype)),
+      opts.backend === "cpu" ? 4 : dtypeByteSize(dtypeFromName(model.dtype)),
+      // The cpu backend's INT8 KV cache (cuda refuses one above).
+      q.kv_cache_quant_algo === "INT8" ? 1 : undefined,
     );
     checkMemoryPlan(memory, build);
     // The GPU's own target (and the kernels compiled for it) come last: a refusal above costs no compile.

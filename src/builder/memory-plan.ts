@@ -23,6 +23,8 @@ export function planMemory(
   build: BuildConfig,
   weightsBytes: number,
   bytesPerValue = 4,
+  /** Bytes a cached key or value takes (an int8 KV cache: 1). */
+  kvBytesPerValue = bytesPerValue,
 ): MemoryPlan {
   const H = model.hidden_size;
   const qkv = (model.num_attention_heads + 2 * model.num_key_value_heads) * model.head_size;
@@ -30,7 +32,7 @@ export function planMemory(
   const perToken = 3 * H + qkv + model.num_attention_heads * model.head_size + 3 * model.intermediate_size;
   const logitRows = build.gather_context_logits ? build.max_num_tokens : build.max_batch_size * build.max_beam_width;
   const activationBytes = (build.max_num_tokens * perToken + logitRows * model.vocab_size) * bytesPerValue;
-  const kvBytesPerToken = model.num_hidden_layers * 2 * model.num_key_value_heads * model.head_size * bytesPerValue;
+  const kvBytesPerToken = model.num_hidden_layers * 2 * model.num_key_value_heads * model.head_size * kvBytesPerValue;
   return {
     weightsBytes,
     activationBytes,

@@ -38,7 +38,7 @@ export interface ConvertOptions {
   weightOnlyBits?: 4 | 8;
   /** GPTQ int4 with group scales and zeros (W4A16_GPTQ), calibrated on these texts. */
   gptq?: { groupSize: number; calibDataset?: string; calibSize: number };
-  /** INT8 KV cache: one calibrated scale per layer, amax(keys, values) / 127 (TensorRT-LLM's INT8 KV cache). */
+  /** INT8 KV cache: one calibrated scale per layer, max |qkv output| / 127 (TensorRT-LLM's converter). */
   int8KvCache?: { calibDataset?: string; calibSize: number };
   overwrite?: boolean;
 }

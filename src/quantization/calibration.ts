@@ -80,7 +80,7 @@ export interface LinearInputs {
 export interface Activations {
   /** Per linear weight name (TensorRT-LLM's), the inputs it saw; empty unless asked for. */
   linearInputs: Map<string, LinearInputs>;
-  /** Per layer, the largest |key| or |value| (after RoPE) that entered the KV cache. */
+  /** Per layer, the largest |q|, |k| or |v| out of the qkv projection (TensorRT-LLM's INT8 KV calibration). */
   kvAmax: Float32Array;
 }
 
@@ -112,9 +112,9 @@ export async function captureActivations(
     let rowsTaken = 0;
     const backend = llm.engine.backend as CpuBackend;
     const kvAmax = new Float32Array(llm.engine.config.pretrained_config.num_hidden_layers);
-    backend.watchKvWrites((layer, keys, values) => {
+    backend.watchQkvOutputs((layer, qkv) => {
       let m = kvAmax[layer];
-      for (let i = 0; i < keys.length; i++) m = Math.max(m, Math.abs(keys[i]), Math.abs(values[i]));
+      for (let i = 0; i < qkv.length; i++) m = Math.max(m, Math.abs(qkv[i]));
       kvAmax[layer] = m;
     });
     backend.watchLinearInputs((name, x) => {
@@ -132,7 +132,7 @@ export async function captureActivations(
       if (rowsTaken >= maxRows) break;
     }
     backend.watchLinearInputs(null);
-    backend.watchKvWrites(null);
+    backend.watchQkvOutputs(null);
     llm.dispose();
     if (rowsTaken === 0) throw new ConfigError("calibration texts encode to no tokens");
     const linearInputs = new Map<string, LinearInputs>();

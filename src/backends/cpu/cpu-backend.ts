@@ -42,8 +42,8 @@ export class CpuBackend implements Backend<CpuTensor> {
   private linearWatcher: ((weightName: string, x: CpuTensor) => void) | null = null;
   private namesOfWeights: Map<CpuTensor, string> | null = null;
 
-  /** Calibration: called with each token's keys and values (after RoPE) as they enter the cache. */
-  private kvWatcher: ((layer: number, keys: Float32Array, values: Float32Array) => void) | null = null;
+  /** Calibration: called with each layer's qkv output (bias added, before RoPE). */
+  private qkvWatcher: ((layer: number, qkv: Float32Array) => void) | null = null;
 
   /** `int8KvScales`: one per layer for an INT8 KV cache (TensorRT-LLM's kv_cache_scaling_factor), else null. */
   constructor(
@@ -53,8 +53,8 @@ export class CpuBackend implements Backend<CpuTensor> {
     this.kvBytesPerValue = int8KvScales ? 1 : 4;
   }
 
-  watchKvWrites(watch: ((layer: number, keys: Float32Array, values: Float32Array) => void) | null): void {
-    this.kvWatcher = watch;
+  watchQkvOutputs(watch: ((layer: number, qkv: Float32Array) => void) | null): void {
+    this.qkvWatcher = watch;
   }
 
   /** Calls `watch` with the input of every linear layer the model runs (null stops watching). */
@@ -145,6 +145,7 @@ export class CpuBackend implements Backend<CpuTensor> {
     if (bias) {
       for (let r = 0; r < qkv.rows; r++) for (let c = 0; c < qkv.cols; c++) qkv.data[r * qkv.cols + c] += bias.data[c];
     }
+    this.qkvWatcher?.(layer, qkv.data);
     const { numHeads, numKvHeads, headSize } = shape;
     const half = rope.rotaryDim / 2;
     const cos = new Float32Array(half);
@@ -166,7 +167,6 @@ export class CpuBackend implements Backend<CpuTensor> {
       if (step.slotMapping[r] < 0) continue; // a padding row
       const k = qkv.data.subarray(row + kOff, row + kOff + kvFloats);
       const v = qkv.data.subarray(row + vOff, row + vOff + kvFloats);
-      this.kvWatcher?.(layer, k, v);
       kv.write(layer, step.slotMapping[r], k, v);
     }
   }
