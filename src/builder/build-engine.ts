@@ -52,7 +52,7 @@ export function readCheckpointConfig(dir: string): PretrainedConfig {
   if ((mode && !mode.supported) || (kvAlgo !== null && kvAlgo !== "INT8")) {
     const what = cfg.quantization.quant_algo ?? `kv_cache_quant_algo ${cfg.quantization.kv_cache_quant_algo}`;
     throw new ConfigError(
-      `${where}: quantization ${what} is not supported by this kiln yet (supported: W8A16, W4A16, W4A16_GPTQ, and an INT8 KV cache)`,
+      `${where}: quantization ${what} is not supported by this kiln yet (supported: W8A16, W4A16, W4A16_GPTQ, W8A8_SQ_*_PLUGIN, and an INT8 KV cache)`,
     );
   }
   return cfg;

@@ -8,6 +8,7 @@ import type { SafetensorsFile } from "../checkpoint/safetensors.js";
 import { CheckpointError } from "../errors.js";
 import { decoderTensorShapes } from "../models/decoder.js";
 import { companionName, isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
+import { type SqVariant, sqVariantOf } from "../quantization/smoothquant.js";
 import type { SectionSpec } from "./engine-file.js";
 
 export interface PlannedSection {
@@ -57,6 +58,8 @@ function tensorSection(
 /** float32 tensors for the cpu kernels; weight-only quantized layers keep their int8 bytes and float32 scales. */
 export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile): PlannedSection[] {
   const algo = cfg.quantization.quant_algo;
+  const sq = sqVariantOf(algo);
+  if (sq) return smoothQuantSections(cfg, file, sq);
   const quantized = algo === "W8A16" || algo === "W4A16" || algo === "W4A16_GPTQ";
   return [...decoderTensorShapes(cfg)].flatMap(([name, shape]) => {
     if (!quantized || !isWeightOnlyLayer(name)) {
@@ -73,6 +76,36 @@ export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile): Plann
       tensorSection(name, stored, "I8", [checkedSource(name, stored, file)], file),
       tensorSection(scale, [out], "F32", [checkedSource(scale, [out], file)], file),
     ];
+  });
+}
+
+/**
+ * W8A8_SQ_*_PLUGIN: [out, in] int8 weights and float32 scales as the checkpoint holds them (the norms' weights
+ * come already divided by the smoothing factors, with their scale_to_int).
+ */
+function smoothQuantSections(cfg: PretrainedConfig, file: SafetensorsFile, v: SqVariant): PlannedSection[] {
+  const f32 = (name: string, shape: number[]) =>
+    tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file);
+  return [...decoderTensorShapes(cfg)].flatMap(([name, shape]) => {
+    if (/layernorm\.weight$/.test(name) && name.startsWith("transformer.layers.")) {
+      return [f32(name, shape), f32(name.replace(/\.weight$/, ".scale_to_int"), [1])];
+    }
+    if (!isWeightOnlyLayer(name)) return [f32(name, shape)];
+    const [out, inDim] = shape;
+    if (!file.has(name) || file.info(name).dtype !== "I8") {
+      throw new CheckpointError(`${file.path}: ${cfg.quantization.quant_algo} expects "${name}" as I8 [${shape}]`);
+    }
+    const lin = name.replace(/\.weight$/, "");
+    const qkv = lin.endsWith("attention.qkv");
+    const row = lin.endsWith("attention.dense") || lin.endsWith("mlp.proj");
+    const sections = [
+      tensorSection(name, shape, "I8", [checkedSource(name, shape, file)], file),
+      f32(`${lin}.per_channel_scale`, [1, v.perChannel || qkv ? out : 1]),
+    ];
+    if (!v.perToken) sections.push(f32(`${lin}.act_scale`, [1, 1]));
+    if (row) sections.push(f32(`${lin}.smoother`, [1, inDim]));
+    if (row && !v.perToken) sections.push(f32(`${lin.replace(/\.[^.]+$/, "")}.quantization_scaling_factor`, [1]));
+    return sections;
   });
 }
 

@@ -11,12 +11,14 @@ import type { HfConfig } from "../models/hf-decoder.js";
 import { type Activations, calibrationTexts, captureActivations } from "../quantization/calibration.js";
 import { gptqQuantizer, weightOnlyQuantizer } from "../quantization/layer-quantizer.js";
 import { isWeightOnlyLayer } from "../quantization/mode.js";
+import { sqAlgo } from "../quantization/smoothquant.js";
+import { type SqTensor, smoothQuantTensors } from "../quantization/smoothquant-checkpoint.js";
 import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
 import { decodeToFloat32, dtypeByteSize, dtypeFromName, encodeFromFloat32 } from "./dtype.js";
 import type { ModelDtype, PretrainedConfig } from "./pretrained-config.js";
 import { type RankTensor, rankTensors } from "./rank-split.js";
-import { SafetensorsWriter } from "./safetensors.js";
+import { SafetensorsFile, SafetensorsWriter } from "./safetensors.js";
 import { TensorStore } from "./tensor-store.js";
 
 export const TOKENIZER_FILES = [
@@ -38,6 +40,8 @@ export interface ConvertOptions {
   weightOnlyBits?: 4 | 8;
   /** GPTQ int4 with group scales and zeros (W4A16_GPTQ), calibrated on these texts. */
   gptq?: { groupSize: number; calibDataset?: string; calibSize: number };
+  /** SmoothQuant W8A8 (TensorRT-LLM's W8A8_SQ_*_PLUGIN formats), calibrated on these texts. */
+  smoothquant?: { alpha: number; perToken: boolean; perChannel: boolean; calibDataset?: string; calibSize: number };
   /** INT8 KV cache: one calibrated scale per layer, max |qkv output| / 127 (TensorRT-LLM's converter). */
   int8KvCache?: { calibDataset?: string; calibSize: number };
   overwrite?: boolean;
@@ -121,8 +125,29 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   cfg.mapping = mapping.toConfig();
   if (opts.gptq && opts.weightOnlyBits)
     throw new UsageError("give one weight-only precision, not both int4_gptq and int8/int4");
-  const calibSettings = opts.gptq ?? opts.int8KvCache;
-  const acts = calibSettings ? await calibrate(opts, calibSettings, opts.gptq !== undefined) : null;
+  const sq = opts.smoothquant;
+  if (sq) {
+    if (!(sq.alpha >= 0 && sq.alpha <= 1)) throw new UsageError(`--smoothquant ${sq.alpha}: alpha must be in [0, 1]`);
+    if (opts.gptq || opts.weightOnlyBits)
+      throw new UsageError("give --smoothquant or a weight-only precision, not both");
+    if (mapping.tpSize > 1) {
+      throw new UsageError(
+        `--smoothquant with --tp_size ${mapping.tpSize}: this kiln converts SmoothQuant for tp 1 only`,
+      );
+    }
+  }
+  const target = dtypeFromName(cfg.dtype);
+  const calibSettings = opts.gptq ?? sq ?? opts.int8KvCache;
+  let sqTensors: Map<string, SqTensor[]> | null = null;
+  const acts = calibSettings
+    ? await calibrate(opts, calibSettings, opts.gptq !== undefined, (ckpt, a) => {
+        if (sq) sqTensors = smoothQuantTensors(ckpt, cfg, a, sq.alpha, sq, target);
+      })
+    : null;
+  if (sq) {
+    cfg.quantization.quant_algo = sqAlgo(sq);
+    cfg.quantization.smoothquant_val = sq.alpha;
+  }
   const quantizer = opts.gptq
     ? gptqQuantizer(acts!.linearInputs, opts.gptq.groupSize)
     : opts.weightOnlyBits
@@ -137,7 +162,6 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   }
   const store = TensorStore.open(opts.modelDir);
   try {
-    const target = dtypeFromName(cfg.dtype);
     const ranks = Array.from({ length: mapping.numFileRanks }, (_, f) =>
       rankTensors(cfg, mapping, f, (n) => store.has(n)),
     );
@@ -145,9 +169,21 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
     // Every source and every quantized shape is checked before anything is written: a refusal leaves no output.
     const layersOf = (f: number) => mapping.ppLayers(cfg.num_hidden_layers, Math.floor(f / mapping.tpSize));
     const kvScaleName = (local: number) => `transformer.layers.${local}.attention.kv_cache_scaling_factor`;
+    // SmoothQuant replaces norms and linear weights by tensors computed up front (tp 1: global = full tensors).
+    const sqOf = (t: RankTensor, f: number): SqTensor[] | undefined => {
+      const m = /^transformer\.layers\.(\d+)\./.exec(t.name);
+      if (!m || !sqTensors) return undefined;
+      const global = `transformer.layers.${layersOf(f)[Number(m[1])]}.`;
+      const local = (name: string) => m[0] + name.slice(global.length);
+      return (sqTensors as Map<string, SqTensor[]>)
+        .get(global + t.name.slice(m[0].length))
+        ?.map((x) => ({ ...x, name: local(x.name) }));
+    };
     const specs = ranks.map((tensors, f) => [
-      ...tensors.flatMap((t) =>
-        quantized(t) ? quantizer!.specs(t, target) : [{ name: t.name, dtype: target, shape: t.shape }],
+      ...tensors.flatMap(
+        (t) =>
+          sqOf(t, f) ??
+          (quantized(t) ? quantizer!.specs(t, target) : [{ name: t.name, dtype: target, shape: t.shape }]),
       ),
       ...(kvScales ? layersOf(f).map((_, i) => ({ name: kvScaleName(i), dtype: "F32" as const, shape: [1] })) : []),
     ]);
@@ -169,7 +205,9 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
         const writer = new SafetensorsWriter(path.join(dir, `rank${f}.safetensors`), specs[f]);
         const layers = layersOf(f);
         for (const t of tensors) {
-          if (quantized(t)) {
+          const sqt = sqOf(t, f);
+          if (sqt) for (const x of sqt) writer.write(x.name, x.bytes);
+          else if (quantized(t)) {
             const values = decodeToFloat32(tensorBytes(store, t, "F32", opts.modelDir), "F32");
             const globalName = t.name.replace(
               /^transformer\.layers\.(\d+)\./,
@@ -206,13 +244,21 @@ async function calibrate(
   opts: ConvertOptions,
   g: { calibDataset?: string; calibSize: number },
   linearInputs: boolean,
+  withCheckpoint: (ckpt: SafetensorsFile, acts: Activations) => void,
 ): Promise<Activations> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-calib-ckpt-"));
   try {
     const texts = calibrationTexts(g.calibDataset, g.calibSize);
     const ckpt = path.join(tmp, "ckpt");
     await convertHfCheckpoint({ modelDir: opts.modelDir, outputDir: ckpt, dtype: "float32" });
-    return await captureActivations(ckpt, opts.modelDir, texts, { linearInputs, maxTokens: 512, maxRows: 4096 });
+    const acts = await captureActivations(ckpt, opts.modelDir, texts, { linearInputs, maxTokens: 512, maxRows: 4096 });
+    const file = SafetensorsFile.open(path.join(ckpt, "rank0.safetensors"));
+    try {
+      withCheckpoint(file, acts);
+    } finally {
+      file.close();
+    }
+    return acts;
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }

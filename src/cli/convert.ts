@@ -3,7 +3,7 @@
 import { Command } from "commander";
 import { convertHfCheckpoint } from "../checkpoint/convert-hf.js";
 import { Mapping } from "../mapping.js";
-import { oneOf, positiveInt } from "./flags.js";
+import { finiteNumber, oneOf, positiveInt } from "./flags.js";
 
 export function convertCommand(): Command {
   const cmd = new Command("convert");
@@ -47,6 +47,13 @@ export function convertCommand(): Command {
         .argParser(oneOf(["int8", "int4", "int4_gptq"] as const)),
     )
     .option(
+      "--smoothquant <alpha>",
+      "SmoothQuant W8A8 with migration strength alpha in [0, 1] (calibrated; TensorRT-LLM's W8A8_SQ_*_PLUGIN)",
+      finiteNumber,
+    )
+    .option("--per_token", "SmoothQuant: quantize activations per token at run time (else one calibrated scale)", false)
+    .option("--per_channel", "SmoothQuant: one weight scale per output channel (else per tensor)", false)
+    .option(
       "--int8_kv_cache",
       "store the KV cache as int8 with one calibrated scale a layer (kv_cache_quant_algo INT8; cpu backend)",
       false,
@@ -83,6 +90,16 @@ export function convertCommand(): Command {
         gptq:
           o.weight_only_precision === "int4_gptq"
             ? { groupSize: o.group_size, calibDataset: o.calib_dataset, calibSize: o.calib_size }
+            : undefined,
+        smoothquant:
+          o.smoothquant !== undefined
+            ? {
+                alpha: o.smoothquant,
+                perToken: o.per_token,
+                perChannel: o.per_channel,
+                calibDataset: o.calib_dataset,
+                calibSize: o.calib_size,
+              }
             : undefined,
         int8KvCache: o.int8_kv_cache ? { calibDataset: o.calib_dataset, calibSize: o.calib_size } : undefined,
       });

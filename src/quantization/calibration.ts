@@ -80,6 +80,9 @@ export interface LinearInputs {
 export interface Activations {
   /** Per linear weight name (TensorRT-LLM's), the inputs it saw; empty unless asked for. */
   linearInputs: Map<string, LinearInputs>;
+  /** Per linear weight name, the largest |input| of each input channel, and the largest |output|. */
+  linearInputAmax: Map<string, Float32Array>;
+  linearOutputAmax: Map<string, number>;
   /** Per layer, the largest |q|, |k| or |v| out of the qkv projection (TensorRT-LLM's INT8 KV calibration). */
   kvAmax: Float32Array;
 }
@@ -117,8 +120,17 @@ export async function captureActivations(
       for (let i = 0; i < qkv.length; i++) m = Math.max(m, Math.abs(qkv[i]));
       kvAmax[layer] = m;
     });
-    backend.watchLinearInputs((name, x) => {
-      if (!name || !want.linearInputs) return;
+    const linearInputAmax = new Map<string, Float32Array>();
+    const linearOutputAmax = new Map<string, number>();
+    backend.watchLinears((name, x, y) => {
+      if (!name) return;
+      const xa = linearInputAmax.get(name) ?? new Float32Array(x.cols);
+      for (let i = 0; i < x.data.length; i++) xa[i % x.cols] = Math.max(xa[i % x.cols], Math.abs(x.data[i]));
+      linearInputAmax.set(name, xa);
+      let ya = linearOutputAmax.get(name) ?? 0;
+      for (let i = 0; i < y.data.length; i++) ya = Math.max(ya, Math.abs(y.data[i]));
+      linearOutputAmax.set(name, ya);
+      if (!want.linearInputs) return;
       const entry = seen.get(name) ?? { parts: [], cols: x.cols };
       entry.parts.push(x.data.slice());
       seen.set(name, entry);
@@ -131,7 +143,7 @@ export async function captureActivations(
       rowsTaken += ids.length;
       if (rowsTaken >= maxRows) break;
     }
-    backend.watchLinearInputs(null);
+    backend.watchLinears(null);
     backend.watchQkvOutputs(null);
     llm.dispose();
     if (rowsTaken === 0) throw new ConfigError("calibration texts encode to no tokens");
@@ -146,7 +158,7 @@ export async function captureActivations(
       const rows = Math.min(maxRows, all.length / cols);
       linearInputs.set(name, { x: all.subarray(0, rows * cols), rows });
     }
-    return { linearInputs, kvAmax };
+    return { linearInputs, linearInputAmax, linearOutputAmax, kvAmax };
   } finally {
     fs.rmSync(engineDir, { recursive: true, force: true });
   }

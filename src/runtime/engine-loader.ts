@@ -13,6 +13,7 @@ import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { ConfigError, EngineError } from "../errors.js";
 import { DecoderModel } from "../models/decoder.js";
 import { companionName, scaleName } from "../quantization/mode.js";
+import { type SqVariant, sqVariantOf } from "../quantization/smoothquant.js";
 import type { StepExecutor } from "./model-runner.js";
 
 export interface LoadedEngine {
@@ -87,7 +88,12 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
     }
     // Weight-only layers: [in, out] int8 (or [in, out/2] int4 pairs) with their per-output-channel scales.
     const groupSize = config.pretrained_config.quantization.group_size;
+    const sq = sqVariantOf(config.pretrained_config.quantization.quant_algo);
     for (const [name, { q, shape }] of quantized) {
+      if (sq) {
+        weights.set(name, smoothQuantWeight(weights, name, q, shape, sq, file.path));
+        continue;
+      }
       const groupScales = weights.get(companionName(name, "weights_scaling_factor"));
       const zeros = weights.get(companionName(name, "zero"));
       if (groupScales && zeros) {
@@ -126,4 +132,42 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
   const backend = new CpuBackend(weights, kvScales);
   const model = new DecoderModel(config.pretrained_config, backend);
   return { dir, config, backend, model, executor: eagerExecutor(backend, model, config.pretrained_config.vocab_size) };
+}
+
+/** A SmoothQuant linear from its engine sections: where its activation scale lives depends on the layer. */
+function smoothQuantWeight(
+  weights: Map<string, CpuTensor>,
+  name: string,
+  q: Int8Array,
+  shape: number[],
+  v: SqVariant,
+  where: string,
+): CpuTensor {
+  const lin = name.replace(/\.weight$/, "");
+  const get = (n: string) => {
+    const t = weights.get(n);
+    if (!t) throw new EngineError(`${where}: SmoothQuant "${name}" has no "${n}"`);
+    return t.data;
+  };
+  const [layer, kind] = /^(transformer\.layers\.\d+)\.(.+)$/.exec(lin)!.slice(1);
+  const row = kind === "attention.dense" || kind === "mlp.proj";
+  const scaleToInt = {
+    "attention.qkv": `${layer}.input_layernorm.scale_to_int`,
+    "mlp.fc": `${layer}.post_layernorm.scale_to_int`,
+    "mlp.gate": `${layer}.post_layernorm.scale_to_int`,
+    "attention.dense": `${layer}.attention.quantization_scaling_factor`,
+    "mlp.proj": `${layer}.mlp.quantization_scaling_factor`,
+  }[kind];
+  if (!scaleToInt) throw new EngineError(`${where}: "${name}" is not a layer SmoothQuant covers`);
+  return {
+    data: new Float32Array(0),
+    rows: shape[0],
+    cols: shape[1],
+    smoothQuant: {
+      q,
+      perChannelScale: get(`${lin}.per_channel_scale`),
+      staticScales: v.perToken ? null : { scaleToInt: get(scaleToInt)[0], actScale: get(`${lin}.act_scale`)[0] },
+      smoother: row ? get(`${lin}.smoother`) : null,
+    },
+  };
 }

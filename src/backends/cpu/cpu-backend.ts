@@ -1,6 +1,7 @@
 // The cpu backend: the reference implementation of the Backend interface on Float32Array.
 
 import { EngineError } from "../../errors.js";
+import { matmulSmoothQuant, type SqWeight } from "../../quantization/smoothquant.js";
 import { argmax, logSoftmax } from "../../runtime/sampling/sampler.js";
 import type { AttentionShape, Backend, KvCacheSpec, RopeSpec, StepInput } from "../backend.js";
 import {
@@ -22,6 +23,8 @@ export interface CpuTensor {
   quant?: { bits: 4 | 8; q: Int8Array; scales: Float32Array };
   /** A group-quantized weight (GPTQ): [in, out/2] signed int4 pairs; scales and zeros [in/groupSize, out]. */
   groupQuant?: { q: Int8Array; scales: Float32Array; zeros: Float32Array; groupSize: number };
+  /** A SmoothQuant weight ([out, in] int8) with its activation quantization (quantization/smoothquant.ts). */
+  smoothQuant?: SqWeight;
 }
 
 export function cpuTensor(rows: number, cols: number, data: Float32Array = new Float32Array(rows * cols)): CpuTensor {
@@ -38,8 +41,8 @@ export class CpuBackend implements Backend<CpuTensor> {
     return 4 * 2 ** 30;
   }
 
-  /** Calibration: called with each linear layer's weight name and input (see watchLinearInputs). */
-  private linearWatcher: ((weightName: string, x: CpuTensor) => void) | null = null;
+  /** Calibration: called with each linear layer's weight name, input and output (see watchLinears). */
+  private linearWatcher: ((weightName: string, x: CpuTensor, y: CpuTensor) => void) | null = null;
   private namesOfWeights: Map<CpuTensor, string> | null = null;
 
   /** Calibration: called with each layer's qkv output (bias added, before RoPE). */
@@ -57,8 +60,8 @@ export class CpuBackend implements Backend<CpuTensor> {
     this.qkvWatcher = watch;
   }
 
-  /** Calls `watch` with the input of every linear layer the model runs (null stops watching). */
-  watchLinearInputs(watch: ((weightName: string, x: CpuTensor) => void) | null): void {
+  /** Calls `watch` with the input and output of every linear layer the model runs (null stops watching). */
+  watchLinears(watch: ((weightName: string, x: CpuTensor, y: CpuTensor) => void) | null): void {
     this.linearWatcher = watch;
     this.namesOfWeights = watch ? new Map([...this.weights].map(([n, t]) => [t, n])) : null;
   }
@@ -125,12 +128,14 @@ export class CpuBackend implements Backend<CpuTensor> {
 
   linear(x: CpuTensor, weight: CpuTensor, bias: CpuTensor | null, _float32Out = true): CpuTensor {
     if (x.cols !== weight.cols) throw new Error(`linear: input has ${x.cols} columns, weight expects ${weight.cols}`);
-    if (this.linearWatcher) this.linearWatcher(this.namesOfWeights!.get(weight) ?? "", x);
     const out = cpuTensor(x.rows, weight.rows);
     const b = bias ? bias.data : null;
     if (weight.quant) matmulWeightOnly(x.data, x.rows, x.cols, weight.quant, weight.rows, b, out.data);
     else if (weight.groupQuant) matmulGroupwise(x.data, x.rows, x.cols, weight.groupQuant, weight.rows, b, out.data);
+    else if (weight.smoothQuant)
+      matmulSmoothQuant(x.data, x.rows, x.cols, weight.smoothQuant, weight.rows, b, out.data);
     else matmulTransposed(x.data, x.rows, x.cols, weight.data, weight.rows, b, out.data);
+    if (this.linearWatcher) this.linearWatcher(this.namesOfWeights!.get(weight) ?? "", x, out);
     return out;
   }
 

@@ -1,0 +1,97 @@
+// The tensors a SmoothQuant checkpoint holds in place of each layer's norms and linear weights (TensorRT-LLM's
+// W8A8_SQ_*_PLUGIN layout), from a single-rank float32 checkpoint and its calibration ranges.
+
+import type { EncodableDtype } from "../checkpoint/dtype.js";
+import { encodeFromFloat32 } from "../checkpoint/dtype.js";
+import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
+import type { SafetensorsFile, TensorSpec } from "../checkpoint/safetensors.js";
+import type { Activations } from "./calibration.js";
+import { quantizeSq, type SqVariant, smoothingFactors } from "./smoothquant.js";
+
+export interface SqTensor extends TensorSpec {
+  bytes: Uint8Array;
+}
+
+const f32 = (name: string, values: number[] | Float32Array, shape: number[]): SqTensor => ({
+  name,
+  dtype: "F32",
+  shape,
+  bytes: new Uint8Array(Float32Array.from(values).buffer),
+});
+
+/**
+ * Per global tensor name (a norm's or a linear layer's weight), the tensors that replace it: the folded norm
+ * with its scale_to_int; the int8 weight with per_channel_scale, act_scale (static), smoother and
+ * quantization_scaling_factor (dense, proj).
+ */
+export function smoothQuantTensors(
+  ckpt: SafetensorsFile,
+  cfg: PretrainedConfig,
+  acts: Activations,
+  alpha: number,
+  v: SqVariant,
+  target: EncodableDtype,
+): Map<string, SqTensor[]> {
+  const out = new Map<string, SqTensor[]>();
+  const D = cfg.head_size;
+  const range = (name: string) => {
+    const x = acts.linearInputAmax.get(name);
+    const y = acts.linearOutputAmax.get(name);
+    if (!x || y === undefined) throw new Error(`no calibration ranges recorded for ${name}`);
+    return { x, y };
+  };
+  /** Smooths and quantizes the linears sharing one input; returns s and the smoothed input's amax. */
+  const linears = (names: string[], blocks: (outDim: number) => number[], kind: "qkv" | "column" | "row") => {
+    const ws = names.map((n) => ckpt.readFloat32(n));
+    const inDim = ckpt.info(names[0]).shape[1];
+    const xAmax = range(names[0]).x;
+    const s = smoothingFactors(xAmax, ws, inDim, alpha);
+    let ax = 0;
+    for (let j = 0; j < inDim; j++) ax = Math.max(ax, xAmax[j] / s[j]);
+    names.forEach((n, k) => {
+      const w = ws[k];
+      const outDim = w.length / inDim;
+      for (let i = 0; i < w.length; i++) w[i] *= s[i % inDim];
+      const { q, wScale } = quantizeSq(w, outDim, inDim, v.perChannel, blocks(outDim));
+      const ay = range(n).y;
+      const stored = wScale.map((sw) => (v.perToken ? 1 / sw : 127 / ay / ((127 / ax) * sw)));
+      const broadcast = v.perChannel || kind === "qkv" ? stored : stored.subarray(0, 1);
+      const lin = n.replace(/\.weight$/, "");
+      const tensors: SqTensor[] = [
+        { name: n, dtype: "I8", shape: [outDim, inDim], bytes: new Uint8Array(q.buffer) },
+        f32(`${lin}.per_channel_scale`, broadcast, [1, broadcast.length]),
+      ];
+      if (!v.perToken) tensors.push(f32(`${lin}.act_scale`, [ay / 127], [1, 1]));
+      if (kind === "row") tensors.push(f32(`${lin}.smoother`, s, [1, inDim]));
+      out.set(n, tensors);
+    });
+    return { s, scaleToInt: v.perToken ? 1 : 127 / ax };
+  };
+  const foldNorm = (name: string, s: Float32Array, scaleToInt: number) => {
+    const g = ckpt.readFloat32(name).map((x, j) => x / s[j]);
+    const bytes = target === "F32" ? new Uint8Array(g.buffer) : encodeFromFloat32(g, target);
+    out.set(name, [
+      { name, dtype: target, shape: [g.length], bytes },
+      f32(name.replace(/\.weight$/, ".scale_to_int"), [scaleToInt], [1]),
+    ]);
+  };
+  const perTensor = (o: number) => [o];
+  const qkvBlocks = () => [cfg.num_attention_heads * D, cfg.num_key_value_heads * D, cfg.num_key_value_heads * D];
+  for (let l = 0; l < cfg.num_hidden_layers; l++) {
+    const t = `transformer.layers.${l}`;
+    const qkv = linears([`${t}.attention.qkv.weight`], qkvBlocks, "qkv");
+    foldNorm(`${t}.input_layernorm.weight`, qkv.s, qkv.scaleToInt);
+    const mlp = linears([`${t}.mlp.fc.weight`, `${t}.mlp.gate.weight`], perTensor, "column");
+    foldNorm(`${t}.post_layernorm.weight`, mlp.s, mlp.scaleToInt);
+    for (const [lin, owner] of [
+      ["attention.dense", "attention"],
+      ["mlp.proj", "mlp"],
+    ]) {
+      const { scaleToInt } = linears([`${t}.${lin}.weight`], perTensor, "row");
+      if (!v.perToken) {
+        out.get(`${t}.${lin}.weight`)!.push(f32(`${t}.${owner}.quantization_scaling_factor`, [scaleToInt], [1]));
+      }
+    }
+  }
+  return out;
+}
