@@ -5,11 +5,9 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { buildEngine } from "../src/builder/build-engine.js";
 import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
-import { LLM } from "../src/runtime/llm.js";
-import { contextLogitError, FIXTURES, loadReference, tempDir } from "./helpers.js";
+import { contextLogitError, convertBuildLoad, FIXTURES, loadReference, tempDir } from "./helpers.js";
 
 const work = tempDir("kiln-gptq-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -26,14 +24,7 @@ fs.writeFileSync(
 
 async function logitError(opts: Parameters<typeof convertHfCheckpoint>[0], name: string): Promise<number> {
   const ref = loadReference("qwen2_tied_gqa");
-  await convertHfCheckpoint(opts);
-  await buildEngine({
-    checkpointDir: opts.outputDir,
-    outputDir: `${opts.outputDir}-e`,
-    backend: "cpu",
-    request: { gather_context_logits: true },
-  });
-  const llm = await LLM.load(`${opts.outputDir}-e`);
+  const { llm } = await convertBuildLoad(opts);
   const { worst } = contextLogitError(llm, ref);
   llm.dispose();
   console.log(`# ${name}: max |Δlogit| vs transformers ${worst.toFixed(4)}`);

@@ -4,8 +4,11 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { buildEngine } from "../src/builder/build-engine.js";
+import { type ConvertOptions, convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import type { PretrainedConfig } from "../src/checkpoint/pretrained-config.js";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
-import type { LLM } from "../src/runtime/llm.js";
+import { LLM } from "../src/runtime/llm.js";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const FIXTURES = path.join(ROOT, "test", "fixtures");
@@ -106,6 +109,18 @@ export function contextLogitError(llm: LLM, ref: FixtureReference): { worst: num
     }
   });
   return { worst, std: Math.sqrt(sq / n - (sum / n) ** 2), rms: Math.sqrt(sq / n) };
+}
+
+/** Converts with `opts`, builds a cpu engine gathering context logits next to the checkpoint, and loads it. */
+export async function convertBuildLoad(opts: ConvertOptions): Promise<{ cfg: PretrainedConfig; llm: LLM }> {
+  const cfg = await convertHfCheckpoint(opts);
+  await buildEngine({
+    checkpointDir: opts.outputDir,
+    outputDir: `${opts.outputDir}-e`,
+    backend: "cpu",
+    request: { gather_context_logits: true },
+  });
+  return { cfg, llm: await LLM.load(`${opts.outputDir}-e`) };
 }
 
 const engineCache = new Map<string, string>();

@@ -11,8 +11,7 @@ import { buildEngine } from "../src/builder/build-engine.js";
 import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { Mapping } from "../src/mapping.js";
-import { LLM } from "../src/runtime/llm.js";
-import { contextLogitError, FIXTURES, loadReference, tempDir } from "./helpers.js";
+import { contextLogitError, convertBuildLoad, FIXTURES, loadReference, tempDir } from "./helpers.js";
 
 const work = tempDir("kiln-kv8-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -78,19 +77,12 @@ describe("INT8 KV cache", () => {
     const errors: Record<string, number> = {};
     for (const kv8 of [false, true]) {
       const ckpt = path.join(work, kv8 ? "kv8" : "kv32");
-      await convertHfCheckpoint({
+      const { llm } = await convertBuildLoad({
         modelDir: model,
         outputDir: ckpt,
         dtype: "float32",
         int8KvCache: kv8 ? { calibDataset: calib, calibSize: 2 } : undefined,
       });
-      await buildEngine({
-        checkpointDir: ckpt,
-        outputDir: `${ckpt}-e`,
-        backend: "cpu",
-        request: { gather_context_logits: true },
-      });
-      const llm = await LLM.load(`${ckpt}-e`);
       assert.equal(llm.engine.backend.kvBytesPerValue, kv8 ? 1 : 4);
       const { worst, rms } = contextLogitError(llm, ref);
       llm.dispose();

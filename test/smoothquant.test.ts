@@ -6,13 +6,11 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { buildEngine } from "../src/builder/build-engine.js";
 import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { Mapping } from "../src/mapping.js";
 import { matmulSmoothQuant, quantizeSq, type SqWeight, smoothingFactors } from "../src/quantization/smoothquant.js";
-import { LLM } from "../src/runtime/llm.js";
-import { contextLogitError, FIXTURES, loadReference, tempDir } from "./helpers.js";
+import { contextLogitError, convertBuildLoad, FIXTURES, loadReference, tempDir } from "./helpers.js";
 
 const work = tempDir("kiln-sq-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -193,19 +191,12 @@ describe("W8A8_SQ_*_PLUGIN checkpoints and engines", () => {
       [true, true],
     ]) {
       const ckpt = path.join(work, `sq-${perToken}-${perChannel}`);
-      const cfg = await convertHfCheckpoint({
+      const { cfg, llm } = await convertBuildLoad({
         modelDir: model,
         outputDir: ckpt,
         dtype: "float32",
         smoothquant: { alpha: 0.5, perToken, perChannel, calibSize: 16 },
       });
-      await buildEngine({
-        checkpointDir: ckpt,
-        outputDir: `${ckpt}-e`,
-        backend: "cpu",
-        request: { gather_context_logits: true },
-      });
-      const llm = await LLM.load(`${ckpt}-e`);
       const { worst, std } = contextLogitError(llm, ref);
       llm.dispose();
       figures.push(`${cfg.quantization.quant_algo} ${(worst / std).toFixed(4)}`);
