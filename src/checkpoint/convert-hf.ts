@@ -170,14 +170,13 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
     const layersOf = (f: number) => mapping.ppLayers(cfg.num_hidden_layers, Math.floor(f / mapping.tpSize));
     const kvScaleName = (local: number) => `transformer.layers.${local}.attention.kv_cache_scaling_factor`;
     // SmoothQuant replaces norms and linear weights by tensors computed up front (tp 1: global = full tensors).
+    /** A rank tensor's name in the single-rank checkpoint (its pipeline stage's layers renumbered from 0). */
+    const globalName = (name: string, f: number) =>
+      name.replace(/^transformer\.layers\.(\d+)\./, (_, i) => `transformer.layers.${layersOf(f)[Number(i)]}.`);
     const sqOf = (t: RankTensor, f: number): SqTensor[] | undefined => {
-      const m = /^transformer\.layers\.(\d+)\./.exec(t.name);
-      if (!m || !sqTensors) return undefined;
-      const global = `transformer.layers.${layersOf(f)[Number(m[1])]}.`;
-      const local = (name: string) => m[0] + name.slice(global.length);
-      return (sqTensors as Map<string, SqTensor[]>)
-        .get(global + t.name.slice(m[0].length))
-        ?.map((x) => ({ ...x, name: local(x.name) }));
+      const local = /^transformer\.layers\.\d+\./.exec(t.name)?.[0];
+      const tensors = local ? (sqTensors as Map<string, SqTensor[]> | null)?.get(globalName(t.name, f)) : undefined;
+      return tensors?.map((x) => ({ ...x, name: x.name.replace(/^transformer\.layers\.\d+\./, local!) }));
     };
     const specs = ranks.map((tensors, f) => [
       ...tensors.flatMap(
@@ -209,11 +208,7 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
           if (sqt) for (const x of sqt) writer.write(x.name, x.bytes);
           else if (quantized(t)) {
             const values = decodeToFloat32(tensorBytes(store, t, "F32", opts.modelDir), "F32");
-            const globalName = t.name.replace(
-              /^transformer\.layers\.(\d+)\./,
-              (_, i) => `transformer.layers.${layers[Number(i)]}.`,
-            );
-            const bytes = quantizer!.tensors(t, values, target, globalName);
+            const bytes = quantizer!.tensors(t, values, target, globalName(t.name, f));
             quantizer!.specs(t, target).forEach((spec, k) => {
               writer.write(spec.name, bytes[k]);
             });
