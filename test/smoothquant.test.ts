@@ -181,6 +181,38 @@ describe("W8A8_SQ_*_PLUGIN checkpoints and engines", () => {
     assert.ok(worst <= 0.5 + 1e-3, `worst error ${worst} quantization steps`);
   });
 
+  test("pp 2: the second stage holds its layers' tensors renumbered from 0, byte-equal to the single-rank file's", async () => {
+    const sq = { alpha: 0.5, perToken: false, perChannel: true, calibSize: 4 };
+    const one = path.join(work, "sq-pp1");
+    const two = path.join(work, "sq-pp2");
+    const cfg = await convertHfCheckpoint({ modelDir: model, outputDir: one, dtype: "float32", smoothquant: sq });
+    await convertHfCheckpoint({
+      modelDir: model,
+      outputDir: two,
+      dtype: "float32",
+      smoothquant: sq,
+      mapping: new Mapping({ ppSize: 2 }),
+    });
+    const full = SafetensorsFile.open(path.join(one, "rank0.safetensors"));
+    const stage = SafetensorsFile.open(path.join(two, "rank1.safetensors"));
+    const first = cfg.num_hidden_layers / 2;
+    for (const n of [
+      "attention.qkv.weight",
+      "attention.dense.smoother",
+      "post_layernorm.scale_to_int",
+      "mlp.proj.act_scale",
+    ]) {
+      assert.deepEqual(
+        stage.readBytes(`transformer.layers.0.${n}`),
+        full.readBytes(`transformer.layers.${first}.${n}`),
+        n,
+      );
+    }
+    assert.equal(stage.has(`transformer.layers.${first}.attention.qkv.weight`), false);
+    stage.close();
+    full.close();
+  });
+
   test("all four variants run, near transformers' logits", async () => {
     const ref = loadReference(fixture);
     const figures: string[] = [];
