@@ -213,6 +213,65 @@ describe("W8A8_SQ_*_PLUGIN checkpoints and engines", () => {
     full.close();
   });
 
+  test("tp 2: each rank holds TensorRT-LLM's slice of the single-rank tensors (qkv by head, dense by input)", async () => {
+    const sq = { alpha: 0.5, perToken: true, perChannel: true, calibSize: 4 };
+    const one = path.join(work, "sq-tp1");
+    const two = path.join(work, "sq-tp2");
+    const cfg = await convertHfCheckpoint({ modelDir: model, outputDir: one, dtype: "float32", smoothquant: sq });
+    await convertHfCheckpoint({
+      modelDir: model,
+      outputDir: two,
+      dtype: "float32",
+      smoothquant: sq,
+      mapping: new Mapping({ tpSize: 2 }),
+    });
+    const full = SafetensorsFile.open(path.join(one, "rank0.safetensors"));
+    const ranks = [0, 1].map((r) => SafetensorsFile.open(path.join(two, `rank${r}.safetensors`)));
+    const H = cfg.hidden_size;
+    const D = cfg.head_size;
+    const [nq, nkv] = [cfg.num_attention_heads / 2, cfg.num_key_value_heads / 2]; // per rank
+    const t = "transformer.layers.0";
+    const fullQkv = full.readBytes(`${t}.attention.qkv.weight`);
+    const fullScale = full.readFloat32(`${t}.attention.qkv.per_channel_scale`);
+    ranks.forEach((f, r) => {
+      // Fused rows of this rank: its q heads, then its k heads, then its v heads.
+      const rowsOf = [
+        [r * nq * D, (r + 1) * nq * D],
+        [(2 * nq + r * nkv) * D, (2 * nq + (r + 1) * nkv) * D],
+        [(2 * nq + 2 * nkv + r * nkv) * D, (2 * nq + 2 * nkv + (r + 1) * nkv) * D],
+      ].flatMap(([a, b]) => Array.from({ length: b - a }, (_, i) => a + i));
+      const qkv = f.readBytes(`${t}.attention.qkv.weight`);
+      const scale = f.readFloat32(`${t}.attention.qkv.per_channel_scale`);
+      rowsOf.forEach((g, i) => {
+        assert.deepEqual(
+          qkv.subarray(i * H, (i + 1) * H),
+          fullQkv.subarray(g * H, (g + 1) * H),
+          `rank${r} qkv row ${i}`,
+        );
+        assert.equal(scale[i], fullScale[g]);
+      });
+      const inFull = full.info(`${t}.attention.dense.weight`).shape[1];
+      const inLocal = inFull / 2;
+      const dense = f.readBytes(`${t}.attention.dense.weight`);
+      const fullDense = full.readBytes(`${t}.attention.dense.weight`);
+      for (let o = 0; o < H; o++) {
+        const want = fullDense.subarray(o * inFull + r * inLocal, o * inFull + (r + 1) * inLocal);
+        assert.deepEqual(dense.subarray(o * inLocal, (o + 1) * inLocal), want, `rank${r} dense row ${o}`);
+      }
+      const smoother = f.readFloat32(`${t}.attention.dense.smoother`);
+      assert.deepEqual(
+        smoother,
+        full.readFloat32(`${t}.attention.dense.smoother`).subarray(r * inLocal, (r + 1) * inLocal),
+      );
+      assert.deepEqual(
+        f.readFloat32(`${t}.attention.dense.per_channel_scale`),
+        full.readFloat32(`${t}.attention.dense.per_channel_scale`),
+      );
+      f.close();
+    });
+    full.close();
+  });
+
   test("all four variants run, near transformers' logits", async () => {
     const ref = loadReference(fixture);
     const figures: string[] = [];
@@ -238,17 +297,13 @@ describe("W8A8_SQ_*_PLUGIN checkpoints and engines", () => {
     console.log(`# ${fixture}: max |Δlogit| / std(logits): ${figures.join(", ")}`);
   });
 
-  test("bad input: alpha outside [0, 1], tp > 1, mixed with weight-only; nothing written", async () => {
+  test("bad input: alpha outside [0, 1], mixed with weight-only; nothing written", async () => {
     const out = path.join(work, "bad");
     const base = { modelDir: model, outputDir: out, dtype: "float32" as const };
     const sq = { alpha: 0.5, perToken: true, perChannel: true, calibSize: 2 };
     await assert.rejects(
       convertHfCheckpoint({ ...base, smoothquant: { ...sq, alpha: 1.5 } }),
       /--smoothquant 1.5: alpha must be in \[0, 1\]/,
-    );
-    await assert.rejects(
-      convertHfCheckpoint({ ...base, smoothquant: sq, mapping: new Mapping({ tpSize: 2 }) }),
-      /--smoothquant with --tp_size 2/,
     );
     await assert.rejects(
       convertHfCheckpoint({ ...base, smoothquant: sq, weightOnlyBits: 8 }),

@@ -12,7 +12,7 @@ import { type Activations, calibrationTexts, captureActivations } from "../quant
 import { gptqQuantizer, weightOnlyQuantizer } from "../quantization/layer-quantizer.js";
 import { isWeightOnlyLayer } from "../quantization/mode.js";
 import { sqAlgo } from "../quantization/smoothquant.js";
-import { type SqTensor, smoothQuantTensors } from "../quantization/smoothquant-checkpoint.js";
+import { type SqTensor, sliceSqForRank, smoothQuantTensors } from "../quantization/smoothquant-checkpoint.js";
 import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
 import { decodeToFloat32, dtypeByteSize, dtypeFromName, encodeFromFloat32 } from "./dtype.js";
@@ -130,11 +130,6 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
     if (!(sq.alpha >= 0 && sq.alpha <= 1)) throw new UsageError(`--smoothquant ${sq.alpha}: alpha must be in [0, 1]`);
     if (opts.gptq || opts.weightOnlyBits)
       throw new UsageError("give --smoothquant or a weight-only precision, not both");
-    if (mapping.tpSize > 1) {
-      throw new UsageError(
-        `--smoothquant with --tp_size ${mapping.tpSize}: this kiln converts SmoothQuant for tp 1 only`,
-      );
-    }
   }
   const target = dtypeFromName(cfg.dtype);
   const calibSettings = opts.gptq ?? sq ?? opts.int8KvCache;
@@ -169,14 +164,18 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
     // Every source and every quantized shape is checked before anything is written: a refusal leaves no output.
     const layersOf = (f: number) => mapping.ppLayers(cfg.num_hidden_layers, Math.floor(f / mapping.tpSize));
     const kvScaleName = (local: number) => `transformer.layers.${local}.attention.kv_cache_scaling_factor`;
-    // SmoothQuant replaces norms and linear weights by tensors computed up front (tp 1: global = full tensors).
+    // SmoothQuant replaces norms and linear weights by tensors computed up front on the full model, then sliced.
     /** A rank tensor's name in the single-rank checkpoint (its pipeline stage's layers renumbered from 0). */
     const globalName = (name: string, f: number) =>
       name.replace(/^transformer\.layers\.(\d+)\./, (_, i) => `transformer.layers.${layersOf(f)[Number(i)]}.`);
     const sqOf = (t: RankTensor, f: number): SqTensor[] | undefined => {
       const local = /^transformer\.layers\.\d+\./.exec(t.name)?.[0];
       const tensors = local ? (sqTensors as Map<string, SqTensor[]> | null)?.get(globalName(t.name, f)) : undefined;
-      return tensors?.map((x) => ({ ...x, name: x.name.replace(/^transformer\.layers\.\d+\./, local!) }));
+      if (!tensors) return undefined;
+      return sliceSqForRank(tensors, t, cfg).map((x) => ({
+        ...x,
+        name: x.name.replace(/^transformer\.layers\.\d+\./, local!),
+      }));
     };
     const specs = ranks.map((tensors, f) => [
       ...tensors.flatMap(

@@ -4,6 +4,7 @@
 import type { EncodableDtype } from "../checkpoint/dtype.js";
 import { encodeFromFloat32 } from "../checkpoint/dtype.js";
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
+import type { RankTensor } from "../checkpoint/rank-split.js";
 import type { SafetensorsFile, TensorSpec } from "../checkpoint/safetensors.js";
 import type { Activations } from "./calibration.js";
 import { quantizeSq, type SqVariant, smoothingFactors } from "./smoothquant.js";
@@ -94,4 +95,40 @@ export function smoothQuantTensors(
     }
   }
   return out;
+}
+
+/**
+ * One rank's slice of a linear layer's SmoothQuant tensors, as TensorRT-LLM splits them: the full int8 matrix
+ * chunked along out (qkv per head, its Q, K and V parts at their offsets in the fused matrix; fc, gate) or
+ * along in (dense, proj, with their smoother); per-output-channel scales follow the rows; the rest is whole.
+ */
+export function sliceSqForRank(tensors: SqTensor[], t: RankTensor, cfg: PretrainedConfig): SqTensor[] {
+  if (!/\.weight$/.test(t.name) || /layernorm\.weight$/.test(t.name)) return tensors;
+  const D = cfg.head_size;
+  const offsets = [0, cfg.num_attention_heads * D, (cfg.num_attention_heads + cfg.num_key_value_heads) * D];
+  const rows: number[] = [];
+  let cols: [number, number] | null = null;
+  t.parts.forEach((p, k) => {
+    if (!("source" in p)) throw new Error(`${t.name}: SmoothQuant has no padded rows to split`);
+    if (p.cols) cols = p.cols;
+    else for (let r = p.rows[0]; r < p.rows[1]; r++) rows.push(offsets[k] + r);
+  });
+  return tensors.map((x) => {
+    if (cols && (x.dtype === "I8" || x.name.endsWith(".smoother"))) {
+      const [c0, c1] = cols;
+      const [n, inDim] = x.shape;
+      const width = x.dtype === "I8" ? 1 : 4;
+      const out = new Uint8Array(n * (c1 - c0) * width);
+      for (let r = 0; r < n; r++)
+        out.set(x.bytes.subarray((r * inDim + c0) * width, (r * inDim + c1) * width), r * (c1 - c0) * width);
+      return { ...x, shape: [n, c1 - c0], bytes: out };
+    }
+    if (!cols && (x.dtype === "I8" || (x.name.endsWith(".per_channel_scale") && x.shape[1] > 1))) {
+      const rowLen = x.dtype === "I8" ? x.shape[1] : 4;
+      const out = new Uint8Array(rows.length * rowLen);
+      for (const [i, g] of rows.entries()) out.set(x.bytes.subarray(g * rowLen, (g + 1) * rowLen), i * rowLen);
+      return { ...x, shape: x.dtype === "I8" ? [rows.length, x.shape[1]] : [1, rows.length], bytes: out };
+    }
+    return x;
+  });
 }
