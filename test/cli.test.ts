@@ -268,6 +268,23 @@ describe("bad input", () => {
     assert.match(r.stderr, /--max_batch_size/);
     assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
   });
+
+  test("convert --smoothquant outside [0, 1] is one line naming the flag, and writes nothing", () => {
+    const out = path.join(work, "sq-bad");
+    const r = kiln(
+      "convert",
+      "--model_dir",
+      path.join(FIXTURES, "qwen2_tied_gqa", "hf"),
+      "--output_dir",
+      out,
+      "--smoothquant",
+      "1.5",
+    );
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /--smoothquant 1.5: alpha must be in \[0, 1\]/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
+    assert.equal(fs.existsSync(out), false);
+  });
 });
 
 /** Reads a float32 (or int32) .npy written in C order: its shape from the header and its values. */
