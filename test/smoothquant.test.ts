@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import { type ConvertOptions, convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { Mapping } from "../src/mapping.js";
 import { matmulSmoothQuant, quantizeSq, type SqWeight, smoothingFactors } from "../src/quantization/smoothquant.js";
@@ -33,6 +33,15 @@ const rne = (x: number) => {
   const d = x - f;
   return d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
 };
+
+/** The fixture converted with `sq` twice: single-rank, and split by `mapping`; returns the config and both dirs. */
+async function singleAndSplit(tag: string, sq: NonNullable<ConvertOptions["smoothquant"]>, mapping: Mapping) {
+  const one = path.join(work, `sq-${tag}-1`);
+  const split = path.join(work, `sq-${tag}-split`);
+  const cfg = await convertHfCheckpoint({ modelDir: model, outputDir: one, dtype: "float32", smoothquant: sq });
+  await convertHfCheckpoint({ modelDir: model, outputDir: split, dtype: "float32", smoothquant: sq, mapping });
+  return { cfg, one, split };
+}
 
 describe("SmoothQuant math", () => {
   test("by hand: s_j = amax_x^α / amax_w^(1−α); int8 weights per channel and per tensor", () => {
@@ -182,17 +191,15 @@ describe("W8A8_SQ_*_PLUGIN checkpoints and engines", () => {
   });
 
   test("pp 2: the second stage holds its layers' tensors renumbered from 0, byte-equal to the single-rank file's", async () => {
-    const sq = { alpha: 0.5, perToken: false, perChannel: true, calibSize: 4 };
-    const one = path.join(work, "sq-pp1");
-    const two = path.join(work, "sq-pp2");
-    const cfg = await convertHfCheckpoint({ modelDir: model, outputDir: one, dtype: "float32", smoothquant: sq });
-    await convertHfCheckpoint({
-      modelDir: model,
-      outputDir: two,
-      dtype: "float32",
-      smoothquant: sq,
-      mapping: new Mapping({ ppSize: 2 }),
-    });
+    const {
+      cfg,
+      one,
+      split: two,
+    } = await singleAndSplit(
+      "pp",
+      { alpha: 0.5, perToken: false, perChannel: true, calibSize: 4 },
+      new Mapping({ ppSize: 2 }),
+    );
     const full = SafetensorsFile.open(path.join(one, "rank0.safetensors"));
     const stage = SafetensorsFile.open(path.join(two, "rank1.safetensors"));
     const first = cfg.num_hidden_layers / 2;
@@ -214,17 +221,15 @@ describe("W8A8_SQ_*_PLUGIN checkpoints and engines", () => {
   });
 
   test("tp 2: each rank holds TensorRT-LLM's slice of the single-rank tensors (qkv by head, dense by input)", async () => {
-    const sq = { alpha: 0.5, perToken: true, perChannel: true, calibSize: 4 };
-    const one = path.join(work, "sq-tp1");
-    const two = path.join(work, "sq-tp2");
-    const cfg = await convertHfCheckpoint({ modelDir: model, outputDir: one, dtype: "float32", smoothquant: sq });
-    await convertHfCheckpoint({
-      modelDir: model,
-      outputDir: two,
-      dtype: "float32",
-      smoothquant: sq,
-      mapping: new Mapping({ tpSize: 2 }),
-    });
+    const {
+      cfg,
+      one,
+      split: two,
+    } = await singleAndSplit(
+      "tp",
+      { alpha: 0.5, perToken: true, perChannel: true, calibSize: 4 },
+      new Mapping({ tpSize: 2 }),
+    );
     const full = SafetensorsFile.open(path.join(one, "rank0.safetensors"));
     const ranks = [0, 1].map((r) => SafetensorsFile.open(path.join(two, `rank${r}.safetensors`)));
     const H = cfg.hidden_size;

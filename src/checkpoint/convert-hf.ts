@@ -135,9 +135,15 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   const calibSettings = opts.gptq ?? sq ?? opts.int8KvCache;
   let sqTensors: Map<string, SqTensor[]> | null = null;
   const acts = calibSettings
-    ? await calibrate(opts, calibSettings, opts.gptq !== undefined, (ckpt, a) => {
-        if (sq) sqTensors = smoothQuantTensors(ckpt, cfg, a, sq.alpha, sq, target);
-      })
+    ? await calibrate(
+        opts,
+        calibSettings,
+        opts.gptq !== undefined,
+        sq &&
+          ((ckpt, a) => {
+            sqTensors = smoothQuantTensors(ckpt, cfg, a, sq.alpha, sq, target);
+          }),
+      )
     : null;
   if (sq) {
     cfg.quantization.quant_algo = sqAlgo(sq);
@@ -238,7 +244,8 @@ async function calibrate(
   opts: ConvertOptions,
   g: { calibDataset?: string; calibSize: number },
   linearInputs: boolean,
-  withCheckpoint: (ckpt: SafetensorsFile, acts: Activations) => void,
+  /** Runs while the float32 checkpoint still exists (SmoothQuant reads its full weights). */
+  withCheckpoint?: (ckpt: SafetensorsFile, acts: Activations) => void,
 ): Promise<Activations> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-calib-ckpt-"));
   try {
@@ -246,11 +253,13 @@ async function calibrate(
     const ckpt = path.join(tmp, "ckpt");
     await convertHfCheckpoint({ modelDir: opts.modelDir, outputDir: ckpt, dtype: "float32" });
     const acts = await captureActivations(ckpt, opts.modelDir, texts, { linearInputs, maxTokens: 512, maxRows: 4096 });
-    const file = SafetensorsFile.open(path.join(ckpt, "rank0.safetensors"));
-    try {
-      withCheckpoint(file, acts);
-    } finally {
-      file.close();
+    if (withCheckpoint) {
+      const file = SafetensorsFile.open(path.join(ckpt, "rank0.safetensors"));
+      try {
+        withCheckpoint(file, acts);
+      } finally {
+        file.close();
+      }
     }
     return acts;
   } finally {
