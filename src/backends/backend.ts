@@ -102,6 +102,8 @@ export interface Backend<T> {
   /** The rows of x whose logits the step wants (step.logitRows). */
   gatherRows(x: T, step: StepInput): T;
   toHost(x: T): Float32Array;
+  /** A float32 host array as a tensor: how ranks' exchanged activations come back (backends that run ranks). */
+  fromHost?(data: Float32Array, rows: number, cols: number): T;
   /** Per row of float32 logits: the first index of the maximum over [0, vocab) and its log-softmax. */
   greedy(logits: T, vocab: number): { tokens: Int32Array; logProbs: Float32Array };
 }

@@ -8,6 +8,8 @@ import { dtypeByteSize, dtypeFromName } from "../checkpoint/dtype.js";
 import { type PretrainedConfig, parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { SafetensorsFile } from "../checkpoint/safetensors.js";
 import { CheckpointError, ConfigError } from "../errors.js";
+import { Mapping } from "../mapping.js";
+import { decoderDims } from "../models/decoder.js";
 import { familyOf } from "../models/families.js";
 import { quantMode } from "../quantization/mode.js";
 import { writeOutputDir } from "../util/output-dir.js";
@@ -42,11 +44,6 @@ export function readCheckpointConfig(dir: string): PretrainedConfig {
   const where = path.join(dir, "config.json");
   const cfg = parsePretrainedConfig(readJson(where), where);
   familyOf(cfg.architecture, where);
-  if (cfg.mapping.world_size !== 1) {
-    throw new ConfigError(
-      `${where}: mapping.world_size is ${cfg.mapping.world_size}; this kiln builds single-rank checkpoints only`,
-    );
-  }
   const mode = quantMode(cfg.quantization.quant_algo, where);
   const kvAlgo = cfg.quantization.kv_cache_quant_algo;
   if ((mode && !mode.supported) || (kvAlgo !== null && kvAlgo !== "INT8")) {
@@ -69,27 +66,47 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
   if (opts.backend === "cuda" && !build.remove_input_padding) {
     throw new ConfigError("--remove_input_padding disable is supported by the cpu backend only");
   }
-  const rankFile = path.join(opts.checkpointDir, "rank0.safetensors");
-  if (!fs.existsSync(rankFile)) throw new CheckpointError(`${rankFile}: missing (expected one rank file per rank)`);
-  const file = SafetensorsFile.open(rankFile);
-  try {
-    const weights = opts.backend === "cpu" ? cpuSections(model, file) : cudaWeightSections(model, file);
-    const memory = planMemory(
-      model,
-      build,
-      sectionBytes(weights),
-      opts.backend === "cpu" ? 4 : dtypeByteSize(dtypeFromName(model.dtype)),
-      // The cpu backend's INT8 KV cache (cuda refuses one above).
-      q.kv_cache_quant_algo === "INT8" ? 1 : undefined,
+  const mapping = Mapping.fromConfig(model.mapping, path.join(opts.checkpointDir, "config.json"));
+  if (opts.backend === "cuda" && mapping.worldSize > 1) {
+    throw new ConfigError(
+      `mapping world_size ${mapping.worldSize}: the cuda backend builds single-rank engines only so far; build with --backend cpu`,
     );
-    checkMemoryPlan(memory, build);
+  }
+  const files = new Map<number, SafetensorsFile>();
+  try {
+    // One engine per rank; context-parallel ranks read the same rank file as their (tp, pp) position.
+    const ranks = Array.from({ length: mapping.worldSize }, (_, rank) => {
+      const fileRank = mapping.fileRank(rank);
+      if (!files.has(fileRank)) {
+        const rankFile = path.join(opts.checkpointDir, `rank${fileRank}.safetensors`);
+        if (!fs.existsSync(rankFile)) {
+          throw new CheckpointError(`${rankFile}: missing (expected one rank file per tp × pp position)`);
+        }
+        files.set(fileRank, SafetensorsFile.open(rankFile));
+      }
+      const file = files.get(fileRank)!;
+      const dims = decoderDims(model, mapping, rank);
+      const weights = opts.backend === "cpu" ? cpuSections(model, file, dims) : cudaWeightSections(model, file);
+      const memory = planMemory(
+        model,
+        dims,
+        build,
+        sectionBytes(weights),
+        opts.backend === "cpu" ? 4 : dtypeByteSize(dtypeFromName(model.dtype)),
+        // The cpu backend's INT8 KV cache (cuda refuses one above).
+        q.kv_cache_quant_algo === "INT8" ? 1 : undefined,
+      );
+      checkMemoryPlan(memory, build);
+      return { rank, weights, memory };
+    });
     // The GPU's own target (and the kernels compiled for it) come last: a refusal above costs no compile.
     const { target, sections: code } =
       opts.backend === "cpu" ? { target: CPU_TARGET, sections: [] } : await cudaKernelSections(model);
-    const sections = [...weights, ...code];
     // Said once the build is known to go ahead, so that a refusal stays one line.
     for (const w of warnings) opts.warn?.(w);
-    opts.info?.(describeMemoryPlan(memory));
+    opts.info?.(
+      `${describeMemoryPlan(ranks[0].memory)}${mapping.worldSize > 1 ? ` (rank 0 of ${mapping.worldSize})` : ""}`,
+    );
     const engineConfig: EngineConfig = {
       version: KILN_VERSION,
       pretrained_config: model,
@@ -98,24 +115,30 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
       target,
     };
     return await writeOutputDir(opts.outputDir, "--output_dir", opts, (dir) => {
-      const writer = new EngineWriter(
-        path.join(dir, "rank0.engine"),
-        { backend: opts.backend, target, rank: 0 },
-        sections.map((p) => p.spec),
+      const bar = progress(
+        "build",
+        ranks.reduce((n, r) => n + r.weights.length + code.length, 0),
       );
-      const bar = progress("build", sections.length);
-      for (const p of sections) {
-        writer.write(p.spec.name, p.make());
-        bar.tick(p.spec.name);
+      for (const { rank, weights } of ranks) {
+        const sections = [...weights, ...code];
+        const writer = new EngineWriter(
+          path.join(dir, `rank${rank}.engine`),
+          { backend: opts.backend, target, rank },
+          sections.map((p) => p.spec),
+        );
+        for (const p of sections) {
+          writer.write(p.spec.name, p.make());
+          bar.tick(`rank${rank} ${p.spec.name}`);
+        }
+        writer.close();
       }
-      writer.close();
       bar.done();
       fs.writeFileSync(path.join(dir, "config.json"), `${JSON.stringify(engineConfig, null, 4)}\n`);
       copyTokenizerFiles(opts.checkpointDir, dir);
       return engineConfig;
     });
   } finally {
-    file.close();
+    for (const f of files.values()) f.close();
   }
 }
 

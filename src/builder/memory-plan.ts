@@ -4,6 +4,7 @@
 import os from "node:os";
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { LimitError } from "../errors.js";
+import type { DecoderDims } from "../models/decoder.js";
 import type { BuildConfig } from "./build-config.js";
 
 export interface MemoryPlan {
@@ -20,6 +21,8 @@ const GiB = 2 ** 30;
 
 export function planMemory(
   model: PretrainedConfig,
+  /** The rank's share of the model (its layers and heads). */
+  dims: DecoderDims,
   build: BuildConfig,
   weightsBytes: number,
   bytesPerValue = 4,
@@ -27,12 +30,13 @@ export function planMemory(
   kvBytesPerValue = bytesPerValue,
 ): MemoryPlan {
   const H = model.hidden_size;
-  const qkv = (model.num_attention_heads + 2 * model.num_key_value_heads) * model.head_size;
+  const D = dims.headSize;
+  const qkv = (dims.numHeads + 2 * dims.numKvHeads) * D;
   // Live per token during a step: residual, normed input, qkv, attention output, fc, gate and their product.
-  const perToken = 3 * H + qkv + model.num_attention_heads * model.head_size + 3 * model.intermediate_size;
+  const perToken = 3 * H + qkv + dims.numHeads * D + 3 * dims.intermediate;
   const logitRows = build.gather_context_logits ? build.max_num_tokens : build.max_batch_size * build.max_beam_width;
   const activationBytes = (build.max_num_tokens * perToken + logitRows * model.vocab_size) * bytesPerValue;
-  const kvBytesPerToken = model.num_hidden_layers * 2 * model.num_key_value_heads * model.head_size * kvBytesPerValue;
+  const kvBytesPerToken = dims.layers.length * 2 * dims.numKvHeads * D * kvBytesPerValue;
   return {
     weightsBytes,
     activationBytes,

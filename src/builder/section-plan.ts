@@ -6,7 +6,7 @@ import { type Dtype, dtypeByteSize, dtypeFromName, encodeFromFloat32 } from "../
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import type { SafetensorsFile } from "../checkpoint/safetensors.js";
 import { CheckpointError } from "../errors.js";
-import { decoderTensorShapes } from "../models/decoder.js";
+import { type DecoderDims, decoderDims, decoderTensorShapes } from "../models/decoder.js";
 import { companionName, isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
 import { type SqVariant, sqVariantOf } from "../quantization/smoothquant.js";
 import type { SectionSpec } from "./engine-file.js";
@@ -56,12 +56,12 @@ function tensorSection(
 }
 
 /** float32 tensors for the cpu kernels; weight-only quantized layers keep their int8 bytes and float32 scales. */
-export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile): PlannedSection[] {
+export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile, dims = decoderDims(cfg)): PlannedSection[] {
   const algo = cfg.quantization.quant_algo;
   const sq = sqVariantOf(algo);
-  if (sq) return smoothQuantSections(cfg, file, sq);
+  if (sq) return smoothQuantSections(cfg, file, sq, dims);
   const quantized = algo === "W8A16" || algo === "W4A16" || algo === "W4A16_GPTQ";
-  return [...decoderTensorShapes(cfg)].flatMap(([name, shape]) => {
+  return [...decoderTensorShapes(cfg, dims)].flatMap(([name, shape]) => {
     if (!quantized || !isWeightOnlyLayer(name)) {
       return [tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file)];
     }
@@ -83,10 +83,15 @@ export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile): Plann
  * W8A8_SQ_*_PLUGIN: [out, in] int8 weights and float32 scales as the checkpoint holds them (the norms' weights
  * come already divided by the smoothing factors, with their scale_to_int).
  */
-function smoothQuantSections(cfg: PretrainedConfig, file: SafetensorsFile, v: SqVariant): PlannedSection[] {
+function smoothQuantSections(
+  cfg: PretrainedConfig,
+  file: SafetensorsFile,
+  v: SqVariant,
+  dims: DecoderDims,
+): PlannedSection[] {
   const f32 = (name: string, shape: number[]) =>
     tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file);
-  return [...decoderTensorShapes(cfg)].flatMap(([name, shape]) => {
+  return [...decoderTensorShapes(cfg, dims)].flatMap(([name, shape]) => {
     if (/layernorm\.weight$/.test(name) && name.startsWith("transformer.layers.")) {
       return [f32(name, shape), f32(name.replace(/\.weight$/, ".scale_to_int"), [1])];
     }

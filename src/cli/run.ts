@@ -3,7 +3,10 @@
 
 import fs from "node:fs";
 import { Command } from "commander";
+import { launchRanks } from "../comm/launch.js";
+import { rankEnv } from "../comm/rank-env.js";
 import { UsageError } from "../errors.js";
+import { readEngineConfig } from "../runtime/engine-loader.js";
 import { type GenerateOptions, type GenerationOutput, isFailure, LLM } from "../runtime/llm.js";
 import { StreamDecoder, TextTokenizer } from "../tokenizer/tokenizer.js";
 import { finiteNumber, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, unitInterval } from "./flags.js";
@@ -68,6 +71,15 @@ export function runCommand(): Command {
     )
     .action(async (o) => {
       if (!!o.input_text === !!o.input_file) throw new UsageError("give exactly one of --input_text and --input_file");
+      const worldSize = readEngineConfig(o.engine_dir).pretrained_config.mapping.world_size;
+      const env = rankEnv();
+      if (worldSize > 1 && env === null) {
+        // Started by hand: become the launcher of one process per rank, each running this same command.
+        process.exitCode = await launchRanks(worldSize);
+        return;
+      }
+      // Every rank computes the same tokens; rank 0 prints them and writes the output files.
+      const leader = (env?.rank ?? 0) === 0;
       const prompts: Prompt[] = o.input_text
         ? o.input_text.map((text: string) => ({ text }))
         : readInputFile(o.input_file);
@@ -106,17 +118,18 @@ export function runCommand(): Command {
       for (const ids of inputIds) llm.validate(ids, opts);
       const show = (ids: number[], skip: boolean) =>
         tok ? JSON.stringify(tok.decode(ids, { skipSpecialTokens: skip })) : `[${ids}]`;
+      const print = (text: string) => leader && process.stdout.write(text);
       const t0 = performance.now();
       let outs: GenerationOutput[];
       if (o.streaming) {
         outs = [];
         for (const [i, ids] of inputIds.entries()) {
-          console.log(`Input [Text ${i}]: ${show(ids, false)}`);
-          process.stdout.write(`Output [Text ${i} Beam 0]: `);
+          print(`Input [Text ${i}]: ${show(ids, false)}\n`);
+          print(`Output [Text ${i} Beam 0]: `);
           const decoder = new StreamDecoder(tok!, { skipSpecialTokens: true });
           const request = llm.submit(ids, opts);
-          for await (const t of llm.follow(request)) process.stdout.write(decoder.push(t));
-          process.stdout.write(`${decoder.flush()}\n`);
+          for await (const t of llm.follow(request)) print(decoder.push(t));
+          print(`${decoder.flush()}\n`);
           outs.push(llm.result(request));
         }
       } else {
@@ -125,12 +138,13 @@ export function runCommand(): Command {
           return r;
         });
         outs.forEach((out, i) => {
-          console.log(`Input [Text ${i}]: ${show(inputIds[i], false)}`);
+          print(`Input [Text ${i}]: ${show(inputIds[i], false)}\n`);
           out.sequences.forEach((s, b) => {
-            console.log(`Output [Text ${i} Beam ${b}]: ${show(s.outputIds, true)}`);
+            print(`Output [Text ${i} Beam ${b}]: ${show(s.outputIds, true)}\n`);
           });
         });
       }
+      if (!leader) return;
       const secs = (performance.now() - t0) / 1000;
       const generated = outs.reduce((n, x) => n + x.sequences.reduce((m, s) => m + s.outputIds.length, 0), 0);
       console.error(`kiln: ${generated} tokens in ${secs.toFixed(2)} s (${(generated / secs).toFixed(1)} tokens/s)`);

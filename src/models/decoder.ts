@@ -3,22 +3,57 @@
 
 import type { AttentionShape, Backend, RopeSpec, StepInput } from "../backends/backend.js";
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
+import { type Communicator, SOLO } from "../comm/communicator.js";
+import { EngineError } from "../errors.js";
+import { Mapping } from "../mapping.js";
+import { type ContextSplit, splitContext } from "./context-split.js";
 import { ropeSpec } from "./rope.js";
 
-/** Every tensor a rank-0, unquantized decoder checkpoint holds, with its [rows, cols] shape. */
-export function decoderTensorShapes(cfg: PretrainedConfig): Map<string, number[]> {
+/** What one rank holds of the decoder: its pipeline stage's layers and its tensor-parallel share of each. */
+export interface DecoderDims {
+  /** The stage's layers, as global indices (its engine numbers them from 0). */
+  layers: number[];
+  numHeads: number;
+  /** A contiguous share of the KV heads, or the one head this rank repeats when tp exceeds them. */
+  numKvHeads: number;
+  headSize: number;
+  intermediate: number;
+  /** lm_head rows: the vocabulary padded to a multiple of tp_size, split tp ways. */
+  vocabRows: number;
+  firstStage: boolean;
+  lastStage: boolean;
+}
+
+export function decoderDims(cfg: PretrainedConfig, mapping: Mapping = new Mapping(), rank = 0): DecoderDims {
+  const tp = mapping.tpSize;
+  const { ppRank } = mapping.coords(rank);
+  const kv = cfg.num_key_value_heads;
+  return {
+    layers: mapping.ppLayers(cfg.num_hidden_layers, ppRank),
+    numHeads: cfg.num_attention_heads / tp,
+    numKvHeads: kv >= tp ? kv / tp : 1,
+    headSize: cfg.head_size,
+    intermediate: cfg.intermediate_size / tp,
+    vocabRows: Math.ceil(cfg.vocab_size / tp),
+    firstStage: ppRank === 0,
+    lastStage: ppRank === mapping.ppSize - 1,
+  };
+}
+
+/** Every tensor an unquantized rank file of the decoder holds, with its [rows, cols] shape. */
+export function decoderTensorShapes(cfg: PretrainedConfig, dims = decoderDims(cfg)): Map<string, number[]> {
   const H = cfg.hidden_size;
-  const D = cfg.head_size;
-  const qkvOut = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * D;
-  const I = cfg.intermediate_size;
+  const D = dims.headSize;
+  const qkvOut = (dims.numHeads + 2 * dims.numKvHeads) * D;
+  const I = dims.intermediate;
   const m = new Map<string, number[]>();
-  m.set("transformer.vocab_embedding.weight", [cfg.vocab_size, H]);
-  for (let i = 0; i < cfg.num_hidden_layers; i++) {
+  if (dims.firstStage) m.set("transformer.vocab_embedding.weight", [cfg.vocab_size, H]);
+  for (let i = 0; i < dims.layers.length; i++) {
     const t = `transformer.layers.${i}`;
     m.set(`${t}.input_layernorm.weight`, [H]);
     m.set(`${t}.attention.qkv.weight`, [qkvOut, H]);
     if (cfg.attn_bias) m.set(`${t}.attention.qkv.bias`, [qkvOut]);
-    m.set(`${t}.attention.dense.weight`, [H, cfg.num_attention_heads * D]);
+    m.set(`${t}.attention.dense.weight`, [H, dims.numHeads * D]);
     if (cfg.dense_bias === true) m.set(`${t}.attention.dense.bias`, [H]);
     m.set(`${t}.post_layernorm.weight`, [H]);
     if (cfg.quantization.kv_cache_quant_algo === "INT8") m.set(`${t}.attention.kv_cache_scaling_factor`, [1]);
@@ -33,25 +68,57 @@ export function decoderTensorShapes(cfg: PretrainedConfig): Map<string, number[]
       ] as const)
         m.set(`${t}.mlp.${n}.bias`, [o]);
   }
-  m.set("transformer.ln_f.weight", [H]);
-  m.set("lm_head.weight", [cfg.vocab_size, H]);
+  if (dims.lastStage) {
+    m.set("transformer.ln_f.weight", [H]);
+    m.set("lm_head.weight", [dims.vocabRows, H]);
+  }
   return m;
+}
+
+/** The rank a model runs as, and how it reaches the others. */
+export interface ParallelContext {
+  mapping: Mapping;
+  rank: number;
+  comm: Communicator;
 }
 
 export class DecoderModel<T> {
   private readonly rope: RopeSpec;
   private readonly shape: AttentionShape;
+  readonly dims: DecoderDims;
+  private readonly par: ParallelContext;
+  private readonly tpGroup: number[];
+  private readonly ppGroup: number[];
+  private readonly cpGroup: number[];
 
   constructor(
     readonly cfg: PretrainedConfig,
     private readonly be: Backend<T>,
+    parallel: ParallelContext = { mapping: new Mapping(), rank: 0, comm: SOLO },
   ) {
+    this.par = parallel;
+    this.dims = decoderDims(cfg, parallel.mapping, parallel.rank);
     this.rope = ropeSpec(cfg);
-    this.shape = { numHeads: cfg.num_attention_heads, numKvHeads: cfg.num_key_value_heads, headSize: cfg.head_size };
+    this.shape = { numHeads: this.dims.numHeads, numKvHeads: this.dims.numKvHeads, headSize: cfg.head_size };
+    const { mapping, rank } = parallel;
+    this.tpGroup = mapping.tpGroup(rank);
+    this.ppGroup = mapping.ppGroup(rank);
+    this.cpGroup = mapping.cpGroup(rank);
   }
 
+  /** This rank's attention heads. */
   get attentionShape(): AttentionShape {
     return this.shape;
+  }
+
+  /** Layers whose keys and values this rank caches: its pipeline stage's. */
+  get numLayers(): number {
+    return this.dims.layers.length;
+  }
+
+  /** Width of a logits row: the vocabulary, padded to a multiple of tp_size. */
+  get logitsWidth(): number {
+    return this.dims.vocabRows * this.par.mapping.tpSize;
   }
 
   private w(name: string): T {
@@ -62,23 +129,32 @@ export class DecoderModel<T> {
     return this.be.hasWeight(name) ? this.be.weight(name) : null;
   }
 
-  /** Runs one packed step; returns logits [step.logitRows.length, vocab] (the lm_head's rows). */
+  /**
+   * Runs one packed step; returns logits [step.logitRows.length, logitsWidth]. Every rank returns the same
+   * logits: the last pipeline stage computes them, and its tensor-parallel shares are gathered and sent on.
+   */
   forward(step: StepInput): T {
     const be = this.be;
     const eps = this.cfg.norm_epsilon;
+    const { mapping, comm } = this.par;
+    const { ppRank, cpRank } = mapping.coords(this.par.rank);
     be.beginStep(step);
-    const residual = be.embed(this.w("transformer.vocab_embedding.weight"), step);
+    const cp = mapping.cpSize > 1 ? splitContext(step, cpRank, mapping.cpSize) : null;
+    const own = cp?.local ?? step;
+    const H = this.cfg.hidden_size;
+    const residual = this.dims.firstStage
+      ? be.embed(this.w("transformer.vocab_embedding.weight"), own)
+      : this.fromHost(comm.recv(this.ppGroup[ppRank - 1]), own.tokenIds.length, H);
     let x = be.rmsNorm(residual, this.w("transformer.layers.0.input_layernorm.weight"), eps);
-    const L = this.cfg.num_hidden_layers;
+    const L = this.dims.layers.length;
     for (let l = 0; l < L; l++) {
       be.beginLayer(l);
       const t = `transformer.layers.${l}`;
       const qkv = be.linear(x, this.w(`${t}.attention.qkv.weight`), null);
-      be.ropeAndCacheKv(l, qkv, step, this.rope, this.shape, this.bias(`${t}.attention.qkv.bias`));
-      const attn = be.attention(l, qkv, step, this.shape);
-      const dense = be.linear(attn, this.w(`${t}.attention.dense.weight`), this.bias(`${t}.attention.dense.bias`));
+      const attn = this.attention(l, qkv, step, cp, this.bias(`${t}.attention.qkv.bias`));
+      const dense = this.rowParallel(attn, `${t}.attention.dense`);
       x = be.addRmsNorm(residual, dense, this.w(`${t}.post_layernorm.weight`), eps);
-      const mlp = be.linear(this.gatedMlp(t, x), this.w(`${t}.mlp.proj.weight`), this.bias(`${t}.mlp.proj.bias`));
+      const mlp = this.rowParallel(this.gatedMlp(t, x), `${t}.mlp.proj`);
       if (l + 1 < L) {
         x = be.addRmsNorm(residual, mlp, this.w(`transformer.layers.${l + 1}.input_layernorm.weight`), eps);
       } else {
@@ -86,9 +162,72 @@ export class DecoderModel<T> {
       }
     }
     be.beginLayer(L);
+    const rows = step.logitRows.length;
+    if (!this.dims.lastStage) {
+      comm.send(be.toHost(residual), this.ppGroup[ppRank + 1]);
+      return this.fromHost(comm.recv(this.ppGroup[mapping.ppSize - 1]), rows, this.logitsWidth);
+    }
+    const all = cp ? this.gatherContext(residual, H, step, cp) : residual;
     // Only the rows whose logits are wanted go through the final norm and the (large) lm_head.
-    const last = be.rmsNorm(be.gatherRows(residual, step), this.w("transformer.ln_f.weight"), eps);
-    return be.linear(last, this.w("lm_head.weight"), null, true);
+    const last = be.rmsNorm(be.gatherRows(all, step), this.w("transformer.ln_f.weight"), eps);
+    let logits = be.linear(last, this.w("lm_head.weight"), null, true);
+    if (mapping.tpSize > 1) {
+      const shares = comm.allGather(be.toHost(logits), this.tpGroup);
+      logits = this.fromHost(concatColumns(shares, rows, this.dims.vocabRows), rows, this.logitsWidth);
+    }
+    for (const earlier of this.ppGroup.slice(0, -1)) comm.send(be.toHost(logits), earlier);
+    return logits;
+  }
+
+  /** Rotary embedding, the KV cache write, and attention of this rank's rows (all rows' K/V under cp). */
+  private attention(l: number, qkv: T, step: StepInput, cp: ContextSplit | null, bias: T | null): T {
+    const be = this.be;
+    if (!cp) {
+      be.ropeAndCacheKv(l, qkv, step, this.rope, this.shape, bias);
+      return be.attention(l, qkv, step, this.shape);
+    }
+    const { numHeads, numKvHeads, headSize } = this.shape;
+    const all = this.gatherContext(qkv, (numHeads + 2 * numKvHeads) * headSize, step, cp);
+    be.ropeAndCacheKv(l, all, step, this.rope, this.shape, bias);
+    const out = be.toHost(be.attention(l, all, cp.queries, this.shape));
+    const cols = numHeads * headSize;
+    const mine = cp.rowsOf[this.par.mapping.coords(this.par.rank).cpRank];
+    const picked = new Float32Array(mine.length * cols);
+    mine.forEach((r, i) => {
+      picked.set(out.subarray(r * cols, (r + 1) * cols), i * cols);
+    });
+    return this.fromHost(picked, mine.length, cols);
+  }
+
+  /** A row-parallel linear (dense, proj): each tp rank's partial product, summed; the bias added once. */
+  private rowParallel(x: T, linear: string): T {
+    const be = this.be;
+    const bias = this.bias(`${linear}.bias`);
+    if (this.par.mapping.tpSize === 1) return be.linear(x, this.w(`${linear}.weight`), bias);
+    const tpRank = this.par.mapping.coords(this.par.rank).tpRank;
+    const partial = be.toHost(be.linear(x, this.w(`${linear}.weight`), tpRank === 0 ? bias : null));
+    const sum = this.par.comm.allReduce(partial, this.tpGroup);
+    return this.fromHost(sum, sum.length / this.cfg.hidden_size, this.cfg.hidden_size);
+  }
+
+  /** The cp ranks' rows of `x` put back in the full step's order (padding rows zero). */
+  private gatherContext(x: T, cols: number, step: StepInput, cp: ContextSplit): T {
+    const parts = this.par.comm.allGather(this.be.toHost(x), this.cpGroup);
+    const total = step.tokenIds.length;
+    const out = new Float32Array(total * cols);
+    parts.forEach((p, c) => {
+      cp.rowsOf[c].forEach((r, i) => {
+        out.set(p.subarray(i * cols, (i + 1) * cols), r * cols);
+      });
+    });
+    return this.fromHost(out, total, cols);
+  }
+
+  private fromHost(data: Float32Array, rows: number, cols: number): T {
+    if (!this.be.fromHost) {
+      throw new EngineError(`the ${this.be.name} backend runs single-rank engines only (this engine's world_size > 1)`);
+    }
+    return this.be.fromHost(data, rows, cols);
   }
 
   /** silu(fc(x)) · gate(x); one GEMM when the engine holds fc and gate fused (`mlp.fc_gate`). */
@@ -101,4 +240,14 @@ export class DecoderModel<T> {
     const gate = be.linear(x, this.w(`${t}.mlp.gate.weight`), this.bias(`${t}.mlp.gate.bias`));
     return be.siluMul(fc, gate);
   }
+}
+
+/** Row-major [rows, width] shares laid side by side into [rows, shares × width]. */
+function concatColumns(shares: Float32Array[], rows: number, width: number): Float32Array {
+  const total = shares.length * width;
+  const out = new Float32Array(rows * total);
+  shares.forEach((s, k) => {
+    for (let r = 0; r < rows; r++) out.set(s.subarray(r * width, (r + 1) * width), r * total + k * width);
+  });
+  return out;
 }

@@ -10,8 +10,11 @@ import { CPU_TARGET } from "../builder/build-engine.js";
 import { EngineFile } from "../builder/engine-file.js";
 import { readJson } from "../checkpoint/convert-hf.js";
 import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
+import { SOLO } from "../comm/communicator.js";
+import { joinWorld, rankEnv } from "../comm/rank-env.js";
 import { ConfigError, EngineError } from "../errors.js";
-import { DecoderModel } from "../models/decoder.js";
+import { Mapping } from "../mapping.js";
+import { DecoderModel, type ParallelContext } from "../models/decoder.js";
 import { companionName, scaleName } from "../quantization/mode.js";
 import { type SqVariant, sqVariantOf } from "../quantization/smoothquant.js";
 import type { StepExecutor } from "./model-runner.js";
@@ -49,8 +52,25 @@ export function readEngineConfig(dir: string): EngineConfig {
   return { ...(raw as EngineConfig), pretrained_config: pretrained };
 }
 
+/**
+ * This process's place among the engine's ranks: alone for a single-rank engine, else the rank kiln run's
+ * launcher or mpirun started it as, joined to the others.
+ */
+function parallelContext(dir: string, config: EngineConfig): ParallelContext {
+  const mapping = Mapping.fromConfig(config.pretrained_config.mapping, path.join(dir, "config.json"));
+  const env = rankEnv();
+  if (mapping.worldSize === 1 && (env === null || env.worldSize === 1)) return { mapping, rank: 0, comm: SOLO };
+  if (env === null) {
+    throw new ConfigError(
+      `${dir} was built for world_size ${mapping.worldSize} (tp_size ${mapping.tpSize} × pp_size ${mapping.ppSize} × cp_size ${mapping.cpSize}): run it with kiln run, which starts one process per rank, or under mpirun -n ${mapping.worldSize} (kiln serve and kiln eval take single-rank engines)`,
+    );
+  }
+  return { mapping, rank: env.rank, comm: joinWorld(env, mapping.worldSize, dir) };
+}
+
 export async function loadEngine(dir: string): Promise<LoadedEngine> {
   const config = readEngineConfig(dir);
+  const parallel = parallelContext(dir, config);
   if (config.backend === "cuda") {
     // Imported only here, so cpu users never load koffi or look for CUDA libraries.
     const { loadCudaBackend } = await import("../backends/cuda/load.js");
@@ -65,7 +85,10 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
       executor: new CudaExecutor(backend, model, config.pretrained_config.vocab_size),
     };
   }
-  const file = EngineFile.open(path.join(dir, "rank0.engine"), { backend: "cpu", target: CPU_TARGET });
+  const file = EngineFile.open(path.join(dir, `rank${parallel.rank}.engine`), {
+    backend: "cpu",
+    target: CPU_TARGET,
+  });
   const weights = new Map<string, CpuTensor>();
   try {
     const quantized = new Map<string, { q: Int8Array; shape: number[] }>();
@@ -120,9 +143,13 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
     file.close();
   }
   const m = config.pretrained_config;
+  const numLayers = parallel.mapping.ppLayers(
+    m.num_hidden_layers,
+    parallel.mapping.coords(parallel.rank).ppRank,
+  ).length;
   const kvScales =
     m.quantization.kv_cache_quant_algo === "INT8"
-      ? Float32Array.from({ length: m.num_hidden_layers }, (_, l) => {
+      ? Float32Array.from({ length: numLayers }, (_, l) => {
           const name = `transformer.layers.${l}.attention.kv_cache_scaling_factor`;
           const s = weights.get(name);
           if (!s || !(s.data[0] > 0)) throw new EngineError(`${file.path}: INT8 KV cache needs a positive "${name}"`);
@@ -130,7 +157,7 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
         })
       : null;
   const backend = new CpuBackend(weights, kvScales);
-  const model = new DecoderModel(config.pretrained_config, backend);
+  const model = new DecoderModel(config.pretrained_config, backend, parallel);
   return { dir, config, backend, model, executor: eagerExecutor(backend, model, config.pretrained_config.vocab_size) };
 }
 

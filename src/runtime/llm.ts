@@ -58,20 +58,20 @@ export class LLM {
     opts: LoadOptions,
   ) {
     const b = engine.config.build_config;
-    const m = engine.config.pretrained_config;
     // A continuous cache is one contiguous region of max_seq_len tokens per sequence: one block each.
     const continuous = b.kv_cache_type === "CONTINUOUS";
     const tpb = continuous ? b.max_seq_len : b.tokens_per_block;
-    const blockBytes =
-      m.num_hidden_layers * 2 * tpb * m.num_key_value_heads * m.head_size * engine.backend.kvBytesPerValue;
+    const model = engine.model;
+    const { numKvHeads, headSize } = model.attentionShape;
+    const blockBytes = model.numLayers * 2 * tpb * numKvHeads * headSize * engine.backend.kvBytesPerValue;
     const wanted = opts.kvCacheTokens ?? b.max_batch_size * b.max_beam_width * b.max_seq_len;
     const budget = opts.kvCacheTokens !== undefined ? Number.POSITIVE_INFINITY : engine.backend.kvBudgetBytes();
     const numBlocks = Math.max(1, Math.min(Math.ceil(wanted / tpb), Math.floor(budget / blockBytes)));
     const reuse = b.use_paged_context_fmha && !continuous && !b.gather_context_logits;
     this.blocks = new BlockManager(numBlocks, tpb, reuse);
     engine.backend.allocateKvCache({
-      ...engine.model.attentionShape,
-      numLayers: m.num_hidden_layers,
+      ...model.attentionShape,
+      numLayers: model.numLayers,
       numBlocks,
       tokensPerBlock: tpb,
     });
@@ -84,10 +84,10 @@ export class LLM {
       },
       this.blocks,
     );
-    const lmHeadRows = engine.backend.weight("lm_head.weight").rows;
-    this.runner = new ModelRunner(engine.executor, tpb, lmHeadRows, b.remove_input_padding);
+    this.runner = new ModelRunner(engine.executor, tpb, model.logitsWidth, b.remove_input_padding);
   }
 
+  /** Loads the engine's rank file for this process: rank 0, or the rank kiln's launcher or mpirun gave it. */
   static async load(engineDir: string, opts: LoadOptions = {}): Promise<LLM> {
     return new LLM(await loadEngine(engineDir), opts);
   }

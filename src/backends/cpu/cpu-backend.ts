@@ -250,6 +250,10 @@ export class CpuBackend implements Backend<CpuTensor> {
     return x.data;
   }
 
+  fromHost(data: Float32Array, rows: number, cols: number): CpuTensor {
+    return cpuTensor(rows, cols, data);
+  }
+
   greedy(logits: CpuTensor, vocab: number): { tokens: Int32Array; logProbs: Float32Array } {
     const tokens = new Int32Array(logits.rows);
     const logProbs = new Float32Array(logits.rows);
