@@ -8,7 +8,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
 import { buildEngine } from "../src/builder/build-engine.js";
-import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import { type ConvertOptions, convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile, writeSafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { Mapping, type MappingSizes } from "../src/mapping.js";
 import { LLM } from "../src/runtime/llm.js";
@@ -25,10 +25,12 @@ interface RunJson {
   context_logits: number[][][];
 }
 
+type Quantization = Pick<ConvertOptions, "weightOnlyBits" | "gptq" | "smoothquant" | "int8KvCache">;
+
 /** Converts `modelDir` split by `sizes` and builds a cpu engine that gathers context logits. */
-async function engineFor(modelDir: string, tag: string, sizes: MappingSizes): Promise<string> {
+async function engineFor(modelDir: string, tag: string, sizes: MappingSizes, quant: Quantization = {}) {
   const ckpt = path.join(work, `${tag}-ckpt`);
-  await convertHfCheckpoint({ modelDir, outputDir: ckpt, dtype: "float32", mapping: new Mapping(sizes) });
+  await convertHfCheckpoint({ modelDir, outputDir: ckpt, dtype: "float32", mapping: new Mapping(sizes), ...quant });
   const engine = path.join(work, `${tag}-engine`);
   await buildEngine({
     checkpointDir: ckpt,
@@ -236,4 +238,38 @@ describe("uneven pipeline, KV heads repeated, mpirun", async () => {
     );
     assert.ok(!fs.existsSync(path.join(work, "never")));
   });
+});
+
+describe("quantized checkpoints split tp 2 × pp 2", async () => {
+  const hf = path.join(FIXTURES, "qwen2_tied_gqa", "hf");
+  const prompts = writePrompts(
+    "quant",
+    loadReference("qwen2_tied_gqa").prompts.map((p) => p.inputIds),
+  );
+  const float = flatLogits(runJson(await engineFor(hf, "quant-float", {}), prompts, "quant-float"));
+  const calib = { calibSize: 8 };
+  const modes: [string, Quantization][] = [
+    ["int8 weight-only", { weightOnlyBits: 8 }],
+    ["int4 GPTQ, group 16", { gptq: { groupSize: 16, ...calib } }],
+    ["SmoothQuant per channel, per token", { smoothquant: { alpha: 0.5, perToken: true, perChannel: true, ...calib } }],
+    ["SmoothQuant per tensor", { smoothquant: { alpha: 0.5, perToken: false, perChannel: false, ...calib } }],
+    ["INT8 KV cache", { int8KvCache: calib }],
+  ];
+  for (const [what, quant] of modes) {
+    test(`${what}: the split run stays within the single-rank run's quantization error`, async () => {
+      const tag = `quant-${what.replace(/\W+/g, "-")}`;
+      const one = flatLogits(runJson(await engineFor(hf, `${tag}-1`, {}, quant), prompts, `${tag}-1`));
+      const split = flatLogits(
+        runJson(await engineFor(hf, `${tag}-4`, { tpSize: 2, ppSize: 2 }, quant), prompts, `${tag}-4`),
+      );
+      const quantError = maxAbsDiff(one, float);
+      assert.ok(quantError > 1e-3, "quantization changes the logits");
+      const apart = maxAbsDiff(split, one);
+      console.log(
+        `# ${what}: max |Δlogit| split vs single ${apart.toFixed(4)}, single vs float ${quantError.toFixed(4)}`,
+      );
+      assert.ok(apart <= quantError, `split vs single ${apart}, single vs float ${quantError}`);
+      assert.ok(maxAbsDiff(split, float) <= 1.5 * quantError);
+    });
+  }
 });
