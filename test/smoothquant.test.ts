@@ -7,7 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
 import { type ConvertOptions, convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
-import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
+import { SafetensorsFile, writeSafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { Mapping } from "../src/mapping.js";
 import { matmulSmoothQuant, quantizeSq, type SqWeight, smoothingFactors } from "../src/quantization/smoothquant.js";
 import { contextLogitError, convertBuildLoad, FIXTURES, loadReference, tempDir } from "./helpers.js";
@@ -302,6 +302,36 @@ describe("W8A8_SQ_*_PLUGIN checkpoints and engines", () => {
     console.log(`# ${fixture}: max |Δlogit| / std(logits): ${figures.join(", ")}`);
   });
 
+  test("a model with activation outliers: α = 0.5 has a lower logit error than plain W8A8", async () => {
+    const hf = outlierModel();
+    const ref = loadReference(fixture);
+    // The outliers change nothing in float: every scaled channel is divided back in the next weight.
+    const f32 = await convertBuildLoad({ modelDir: hf, outputDir: path.join(work, "outliers-f32"), dtype: "float32" });
+    assert.ok(contextLogitError(f32.llm, ref).worst < 1e-4);
+    f32.llm.dispose();
+    const figures: string[] = [];
+    for (const perToken of [true, false]) {
+      const err = async (smooth: boolean) => {
+        const { llm } = await convertBuildLoad({
+          modelDir: hf,
+          outputDir: path.join(work, `outliers-${perToken}-${smooth}`),
+          dtype: "float32",
+          smoothquant: { alpha: 0.5, perToken, perChannel: true, calibSize: 16, smooth },
+        });
+        const { worst, std } = contextLogitError(llm, ref);
+        llm.dispose();
+        return worst / std;
+      };
+      const plain = await err(false);
+      const smoothed = await err(true);
+      figures.push(
+        `${perToken ? "per token" : "static"}: plain W8A8 ${plain.toFixed(4)}, SmoothQuant ${smoothed.toFixed(4)}`,
+      );
+      assert.ok(smoothed < plain, figures.at(-1));
+    }
+    console.log(`# outlier model, max |Δlogit| / std(logits): ${figures.join("; ")}`);
+  });
+
   test("bad input: alpha outside [0, 1], mixed with weight-only; nothing written", async () => {
     const out = path.join(work, "bad");
     const base = { modelDir: model, outputDir: out, dtype: "float32" as const };
@@ -317,3 +347,65 @@ describe("W8A8_SQ_*_PLUGIN checkpoints and engines", () => {
     assert.equal(fs.existsSync(out), false);
   });
 });
+
+/**
+ * The fixture with outlier channels (× 30) in the inputs of every linear layer, the function unchanged: norm
+ * weights (qkv, gate/up inputs), v rows (dense input) and up rows (proj input) scaled up, and the weights
+ * reading them scaled down.
+ */
+function outlierModel(): string {
+  const K = 30;
+  const dir = path.join(work, "outliers-hf");
+  fs.mkdirSync(dir, { recursive: true });
+  for (const f of fs.readdirSync(model))
+    if (f !== "model.safetensors") fs.copyFileSync(path.join(model, f), path.join(dir, f));
+  const cfg = JSON.parse(fs.readFileSync(path.join(model, "config.json"), "utf8"));
+  const H: number = cfg.hidden_size;
+  const D = H / cfg.num_attention_heads;
+  const group = cfg.num_attention_heads / cfg.num_key_value_heads;
+  const hidden = [3, 17, 40];
+  const vRows = [5, 20]; // (kv head, dim) pairs 0·D + 5 and 1·D + 4
+  const upRows = [7, 90, 150];
+  const f = SafetensorsFile.open(path.join(model, "model.safetensors"));
+  const t = new Map(f.names().map((n) => [n, { shape: f.info(n).shape, data: f.readFloat32(n) }]));
+  f.close();
+  const scaleRows = (n: string, rows: number[], k: number) => {
+    const { shape, data } = t.get(n)!;
+    const cols = shape[1] ?? 1;
+    for (const r of rows) for (let c = 0; c < cols; c++) data[r * cols + c] *= k;
+  };
+  const scaleCols = (n: string, cols: number[], k: number) => {
+    const { shape, data } = t.get(n)!;
+    for (let r = 0; r < shape[0]; r++) for (const c of cols) data[r * shape[1] + c] *= k;
+  };
+  for (let l = 0; l < cfg.num_hidden_layers; l++) {
+    const p = `model.layers.${l}`;
+    for (const [norm, readers] of [
+      ["input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]],
+      ["post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"]],
+    ] as const) {
+      scaleRows(`${p}.${norm}.weight`, hidden, K);
+      for (const r of readers) scaleCols(`${p}.${r}.weight`, hidden, 1 / K);
+    }
+    scaleRows(`${p}.self_attn.v_proj.weight`, vRows, K);
+    scaleRows(`${p}.self_attn.v_proj.bias`, vRows, K);
+    // Each KV head's value dims reach the dense input once per query head of its group.
+    const denseCols = vRows.flatMap((r) => {
+      const [kv, d] = [Math.floor(r / D), r % D];
+      return Array.from({ length: group }, (_, g) => (kv * group + g) * D + d);
+    });
+    scaleCols(`${p}.self_attn.o_proj.weight`, denseCols, 1 / K);
+    scaleRows(`${p}.mlp.up_proj.weight`, upRows, K);
+    scaleCols(`${p}.mlp.down_proj.weight`, upRows, 1 / K);
+  }
+  writeSafetensorsFile(
+    path.join(dir, "model.safetensors"),
+    [...t].map(([name, { shape, data }]) => ({
+      name,
+      dtype: "F32" as const,
+      shape,
+      data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    })),
+  );
+  return dir;
+}

@@ -41,7 +41,15 @@ export interface ConvertOptions {
   /** GPTQ int4 with group scales and zeros (W4A16_GPTQ), calibrated on these texts. */
   gptq?: { groupSize: number; calibDataset?: string; calibSize: number };
   /** SmoothQuant W8A8 (TensorRT-LLM's W8A8_SQ_*_PLUGIN formats), calibrated on these texts. */
-  smoothquant?: { alpha: number; perToken: boolean; perChannel: boolean; calibDataset?: string; calibSize: number };
+  smoothquant?: {
+    alpha: number;
+    perToken: boolean;
+    perChannel: boolean;
+    calibDataset?: string;
+    calibSize: number;
+    /** false: the same int8 formats with no smoothing, the plain W8A8 baseline SmoothQuant is measured against. */
+    smooth?: boolean;
+  };
   /** INT8 KV cache: one calibrated scale per layer, max |qkv output| / 127 (TensorRT-LLM's converter). */
   int8KvCache?: { calibDataset?: string; calibSize: number };
   overwrite?: boolean;
@@ -141,7 +149,7 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
         opts.gptq !== undefined,
         sq &&
           ((ckpt, a) => {
-            sqTensors = smoothQuantTensors(ckpt, cfg, a, sq.alpha, sq, target);
+            sqTensors = smoothQuantTensors(ckpt, cfg, a, sq.smooth === false ? null : sq.alpha, sq, target);
           }),
       )
     : null;

@@ -29,7 +29,8 @@ export function smoothQuantTensors(
   ckpt: SafetensorsFile,
   cfg: PretrainedConfig,
   acts: Activations,
-  alpha: number,
+  /** null: no smoothing (factors of 1), plain W8A8 in the same formats. */
+  alpha: number | null,
   v: SqVariant,
   target: EncodableDtype,
 ): Map<string, SqTensor[]> {
@@ -46,7 +47,7 @@ export function smoothQuantTensors(
     const ws = names.map((n) => ckpt.readFloat32(n));
     const inDim = ckpt.info(names[0]).shape[1];
     const xAmax = range(names[0]).x;
-    const s = smoothingFactors(xAmax, ws, inDim, alpha);
+    const s = alpha === null ? new Float32Array(inDim).fill(1) : smoothingFactors(xAmax, ws, inDim, alpha);
     let ax = 0;
     for (let j = 0; j < inDim; j++) ax = Math.max(ax, xAmax[j] / s[j]);
     names.forEach((n, k) => {
