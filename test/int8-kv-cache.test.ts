@@ -27,7 +27,7 @@ const scaleOf = (l: number) => `transformer.layers.${l}.attention.kv_cache_scali
 describe("INT8 KV cache", () => {
   test("by hand: q = clamp(round(x / scale), −127, 127), read back as q · scale", () => {
     const spec = { numLayers: 2, numBlocks: 2, tokensPerBlock: 2, numHeads: 1, numKvHeads: 1, headSize: 4 };
-    const store = new CpuKvStore(spec, Float32Array.of(0.5, 0.1));
+    const store = new CpuKvStore(spec, { kind: "int8", scales: Float32Array.of(0.5, 0.1) });
     store.write(1, 3, Float32Array.of(0.26, -0.04, 20, -0.16), Float32Array.of(12.7, -12.71, 0, 0.049));
     assert.equal(store.scale(1), Math.fround(0.1));
     const [kb] = store.keyBlocks(1, Int32Array.of(1));

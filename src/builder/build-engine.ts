@@ -12,6 +12,7 @@ import { Mapping } from "../mapping.js";
 import { decoderDims } from "../models/decoder.js";
 import { familyOf } from "../models/families.js";
 import { quantMode } from "../quantization/mode.js";
+import { attachQuantCfg, writeQuantCfg } from "../quantization/quantize-plan.js";
 import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
 import { KILN_VERSION } from "../version.js";
@@ -42,14 +43,14 @@ export interface BuildOptions {
 
 export function readCheckpointConfig(dir: string): PretrainedConfig {
   const where = path.join(dir, "config.json");
-  const cfg = parsePretrainedConfig(readJson(where), where);
+  const cfg = attachQuantCfg(dir, parsePretrainedConfig(readJson(where), where));
   familyOf(cfg.architecture, where);
   const mode = quantMode(cfg.quantization.quant_algo, where);
   const kvAlgo = cfg.quantization.kv_cache_quant_algo;
-  if ((mode && !mode.supported) || (kvAlgo !== null && kvAlgo !== "INT8")) {
+  if ((mode && !mode.supported) || (kvAlgo !== null && kvAlgo !== "INT8" && kvAlgo !== "FP8")) {
     const what = cfg.quantization.quant_algo ?? `kv_cache_quant_algo ${cfg.quantization.kv_cache_quant_algo}`;
     throw new ConfigError(
-      `${where}: quantization ${what} is not supported by this kiln yet (supported: W8A16, W4A16, W4A16_GPTQ, W8A8_SQ_*_PLUGIN, and an INT8 KV cache)`,
+      `${where}: quantization ${what} is not supported by this kiln yet (supported: W8A16, W4A16, W4A16_GPTQ, W8A8_SQ_*_PLUGIN, W8A8_SQ_PER_CHANNEL, FP8, W4A16_AWQ, W4A8_AWQ, NVFP4, MIXED_PRECISION of these, and an INT8 or FP8 KV cache)`,
     );
   }
   return cfg;
@@ -93,8 +94,8 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
         build,
         sectionBytes(weights),
         opts.backend === "cpu" ? 4 : dtypeByteSize(dtypeFromName(model.dtype)),
-        // The cpu backend's INT8 KV cache (cuda refuses one above).
-        q.kv_cache_quant_algo === "INT8" ? 1 : undefined,
+        // The cpu backend's INT8 or FP8 KV cache (cuda refuses one above).
+        q.kv_cache_quant_algo !== null ? 1 : undefined,
       );
       checkMemoryPlan(memory, build);
       return { rank, weights, memory };
@@ -133,7 +134,10 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
         writer.close();
       }
       bar.done();
-      fs.writeFileSync(path.join(dir, "config.json"), `${JSON.stringify(engineConfig, null, 4)}\n`);
+      const { quantized_layers, ...quantization } = model.quantization;
+      const written = { ...engineConfig, pretrained_config: { ...model, quantization } };
+      fs.writeFileSync(path.join(dir, "config.json"), `${JSON.stringify(written, null, 4)}\n`);
+      if (quantized_layers) writeQuantCfg(dir, model);
       copyTokenizerFiles(opts.checkpointDir, dir);
       return engineConfig;
     });

@@ -7,7 +7,9 @@ import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import type { SafetensorsFile } from "../checkpoint/safetensors.js";
 import { CheckpointError } from "../errors.js";
 import { type DecoderDims, decoderDims, decoderTensorShapes } from "../models/decoder.js";
+import { layerQuant, moduleOfWeight } from "../quantization/layer-plan.js";
 import { companionName, isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
+import { isModelOptAlgo, MODELOPT_COMPANIONS, type ModelOptAlgo } from "../quantization/modelopt-formats.js";
 import { type SqVariant, sqVariantOf } from "../quantization/smoothquant.js";
 import type { SectionSpec } from "./engine-file.js";
 
@@ -55,18 +57,24 @@ function tensorSection(
   };
 }
 
-/** float32 tensors for the cpu kernels; weight-only quantized layers keep their int8 bytes and float32 scales. */
+/**
+ * float32 tensors for the cpu kernels; a quantized linear layer keeps its checkpoint bytes (int8, packed int4
+ * or fp4, fp8) beside float32 scales, in the layout its algorithm (per layer, for MIXED_PRECISION) stores.
+ */
 export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile, dims = decoderDims(cfg)): PlannedSection[] {
-  const algo = cfg.quantization.quant_algo;
-  const sq = sqVariantOf(algo);
+  const sq = sqVariantOf(cfg.quantization.quant_algo);
   if (sq) return smoothQuantSections(cfg, file, sq, dims);
-  const quantized = algo === "W8A16" || algo === "W4A16" || algo === "W4A16_GPTQ";
   return [...decoderTensorShapes(cfg, dims)].flatMap(([name, shape]) => {
-    if (!quantized || !isWeightOnlyLayer(name)) {
-      return [tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file)];
-    }
+    const module = moduleOfWeight(name);
+    const global = module?.replace(
+      /^transformer\.layers\.(\d+)\./,
+      (_, i) => `transformer.layers.${dims.layers[Number(i)]}.`,
+    );
+    const algo = global ? layerQuant(cfg.quantization, global)?.quant_algo : undefined;
+    if (!algo) return [tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file)];
     const [out, inDim] = shape;
     if (algo === "W4A16_GPTQ") return gptqSections(cfg, file, name, out, inDim);
+    if (isModelOptAlgo(algo)) return modeloptSections(algo, name, file);
     const stored = [inDim, algo === "W8A16" ? out : out / 2];
     const scale = scaleName(name);
     if (!file.has(name) || file.info(name).dtype !== "I8") {
@@ -77,6 +85,34 @@ export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile, dims =
       tensorSection(scale, [out], "F32", [checkedSource(scale, [out], file)], file),
     ];
   });
+}
+
+/**
+ * A ModelOpt-format layer: the weight's bytes as stored (fp8, int8, packed fp4, or packed int4 carried in the
+ * model dtype, kept as U8), fp8 block scales as stored, every float companion as float32.
+ */
+function modeloptSections(algo: ModelOptAlgo, name: string, file: SafetensorsFile): PlannedSection[] {
+  const present = (n: string) => {
+    if (!file.has(n)) throw new CheckpointError(`${file.path}: ${algo} expects "${n}"`);
+    return file.info(n);
+  };
+  const raw = (n: string, dtype: Dtype, shape: number[]): PlannedSection => ({
+    spec: { name: n, dtype, shape },
+    make: () => file.readBytes(n),
+  });
+  const w = present(name);
+  const weight =
+    w.dtype === "F8_E4M3" || w.dtype === "I8" || w.dtype === "U8"
+      ? raw(name, w.dtype, w.shape)
+      : raw(name, "U8", [w.shape[0], w.byteLength / w.shape[0]]); // int4 pairs in a model-dtype carrier
+  return [
+    weight,
+    ...MODELOPT_COMPANIONS[algo].map((suffix) => {
+      const n = companionName(name, suffix);
+      const info = present(n);
+      return info.dtype === "F8_E4M3" ? raw(n, info.dtype, info.shape) : tensorSection(n, info.shape, "F32", [n], file);
+    }),
+  ];
 }
 
 /**

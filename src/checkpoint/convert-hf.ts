@@ -9,8 +9,17 @@ import { Mapping } from "../mapping.js";
 import { familyOf } from "../models/families.js";
 import type { HfConfig } from "../models/hf-decoder.js";
 import { type Activations, calibrationTexts, captureActivations } from "../quantization/calibration.js";
+import { E4M3_MAX } from "../quantization/fp8.js";
+import { layerQuant, linearModules } from "../quantization/layer-plan.js";
 import { gptqQuantizer, weightOnlyQuantizer } from "../quantization/layer-quantizer.js";
 import { isWeightOnlyLayer } from "../quantization/mode.js";
+import { isModelOptAlgo } from "../quantization/modelopt-formats.js";
+import {
+  layerQuantizers,
+  planQuantization,
+  type QuantizeOptions,
+  writeCheckpointConfig,
+} from "../quantization/quantize-plan.js";
 import { sqAlgo } from "../quantization/smoothquant.js";
 import { type SqTensor, sliceSqForRank, smoothQuantTensors } from "../quantization/smoothquant-checkpoint.js";
 import { writeOutputDir } from "../util/output-dir.js";
@@ -52,6 +61,8 @@ export interface ConvertOptions {
   };
   /** INT8 KV cache: one calibrated scale per layer, max |qkv output| / 127 (TensorRT-LLM's converter). */
   int8KvCache?: { calibDataset?: string; calibSize: number };
+  /** kiln quantize: a qformat for every linear layer, or quant_cfg.json's table, and a KV cache dtype. */
+  quantize?: QuantizeOptions;
   overwrite?: boolean;
 }
 
@@ -131,6 +142,11 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   const mapping = opts.mapping ?? new Mapping();
   mapping.validateFor(cfg);
   cfg.mapping = mapping.toConfig();
+  if (opts.quantize) {
+    if (opts.gptq || opts.weightOnlyBits || opts.smoothquant || opts.int8KvCache)
+      throw new UsageError("kiln quantize takes its formats from --qformat and --quant_cfg alone");
+    planQuantization(cfg, opts.quantize);
+  }
   if (opts.gptq && opts.weightOnlyBits)
     throw new UsageError("give one weight-only precision, not both int4_gptq and int8/int4");
   const sq = opts.smoothquant;
@@ -140,13 +156,17 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
       throw new UsageError("give --smoothquant or a weight-only precision, not both");
   }
   const target = dtypeFromName(cfg.dtype);
-  const calibSettings = opts.gptq ?? sq ?? opts.int8KvCache;
+  const modules = linearModules(cfg.num_hidden_layers);
+  const modelOpt = opts.quantize ? modules.map((m) => layerQuant(cfg.quantization, m)?.quant_algo ?? null) : [];
+  const needsCalibration = modelOpt.some(isModelOptAlgo) || cfg.quantization.kv_cache_quant_algo !== null;
+  const awqInputs = modelOpt.some((a) => a === "W4A16_AWQ" || a === "W4A8_AWQ");
+  const calibSettings = opts.gptq ?? sq ?? opts.int8KvCache ?? (needsCalibration ? opts.quantize : undefined);
   let sqTensors: Map<string, SqTensor[]> | null = null;
   const acts = calibSettings
     ? await calibrate(
         opts,
         calibSettings,
-        opts.gptq !== undefined,
+        opts.gptq !== undefined || awqInputs,
         sq &&
           ((ckpt, a) => {
             sqTensors = smoothQuantTensors(ckpt, cfg, a, sq.smooth === false ? null : sq.alpha, sq, target);
@@ -163,8 +183,13 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
       ? weightOnlyQuantizer(opts.weightOnlyBits)
       : null;
   if (quantizer) cfg.quantization.quant_algo = quantizer.algo;
-  const kvScales = opts.int8KvCache ? int8KvScales(acts!.kvAmax) : null;
-  if (kvScales) cfg.quantization.kv_cache_quant_algo = "INT8";
+  if (opts.int8KvCache) cfg.quantization.kv_cache_quant_algo = "INT8";
+  const kvAlgo = cfg.quantization.kv_cache_quant_algo;
+  const kvScales = kvAlgo === "INT8" || kvAlgo === "FP8" ? kvCacheScales(acts!.kvAmax, kvAlgo) : null;
+  /** The quantizer of a linear layer's weight (by its single-rank name), or null to keep it in the model dtype. */
+  const quantizerOf = opts.quantize
+    ? layerQuantizers(cfg, acts)
+    : (name: string) => (quantizer !== null && isWeightOnlyLayer(name) ? quantizer : null);
   if (opts.gptq) {
     cfg.quantization.group_size = opts.gptq.groupSize;
     cfg.quantization.has_zero_point = true;
@@ -174,7 +199,7 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
     const ranks = Array.from({ length: mapping.numFileRanks }, (_, f) =>
       rankTensors(cfg, mapping, f, (n) => store.has(n)),
     );
-    const quantized = (t: RankTensor) => quantizer !== null && isWeightOnlyLayer(t.name);
+
     // Every source and every quantized shape is checked before anything is written: a refusal leaves no output.
     const layersOf = (f: number) => mapping.ppLayers(cfg.num_hidden_layers, Math.floor(f / mapping.tpSize));
     const kvScaleName = (local: number) => `transformer.layers.${local}.attention.kv_cache_scaling_factor`;
@@ -195,7 +220,7 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
       ...tensors.flatMap(
         (t) =>
           sqOf(t, f) ??
-          (quantized(t) ? quantizer!.specs(t, target) : [{ name: t.name, dtype: target, shape: t.shape }]),
+          quantizerOf(globalName(t.name, f))?.specs(t, target) ?? [{ name: t.name, dtype: target, shape: t.shape }],
       ),
       ...(kvScales ? layersOf(f).map((_, i) => ({ name: kvScaleName(i), dtype: "F32" as const, shape: [1] })) : []),
     ]);
@@ -218,11 +243,12 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
         const layers = layersOf(f);
         for (const t of tensors) {
           const sqt = sqOf(t, f);
+          const lq = quantizerOf(globalName(t.name, f));
           if (sqt) for (const x of sqt) writer.write(x.name, x.bytes);
-          else if (quantized(t)) {
+          else if (lq) {
             const values = decodeToFloat32(tensorBytes(store, t, "F32", opts.modelDir), "F32");
-            const bytes = quantizer!.tensors(t, values, target, globalName(t.name, f));
-            quantizer!.specs(t, target).forEach((spec, k) => {
+            const bytes = lq.tensors(t, values, target, globalName(t.name, f));
+            lq.specs(t, target).forEach((spec, k) => {
               writer.write(spec.name, bytes[k]);
             });
           } else {
@@ -238,7 +264,7 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
         writer.close();
       });
       bar.done();
-      fs.writeFileSync(path.join(dir, "config.json"), `${JSON.stringify(cfg, null, 4)}\n`);
+      writeCheckpointConfig(dir, cfg);
       copyTokenizerFiles(opts.modelDir, dir);
       return cfg;
     });
@@ -275,9 +301,13 @@ async function calibrate(
   }
 }
 
-/** Per layer amax / 127: int8 codes −127…127 span the calibrated range (a layer that saw only zeros gets 1). */
-export function int8KvScales(kvAmax: Float32Array): Float32Array {
-  return kvAmax.map((a) => (a > 0 ? a / 127 : 1));
+/**
+ * Per layer amax / 127 (INT8: codes −127…127 span the calibrated range) or amax / 448 (FP8 E4M3's largest
+ * value); a layer that saw only zeros gets 1.
+ */
+export function kvCacheScales(kvAmax: Float32Array, algo: "INT8" | "FP8"): Float32Array {
+  const top = algo === "INT8" ? 127 : E4M3_MAX;
+  return kvAmax.map((a) => (a > 0 ? a / top : 1));
 }
 
 /** Tokenizer files travel with the checkpoint and the engine, so `kiln run` needs no --tokenizer_dir. */

@@ -20,6 +20,14 @@ export interface MappingConfig {
   auto_parallel: boolean;
 }
 
+/** One entry of quant_cfg.json's quantized_layers: a linear module's algorithm and its settings. */
+export interface LayerQuantConfig {
+  quant_algo: string;
+  group_size?: number;
+  has_zero_point?: boolean;
+  pre_quant_scale?: boolean;
+}
+
 export interface QuantizationConfig {
   quant_algo: string | null;
   kv_cache_quant_algo: string | null;
@@ -30,6 +38,11 @@ export interface QuantizationConfig {
   has_zero_point: boolean;
   pre_quant_scale: boolean;
   exclude_modules: string[] | null;
+  /**
+   * MIXED_PRECISION: each linear module's algorithm (quant_cfg.json's quantized_layers, which kiln reads from
+   * beside config.json and keeps here in memory; config.json itself does not hold it).
+   */
+  quantized_layers?: Record<string, LayerQuantConfig>;
 }
 
 /** Rope scaling as Hugging Face writes it; `type` is the normalised kind. */

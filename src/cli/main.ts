@@ -8,6 +8,7 @@ import { benchCommand } from "./bench.js";
 import { buildCommand } from "./build.js";
 import { convertCommand } from "./convert.js";
 import { evalCommand } from "./eval.js";
+import { quantizeCommand } from "./quantize.js";
 import { runCommand } from "./run.js";
 import { serveCommand } from "./serve.js";
 import { tokenizeCommand } from "./tokenize.js";
@@ -20,6 +21,7 @@ export async function main(argv: string[]): Promise<number> {
     .showHelpAfterError("(run with --help for usage)");
   for (const cmd of [
     convertCommand(),
+    quantizeCommand(),
     buildCommand(),
     runCommand(),
     serveCommand(),

@@ -56,7 +56,7 @@ export function decoderTensorShapes(cfg: PretrainedConfig, dims = decoderDims(cf
     m.set(`${t}.attention.dense.weight`, [H, dims.numHeads * D]);
     if (cfg.dense_bias === true) m.set(`${t}.attention.dense.bias`, [H]);
     m.set(`${t}.post_layernorm.weight`, [H]);
-    if (cfg.quantization.kv_cache_quant_algo === "INT8") m.set(`${t}.attention.kv_cache_scaling_factor`, [1]);
+    if (cfg.quantization.kv_cache_quant_algo !== null) m.set(`${t}.attention.kv_cache_scaling_factor`, [1]);
     m.set(`${t}.mlp.fc.weight`, [I, H]);
     m.set(`${t}.mlp.gate.weight`, [I, H]);
     m.set(`${t}.mlp.proj.weight`, [H, I]);

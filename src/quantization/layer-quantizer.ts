@@ -8,12 +8,12 @@ import type { TensorSpec } from "../checkpoint/safetensors.js";
 import { UsageError } from "../errors.js";
 import type { LinearInputs } from "./calibration.js";
 import { gptq, packGptq } from "./gptq.js";
-import { companionName, scaleName } from "./mode.js";
+import { companionName, type QuantAlgo, scaleName } from "./mode.js";
 import { quantizeWeightOnly } from "./weight-only.js";
 
 export interface LayerQuantizer {
   /** The quant_algo the checkpoint's config names. */
-  algo: "W8A16" | "W4A16" | "W4A16_GPTQ";
+  algo: QuantAlgo;
   specs(t: RankTensor, target: EncodableDtype): TensorSpec[];
   /** The tensors' bytes, in specs order. `globalName` is the weight's name in a single-rank checkpoint. */
   tensors(t: RankTensor, values: Float32Array, target: EncodableDtype, globalName: string): Uint8Array[];

@@ -50,11 +50,11 @@ const mode = (m: Partial<QuantMode>): QuantMode => ({
 const MODES: Record<QuantAlgo, QuantMode> = {
   W8A16: mode({ weightBits: 8, weightFormat: "int", supported: true }),
   W4A16: mode({ weightBits: 4, weightFormat: "int", supported: true }),
-  W4A16_AWQ: mode({ weightBits: 4, weightFormat: "int", perGroup: true }),
-  W4A8_AWQ: mode({ weightBits: 4, weightFormat: "int", perGroup: true, quantizedActivations: true }),
+  W4A16_AWQ: mode({ weightBits: 4, weightFormat: "int", perGroup: true, supported: true }),
+  W4A8_AWQ: mode({ weightBits: 4, weightFormat: "int", perGroup: true, quantizedActivations: true, supported: true }),
   W8A16_GPTQ: mode({ weightBits: 8, weightFormat: "int", perGroup: true }),
   W4A16_GPTQ: mode({ weightBits: 4, weightFormat: "int", perGroup: true, supported: true }),
-  W8A8_SQ_PER_CHANNEL: mode({ weightBits: 8, weightFormat: "int", quantizedActivations: true }),
+  W8A8_SQ_PER_CHANNEL: mode({ weightBits: 8, weightFormat: "int", quantizedActivations: true, supported: true }),
   W8A8_SQ_PER_TENSOR_PLUGIN: mode({ weightBits: 8, weightFormat: "int", quantizedActivations: true, supported: true }),
   W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN: mode({
     weightBits: 8,
@@ -74,10 +74,10 @@ const MODES: Record<QuantAlgo, QuantMode> = {
     quantizedActivations: true,
     supported: true,
   }),
-  FP8: mode({ weightBits: 8, weightFormat: "fp8", quantizedActivations: true }),
+  FP8: mode({ weightBits: 8, weightFormat: "fp8", quantizedActivations: true, supported: true }),
   FP8_PER_CHANNEL_PER_TOKEN: mode({ weightBits: 8, weightFormat: "fp8", quantizedActivations: true }),
-  NVFP4: mode({ weightBits: 4, weightFormat: "fp4", quantizedActivations: true }),
-  MIXED_PRECISION: mode({}),
+  NVFP4: mode({ weightBits: 4, weightFormat: "fp4", quantizedActivations: true, supported: true }),
+  MIXED_PRECISION: mode({ supported: true }),
 };
 
 /** The mode of a checkpoint's quant_algo (null: unquantized); an unknown string is a ConfigError naming it. */

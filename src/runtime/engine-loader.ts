@@ -4,7 +4,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import type { Backend } from "../backends/backend.js";
-import { CpuBackend, type CpuTensor, cpuTensor } from "../backends/cpu/cpu-backend.js";
+import { CpuBackend } from "../backends/cpu/cpu-backend.js";
+import { type CpuWeights, readCpuWeights } from "../backends/cpu/cpu-weights.js";
 import type { EngineConfig } from "../builder/build-engine.js";
 import { CPU_TARGET } from "../builder/build-engine.js";
 import { EngineFile } from "../builder/engine-file.js";
@@ -12,11 +13,10 @@ import { readJson } from "../checkpoint/convert-hf.js";
 import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { SOLO } from "../comm/communicator.js";
 import { joinWorld, rankEnv } from "../comm/rank-env.js";
-import { ConfigError, EngineError } from "../errors.js";
+import { ConfigError } from "../errors.js";
 import { Mapping } from "../mapping.js";
-import { DecoderModel, type ParallelContext } from "../models/decoder.js";
-import { companionName, scaleName } from "../quantization/mode.js";
-import { type SqVariant, sqVariantOf } from "../quantization/smoothquant.js";
+import { DecoderModel, decoderDims, type ParallelContext } from "../models/decoder.js";
+import { attachQuantCfg } from "../quantization/quantize-plan.js";
 import type { StepExecutor } from "./model-runner.js";
 
 export interface LoadedEngine {
@@ -48,7 +48,7 @@ export function readEngineConfig(dir: string): EngineConfig {
   if (raw.backend !== "cpu" && raw.backend !== "cuda") {
     throw new ConfigError(`${where}: unknown backend ${JSON.stringify(raw.backend)}`);
   }
-  const pretrained = parsePretrainedConfig(raw.pretrained_config, `${where} (pretrained_config)`);
+  const pretrained = attachQuantCfg(dir, parsePretrainedConfig(raw.pretrained_config, `${where} (pretrained_config)`));
   return { ...(raw as EngineConfig), pretrained_config: pretrained };
 }
 
@@ -89,112 +89,18 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
     backend: "cpu",
     target: CPU_TARGET,
   });
-  const weights = new Map<string, CpuTensor>();
+  let loaded: CpuWeights;
   try {
-    const quantized = new Map<string, { q: Int8Array; shape: number[] }>();
-    for (const s of file.header.sections) {
-      if (s.dtype === "I8" || s.dtype === "U8") {
-        const bytes = file.read(s.name);
-        quantized.set(s.name, { q: new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), shape: s.shape });
-        continue;
-      }
-      if (s.dtype !== "F32") {
-        throw new EngineError(
-          `${file.path}: section "${s.name}" is ${s.dtype}; cpu engines hold F32 (and I8 quantized weights)`,
-        );
-      }
-      const bytes = file.read(s.name);
-      const data = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-      const [rows, cols] =
-        s.shape.length === 1 ? [1, s.shape[0]] : [s.shape[0], s.shape.slice(1).reduce((a, b) => a * b, 1)];
-      weights.set(s.name, cpuTensor(rows, cols, data));
-    }
-    // Weight-only layers: [in, out] int8 (or [in, out/2] int4 pairs) with their per-output-channel scales.
-    const groupSize = config.pretrained_config.quantization.group_size;
-    const sq = sqVariantOf(config.pretrained_config.quantization.quant_algo);
-    for (const [name, { q, shape }] of quantized) {
-      if (sq) {
-        weights.set(name, smoothQuantWeight(weights, name, q, shape, sq, file.path));
-        continue;
-      }
-      const groupScales = weights.get(companionName(name, "weights_scaling_factor"));
-      const zeros = weights.get(companionName(name, "zero"));
-      if (groupScales && zeros) {
-        weights.set(name, {
-          data: new Float32Array(0),
-          rows: groupScales.cols,
-          cols: shape[0],
-          groupQuant: { q, scales: groupScales.data, zeros: zeros.data, groupSize },
-        });
-        continue;
-      }
-      const scales = weights.get(scaleName(name));
-      if (!scales) throw new EngineError(`${file.path}: quantized "${name}" has no "${scaleName(name)}"`);
-      const out = scales.cols;
-      const bits = shape[1] === out ? 8 : 4;
-      weights.set(name, {
-        data: new Float32Array(0),
-        rows: out,
-        cols: shape[0],
-        quant: { bits, q, scales: scales.data },
-      });
-    }
+    loaded = readCpuWeights(
+      file,
+      config.pretrained_config,
+      decoderDims(config.pretrained_config, parallel.mapping, parallel.rank),
+    );
   } finally {
     file.close();
   }
-  const m = config.pretrained_config;
-  const numLayers = parallel.mapping.ppLayers(
-    m.num_hidden_layers,
-    parallel.mapping.coords(parallel.rank).ppRank,
-  ).length;
-  const kvScales =
-    m.quantization.kv_cache_quant_algo === "INT8"
-      ? Float32Array.from({ length: numLayers }, (_, l) => {
-          const name = `transformer.layers.${l}.attention.kv_cache_scaling_factor`;
-          const s = weights.get(name);
-          if (!s || !(s.data[0] > 0)) throw new EngineError(`${file.path}: INT8 KV cache needs a positive "${name}"`);
-          return s.data[0];
-        })
-      : null;
-  const backend = new CpuBackend(weights, kvScales);
+  const { weights, kvCache } = loaded;
+  const backend = new CpuBackend(weights, kvCache);
   const model = new DecoderModel(config.pretrained_config, backend, parallel);
   return { dir, config, backend, model, executor: eagerExecutor(backend, model, config.pretrained_config.vocab_size) };
-}
-
-/** A SmoothQuant linear from its engine sections: where its activation scale lives depends on the layer. */
-function smoothQuantWeight(
-  weights: Map<string, CpuTensor>,
-  name: string,
-  q: Int8Array,
-  shape: number[],
-  v: SqVariant,
-  where: string,
-): CpuTensor {
-  const lin = name.replace(/\.weight$/, "");
-  const get = (n: string) => {
-    const t = weights.get(n);
-    if (!t) throw new EngineError(`${where}: SmoothQuant "${name}" has no "${n}"`);
-    return t.data;
-  };
-  const [layer, kind] = /^(transformer\.layers\.\d+)\.(.+)$/.exec(lin)!.slice(1);
-  const row = kind === "attention.dense" || kind === "mlp.proj";
-  const scaleToInt = {
-    "attention.qkv": `${layer}.input_layernorm.scale_to_int`,
-    "mlp.fc": `${layer}.post_layernorm.scale_to_int`,
-    "mlp.gate": `${layer}.post_layernorm.scale_to_int`,
-    "attention.dense": `${layer}.attention.quantization_scaling_factor`,
-    "mlp.proj": `${layer}.mlp.quantization_scaling_factor`,
-  }[kind];
-  if (!scaleToInt) throw new EngineError(`${where}: "${name}" is not a layer SmoothQuant covers`);
-  return {
-    data: new Float32Array(0),
-    rows: shape[0],
-    cols: shape[1],
-    smoothQuant: {
-      q,
-      perChannelScale: get(`${lin}.per_channel_scale`),
-      staticScales: v.perToken ? null : { scaleToInt: get(scaleToInt)[0], actScale: get(`${lin}.act_scale`)[0] },
-      smoother: row ? get(`${lin}.smoother`) : null,
-    },
-  };
 }

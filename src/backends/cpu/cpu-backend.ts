@@ -13,7 +13,7 @@ import {
   silu,
   softmaxInPlace,
 } from "./kernels.js";
-import { CpuKvStore } from "./kv-store.js";
+import { CpuKvStore, type KvCacheQuant } from "./kv-store.js";
 
 export interface CpuTensor {
   data: Float32Array;
@@ -25,6 +25,15 @@ export interface CpuTensor {
   groupQuant?: { q: Int8Array; scales: Float32Array; zeros: Float32Array; groupSize: number };
   /** A SmoothQuant weight ([out, in] int8) with its activation quantization (quantization/smoothquant.ts). */
   smoothQuant?: SqWeight;
+  /**
+   * A ModelOpt-format layer: `data` holds the dequantized weight; its input is scaled per channel (prequant),
+   * rounded as the format rounds it, and the product scaled by alpha (quantization/modelopt-formats.ts).
+   */
+  inputQuant?: {
+    prequant: Float32Array | null;
+    quantizeInput: ((x: Float32Array, rows: number, cols: number) => Float32Array) | null;
+    alpha: number;
+  };
 }
 
 export function cpuTensor(rows: number, cols: number, data: Float32Array = new Float32Array(rows * cols)): CpuTensor {
@@ -48,12 +57,12 @@ export class CpuBackend implements Backend<CpuTensor> {
   /** Calibration: called with each layer's qkv output (bias added, before RoPE). */
   private qkvWatcher: ((layer: number, qkv: Float32Array) => void) | null = null;
 
-  /** `int8KvScales`: one per layer for an INT8 KV cache (TensorRT-LLM's kv_cache_scaling_factor), else null. */
+  /** `kvQuant`: an INT8 or FP8 KV cache's per-layer scales (TensorRT-LLM's kv_cache_scaling_factor), else null. */
   constructor(
     private readonly weights: Map<string, CpuTensor>,
-    private readonly int8KvScales: Float32Array | null = null,
+    private readonly kvQuant: KvCacheQuant | null = null,
   ) {
-    this.kvBytesPerValue = int8KvScales ? 1 : 4;
+    this.kvBytesPerValue = kvQuant ? 1 : 4;
   }
 
   watchQkvOutputs(watch: ((layer: number, qkv: Float32Array) => void) | null): void {
@@ -77,7 +86,7 @@ export class CpuBackend implements Backend<CpuTensor> {
   }
 
   allocateKvCache(spec: KvCacheSpec): void {
-    this.kv = new CpuKvStore(spec, this.int8KvScales);
+    this.kv = new CpuKvStore(spec, this.kvQuant);
   }
 
   copyKvBlocks(copies: readonly { src: number; dst: number }[]): void {
@@ -134,9 +143,18 @@ export class CpuBackend implements Backend<CpuTensor> {
     else if (weight.groupQuant) matmulGroupwise(x.data, x.rows, x.cols, weight.groupQuant, weight.rows, b, out.data);
     else if (weight.smoothQuant)
       matmulSmoothQuant(x.data, x.rows, x.cols, weight.smoothQuant, weight.rows, b, out.data);
+    else if (weight.inputQuant) this.inputQuantLinear(x, weight, b, out.data);
     else matmulTransposed(x.data, x.rows, x.cols, weight.data, weight.rows, b, out.data);
     if (this.linearWatcher) this.linearWatcher(this.namesOfWeights!.get(weight) ?? "", x, out);
     return out;
+  }
+
+  private inputQuantLinear(x: CpuTensor, weight: CpuTensor, bias: Float32Array | null, out: Float32Array): void {
+    const { prequant, quantizeInput, alpha } = weight.inputQuant!;
+    let input = prequant ? x.data.map((v, k) => v * prequant[k % x.cols]) : x.data;
+    if (quantizeInput) input = quantizeInput(input, x.rows, x.cols);
+    matmulTransposed(input, x.rows, x.cols, weight.data, weight.rows, null, out);
+    for (let k = 0; k < out.length; k++) out[k] = out[k] * alpha + (bias ? bias[k % weight.rows] : 0);
   }
 
   ropeAndCacheKv(

@@ -1,11 +1,20 @@
 // The CPU backend's KV cache: per layer, blocks of tokensPerBlock × numKvHeads × headSize values for keys
 // and for values. Blocks are materialised on first write, so a large pool costs only what is used.
-// With int8 scales (TensorRT-LLM's INT8 KV cache: one scale per layer, shared by keys and values) a block
-// holds q = clamp(round(x / scale), −127, 127); readers multiply by `scale(layer)`, which is 1 for floats.
+// A quantized cache has one scale per layer, shared by keys and values (TensorRT-LLM's kv_cache_scaling_factor):
+// an INT8 block holds q = clamp(round(x / scale), −127, 127); an FP8 block holds x / scale rounded to the
+// nearest E4M3 value (kept as float32 here: the values are the format's, the memory is not). Readers multiply
+// by `scale(layer)`, which is 1 for an unquantized cache.
 
+import { fakeQuantizeE4M3 } from "../../quantization/fp8.js";
 import type { KvCacheSpec } from "../backend.js";
 
 type Block = Float32Array | Int8Array;
+
+export interface KvCacheQuant {
+  kind: "int8" | "fp8";
+  /** One per layer. */
+  scales: Float32Array;
+}
 
 export class CpuKvStore {
   private readonly keys: (Block | undefined)[][];
@@ -13,13 +22,12 @@ export class CpuKvStore {
   readonly blockFloats: number;
   readonly tokenFloats: number;
 
-  /** `int8Scales`: one per layer, or null to keep float32 values. */
   constructor(
     readonly spec: KvCacheSpec,
-    private readonly int8Scales: Float32Array | null = null,
+    private readonly quant: KvCacheQuant | null = null,
   ) {
-    if (int8Scales && int8Scales.length !== spec.numLayers) {
-      throw new RangeError(`${int8Scales.length} int8 KV scales for ${spec.numLayers} layers`);
+    if (quant && quant.scales.length !== spec.numLayers) {
+      throw new RangeError(`${quant.scales.length} ${quant.kind} KV scales for ${spec.numLayers} layers`);
     }
     this.tokenFloats = spec.numKvHeads * spec.headSize;
     this.blockFloats = spec.tokensPerBlock * this.tokenFloats;
@@ -29,7 +37,7 @@ export class CpuKvStore {
 
   /** What a stored value is multiplied by to read it back. */
   scale(layer: number): number {
-    return this.int8Scales ? this.int8Scales[layer] : 1;
+    return this.quant ? this.quant.scales[layer] : 1;
   }
 
   private block(store: (Block | undefined)[][], layer: number, block: number): Block {
@@ -37,7 +45,7 @@ export class CpuKvStore {
     const blocks = store[layer];
     let b = blocks[block];
     if (!b) {
-      b = this.int8Scales ? new Int8Array(this.blockFloats) : new Float32Array(this.blockFloats);
+      b = this.quant?.kind === "int8" ? new Int8Array(this.blockFloats) : new Float32Array(this.blockFloats);
       blocks[block] = b;
     }
     return b;
@@ -59,7 +67,7 @@ export class CpuKvStore {
     return Array.from(table, (b) => this.block(this.values, layer, b));
   }
 
-  /** Stores one token's keys and values (tokenFloats each) at `slot`, quantizing them for an int8 cache. */
+  /** Stores one token's keys and values (tokenFloats each) at `slot`, rounding them to the cache's format. */
   write(layer: number, slot: number, keys: Float32Array, values: Float32Array): void {
     const tpb = this.spec.tokensPerBlock;
     const b = Math.floor(slot / tpb);
@@ -69,11 +77,17 @@ export class CpuKvStore {
   }
 
   private put(block: Block, at: number, src: Float32Array, layer: number): void {
-    if (!this.int8Scales) {
+    if (!this.quant) {
       block.set(src, at);
       return;
     }
-    const inv = 1 / this.int8Scales[layer];
+    const scale = this.quant.scales[layer];
+    if (this.quant.kind === "fp8") {
+      const q = fakeQuantizeE4M3(src, scale);
+      for (let i = 0; i < q.length; i++) block[at + i] = q[i] / scale;
+      return;
+    }
+    const inv = 1 / scale;
     for (let i = 0; i < src.length; i++) block[at + i] = Math.max(-127, Math.min(127, Math.round(src[i] * inv)));
   }
 }
