@@ -60,6 +60,25 @@ export interface KvCacheSpec extends AttentionShape {
   tokensPerBlock: number;
 }
 
+/** A MoE layer's weights on one rank, in TensorRT-LLM's layout (see models/decoder.ts decoderTensorShapes). */
+export interface MoeWeights<T> {
+  router: T;
+  fc: T;
+  proj: T;
+  shared: { fc: T; proj: T; gate: T } | null;
+}
+
+/** How a MoE layer routes, and which experts and slices one rank holds. */
+export interface MoeSpec {
+  numExperts: number;
+  topK: number;
+  renormalize: boolean;
+  firstExpert: number;
+  expertsLocal: number;
+  expertInter: number;
+  sharedInter: number;
+}
+
 export interface Backend<T> {
   readonly name: BackendName;
   /** Frees everything the backend holds (weights, KV cache, workspaces); it is unusable afterwards. */
@@ -99,6 +118,12 @@ export interface Backend<T> {
   siluMul(a: T, b: T): T;
   /** silu of the first half of each row times its second half: a fused [fc | gate] output. */
   siluMulHalves(fg: T): T;
+  /**
+   * This rank's share of a mixture-of-experts layer: its experts' outputs weighted by the routing over every
+   * expert, plus its share of the gated shared expert (the tp group's shares sum to the output). Backends
+   * that run MoE models.
+   */
+  moe?(x: T, weights: MoeWeights<T>, spec: MoeSpec): T;
   /** The rows of x whose logits the step wants (step.logitRows). */
   gatherRows(x: T, step: StepInput): T;
   toHost(x: T): Float32Array;

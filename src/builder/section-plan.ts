@@ -72,17 +72,19 @@ export function cpuSections(cfg: PretrainedConfig, file: SafetensorsFile, dims =
     );
     const algo = global ? layerQuant(cfg.quantization, global)?.quant_algo : undefined;
     if (!algo) return [tensorSection(name, shape, "F32", [checkedSource(name, shape, file)], file)];
-    const [out, inDim] = shape;
+    const [out, inDim] = shape.slice(-2);
     if (algo === "W4A16_GPTQ") return gptqSections(cfg, file, name, out, inDim);
     if (isModelOptAlgo(algo)) return modeloptSections(algo, name, file);
-    const stored = [inDim, algo === "W8A16" ? out : out / 2];
+    // Weight-only: [in, out] per matrix, MoE experts stacked in front ([E, in, out]).
+    const lead = shape.slice(0, -2);
+    const stored = [...lead, inDim, algo === "W8A16" ? out : out / 2];
     const scale = scaleName(name);
     if (!file.has(name) || file.info(name).dtype !== "I8") {
       throw new CheckpointError(`${file.path}: ${algo} expects "${name}" as I8 [${stored}]`);
     }
     return [
       tensorSection(name, stored, "I8", [checkedSource(name, stored, file)], file),
-      tensorSection(scale, [out], "F32", [checkedSource(scale, [out], file)], file),
+      tensorSection(scale, [...lead, out], "F32", [checkedSource(scale, [...lead, out], file)], file),
     ];
   });
 }

@@ -8,6 +8,7 @@ import { CheckpointError, ConfigError, UsageError } from "../errors.js";
 import { Mapping } from "../mapping.js";
 import { familyOf } from "../models/families.js";
 import type { HfConfig } from "../models/hf-decoder.js";
+import { moeOf, validateMoeSplit } from "../models/moe.js";
 import { type Activations, calibrationTexts, captureActivations } from "../quantization/calibration.js";
 import { E4M3_MAX } from "../quantization/fp8.js";
 import { layerQuant, linearModules } from "../quantization/layer-plan.js";
@@ -100,7 +101,8 @@ export function unifiedConfigFromHf(modelDir: string, dtype: ModelDtype | "auto"
 
 /** The bytes of one rank tensor in `target` dtype, reading only the rows (and columns) it takes. */
 function tensorBytes(store: TensorStore, t: RankTensor, target: "F32" | "F16" | "BF16", where: string): Uint8Array {
-  const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);
+  // Parts are rows of the last dimension laid end to end (a 3-D MoE tensor stacks its experts' rows).
+  const rowElems = t.shape.length === 1 ? 1 : t.shape[t.shape.length - 1];
   const chunks = t.parts.map((p) => {
     if ("zeroRows" in p) return new Uint8Array(p.zeroRows * rowElems * dtypeByteSize(target));
     if (!store.has(p.source))
@@ -141,7 +143,19 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   const cfg = unifiedConfigFromHf(opts.modelDir, opts.dtype);
   const mapping = opts.mapping ?? new Mapping();
   mapping.validateFor(cfg);
+  validateMoeSplit(cfg, mapping);
   cfg.mapping = mapping.toConfig();
+  if (
+    moeOf(cfg) &&
+    (opts.gptq ||
+      opts.smoothquant ||
+      (opts.quantize && !["int8_wo", "int4_wo", "full_prec"].includes(opts.quantize.qformat)) ||
+      opts.quantize?.quantCfg)
+  ) {
+    throw new UsageError(
+      `${opts.modelDir}: a mixture-of-experts model quantizes weight-only (int8/int4, --qformat int8_wo/int4_wo) in this kiln`,
+    );
+  }
   if (opts.quantize) {
     if (opts.gptq || opts.weightOnlyBits || opts.smoothquant || opts.int8KvCache)
       throw new UsageError("kiln quantize takes its formats from --qformat and --quant_cfg alone");
@@ -220,7 +234,9 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
       ...tensors.flatMap(
         (t) =>
           sqOf(t, f) ??
-          quantizerOf(globalName(t.name, f))?.specs(t, target) ?? [{ name: t.name, dtype: target, shape: t.shape }],
+          quantizerOf(globalName(t.name, f))?.specs(t, target) ?? [
+            { name: t.name, dtype: t.dtype ?? target, shape: t.shape },
+          ],
       ),
       ...(kvScales ? layersOf(f).map((_, i) => ({ name: kvScaleName(i), dtype: "F32" as const, shape: [1] })) : []),
     ]);
@@ -252,7 +268,7 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
               writer.write(spec.name, bytes[k]);
             });
           } else {
-            writer.write(t.name, tensorBytes(store, t, target, opts.modelDir));
+            writer.write(t.name, tensorBytes(store, t, t.dtype ?? target, opts.modelDir));
           }
           bar.tick(`rank${f} ${t.name}`);
         }

@@ -5,6 +5,7 @@
 // A plan of row and column ranges of HF tensors, so that convert reads only what each rank needs.
 
 import type { Mapping } from "../mapping.js";
+import { isMoeLayer, moeOf } from "../models/moe.js";
 import type { PretrainedConfig } from "./pretrained-config.js";
 
 /** Rows [rows[0], rows[1]) of an HF tensor, optionally only columns [cols[0], cols[1]); or zero rows (padding). */
@@ -13,8 +14,10 @@ export type Part = { source: string; rows: [number, number]; cols?: [number, num
 export interface RankTensor {
   name: string;
   shape: number[];
-  /** Concatenated along the first dimension. */
+  /** Laid end to end as rows of the last dimension (a 3-D MoE tensor: its experts one after another). */
   parts: Part[];
+  /** Stored in this dtype whatever the checkpoint's (TensorRT-LLM keeps MoE routers in float32). */
+  dtype?: "F32";
 }
 
 const rows = (source: string, a: number, b: number): Part => ({ source, rows: [a, b] });
@@ -62,6 +65,10 @@ export function rankTensors(
     });
     if (hasTensor(`${dense}.bias`)) full(`${trt}.attention.dense.bias`, `${dense}.bias`, [H]);
     full(`${trt}.post_layernorm.weight`, `${hf}.post_attention_layernorm.weight`, [H]);
+    if (isMoeLayer(cfg, g)) {
+      out.push(...moeTensors(cfg, m, t, hf, trt));
+      return;
+    }
     const it = I / tp;
     for (const [name, src] of [
       ["fc", "gate_proj"],
@@ -97,6 +104,84 @@ export function rankTensors(
     const parts: Part[] = b > a ? [rows(source, a, b)] : [];
     if (a + per > Math.max(a, b)) parts.push({ zeroRows: a + per - Math.max(a, b) });
     out.push({ name: "lm_head.weight", shape: [per, H], parts });
+  }
+  return out;
+}
+
+/** HF names of a MoE layer's router, expert projections and shared expert, per family. */
+function moeSources(cfg: PretrainedConfig, hf: string) {
+  if (cfg.architecture === "MixtralForCausalLM") {
+    const b = `${hf}.block_sparse_moe`;
+    return {
+      router: `${b}.gate.weight`,
+      expert: (e: number, p: "gate" | "up" | "down") =>
+        `${b}.experts.${e}.${{ gate: "w1", up: "w3", down: "w2" }[p]}.weight`,
+      shared: null,
+    };
+  }
+  const b = `${hf}.mlp`;
+  return {
+    router: `${b}.gate.weight`,
+    expert: (e: number, p: "gate" | "up" | "down") => `${b}.experts.${e}.${p}_proj.weight`,
+    shared: {
+      proj: (p: "gate" | "up" | "down") => `${b}.shared_expert.${p}_proj.weight`,
+      gate: `${b}.shared_expert_gate.weight`,
+    },
+  };
+}
+
+/**
+ * A MoE layer's tensors on tp rank `t`: the router whole (float32); the rank's experts (moe_ep) stacked, each
+ * with its moe_tp share of [up ; gate] rows (fc, TensorRT-LLM's order: the activated half second) and of
+ * down's columns (proj); the shared expert split by plain tp, its gate whole.
+ */
+function moeTensors(cfg: PretrainedConfig, m: Mapping, t: number, hf: string, trt: string): RankTensor[] {
+  const moe = moeOf(cfg)!;
+  const H = cfg.hidden_size;
+  const src = moeSources(cfg, hf);
+  const epRank = t % m.moeEpSize;
+  const moeTpRank = Math.floor(t / m.moeEpSize);
+  const experts = m.epExperts(moe.num_experts, epRank);
+  const ie = moe.expertInter / m.moeTpSize;
+  const [a, b] = [moeTpRank * ie, (moeTpRank + 1) * ie];
+  const out: RankTensor[] = [
+    {
+      name: `${trt}.mlp.router.weight`,
+      shape: [moe.num_experts, H],
+      parts: [rows(src.router, 0, moe.num_experts)],
+      dtype: "F32",
+    },
+    {
+      name: `${trt}.mlp.fc.weight`,
+      shape: [experts.length, 2 * ie, H],
+      parts: experts.flatMap((e) => [rows(src.expert(e, "up"), a, b), rows(src.expert(e, "gate"), a, b)]),
+    },
+    {
+      name: `${trt}.mlp.proj.weight`,
+      shape: [experts.length, H, ie],
+      parts: experts.map((e) => ({
+        source: src.expert(e, "down"),
+        rows: [0, H] as [number, number],
+        cols: [a, b] as [number, number],
+      })),
+    },
+  ];
+  if (src.shared && moe.sharedInter > 0) {
+    const is = moe.sharedInter / m.tpSize;
+    const [c, d] = [t * is, (t + 1) * is];
+    out.push(
+      {
+        name: `${trt}.shared_expert.fc.weight`,
+        shape: [2 * is, H],
+        parts: [rows(src.shared.proj("up"), c, d), rows(src.shared.proj("gate"), c, d)],
+      },
+      {
+        name: `${trt}.shared_expert.proj.weight`,
+        shape: [H, is],
+        parts: [{ source: src.shared.proj("down"), rows: [0, H], cols: [c, d] }],
+      },
+      { name: `${trt}.shared_expert_gate.weight`, shape: [1, H], parts: [rows(src.shared.gate, 0, 1)] },
+    );
   }
   return out;
 }

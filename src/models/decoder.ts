@@ -7,6 +7,7 @@ import { type Communicator, SOLO } from "../comm/communicator.js";
 import { EngineError } from "../errors.js";
 import { Mapping } from "../mapping.js";
 import { type ContextSplit, splitContext } from "./context-split.js";
+import { isMoeLayer, MOE_NORMALIZATION, moeOf } from "./moe.js";
 import { ropeSpec } from "./rope.js";
 
 /** What one rank holds of the decoder: its pipeline stage's layers and its tensor-parallel share of each. */
@@ -22,14 +23,34 @@ export interface DecoderDims {
   vocabRows: number;
   firstStage: boolean;
   lastStage: boolean;
+  /** A MoE model's share on this rank: its experts (moe_ep) and their intermediate slices (moe_tp). */
+  moe: MoeDims | null;
+}
+
+export interface MoeDims {
+  numExperts: number;
+  topK: number;
+  renormalize: boolean;
+  /** Global index of this rank's first expert; it holds expertsLocal contiguous ones. */
+  firstExpert: number;
+  expertsLocal: number;
+  /** Each expert's intermediate size on this rank. */
+  expertInter: number;
+  /** The shared expert's intermediate size on this rank (0: none). */
+  sharedInter: number;
+  /** Per local layer: whether it routes through experts. */
+  layers: boolean[];
 }
 
 export function decoderDims(cfg: PretrainedConfig, mapping: Mapping = new Mapping(), rank = 0): DecoderDims {
   const tp = mapping.tpSize;
   const { ppRank } = mapping.coords(rank);
   const kv = cfg.num_key_value_heads;
+  const layers = mapping.ppLayers(cfg.num_hidden_layers, ppRank);
+  const moe = moeOf(cfg);
+  const { tpRank } = mapping.coords(rank);
   return {
-    layers: mapping.ppLayers(cfg.num_hidden_layers, ppRank),
+    layers,
     numHeads: cfg.num_attention_heads / tp,
     numKvHeads: kv >= tp ? kv / tp : 1,
     headSize: cfg.head_size,
@@ -37,6 +58,16 @@ export function decoderDims(cfg: PretrainedConfig, mapping: Mapping = new Mappin
     vocabRows: Math.ceil(cfg.vocab_size / tp),
     firstStage: ppRank === 0,
     lastStage: ppRank === mapping.ppSize - 1,
+    moe: moe && {
+      numExperts: moe.num_experts,
+      topK: moe.top_k,
+      renormalize: moe.normalization_mode === MOE_NORMALIZATION.RENORMALIZE,
+      firstExpert: (tpRank % mapping.moeEpSize) * (moe.num_experts / mapping.moeEpSize),
+      expertsLocal: moe.num_experts / mapping.moeEpSize,
+      expertInter: moe.expertInter / mapping.moeTpSize,
+      sharedInter: moe.sharedInter / tp,
+      layers: layers.map((l) => isMoeLayer(cfg, l)),
+    },
   };
 }
 
@@ -57,6 +88,19 @@ export function decoderTensorShapes(cfg: PretrainedConfig, dims = decoderDims(cf
     if (cfg.dense_bias === true) m.set(`${t}.attention.dense.bias`, [H]);
     m.set(`${t}.post_layernorm.weight`, [H]);
     if (cfg.quantization.kv_cache_quant_algo !== null) m.set(`${t}.attention.kv_cache_scaling_factor`, [1]);
+    const moe = dims.moe;
+    if (moe?.layers[i]) {
+      const ie = moe.expertInter;
+      m.set(`${t}.mlp.router.weight`, [moe.numExperts, H]);
+      m.set(`${t}.mlp.fc.weight`, [moe.expertsLocal, 2 * ie, H]);
+      m.set(`${t}.mlp.proj.weight`, [moe.expertsLocal, H, ie]);
+      if (moe.sharedInter > 0) {
+        m.set(`${t}.shared_expert.fc.weight`, [2 * moe.sharedInter, H]);
+        m.set(`${t}.shared_expert.proj.weight`, [H, moe.sharedInter]);
+        m.set(`${t}.shared_expert_gate.weight`, [1, H]);
+      }
+      continue;
+    }
     m.set(`${t}.mlp.fc.weight`, [I, H]);
     m.set(`${t}.mlp.gate.weight`, [I, H]);
     m.set(`${t}.mlp.proj.weight`, [H, I]);
@@ -154,7 +198,7 @@ export class DecoderModel<T> {
       const attn = this.attention(l, qkv, step, cp, this.bias(`${t}.attention.qkv.bias`));
       const dense = this.rowParallel(attn, `${t}.attention.dense`);
       x = be.addRmsNorm(residual, dense, this.w(`${t}.post_layernorm.weight`), eps);
-      const mlp = this.rowParallel(this.gatedMlp(t, x), `${t}.mlp.proj`);
+      const mlp = this.dims.moe?.layers[l] ? this.moe(t, x) : this.rowParallel(this.gatedMlp(t, x), `${t}.mlp.proj`);
       if (l + 1 < L) {
         x = be.addRmsNorm(residual, mlp, this.w(`transformer.layers.${l + 1}.input_layernorm.weight`), eps);
       } else {
@@ -207,6 +251,31 @@ export class DecoderModel<T> {
     const tpRank = this.par.mapping.coords(this.par.rank).tpRank;
     const partial = be.toHost(be.linear(x, this.w(`${linear}.weight`), tpRank === 0 ? bias : null));
     const sum = this.par.comm.allReduce(partial, this.tpGroup);
+    return this.fromHost(sum, sum.length / this.cfg.hidden_size, this.cfg.hidden_size);
+  }
+
+  /** A mixture-of-experts layer: this rank's experts and shared-expert share, summed over the tp group. */
+  private moe(t: string, x: T): T {
+    const be = this.be;
+    const moe = this.dims.moe!;
+    if (!be.moe) throw new EngineError(`the ${be.name} backend does not run mixture-of-experts layers yet`);
+    const shared =
+      moe.sharedInter > 0
+        ? {
+            fc: this.w(`${t}.shared_expert.fc.weight`),
+            proj: this.w(`${t}.shared_expert.proj.weight`),
+            gate: this.w(`${t}.shared_expert_gate.weight`),
+          }
+        : null;
+    const w = {
+      router: this.w(`${t}.mlp.router.weight`),
+      fc: this.w(`${t}.mlp.fc.weight`),
+      proj: this.w(`${t}.mlp.proj.weight`),
+      shared,
+    };
+    const partial = be.moe(x, w, moe);
+    if (this.par.mapping.tpSize === 1) return partial;
+    const sum = this.par.comm.allReduce(be.toHost(partial), this.tpGroup);
     return this.fromHost(sum, sum.length / this.cfg.hidden_size, this.cfg.hidden_size);
   }
 

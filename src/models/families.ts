@@ -4,6 +4,7 @@ import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { ConfigError } from "../errors.js";
 import type { HfConfig } from "./hf-decoder.js";
 import { llamaConfigFromHf } from "./llama.js";
+import { mixtralConfigFromHf, qwen2MoeConfigFromHf } from "./moe.js";
 import { qwen2ConfigFromHf } from "./qwen2.js";
 
 export interface ModelFamily {
@@ -22,6 +23,16 @@ export const FAMILIES: readonly ModelFamily[] = [
     name: "qwen2",
     architectures: ["Qwen2ForCausalLM"],
     configFromHf: qwen2ConfigFromHf,
+  },
+  {
+    name: "qwen2_moe",
+    architectures: ["Qwen2MoeForCausalLM"],
+    configFromHf: qwen2MoeConfigFromHf,
+  },
+  {
+    name: "mixtral",
+    architectures: ["MixtralForCausalLM"],
+    configFromHf: mixtralConfigFromHf,
   },
 ];
 

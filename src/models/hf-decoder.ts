@@ -7,7 +7,7 @@ import { ConfigError } from "../errors.js";
 
 export type HfConfig = Record<string, unknown>;
 
-function num(hf: HfConfig, key: string, where: string, fallback?: number): number {
+export function num(hf: HfConfig, key: string, where: string, fallback?: number): number {
   const v = hf[key] ?? fallback;
   if (typeof v !== "number" || !Number.isFinite(v)) {
     throw new ConfigError(`${where}: "${key}" must be a number, got ${JSON.stringify(hf[key])}`);
@@ -15,7 +15,7 @@ function num(hf: HfConfig, key: string, where: string, fallback?: number): numbe
   return v;
 }
 
-function int(hf: HfConfig, key: string, where: string, fallback?: number): number {
+export function int(hf: HfConfig, key: string, where: string, fallback?: number): number {
   const v = num(hf, key, where, fallback);
   if (!Number.isInteger(v) || v <= 0) throw new ConfigError(`${where}: "${key}" must be a positive integer, got ${v}`);
   return v;

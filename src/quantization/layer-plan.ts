@@ -41,7 +41,8 @@ export function layerQuant(q: QuantizationConfig, module: string): LayerQuantCon
   const excluded = q.exclude_modules ?? ["lm_head"];
   if (excluded.some((p) => fnmatch(module, p))) return null;
   const isLinear =
-    module === "lm_head" || /^transformer\.layers\.\d+\.(attention\.(qkv|dense)|mlp\.(fc|gate|proj))$/.test(module);
+    module === "lm_head" ||
+    /^transformer\.layers\.\d+\.(attention\.(qkv|dense)|mlp\.(fc|gate|proj)|shared_expert\.(fc|proj))$/.test(module);
   return isLinear ? { quant_algo: q.quant_algo, group_size: q.group_size } : null;
 }
 

@@ -27,18 +27,39 @@ export function weightOnlyQuantizer(bits: 4 | 8): LayerQuantizer {
   return {
     algo: bits === 8 ? "W8A16" : "W4A16",
     specs(t, target) {
-      const [out, inDim] = t.shape;
+      // MoE experts come stacked [experts, out, in]: each expert quantized alone, TensorRT-LLM's [E, in, out].
+      const lead = t.shape.slice(0, -2);
+      const [out, inDim] = t.shape.slice(-2);
       return [
-        { name: t.name, dtype: "I8", shape: [inDim, bits === 8 ? out : out / 2] },
-        { name: scaleName(t.name), dtype: target, shape: [out] },
+        { name: t.name, dtype: "I8", shape: [...lead, inDim, bits === 8 ? out : out / 2] },
+        { name: scaleName(t.name), dtype: target, shape: [...lead, out] },
       ];
     },
     tensors(t, values, target) {
-      const [out, inDim] = t.shape;
-      const q = quantizeWeightOnly(values, out, inDim, bits);
-      return [new Uint8Array(q.qweight.buffer), encode(q.scales, target)];
+      const [experts, out, inDim] = t.shape.length === 3 ? t.shape : [1, ...t.shape];
+      const parts = Array.from({ length: experts }, (_, e) =>
+        quantizeWeightOnly(values.subarray(e * out * inDim, (e + 1) * out * inDim), out, inDim, bits),
+      );
+      const q = concatBytes(
+        parts.map((p) => new Uint8Array(p.qweight.buffer, p.qweight.byteOffset, p.qweight.byteLength)),
+      );
+      const scales = new Float32Array(experts * out);
+      parts.forEach((p, e) => {
+        scales.set(p.scales, e * out);
+      });
+      return [q, encode(scales, target)];
     },
   };
+}
+
+function concatBytes(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
 }
 
 /**

@@ -92,7 +92,15 @@ export function quantMode(algo: string | null, where: string): QuantMode | null 
 }
 
 /** The TensorRT-LLM names of the linear layers weight-only quantization covers (lm_head and embeddings excluded). */
-export const WEIGHT_ONLY_LAYERS = ["attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj"] as const;
+export const WEIGHT_ONLY_LAYERS = [
+  "attention.qkv",
+  "attention.dense",
+  "mlp.fc",
+  "mlp.gate",
+  "mlp.proj",
+  "shared_expert.fc",
+  "shared_expert.proj",
+] as const;
 
 /** Whether a checkpoint tensor is the weight of a layer weight-only quantization covers. */
 export function isWeightOnlyLayer(name: string): boolean {

@@ -2,8 +2,9 @@
 
 import { EngineError } from "../../errors.js";
 import { matmulSmoothQuant, type SqWeight } from "../../quantization/smoothquant.js";
+import { dequantizeWeightOnly } from "../../quantization/weight-only.js";
 import { argmax, logSoftmax } from "../../runtime/sampling/sampler.js";
-import type { AttentionShape, Backend, KvCacheSpec, RopeSpec, StepInput } from "../backend.js";
+import type { AttentionShape, Backend, KvCacheSpec, MoeSpec, MoeWeights, RopeSpec, StepInput } from "../backend.js";
 import {
   matmulGroupwise,
   matmulTransposed,
@@ -14,6 +15,7 @@ import {
   softmaxInPlace,
 } from "./kernels.js";
 import { CpuKvStore, type KvCacheQuant } from "./kv-store.js";
+import { moeForward } from "./moe-kernel.js";
 
 export interface CpuTensor {
   data: Float32Array;
@@ -254,6 +256,34 @@ export class CpuBackend implements Backend<CpuTensor> {
         out.data[r * inter + i] = silu(fg.data[r * fg.cols + i]) * fg.data[r * fg.cols + inter + i];
     }
     return out;
+  }
+
+  moe(x: CpuTensor, w: MoeWeights<CpuTensor>, spec: MoeSpec): CpuTensor {
+    const out = cpuTensor(x.rows, x.cols);
+    const f = (t: CpuTensor) => this.floatData(t);
+    const shared = w.shared && { fc: f(w.shared.fc), proj: f(w.shared.proj), gate: f(w.shared.gate) };
+    moeForward(
+      x.data,
+      x.rows,
+      x.cols,
+      { router: w.router.data, fc: w.fc.data, proj: w.proj.data, shared },
+      spec,
+      out.data,
+    );
+    return out;
+  }
+
+  private readonly dequantized = new WeakMap<CpuTensor, Float32Array>();
+
+  /** A weight's values as float32 [out, in]: weight-only ones dequantized once (the MoE kernel reads plain arrays). */
+  private floatData(t: CpuTensor): Float32Array {
+    if (!t.quant) return t.data;
+    let d = this.dequantized.get(t);
+    if (!d) {
+      d = dequantizeWeightOnly({ qweight: t.quant.q, scales: t.quant.scales, bits: t.quant.bits }, t.rows, t.cols);
+      this.dequantized.set(t, d);
+    }
+    return d;
   }
 
   gatherRows(x: CpuTensor, step: StepInput): CpuTensor {

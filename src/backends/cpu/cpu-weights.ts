@@ -11,6 +11,7 @@ import { layerQuant, moduleOfWeight } from "../../quantization/layer-plan.js";
 import { companionName, scaleName } from "../../quantization/mode.js";
 import { dequantizeModelOpt, isModelOptAlgo, type StoredTensor } from "../../quantization/modelopt-formats.js";
 import { type SqVariant, sqVariantOf } from "../../quantization/smoothquant.js";
+import { dequantizeWeightOnly } from "../../quantization/weight-only.js";
 import { type CpuTensor, cpuTensor } from "./cpu-backend.js";
 import type { KvCacheQuant } from "./kv-store.js";
 
@@ -62,6 +63,11 @@ export function readCpuWeights(file: EngineFile, cfg: PretrainedConfig, dims: De
         cols: t.shape[0],
         groupQuant: { q: int8, scales: scales.data, zeros: zeros.data, groupSize: q.group_size },
       });
+    } else if ((algo === "W8A16" || algo === "W4A16") && t.shape.length === 3) {
+      weights.set(
+        name,
+        expertsDequantized(t.shape, int8, weights.get(scaleName(name))?.data, algo === "W8A16" ? 8 : 4, name),
+      );
     } else if (algo === "W8A16" || algo === "W4A16") {
       // [in, out] int8 (or [in, out/2] int4 pairs) with per-output-channel scales.
       const scales = weights.get(scaleName(name));
@@ -129,4 +135,28 @@ function smoothQuantWeight(
       smoother: row ? get(`${lin}.smoother`) : null,
     },
   };
+}
+
+/** Weight-only MoE experts [E, in, out] with scales [E, out], dequantized once to float32 [E, out, in]. */
+function expertsDequantized(
+  shape: number[],
+  q: Int8Array,
+  scales: Float32Array | undefined,
+  bits: 4 | 8,
+  name: string,
+): CpuTensor {
+  if (!scales) throw new EngineError(`quantized experts "${name}" have no "${scaleName(name)}"`);
+  const [experts, inDim] = shape;
+  const out = scales.length / experts;
+  const per = (inDim * out * bits) / 8;
+  const data = new Float32Array(experts * out * inDim);
+  for (let e = 0; e < experts; e++) {
+    const w = dequantizeWeightOnly(
+      { qweight: q.subarray(e * per, (e + 1) * per), scales: scales.subarray(e * out, (e + 1) * out), bits },
+      out,
+      inDim,
+    );
+    data.set(w, e * out * inDim);
+  }
+  return cpuTensor(experts, out * inDim, data);
 }
