@@ -7,6 +7,7 @@ import { describe, test } from "node:test";
 import { ConfigError } from "../src/errors.js";
 import {
   applyAwqScales,
+  awqClipSearch,
   awqSearch,
   dequantizeInt4Groups,
   packInt4Pairs,
@@ -185,5 +186,42 @@ describe("AWQ scale search", () => {
   test("applyAwqScales multiplies column i by s[i]", () => {
     const w = new Float32Array([1, 2, 3, 4, 5, 6]);
     assert.deepEqual(Array.from(applyAwqScales(w, 2, 3, new Float32Array([2, 0.5, -1]))), [2, 1, -3, 8, 2.5, -6]);
+  });
+
+  test("clipping: each group keeps the range amax · (1 − k/20) whose output error a brute force finds lowest", () => {
+    const [rows, inDim, out, g] = [16, 16, 3, 8];
+    const x = correlatedInputs(rows, inDim, [2], 5);
+    const w = randomWeight(out, inDim).w;
+    w[0] = 4; // one large weight: clipping it trades its error for finer steps on the rest
+    const clip = awqClipSearch(x, rows, inDim, w, out, g);
+    const rne = (v: number) => {
+      const f = Math.floor(v);
+      const d = v - f;
+      return d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
+    };
+    for (let o = 0; o < out; o++)
+      for (let gi = 0; gi < inDim / g; gi++) {
+        const ws = Array.from({ length: g }, (_, k) => w[o * inDim + gi * g + k]);
+        const amax = Math.max(...ws.map(Math.abs));
+        let best = [Number.POSITIVE_INFINITY, 0];
+        for (let k = 0; k <= 10; k++) {
+          const max = amax * (1 - k / 20);
+          const scale = Math.fround(max / 7);
+          let err = 0;
+          for (let r = 0; r < rows; r++) {
+            let y = 0;
+            for (let i = 0; i < g; i++) {
+              const q = Math.min(7, Math.max(-8, rne(ws[i] / scale))) * scale;
+              y += x[r * inDim + gi * g + i] * (q - ws[i]);
+            }
+            err += y * y;
+          }
+          if (err < best[0] * (1 - 1e-12)) best = [err, max];
+        }
+        assert.ok(Math.abs(clip[gi * out + o] - best[1]) <= 1e-6 * best[1], `[${o}, group ${gi}]`);
+      }
+    assert.ok(clip[0] < 4, "the large weight's group is clipped");
+    const t = quantizeInt4Symmetric(w, out, inDim, g, clip);
+    assert.equal(t.scales[0], Math.fround(clip[0] / 7));
   });
 });

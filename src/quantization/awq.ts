@@ -23,7 +23,14 @@ function checkShape(what: string, length: number, out: number, inDim: number, gr
  * q = clamp(roundHalfEven(w / scale), −8, 7). An all-zero group gets scale 1 (q is 0 whatever the scale,
  * and 1 keeps w / scale finite and the stored scale harmless), as gptq.ts does for a constant group.
  */
-export function quantizeInt4Symmetric(w: Float32Array, out: number, inDim: number, groupSize: number): Int4Groups {
+export function quantizeInt4Symmetric(
+  w: Float32Array,
+  out: number,
+  inDim: number,
+  groupSize: number,
+  /** Per [group, out]: the largest |value| the grid spans (AWQ's clipping), instead of the group's amax. */
+  clip?: Float32Array,
+): Int4Groups {
   checkShape("AWQ weight", w.length, out, inDim, groupSize);
   const groups = inDim / groupSize;
   const q = new Int8Array(out * inDim);
@@ -33,6 +40,7 @@ export function quantizeInt4Symmetric(w: Float32Array, out: number, inDim: numbe
       const start = o * inDim + g * groupSize;
       let amax = 0;
       for (let k = 0; k < groupSize; k++) amax = Math.max(amax, Math.abs(w[start + k]));
+      if (clip) amax = Math.min(amax, clip[g * out + o]);
       // Quantize with the float32 scale that is stored, so that q · scale is what the kernel reconstructs.
       const scale = amax === 0 ? 1 : Math.fround(amax / 7);
       scales[g * out + o] = scale;
@@ -217,4 +225,63 @@ function dot(a: Float64Array, aStart: number, b: Float64Array, bStart: number, n
   let acc = 0;
   for (let i = 0; i < n; i++) acc += a[aStart + i] * b[bStart + i];
   return acc;
+}
+
+/**
+ * AWQ's clipping search (llm-awq's auto_clip), on a weight already scaled: for each output channel and group,
+ * the range the int4 grid spans is tried at amax · (1 − k/20), k = 0…10, and the one whose output error on
+ * the group's inputs, Σ_rows (x_g · (Q(w_g) − w_g))², is lowest is kept (the first on ties). The error is
+ * Δwᵀ·(X_gᵀX_g)·Δw, so rows only cost one Gram matrix per group. Returns the clip maxima [in/G, out].
+ */
+export function awqClipSearch(
+  x: Float32Array,
+  rows: number,
+  inDim: number,
+  w: Float32Array,
+  out: number,
+  groupSize: number,
+  steps = 10,
+): Float32Array {
+  checkShape("AWQ weight", w.length, out, inDim, groupSize);
+  const G = groupSize;
+  const groups = inDim / G;
+  const clip = new Float32Array(groups * out);
+  const gram = new Float64Array(G * G);
+  const d = new Float64Array(G);
+  for (let g = 0; g < groups; g++) {
+    gram.fill(0);
+    for (let r = 0; r < rows; r++) {
+      const at = r * inDim + g * G;
+      for (let a = 0; a < G; a++) {
+        const xa = x[at + a];
+        if (xa === 0) continue;
+        for (let b = 0; b < G; b++) gram[a * G + b] += xa * x[at + b];
+      }
+    }
+    for (let o = 0; o < out; o++) {
+      const start = o * inDim + g * G;
+      let amax = 0;
+      for (let k = 0; k < G; k++) amax = Math.max(amax, Math.abs(w[start + k]));
+      let best = amax;
+      let bestErr = Number.POSITIVE_INFINITY;
+      for (let k = 0; k <= steps && amax > 0; k++) {
+        const max = amax * (1 - k / 20);
+        const scale = Math.fround(max / 7);
+        for (let i = 0; i < G; i++) {
+          const v = w[start + i];
+          d[i] = Math.min(7, Math.max(-8, roundHalfEven(v / scale))) * scale - v;
+        }
+        let err = 0;
+        for (let a = 0; a < G; a++) {
+          if (d[a] === 0) continue;
+          let s = 0;
+          for (let b = 0; b < G; b++) s += gram[a * G + b] * d[b];
+          err += d[a] * s;
+        }
+        if (err < bestErr) [best, bestErr] = [max, err];
+      }
+      clip[g * out + o] = best === 0 ? 1 : best;
+    }
+  }
+  return clip;
 }

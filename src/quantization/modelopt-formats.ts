@@ -7,7 +7,14 @@ import { type Dtype, decodeToFloat32, type EncodableDtype, encodeFromFloat32 } f
 import type { RankTensor } from "../checkpoint/rank-split.js";
 import type { TensorSpec } from "../checkpoint/safetensors.js";
 import { CheckpointError, UsageError } from "../errors.js";
-import { applyAwqScales, awqSearch, dequantizeInt4Groups, packInt4Pairs, quantizeInt4Symmetric } from "./awq.js";
+import {
+  applyAwqScales,
+  awqClipSearch,
+  awqSearch,
+  dequantizeInt4Groups,
+  packInt4Pairs,
+  quantizeInt4Symmetric,
+} from "./awq.js";
 import type { LinearInputs } from "./calibration.js";
 import { dequantizeNvfp4, fakeQuantizeNvfp4Rows, NVFP4_BLOCK, nvfp4GlobalScale, quantizeNvfp4 } from "./fp4.js";
 import { decodeE4M3, E4M3_MAX, fakeQuantizeE4M3, quantizeE4M3 } from "./fp8.js";
@@ -92,6 +99,20 @@ function int4CarrierShape(t: RankTensor, target: EncodableDtype): number[] {
     throw new UsageError(`${t.name}: ${out} output channels do not pack into ${target} words (int4 pairs)`);
   }
   return [inDim, out / 2 / carrier];
+}
+
+/** Calibration rows AWQ's searches use: spread evenly over what calibration captured (cost grows with rows). */
+const AWQ_ROWS = 512;
+
+function evenRows(inputs: LinearInputs, most: number): LinearInputs {
+  if (inputs.rows <= most) return inputs;
+  const cols = inputs.x.length / inputs.rows;
+  const x = new Float32Array(most * cols);
+  for (let r = 0; r < most; r++) {
+    const from = Math.floor((r * inputs.rows) / most);
+    x.set(inputs.x.subarray(from * cols, (from + 1) * cols), r * cols);
+  }
+  return { x, rows: most };
 }
 
 /** Writes one ModelOpt format; `specs` and `tensors` list the same tensors in the same order. */
@@ -188,10 +209,14 @@ export function modeloptQuantizer(algo: ModelOptAlgo, calib: LinearCalibration, 
         }
         default: {
           if (!awq) throw new Error(`unreachable: ${algo}`);
-          const captured = calib.inputs(globalName);
+          const captured = evenRows(calib.inputs(globalName), AWQ_ROWS);
           const x = sliceColumns(captured.x, captured.rows, inputColumns(t));
           const found = awqSearch({ x, rows: captured.rows, inDim, weights: [{ w, out }], groupSize: s.awqGroupSize });
-          const g = quantizeInt4Symmetric(applyAwqScales(w, out, inDim, found.scales), out, inDim, s.awqGroupSize);
+          const scaled = applyAwqScales(w, out, inDim, found.scales);
+          // The scaled weight reads x / s: its clipping is judged on those inputs.
+          const xScaled = x.map((v, k) => v / found.scales[k % inDim]);
+          const clip = awqClipSearch(xScaled, captured.rows, inDim, scaled, out, s.awqGroupSize);
+          const g = quantizeInt4Symmetric(scaled, out, inDim, s.awqGroupSize, clip);
           const packed = packInt4Pairs(g.q, out, inDim);
           const prequant = found.scales.map((v) => 1 / v);
           if (algo === "W4A16_AWQ") return [packed, encode(g.scales, target), encode(prequant, target)];

@@ -1,0 +1,128 @@
+// The quantization table of docs/quantization.md, on the bundled demo model and this machine's CPU: for each
+// qformat and KV cache dtype, kiln quantize → build → eval (held-out perplexity) and a batch-1 decode timing,
+// next to full precision. Writes bench/results/quantization-demo.{json,md}.
+//   node dist/bench/quant-table.js [--max_tokens 4000] [--out bench/results/quantization-demo]
+
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { buildEngine } from "../src/builder/build-engine.js";
+import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import { perplexity } from "../src/eval/perplexity.js";
+import type { KvCacheDtype, QFormat } from "../src/quantization/quantize-plan.js";
+import { LLM } from "../src/runtime/llm.js";
+import { TextTokenizer } from "../src/tokenizer/tokenizer.js";
+
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
+const MODEL = path.join(ROOT, "models", "demo");
+const { values: args } = parseArgs({
+  options: {
+    max_tokens: { type: "string", default: "4000" },
+    out: { type: "string", default: path.join(ROOT, "bench", "results", "quantization-demo") },
+  },
+});
+
+interface Row {
+  qformat: QFormat;
+  kvCacheDtype: KvCacheDtype | null;
+  quantAlgo: string | null;
+  perplexity: number;
+  tokensScored: number;
+  checkpointMiB: number;
+  decodeTokensPerSecond: number;
+  quantizeSeconds: number;
+}
+
+const CASES: [QFormat, KvCacheDtype | null][] = [
+  ["full_prec", null],
+  ["int8_wo", null],
+  ["int8_sq", null],
+  ["fp8", null],
+  ["int4_wo", null],
+  ["int4_awq", null],
+  ["w4a8_awq", null],
+  ["nvfp4", null],
+  ["full_prec", "int8"],
+  ["full_prec", "fp8"],
+];
+
+const dirBytes = (dir: string) => fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+
+async function measure(qformat: QFormat, kv: KvCacheDtype | null, ids: number[], work: string): Promise<Row> {
+  const ckpt = path.join(work, `${qformat}-${kv}`);
+  const t0 = performance.now();
+  const cfg = await convertHfCheckpoint({
+    modelDir: MODEL,
+    outputDir: ckpt,
+    dtype: "float32",
+    quantize: { qformat, kvCacheDtype: kv ?? undefined, awqBlockSize: 128, quantizeLmHead: false, calibSize: 64 },
+  });
+  const quantizeSeconds = (performance.now() - t0) / 1000;
+  const evalEngine = `${ckpt}-eval`;
+  await buildEngine({
+    checkpointDir: ckpt,
+    outputDir: evalEngine,
+    backend: "cpu",
+    request: { gather_context_logits: true, max_batch_size: 4, max_input_len: 512, max_seq_len: 513 },
+  });
+  const llm = await LLM.load(evalEngine);
+  const ppl = perplexity(llm, ids, 512, 256);
+  llm.dispose();
+  // Decode speed: one sequence, 16 prompt tokens, 128 new ones, on an engine that gathers no logits.
+  const runEngine = `${ckpt}-run`;
+  await buildEngine({ checkpointDir: ckpt, outputDir: runEngine, backend: "cpu", request: { max_batch_size: 1 } });
+  const run = await LLM.load(runEngine);
+  run.generate([ids.slice(0, 16)], { maxNewTokens: 8, endId: null }); // warm up
+  const t1 = performance.now();
+  run.generate([ids.slice(0, 16)], { maxNewTokens: 128, endId: null });
+  const decode = 128 / ((performance.now() - t1) / 1000);
+  run.dispose();
+  return {
+    qformat,
+    kvCacheDtype: kv,
+    quantAlgo: cfg.quantization.quant_algo,
+    perplexity: ppl.perplexity,
+    tokensScored: ppl.tokensScored,
+    checkpointMiB: dirBytes(ckpt) / 2 ** 20,
+    decodeTokensPerSecond: decode,
+    quantizeSeconds,
+  };
+}
+
+const work = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-quant-table-"));
+try {
+  const tok = TextTokenizer.load(MODEL);
+  const ids = tok.encode(fs.readFileSync(path.join(MODEL, "heldout.txt"), "utf8")).slice(0, Number(args.max_tokens));
+  const rows: Row[] = [];
+  for (const [q, kv] of CASES) {
+    const r = await measure(q, kv, ids, work);
+    rows.push(r);
+    console.error(
+      `${q}${kv ? ` + kv ${kv}` : ""}: ppl ${r.perplexity.toFixed(3)}, ${r.decodeTokensPerSecond.toFixed(1)} tok/s`,
+    );
+  }
+  const base = rows[0].perplexity;
+  const machine = `${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, Node ${process.version}`;
+  const lines = [
+    "| qformat | KV cache | quant_algo | perplexity | vs full precision | checkpoint | cpu decode (batch 1) |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+    ...rows.map(
+      (r) =>
+        `| ${r.qformat} | ${r.kvCacheDtype ?? "model dtype"} | ${r.quantAlgo ?? "—"} | ${r.perplexity.toFixed(3)} | ${(((r.perplexity - base) / base) * 100).toFixed(2)}% | ${r.checkpointMiB.toFixed(1)} MiB | ${r.decodeTokensPerSecond.toFixed(1)} tokens/s |`,
+    ),
+  ];
+  const md = [
+    "# kiln quantize on the demo model",
+    "",
+    `Held-out Brown text (\`models/demo/heldout.txt\`), the first ${rows[0].tokensScored + 1} tokens, windows of 512 every 256; float32 checkpoints (what stays unquantized is float32); calibration on 64 Brown texts; cpu backend on ${machine}. Written by \`node dist/bench/quant-table.js\`.`,
+    "",
+    ...lines,
+    "",
+  ].join("\n");
+  fs.writeFileSync(`${args.out}.json`, `${JSON.stringify({ machine, rows }, null, 2)}\n`);
+  fs.writeFileSync(`${args.out}.md`, md);
+  console.log(md);
+} finally {
+  fs.rmSync(work, { recursive: true, force: true });
+}
