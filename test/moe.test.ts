@@ -207,5 +207,15 @@ describe("rank files and quantized experts", () => {
       /mixture-of-experts model quantizes weight-only/,
     );
     assert.ok(!fs.existsSync(out));
+    await assert.rejects(
+      buildEngine({
+        checkpointDir: path.join(work, "mixtral_top2-single-ckpt"),
+        outputDir: out,
+        backend: "cuda",
+        request: {},
+      }),
+      /MixtralForCausalLM: the cuda backend does not run mixture-of-experts models yet/,
+    );
+    assert.ok(!fs.existsSync(out));
   });
 });

@@ -11,6 +11,7 @@ import { CheckpointError, ConfigError } from "../errors.js";
 import { Mapping } from "../mapping.js";
 import { decoderDims } from "../models/decoder.js";
 import { familyOf } from "../models/families.js";
+import { moeOf } from "../models/moe.js";
 import { quantMode } from "../quantization/mode.js";
 import { attachQuantCfg, writeQuantCfg } from "../quantization/quantize-plan.js";
 import { writeOutputDir } from "../util/output-dir.js";
@@ -68,6 +69,11 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
     throw new ConfigError("--remove_input_padding disable is supported by the cpu backend only");
   }
   const mapping = Mapping.fromConfig(model.mapping, path.join(opts.checkpointDir, "config.json"));
+  if (opts.backend === "cuda" && moeOf(model)) {
+    throw new ConfigError(
+      `${model.architecture}: the cuda backend does not run mixture-of-experts models yet; build with --backend cpu`,
+    );
+  }
   if (opts.backend === "cuda" && mapping.worldSize > 1) {
     throw new ConfigError(
       `mapping world_size ${mapping.worldSize}: the cuda backend builds single-rank engines only so far; build with --backend cpu`,
