@@ -3,6 +3,7 @@
 // next to full precision. Writes bench/results/quantization-demo.{json,md}.
 //   node dist/bench/quant-table.js [--max_tokens 4000] [--out bench/results/quantization-demo]
 
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -20,6 +21,8 @@ const { values: args } = parseArgs({
   options: {
     max_tokens: { type: "string", default: "4000" },
     out: { type: "string", default: path.join(ROOT, "bench", "results", "quantization-demo") },
+    /** Internal: measure one case ("qformat:kv") in this process and print its row as JSON. */
+    case: { type: "string" },
   },
 });
 
@@ -90,13 +93,28 @@ async function measure(qformat: QFormat, kv: KvCacheDtype | null, ids: number[],
   };
 }
 
-const work = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-quant-table-"));
-try {
-  const tok = TextTokenizer.load(MODEL);
-  const ids = tok.encode(fs.readFileSync(path.join(MODEL, "heldout.txt"), "utf8")).slice(0, Number(args.max_tokens));
+if (args.case) {
+  // One case a process: V8 tunes the shared kernels to one engine's array types and would slow the next.
+  const [q, kv] = args.case.split(":") as [QFormat, string];
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-quant-table-"));
+  try {
+    const tok = TextTokenizer.load(MODEL);
+    const ids = tok.encode(fs.readFileSync(path.join(MODEL, "heldout.txt"), "utf8")).slice(0, Number(args.max_tokens));
+    const row = await measure(q, kv === "" ? null : (kv as KvCacheDtype), ids, work);
+    process.stdout.write(`${JSON.stringify(row)}\n`);
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+} else {
   const rows: Row[] = [];
   for (const [q, kv] of CASES) {
-    const r = await measure(q, kv, ids, work);
+    const child = spawnSync(
+      process.execPath,
+      [process.argv[1], "--case", `${q}:${kv ?? ""}`, "--max_tokens", args.max_tokens ?? "4000"],
+      { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
+    );
+    if (child.status !== 0) throw new Error(`${q} ${kv}: exit ${child.status}`);
+    const r: Row = JSON.parse(child.stdout.trim().split("\n").at(-1) ?? "");
     rows.push(r);
     console.error(
       `${q}${kv ? ` + kv ${kv}` : ""}: ppl ${r.perplexity.toFixed(3)}, ${r.decodeTokensPerSecond.toFixed(1)} tok/s`,
@@ -115,7 +133,7 @@ try {
   const md = [
     "# kiln quantize on the demo model",
     "",
-    `Held-out Brown text (\`models/demo/heldout.txt\`), the first ${rows[0].tokensScored + 1} tokens, windows of 512 every 256; float32 checkpoints (what stays unquantized is float32); calibration on 64 Brown texts; cpu backend on ${machine}. Written by \`node dist/bench/quant-table.js\`.`,
+    `Held-out Brown text (\`models/demo/heldout.txt\`), the first ${rows[0].tokensScored + 1} tokens, windows of 512 every 256; float32 checkpoints (what stays unquantized is float32); calibration on 64 Brown texts; cpu backend on ${machine}, each case in its own process. Written by \`node dist/bench/quant-table.js\`.`,
     "",
     ...lines,
     "",
@@ -123,6 +141,4 @@ try {
   fs.writeFileSync(`${args.out}.json`, `${JSON.stringify({ machine, rows }, null, 2)}\n`);
   fs.writeFileSync(`${args.out}.md`, md);
   console.log(md);
-} finally {
-  fs.rmSync(work, { recursive: true, force: true });
 }
