@@ -189,21 +189,25 @@ def make_fixture(spec, out_root, tokenizer_json, tok):
     if spec["t4"]:
         to_transformers4_keys(os.path.join(hf_dir, "config.json"), spec["theta"], spec["scaling"])
 
-    # The reference must be what transformers makes of the files on disk, so reload them.
-    cls = type(model)
-    reloaded = cls.from_pretrained(hf_dir, attn_implementation="eager", dtype=torch.float32).eval()
-    g = torch.Generator().manual_seed(len(spec["name"]))
+    reloaded, tensors = reload_and_record(model, hf_dir, spec["name"], tok, eos_id, out_root)
+    rot = reloaded.model.rotary_emb
+    print(spec["name"], "inv_freq[:3]", rot.inv_freq[:3].tolist(), "greedy0", tensors["prompt3.greedy_ids"].tolist())
+
+
+def reload_and_record(model, hf_dir, name, tok, eos_id, out_root):
+    """The reference must be what transformers makes of the files on disk: reload them, check, record."""
+    reloaded = type(model).from_pretrained(hf_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(len(name))
     prompts = [torch.randint(0, TOKENIZER_VOCAB, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
     prompts[2] = tok.encode("The jury said it did find that many of Georgia's laws").ids[:PROMPT_LENGTHS[2]]
     probe = torch.tensor([prompts[3]])
     drift = (reloaded(probe).logits - model(probe).logits).abs().max().item()
-    assert drift < 1e-5, f"{spec['name']}: reloaded model differs from the one saved ({drift})"
+    assert drift < 1e-5, f"{name}: reloaded model differs from the one saved ({drift})"
     tensors = record(reloaded, prompts, eos_id)
     meta = {"transformers": transformers.__version__, "torch": torch.__version__, "eos_id": str(eos_id),
             "num_prompts": str(len(prompts)), "new_tokens": str(NEW_TOKENS)}
-    save_file(tensors, os.path.join(out_root, spec["name"], "reference.safetensors"), metadata=meta)
-    rot = reloaded.model.rotary_emb
-    print(spec["name"], "inv_freq[:3]", rot.inv_freq[:3].tolist(), "greedy0", tensors["prompt3.greedy_ids"].tolist())
+    save_file(tensors, os.path.join(out_root, name, "reference.safetensors"), metadata=meta)
+    return reloaded, tensors
 
 
 TOKENIZER_STRINGS = [

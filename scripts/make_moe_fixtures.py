@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from transformers import MixtralConfig, MixtralForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-from make_fixtures import NEW_TOKENS, PROMPT_LENGTHS, TOKENIZER_VOCAB, randomize, record, write_tokenizer_files
+from make_fixtures import TOKENIZER_VOCAB, randomize, reload_and_record, write_tokenizer_files
 
 SPECS = [
     dict(name="qwen2_moe_shared", cls=Qwen2MoeForCausalLM, config=lambda eos: Qwen2MoeConfig(
@@ -78,17 +78,7 @@ def make(spec, out_root, tok_path, tok):
     weights = os.path.join(hf_dir, "model.safetensors")
     unfused = unfuse_experts(weights, names)
     write_tokenizer_files(hf_dir, tok_path, False)
-    reloaded = spec["cls"].from_pretrained(hf_dir, attn_implementation="eager", dtype=torch.float32).eval()
-    g = torch.Generator().manual_seed(len(spec["name"]))
-    prompts = [torch.randint(0, TOKENIZER_VOCAB, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
-    prompts[2] = tok.encode("The jury said it did find that many of Georgia's laws").ids[:PROMPT_LENGTHS[2]]
-    probe = torch.tensor([prompts[3]])
-    drift = (reloaded(probe).logits - model(probe).logits).abs().max().item()
-    assert drift < 1e-5, f"{spec['name']}: reloaded model differs from the one saved ({drift})"
-    tensors = record(reloaded, prompts, eos_id)
-    meta = {"transformers": transformers.__version__, "torch": torch.__version__, "eos_id": str(eos_id),
-            "num_prompts": str(len(prompts)), "new_tokens": str(NEW_TOKENS)}
-    save_file(tensors, os.path.join(out_root, spec["name"], "reference.safetensors"), metadata=meta)
+    _, tensors = reload_and_record(model, hf_dir, spec["name"], tok, eos_id, out_root)
     keys = sorted(load_file(weights).keys())
     print(spec["name"], "unfused" if unfused else "saved per expert", len(keys), "tensors, e.g.",
           [k for k in keys if "layers.0." in k][:12], "greedy3", tensors["prompt3.greedy_ids"].tolist())

@@ -127,6 +127,22 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       logitRows: Int32Array.from([0, 3]),
     };
 
+    test("linear: 1–8 rows take the GEMV kernel, more rows cuBLAS; both equal the cpu, model-dtype and float32 out", () => {
+      const [inDim, out] = [H, V];
+      const [wc, wcpu] = weights.get("emb")!;
+      for (const rows of [1, 2, 3, 5, 8, 9, 17]) {
+        const [xc, xcpu] = upload(rand(rows * inDim), rows, inDim);
+        for (const f32 of [false, true]) {
+          cuda.beginStep(decode);
+          const got = download(cuda.linear(xc, wc, null, f32));
+          const want = cpu.linear(xcpu, wcpu, null, f32).data;
+          assert.equal(got.length, rows * out);
+          const e = relErr(got, want);
+          assert.ok(e < tol, `${rows} rows, ${f32 ? "float32" : dtype} out: relative error ${e.toExponential(2)}`);
+        }
+      }
+    });
+
     for (const [label, step] of [
       ["prefill", prefill],
       ["decode after prefill", decode],

@@ -23,6 +23,7 @@ import {
 } from "../quantization/quantize-plan.js";
 import { sqAlgo } from "../quantization/smoothquant.js";
 import { type SqTensor, sliceSqForRank, smoothQuantTensors } from "../quantization/smoothquant-checkpoint.js";
+import { concatBytes } from "../util/bytes.js";
 import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
 import { decodeToFloat32, dtypeByteSize, dtypeFromName, encodeFromFloat32 } from "./dtype.js";
@@ -129,14 +130,7 @@ function tensorBytes(store: TensorStore, t: RankTensor, target: "F32" | "F16" | 
       ? new Uint8Array(values.buffer, values.byteOffset, values.byteLength)
       : encodeFromFloat32(values, target);
   });
-  if (chunks.length === 1) return chunks[0];
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
+  return concatBytes(chunks);
 }
 
 export async function convertHfCheckpoint(opts: ConvertOptions): Promise<PretrainedConfig> {

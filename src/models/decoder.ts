@@ -1,7 +1,7 @@
 // The llama/qwen2 decoder as backend ops: embedding → N × (attention + gated MLP, pre-norm, residual) →
 // final norm → lm_head. Written once; every backend runs it.
 
-import type { AttentionShape, Backend, RopeSpec, StepInput } from "../backends/backend.js";
+import type { AttentionShape, Backend, MoeSpec, RopeSpec, StepInput } from "../backends/backend.js";
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { type Communicator, SOLO } from "../comm/communicator.js";
 import { EngineError } from "../errors.js";
@@ -27,17 +27,8 @@ export interface DecoderDims {
   moe: MoeDims | null;
 }
 
-export interface MoeDims {
-  numExperts: number;
-  topK: number;
-  renormalize: boolean;
-  /** Global index of this rank's first expert; it holds expertsLocal contiguous ones. */
-  firstExpert: number;
-  expertsLocal: number;
-  /** Each expert's intermediate size on this rank. */
-  expertInter: number;
-  /** The shared expert's intermediate size on this rank (0: none). */
-  sharedInter: number;
+/** A MoE model's routing and this rank's experts and slices (Backend.moe's spec), and which layers route. */
+export interface MoeDims extends MoeSpec {
   /** Per local layer: whether it routes through experts. */
   layers: boolean[];
 }

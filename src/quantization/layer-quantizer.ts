@@ -6,6 +6,7 @@ import { dtypeByteSize, encodeFromFloat32 } from "../checkpoint/dtype.js";
 import type { RankTensor } from "../checkpoint/rank-split.js";
 import type { TensorSpec } from "../checkpoint/safetensors.js";
 import { UsageError } from "../errors.js";
+import { concatBytes } from "../util/bytes.js";
 import type { LinearInputs } from "./calibration.js";
 import { gptq, packGptq } from "./gptq.js";
 import { companionName, type QuantAlgo, scaleName } from "./mode.js";
@@ -50,16 +51,6 @@ export function weightOnlyQuantizer(bits: 4 | 8): LayerQuantizer {
       return [q, encode(scales, target)];
     },
   };
-}
-
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
 }
 
 /**

@@ -22,6 +22,8 @@ const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 const ARGMAX_SPLIT = 32;
 /** ATT_CHUNK in decoder.cu: keys per block of the split (flash-decoding) attention. */
 const ATTENTION_CHUNK = 256;
+/** GEMV_MAX_ROWS in decoder.cu: steps of at most this many rows take the GEMV kernel instead of cuBLAS. */
+const GEMV_MAX_ROWS = 8;
 /** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th group of four keys. */
 const ATTENTION_WARPS = 16;
 const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
@@ -40,6 +42,7 @@ const KERNELS = [
   "sample_rows",
   "attention_split",
   "attention_merge",
+  "gemv",
 ] as const;
 type KernelName = (typeof KERNELS)[number];
 
@@ -282,16 +285,36 @@ export class CudaBackend implements Backend<CudaTensor> {
 
   linear(x: CudaTensor, weight: CudaTensor, bias: CudaTensor | null, float32Out = false): CudaTensor {
     const out = this.alloc(x.rows, weight.rows, float32Out ? "F32" : this.dtype);
-    this.cublas.linear(
-      out.ptr,
-      CUBLAS_TYPE[out.dtype],
-      x.ptr,
-      weight.ptr,
-      CUBLAS_TYPE[this.dtype],
-      x.rows,
-      x.cols,
-      weight.rows,
-    );
+    const rowBytes = x.cols * BYTES[this.dtype];
+    // Decode steps read each weight once for a handful of rows: bandwidth-bound, so kiln's GEMV beats cuBLAS's tiles.
+    if (x.rows <= GEMV_MAX_ROWS && rowBytes % 16 === 0 && x.ptr % 16 === 0 && weight.ptr % 16 === 0) {
+      if (x.rows > 0) {
+        this.device.launch(
+          this.fn("gemv"),
+          [Math.ceil(weight.rows / 8)],
+          [256],
+          [
+            ptr(out.ptr),
+            i32(float32Out ? 1 : 0),
+            ptr(x.ptr),
+            ptr(weight.ptr),
+            i32(x.rows),
+            i32(x.cols),
+            i32(weight.rows),
+          ],
+        );
+      }
+    } else
+      this.cublas.linear(
+        out.ptr,
+        CUBLAS_TYPE[out.dtype],
+        x.ptr,
+        weight.ptr,
+        CUBLAS_TYPE[this.dtype],
+        x.rows,
+        x.cols,
+        weight.rows,
+      );
     if (bias) {
       if (float32Out) throw new Error("a bias on a float32-output linear is not supported");
       this.device.launch(this.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);

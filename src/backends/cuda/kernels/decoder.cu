@@ -92,6 +92,71 @@ extern "C" __global__ void add_bias(T* x, const T* b, int cols) {
   for (int c = threadIdx.x; c < cols; c += blockDim.x) row[c] = fromf(tof(row[c]) + tof(b[c]));
 }
 
+// y[r, o] = Σ_i x[r, i] · w[o, i] for the few rows of a decode step (at most GEMV_MAX_ROWS), where a GEMM
+// library's tiles idle: one warp per output, each lane reading 16 bytes of the weight row at a time, every row
+// of x accumulated in float from the same loaded weights. Needs in · sizeof(T) a multiple of 16 and 16-byte
+// aligned rows (the caller checks). y is float32 when y_f32 (logits), else T. grid = ceil(out / 8), 256 threads.
+#define GEMV_MAX_ROWS 8
+#define GEMV_UNROLL 4
+template <int R>
+__device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const T* w, int in, int out) {
+  const int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (o >= out) return;
+  constexpr int V = 16 / sizeof(T);
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)o * in);
+  const int nvec = in / V;
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.f;
+  // GEMV_UNROLL weight loads in flight per lane before any is used: one pass covers in ≤ 32·8·UNROLL.
+  for (int v0 = lane; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
+    uint4 wv[GEMV_UNROLL];
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      const int v = v0 + 32 * u;
+      wv[u] = v < nvec ? __ldg(wrow + v) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      const int v = v0 + 32 * u;
+      if (v >= nvec) break;
+      const T* we = reinterpret_cast<const T*>(&wv[u]);
+      float wf[V];
+#pragma unroll
+      for (int k = 0; k < V; k++) wf[k] = tof(we[k]);
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const uint4 xv = *(reinterpret_cast<const uint4*>(x + (size_t)r * in) + v);
+        const T* xe = reinterpret_cast<const T*>(&xv);
+#pragma unroll
+        for (int k = 0; k < V; k++) acc[r] += wf[k] * tof(xe[k]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const float s = warp_sum(acc[r]);
+    if (lane == 0) {
+      if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s;
+      else reinterpret_cast<T*>(y)[(size_t)r * out + o] = fromf(s);
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv(void* y, int y_f32, const T* x, const T* w, int rows, int in, int out) {
+  switch (rows) {
+    case 1: gemv_rows<1>(y, y_f32, x, w, in, out); break;
+    case 2: gemv_rows<2>(y, y_f32, x, w, in, out); break;
+    case 3: gemv_rows<3>(y, y_f32, x, w, in, out); break;
+    case 4: gemv_rows<4>(y, y_f32, x, w, in, out); break;
+    case 5: gemv_rows<5>(y, y_f32, x, w, in, out); break;
+    case 6: gemv_rows<6>(y, y_f32, x, w, in, out); break;
+    case 7: gemv_rows<7>(y, y_f32, x, w, in, out); break;
+    default: gemv_rows<8>(y, y_f32, x, w, in, out); break;
+  }
+}
+
 // out[r, i] = silu(fg[r, i]) · fg[r, inter + i]: the fused fc|gate GEMM's two halves. One thread an
 // element over the whole grid: a row-per-block loop would serialise its loads.
 extern "C" __global__ void silu_mul(T* out, const T* fg, int inter, long n) {
