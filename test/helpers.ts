@@ -88,7 +88,10 @@ export function succeeded<T extends object>(results: (T | { error: Error })[]): 
  * Runs a fixture's reference prompts through `llm` (built with gather_context_logits) and measures its context
  * logits against transformers': the largest |Δ|, and the logits' std and rms to scale it by.
  */
-export function contextLogitError(llm: LLM, ref: FixtureReference): { worst: number; std: number; rms: number } {
+export function contextLogitError(
+  llm: LLM,
+  ref: FixtureReference,
+): { worst: number; std: number; rms: number; rmsError: number } {
   const outs = succeeded(
     llm.generate(
       ref.prompts.map((p) => p.inputIds),
@@ -96,6 +99,7 @@ export function contextLogitError(llm: LLM, ref: FixtureReference): { worst: num
     ),
   );
   let worst = 0;
+  let squaredError = 0;
   let sum = 0;
   let sq = 0;
   let n = 0;
@@ -103,12 +107,18 @@ export function contextLogitError(llm: LLM, ref: FixtureReference): { worst: num
     const got = stackRows(outs[i].contextLogits!, ref.vocab);
     for (let k = 0; k < got.length; k++) {
       worst = Math.max(worst, Math.abs(got[k] - p.contextLogits[k]));
+      squaredError += (got[k] - p.contextLogits[k]) ** 2;
       sum += p.contextLogits[k];
       sq += p.contextLogits[k] ** 2;
       n++;
     }
   });
-  return { worst, std: Math.sqrt(sq / n - (sum / n) ** 2), rms: Math.sqrt(sq / n) };
+  return {
+    worst,
+    std: Math.sqrt(sq / n - (sum / n) ** 2),
+    rms: Math.sqrt(sq / n),
+    rmsError: Math.sqrt(squaredError / n),
+  };
 }
 
 /** Converts with `opts`, builds a cpu engine gathering context logits next to the checkpoint, and loads it. */
