@@ -13,12 +13,18 @@ import { runCommand } from "./run.js";
 import { serveCommand } from "./serve.js";
 import { tokenizeCommand } from "./tokenize.js";
 
+/** A usage error as every other error prints: one `kiln:` line (commander's own says `error: …` on two). */
+const oneLine = {
+  outputError: (message: string, write: (s: string) => void) =>
+    write(`kiln: ${message.trim().replace(/^error: /, "")} (run with --help for usage)\n`),
+};
+
 export async function main(argv: string[]): Promise<number> {
   const program = new Command("kiln")
     .description("Hugging Face checkpoint → unified checkpoint → engine → text")
     .version(KILN_VERSION)
     .exitOverride()
-    .showHelpAfterError("(run with --help for usage)");
+    .configureOutput(oneLine);
   for (const cmd of [
     convertCommand(),
     quantizeCommand(),
@@ -29,7 +35,7 @@ export async function main(argv: string[]): Promise<number> {
     tokenizeCommand(),
     benchCommand(),
   ]) {
-    program.addCommand(cmd.exitOverride().showHelpAfterError("(run with --help for usage)"));
+    program.addCommand(cmd.exitOverride().configureOutput(oneLine));
   }
   try {
     await program.parseAsync(argv, { from: "user" });
