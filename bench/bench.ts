@@ -26,6 +26,8 @@ export interface BenchOptions {
   hf?: string;
   /** 32 sequences instead of 256 in the nano-vllm workload. */
   quick?: boolean;
+  /** Weight-only quantization of the bench model (kiln quantize's int8_wo / int4_wo); default bf16. */
+  qformat?: "int8_wo" | "int4_wo";
 }
 
 let rng = 0;
@@ -53,7 +55,8 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
   const ckpt = path.join(work, "ckpt");
   const engine = path.join(work, "engine");
   if (!fs.existsSync(path.join(hfDir, "model.safetensors"))) writeRandomQwen2(hfDir, QWEN25_05B);
-  await convertHfCheckpoint({ modelDir: hfDir, outputDir: ckpt, dtype: "bfloat16", overwrite: true });
+  const weightOnlyBits = args.qformat === "int8_wo" ? 8 : args.qformat === "int4_wo" ? 4 : undefined;
+  await convertHfCheckpoint({ modelDir: hfDir, outputDir: ckpt, dtype: "bfloat16", overwrite: true, weightOnlyBits });
   const before = device.memInfo();
   await buildEngine({
     checkpointDir: ckpt,
@@ -65,7 +68,7 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
   const llm = await LLM.load(engine);
   const results: Record<string, number | string> = {
     device: device.name,
-    model: "Qwen2.5-0.5B shape, random bf16 weights",
+    model: `Qwen2.5-0.5B shape, random bf16 weights${args.qformat ? `, ${args.qformat}` : ""}`,
   };
 
   // Batch-1 decode, input 128, output 128: decode steps only (the first token is the prefill's).
@@ -119,7 +122,13 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
 // Run directly (node dist/bench/bench.js …) as well as through `kiln bench`.
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const { values } = parseArgs({
-    options: { work: { type: "string" }, out: { type: "string" }, hf: { type: "string" }, quick: { type: "boolean" } },
+    options: {
+      work: { type: "string" },
+      out: { type: "string" },
+      hf: { type: "string" },
+      quick: { type: "boolean" },
+      qformat: { type: "string" },
+    },
   });
-  await runBench(values);
+  await runBench({ ...values, qformat: values.qformat as BenchOptions["qformat"] });
 }

@@ -159,3 +159,45 @@ describe("long contexts on the cuda backend", () => {
     gpu.dispose();
   });
 });
+
+describe("weight-only engines on the gpu", () => {
+  test("W8A16 and W4A16 float32 engines give the cpu engine's logits (within 1e-3) and greedy ids", async () => {
+    const name = "qwen2_tied_gqa";
+    const ref = loadReference(name);
+    const prompts = ref.prompts.map((p) => p.inputIds);
+    for (const bits of [8, 4] as const) {
+      const ckpt = path.join(work, `wo${bits}-ckpt`);
+      await convertHfCheckpoint({
+        modelDir: path.join(FIXTURES, name, "hf"),
+        outputDir: ckpt,
+        dtype: "float32",
+        weightOnlyBits: bits,
+      });
+      const run = async (backend: "cpu" | "cuda") => {
+        const engine = path.join(work, `wo${bits}-${backend}`);
+        await buildEngine({
+          checkpointDir: ckpt,
+          outputDir: engine,
+          backend,
+          request: { gather_context_logits: true, max_batch_size: 8 },
+        });
+        const llm = await LLM.load(engine);
+        const outs = succeeded(llm.generate(prompts, { maxNewTokens: 16, endId: ref.eosId }));
+        llm.dispose();
+        return outs;
+      };
+      const gpu = await run("cuda");
+      const cpu = await run("cpu");
+      let worst = 0;
+      gpu.forEach((o, i) => {
+        worst = Math.max(
+          worst,
+          maxAbsDiff(stackRows(o.contextLogits!, ref.vocab), stackRows(cpu[i].contextLogits!, ref.vocab)),
+        );
+        assert.deepEqual(o.outputIds, cpu[i].outputIds, `int${bits} prompt ${i}`);
+      });
+      console.log(`# int${bits} weight-only, cuda vs cpu: max |Δlogit| ${worst.toExponential(2)}`);
+      assert.ok(worst <= 1e-3, `int${bits}: ${worst}`);
+    }
+  });
+});

@@ -9,7 +9,9 @@ import { CudaBackend, type CudaDtype, type CudaTensor } from "../src/backends/cu
 import { CudaDevice } from "../src/backends/cuda/driver.js";
 import { kernelSource } from "../src/backends/cuda/engine-kernels.js";
 import { compileKernels } from "../src/backends/cuda/nvrtc.js";
+import { cudaWeightOnlyLayout } from "../src/backends/cuda/weight-layout.js";
 import { decodeToFloat32, encodeFromFloat32 } from "../src/checkpoint/dtype.js";
+import { quantizeWeightOnly } from "../src/quantization/weight-only.js";
 
 const device = CudaDevice.open();
 const DTYPES: [CudaDtype, number, number][] = [
@@ -139,6 +141,38 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           assert.equal(got.length, rows * out);
           const e = relErr(got, want);
           assert.ok(e < tol, `${rows} rows, ${f32 ? "float32" : dtype} out: relative error ${e.toExponential(2)}`);
+        }
+      }
+    });
+
+    test("weight-only int8 and int4 linear: GEMV (≤ 8 rows) and dequantize + cuBLAS equal the cpu kernel", () => {
+      const [inDim, out] = [H, V];
+      for (const bits of [8, 4] as const) {
+        const q = quantizeWeightOnly(rand(out * inDim, 0.2), out, inDim, bits);
+        const bytes = cudaWeightOnlyLayout(q.qweight, out, inDim, bits);
+        const wp = device.alloc(bytes.byteLength);
+        device.upload(wp, bytes);
+        const sp = device.alloc(out * 4);
+        device.upload(sp, new Uint8Array(q.scales.buffer));
+        const wc: CudaTensor = { ptr: wp, rows: out, cols: inDim, dtype, wo: { bits, scales: sp } };
+        const wcpu: CpuTensor = {
+          data: new Float32Array(0),
+          rows: out,
+          cols: inDim,
+          quant: { bits, q: q.qweight, scales: q.scales },
+        };
+        for (const rows of [1, 3, 8, 9, 17]) {
+          const [xc, xcpu] = upload(rand(rows * inDim), rows, inDim);
+          for (const f32 of [false, true]) {
+            cuda.beginStep(decode);
+            const got = download(cuda.linear(xc, wc, null, f32));
+            const want = cpu.linear(xcpu, wcpu, null, f32).data;
+            const e = relErr(got, want);
+            assert.ok(
+              e < tol,
+              `int${bits}, ${rows} rows, ${f32 ? "float32" : dtype} out: relative error ${e.toExponential(2)}`,
+            );
+          }
         }
       }
     });

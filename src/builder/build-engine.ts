@@ -61,9 +61,12 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
   const model = readCheckpointConfig(opts.checkpointDir);
   const { config: build, warnings } = resolveBuildConfig(model, opts.request);
   const q = model.quantization;
-  if (opts.backend === "cuda" && (q.quant_algo !== null || q.kv_cache_quant_algo !== null)) {
-    const what = q.quant_algo !== null ? `quant_algo ${q.quant_algo}` : `kv_cache_quant_algo ${q.kv_cache_quant_algo}`;
-    throw new ConfigError(`${what}: the cuda backend runs unquantized engines only so far; build with --backend cpu`);
+  const cudaRuns = q.quant_algo === null || q.quant_algo === "W8A16" || q.quant_algo === "W4A16";
+  if (opts.backend === "cuda" && (!cudaRuns || q.kv_cache_quant_algo !== null)) {
+    const what = !cudaRuns ? `quant_algo ${q.quant_algo}` : `kv_cache_quant_algo ${q.kv_cache_quant_algo}`;
+    throw new ConfigError(
+      `${what}: the cuda backend runs unquantized and weight-only (W8A16, W4A16) engines only so far; build with --backend cpu`,
+    );
   }
   if (opts.backend === "cuda" && !build.remove_input_padding) {
     throw new ConfigError("--remove_input_padding disable is supported by the cpu backend only");

@@ -2,6 +2,7 @@
 // kernels read (cpu: float32; cuda: the model dtype with fc and gate fused into one GEMM), plus, for cuda,
 // the compiled kernels. Each section is produced on demand, one at a time, while the file is written.
 
+import { cudaWeightOnlyLayout } from "../backends/cuda/weight-layout.js";
 import { type Dtype, dtypeByteSize, dtypeFromName, encodeFromFloat32 } from "../checkpoint/dtype.js";
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import type { SafetensorsFile } from "../checkpoint/safetensors.js";
@@ -11,6 +12,7 @@ import { layerQuant, moduleOfWeight } from "../quantization/layer-plan.js";
 import { companionName, isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
 import { isModelOptAlgo, MODELOPT_COMPANIONS, type ModelOptAlgo } from "../quantization/modelopt-formats.js";
 import { type SqVariant, sqVariantOf } from "../quantization/smoothquant.js";
+import { concatBytes } from "../util/bytes.js";
 import type { SectionSpec } from "./engine-file.js";
 
 export interface PlannedSection {
@@ -184,19 +186,52 @@ function gptqSections(
 export function cudaWeightSections(cfg: PretrainedConfig, file: SafetensorsFile): PlannedSection[] {
   const dtype = dtypeFromName(cfg.dtype);
   const shapes = decoderTensorShapes(cfg);
+  const algo = cfg.quantization.quant_algo;
+  const bits = algo === "W8A16" ? 8 : algo === "W4A16" ? 4 : null;
   const out: PlannedSection[] = [];
   for (const [name, shape] of shapes) {
     const m = /^(transformer\.layers\.\d+\.mlp)\.(fc|gate)\.(weight|bias)$/.exec(name);
-    if (!m) {
-      out.push(tensorSection(name, shape, dtype, [checkedSource(name, shape, file)], file));
+    if (m?.[2] === "gate") continue; // folded into fc_gate with its fc twin
+    const names = m ? [name, `${m[1]}.gate.${m[3]}`] : [name];
+    const target = m ? `${m[1]}.fc_gate.${m[3]}` : name;
+    if (bits && isWeightOnlyLayer(name)) {
+      out.push(...cudaWeightOnlySections(file, names, target, shapes, bits));
       continue;
     }
-    if (m[2] === "gate") continue; // folded into fc_gate with its fc twin
-    const gate = `${m[1]}.gate.${m[3]}`;
-    const sources = [checkedSource(name, shape, file), checkedSource(gate, shapes.get(gate)!, file)];
-    out.push(tensorSection(`${m[1]}.fc_gate.${m[3]}`, [2 * shape[0], ...shape.slice(1)], dtype, sources, file));
+    const sources = names.map((n) => checkedSource(n, shapes.get(n)!, file));
+    const rows = names.reduce((r, n) => r + shapes.get(n)![0], 0);
+    out.push(tensorSection(target, [rows, ...shape.slice(1)], dtype, sources, file));
   }
   return out;
+}
+
+/** Weight-only layers (fc and gate fused) in the cuda GEMV's layout, with float32 per-channel scales. */
+function cudaWeightOnlySections(
+  file: SafetensorsFile,
+  names: string[],
+  target: string,
+  shapes: Map<string, number[]>,
+  bits: 4 | 8,
+): PlannedSection[] {
+  const [, inDim] = shapes.get(names[0])!;
+  const outs = names.map((n) => shapes.get(n)![0]);
+  const total = outs.reduce((a, b) => a + b, 0);
+  for (const n of names) {
+    const stored = [inDim, bits === 8 ? shapes.get(n)![0] : shapes.get(n)![0] / 2];
+    checkedSource(n, stored, file);
+  }
+  const weight: PlannedSection = {
+    spec: { name: target, dtype: bits === 8 ? "I8" : "U8", shape: [total, (inDim * bits) / 8] },
+    make: () =>
+      concatBytes(
+        names.map((n, k) => {
+          const b = file.readBytes(n);
+          return cudaWeightOnlyLayout(new Int8Array(b.buffer, b.byteOffset, b.byteLength), outs[k], inDim, bits);
+        }),
+      ),
+  };
+  const scales = names.map((n, k) => checkedSource(scaleName(n), [outs[k]], file));
+  return [weight, tensorSection(scaleName(target), [total], "F32", scales, file)];
 }
 
 export function sectionBytes(sections: readonly PlannedSection[]): number {

@@ -1,7 +1,7 @@
 // kiln bench: the GPU benchmark of bench/bench.ts (a random Qwen2.5-0.5B-shaped model through convert → build
 // --backend cuda → the runtime), from the command line.
 
-import { Command } from "commander";
+import { Command, Option } from "commander";
 import { UsageError } from "../errors.js";
 
 export function benchCommand(): Command {
@@ -11,6 +11,12 @@ export function benchCommand(): Command {
     .option("--out <file>", "write the results as JSON")
     .option("--hf <file>", "merge the transformers baseline that scripts/bench_hf.py wrote in the same run")
     .option("--quick", "32 sequences instead of 256 in the nano-vllm workload", false)
+    .addOption(
+      new Option("--qformat <q>", "weight-only quantize the bench model (int8_wo, int4_wo); default bf16").choices([
+        "int8_wo",
+        "int4_wo",
+      ]),
+    )
     .action(async (o) => {
       let bench: typeof import("../../bench/bench.js");
       try {
@@ -20,6 +26,6 @@ export function benchCommand(): Command {
           `kiln bench needs the bench/ folder of a kiln checkout (${(e as Error).message.split("\n")[0]})`,
         );
       }
-      await bench.runBench({ work: o.work, out: o.out, hf: o.hf, quick: o.quick });
+      await bench.runBench({ work: o.work, out: o.out, hf: o.hf, quick: o.quick, qformat: o.qformat });
     });
 }

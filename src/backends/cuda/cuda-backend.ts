@@ -15,6 +15,8 @@ export interface CudaTensor {
   rows: number;
   cols: number;
   dtype: CudaDtype;
+  /** A weight-only weight ([rows = out, cols = in], weight-layout.ts) and its float32 per-channel scales. */
+  wo?: { bits: 4 | 8; scales: number };
 }
 
 const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
@@ -43,6 +45,8 @@ const KERNELS = [
   "attention_split",
   "attention_merge",
   "gemv",
+  "gemv_wo",
+  "dequant_wo",
 ] as const;
 type KernelName = (typeof KERNELS)[number];
 
@@ -78,6 +82,8 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
   private readonly argmaxPartial: number;
+  /** Where a weight-only weight is dequantized for steps too wide for the GEMV (ptr 0: none yet). */
+  private woScratch = { ptr: 0, elements: 0 };
 
   constructor(
     readonly device: CudaDevice,
@@ -88,6 +94,8 @@ export class CudaBackend implements Backend<CudaTensor> {
     invFreq: Float32Array,
   ) {
     for (const k of KERNELS) this.fns.set(k, device.getFunction(module, k));
+    // One dequantized weight-only weight at a time, sized at load for the engine's largest: graphs keep its address.
+    this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => (w.wo ? w.rows * w.cols : 0))));
     this.cublas = new Cublas(device);
     // One layer's activations at the widest step (x, qkv, attention, dense, norm, fc|gate, product, proj),
     // rounded up per tensor; the last layer's arena also holds the gathered rows and float32 logits.
@@ -120,6 +128,8 @@ export class CudaBackend implements Backend<CudaTensor> {
       this.invFreq,
       this.greedyOut,
       this.argmaxPartial,
+      this.attentionPartial,
+      ...(this.woScratch.ptr ? [this.woScratch.ptr] : []),
     ]) {
       this.device.free(p);
     }
@@ -284,6 +294,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   }
 
   linear(x: CudaTensor, weight: CudaTensor, bias: CudaTensor | null, float32Out = false): CudaTensor {
+    if (weight.wo) return this.weightOnlyLinear(x, weight, bias, float32Out);
     const out = this.alloc(x.rows, weight.rows, float32Out ? "F32" : this.dtype);
     const rowBytes = x.cols * BYTES[this.dtype];
     // Decode steps read each weight once for a handful of rows: bandwidth-bound, so kiln's GEMV beats cuBLAS's tiles.
@@ -320,6 +331,67 @@ export class CudaBackend implements Backend<CudaTensor> {
       this.device.launch(this.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
     }
     return out;
+  }
+
+  /**
+   * A W8A16/W4A16 layer: decode steps through the GEMV that dequantizes as it reads; wider steps dequantize the
+   * weight into a scratch buffer and run cuBLAS on it.
+   */
+  private weightOnlyLinear(x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, float32Out: boolean): CudaTensor {
+    const out = this.alloc(x.rows, w.rows, float32Out ? "F32" : this.dtype);
+    const { bits, scales } = w.wo!;
+    if (x.rows <= GEMV_MAX_ROWS && x.cols % 32 === 0 && x.ptr % 16 === 0) {
+      if (x.rows > 0) {
+        this.device.launch(
+          this.fn("gemv_wo"),
+          [Math.ceil(w.rows / 8)],
+          [256],
+          [
+            ptr(out.ptr),
+            i32(float32Out ? 1 : 0),
+            ptr(x.ptr),
+            ptr(w.ptr),
+            ptr(scales),
+            i32(bits),
+            i32(x.rows),
+            i32(x.cols),
+            i32(w.rows),
+          ],
+        );
+      }
+    } else {
+      const n = w.rows * w.cols;
+      const scratch = this.ensureWoScratch(n);
+      this.device.launch(
+        this.fn("dequant_wo"),
+        [Math.min(4096, Math.ceil(n / 256))],
+        [256],
+        [ptr(scratch), ptr(w.ptr), ptr(scales), i32(bits), i32(w.cols), { u64: n }],
+      );
+      this.cublas.linear(
+        out.ptr,
+        CUBLAS_TYPE[out.dtype],
+        x.ptr,
+        scratch,
+        CUBLAS_TYPE[this.dtype],
+        x.rows,
+        x.cols,
+        w.rows,
+      );
+    }
+    if (bias) this.device.launch(this.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
+    return out;
+  }
+
+  /** The dequantization scratch, grown outside graph capture (a captured graph must keep its address). */
+  private ensureWoScratch(elements: number): number {
+    if (elements > this.woScratch.elements) {
+      if (this.graphMode)
+        throw new Error(`weight-only scratch of ${this.woScratch.elements} values is too small for ${elements}`);
+      if (this.woScratch.ptr) this.device.free(this.woScratch.ptr);
+      this.woScratch = { ptr: this.device.alloc(elements * BYTES[this.dtype]), elements };
+    }
+    return this.woScratch.ptr;
   }
 
   ropeAndCacheKv(

@@ -3,8 +3,10 @@
 
 import type { EngineConfig } from "../../builder/build-engine.js";
 import { EngineFile } from "../../builder/engine-file.js";
+import { dtypeFromName } from "../../checkpoint/dtype.js";
 import { EngineError } from "../../errors.js";
 import { ropeSpec } from "../../models/rope.js";
+import { scaleName } from "../../quantization/mode.js";
 import { CudaBackend, type CudaDtype, type CudaTensor } from "./cuda-backend.js";
 import { CudaDevice } from "./driver.js";
 
@@ -30,19 +32,31 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
     const b = config.build_config;
     const m = config.pretrained_config;
     const weights = new Map<string, CudaTensor>();
-    let dtype: CudaDtype | null = null;
+    const dtype = dtypeFromName(m.dtype);
     for (const s of file.header.sections) {
       if (s.name.startsWith("kernels.")) continue;
-      if (s.dtype !== "F32" && s.dtype !== "F16" && s.dtype !== "BF16") {
-        throw new EngineError(`${enginePath}: section "${s.name}" is ${s.dtype}; cuda engines hold F32, F16 or BF16`);
+      const weightOnly = s.dtype === "I8" || s.dtype === "U8";
+      if (s.dtype !== "F32" && s.dtype !== "F16" && s.dtype !== "BF16" && !weightOnly) {
+        throw new EngineError(
+          `${enginePath}: section "${s.name}" is ${s.dtype}; cuda engines hold F32, F16, BF16 (and I8/U8 weight-only weights)`,
+        );
       }
-      dtype = s.dtype;
       const bytes = file.read(s.name);
       const p = device.alloc(bytes.byteLength);
       device.upload(p, bytes);
       const [rows, cols] =
         s.shape.length === 1 ? [1, s.shape[0]] : [s.shape[0], s.shape.slice(1).reduce((x, y) => x * y, 1)];
-      weights.set(s.name, { ptr: p, rows, cols, dtype: s.dtype });
+      if (weightOnly) {
+        // [out, in] int8, or [out, in/2] int4 pairs (backends/cuda/weight-layout.ts); scales attached below.
+        const bits = s.dtype === "I8" ? 8 : 4;
+        weights.set(s.name, { ptr: p, rows, cols: bits === 8 ? cols : 2 * cols, dtype, wo: { bits, scales: 0 } });
+      } else weights.set(s.name, { ptr: p, rows, cols, dtype: s.dtype as CudaDtype });
+    }
+    for (const [name, t] of weights) {
+      if (!t.wo) continue;
+      const scales = weights.get(scaleName(name));
+      if (!scales) throw new EngineError(`${enginePath}: weight-only "${name}" has no "${scaleName(name)}"`);
+      t.wo.scales = scales.ptr;
     }
     const maxSeqs = b.max_batch_size * b.max_beam_width;
     const qkv = (m.num_attention_heads + 2 * m.num_key_value_heads) * m.head_size;
@@ -50,7 +64,7 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
       device,
       module,
       weights,
-      dtype ?? "F32",
+      dtype,
       {
         maxRows: Math.max(b.max_num_tokens, maxSeqs),
         maxSeqs,

@@ -157,6 +157,117 @@ extern "C" __global__ void __launch_bounds__(256) gemv(void* y, int y_f32, const
   }
 }
 
+// The GEMV above for weight-only int8 or int4 weights (W8A16, W4A16), laid out by kiln build as [out, in]
+// int8, or [out, in/2] bytes of int4 pairs along in (the even element in the low nibble): y = (x · q) · scale[o].
+// Needs in a multiple of 32 and 16-byte aligned x rows (the caller checks).
+__device__ __forceinline__ unsigned int word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// Element k of the T values packed in a 16-byte load, from shifts on its words (no address taken).
+__device__ __forceinline__ float t_of(const uint4& v, int k) {
+#if KILN_DTYPE == 0
+  return __uint_as_float(word_of(v, k));
+#elif KILN_DTYPE == 1
+  return __half2float(__ushort_as_half((unsigned short)(word_of(v, k >> 1) >> (16 * (k & 1)))));
+#else
+  return __uint_as_float((word_of(v, k >> 1) >> (16 * (k & 1))) << 16);
+#endif
+}
+
+template <int R, int BITS>
+__device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, const unsigned char* w,
+                                             const float* scales, int in, int out) {
+  const int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (o >= out) return;
+  constexpr int PER = BITS == 8 ? 16 : 32;  // weights in one 16-byte load
+  constexpr int XV = 16 / sizeof(T);        // x values in one 16-byte load
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)o * in * BITS / 8);
+  const int nvec = in / PER;
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.f;
+  for (int v0 = lane; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
+    uint4 wv[GEMV_UNROLL];
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      const int v = v0 + 32 * u;
+      wv[u] = v < nvec ? __ldg(wrow + v) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      const int v = v0 + 32 * u;
+      if (v >= nvec) break;
+#pragma unroll
+      for (int j = 0; j < PER / XV; j++) {
+        // XV weights decoded at a time, so few are live at once.
+        float wf[XV];
+#pragma unroll
+        for (int k = 0; k < XV; k++) {
+          const int e = j * XV + k;
+          // Shifts on the loaded words, never their address: taking it would put wv in local memory.
+          if (BITS == 8) wf[k] = (float)(signed char)((word_of(wv[u], e >> 2) >> (8 * (e & 3))) & 255);
+          else {
+            const int nib = (word_of(wv[u], e >> 3) >> (4 * (e & 7))) & 15;
+            wf[k] = (float)(nib >= 8 ? nib - 16 : nib);
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          const uint4 xv = reinterpret_cast<const uint4*>(x + (size_t)r * in + (size_t)v * PER)[j];
+#pragma unroll
+          for (int k = 0; k < XV; k++) acc[r] += wf[k] * t_of(xv, k);
+        }
+      }
+    }
+  }
+  const float scale = scales[o];
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const float s = warp_sum(acc[r]) * scale;
+    if (lane == 0) {
+      if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s;
+      else reinterpret_cast<T*>(y)[(size_t)r * out + o] = fromf(s);
+    }
+  }
+}
+
+#define GEMV_WO_CASE(R)                                                              \
+  case R:                                                                            \
+    if (bits == 8) gemv_wo_rows<R, 8>(y, y_f32, x, w, scales, in, out);              \
+    else gemv_wo_rows<R, 4>(y, y_f32, x, w, scales, in, out);                        \
+    break;
+
+extern "C" __global__ void __launch_bounds__(256) gemv_wo(void* y, int y_f32, const T* x, const unsigned char* w,
+                                                          const float* scales, int bits, int rows, int in, int out) {
+  switch (rows) {
+    GEMV_WO_CASE(1)
+    GEMV_WO_CASE(2)
+    GEMV_WO_CASE(3)
+    GEMV_WO_CASE(4)
+    GEMV_WO_CASE(5)
+    GEMV_WO_CASE(6)
+    GEMV_WO_CASE(7)
+    default:
+      GEMV_WO_CASE(8)
+  }
+}
+
+// A weight-only weight dequantized to T [out, in] for steps too wide for the GEMV: out[o, i] = q[o, i] · scale[o].
+extern "C" __global__ void dequant_wo(T* out, const unsigned char* w, const float* scales, int bits, int in, long n) {
+  for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < n; e += (long)gridDim.x * blockDim.x) {
+    const long o = e / in;
+    int q;
+    if (bits == 8) q = (signed char)w[e];
+    else {
+      const int nib = (e & 1) ? (w[e >> 1] >> 4) : (w[e >> 1] & 15);
+      q = nib >= 8 ? nib - 16 : nib;
+    }
+    out[e] = fromf((float)q * scales[o]);
+  }
+}
+
 // out[r, i] = silu(fg[r, i]) · fg[r, inter + i]: the fused fc|gate GEMM's two halves. One thread an
 // element over the whole grid: a row-per-block loop would serialise its loads.
 extern "C" __global__ void silu_mul(T* out, const T* fg, int inter, long n) {
