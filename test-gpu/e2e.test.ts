@@ -161,17 +161,19 @@ describe("long contexts on the cuda backend", () => {
 });
 
 describe("weight-only engines on the gpu", () => {
-  test("W8A16 and W4A16 float32 engines give the cpu engine's logits (within 1e-3) and greedy ids", async () => {
+  test("W8A16, W4A16 and W4A16_GPTQ float32 engines give the cpu engine's logits (within 1e-3) and greedy ids", async () => {
     const name = "qwen2_tied_gqa";
     const ref = loadReference(name);
     const prompts = ref.prompts.map((p) => p.inputIds);
-    for (const bits of [8, 4] as const) {
+    for (const bits of [8, 4, "gptq"] as const) {
       const ckpt = path.join(work, `wo${bits}-ckpt`);
       await convertHfCheckpoint({
         modelDir: path.join(FIXTURES, name, "hf"),
         outputDir: ckpt,
         dtype: "float32",
-        weightOnlyBits: bits,
+        ...(bits === "gptq"
+          ? { gptq: { groupSize: 32, calibSize: 8, calibDataset: calibFile() } }
+          : { weightOnlyBits: bits }),
       });
       const run = async (backend: "cpu" | "cuda") => {
         const engine = path.join(work, `wo${bits}-${backend}`);
@@ -201,3 +203,20 @@ describe("weight-only engines on the gpu", () => {
     }
   });
 });
+
+/** A small calibration text (the GPU machine's slimmed node_modules has no Brown corpus). */
+function calibFile(): string {
+  const file = path.join(work, "calib.txt");
+  const lines = [
+    "The jury said it did find that many of the city's laws were outmoded.",
+    "It was a bright cold day in April, and the clocks were striking thirteen.",
+    "Numbers such as 1,234 and 3.14 appear in text as often as words do.",
+    "She asked whether the meeting would start before or after lunch.",
+    "A small model trained on a real corpus can still tell nouns from verbs.",
+    "The committee approved the budget after a long debate on Tuesday.",
+    "Rain fell on the roofs of the old town all through the night.",
+    "He wrote the letter twice, then decided not to send it at all.",
+  ];
+  fs.writeFileSync(file, `${lines.join("\n")}\n`);
+  return file;
+}

@@ -11,6 +11,7 @@ import { kernelSource } from "../src/backends/cuda/engine-kernels.js";
 import { compileKernels } from "../src/backends/cuda/nvrtc.js";
 import { cudaWeightOnlyLayout } from "../src/backends/cuda/weight-layout.js";
 import { decodeToFloat32, encodeFromFloat32 } from "../src/checkpoint/dtype.js";
+import { packGptq, quantizeGroupsRtn } from "../src/quantization/gptq.js";
 import { quantizeWeightOnly } from "../src/quantization/weight-only.js";
 
 const device = CudaDevice.open();
@@ -154,7 +155,13 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
         device.upload(wp, bytes);
         const sp = device.alloc(out * 4);
         device.upload(sp, new Uint8Array(q.scales.buffer));
-        const wc: CudaTensor = { ptr: wp, rows: out, cols: inDim, dtype, wo: { bits, scales: sp } };
+        const wc: CudaTensor = {
+          ptr: wp,
+          rows: out,
+          cols: inDim,
+          dtype,
+          wo: { bits, scales: sp, zeros: 0, groups: 0 },
+        };
         const wcpu: CpuTensor = {
           data: new Float32Array(0),
           rows: out,
@@ -174,6 +181,45 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
             );
           }
         }
+      }
+    });
+
+    test("group-wise int4 (GPTQ scales and zeros): GEMV and dequantize + cuBLAS equal the cpu kernel", () => {
+      const [inDim, out, G] = [H, V, 32];
+      const t = packGptq(quantizeGroupsRtn(rand(out * inDim, 0.2), out, inDim, 4, G), out, inDim);
+      const groups = inDim / G;
+      const transpose = (a: Float32Array) =>
+        Float32Array.from({ length: out * groups }, (_, k) => a[(k % groups) * out + Math.floor(k / groups)]);
+      const put = (bytes: Uint8Array) => {
+        const p = device.alloc(bytes.byteLength);
+        device.upload(p, bytes);
+        return p;
+      };
+      const q = new Int8Array(t.packed.buffer);
+      const wc: CudaTensor = {
+        ptr: put(cudaWeightOnlyLayout(q, out, inDim, 4)),
+        rows: out,
+        cols: inDim,
+        dtype,
+        wo: {
+          bits: 4,
+          scales: put(new Uint8Array(transpose(t.scales).buffer)),
+          zeros: put(new Uint8Array(transpose(t.zero).buffer)),
+          groups,
+        },
+      };
+      const wcpu: CpuTensor = {
+        data: new Float32Array(0),
+        rows: out,
+        cols: inDim,
+        groupQuant: { q, scales: t.scales, zeros: t.zero, groupSize: G },
+      };
+      for (const rows of [1, 5, 8, 9, 17]) {
+        const [xc, xcpu] = upload(rand(rows * inDim), rows, inDim);
+        cuda.beginStep(decode);
+        const got = download(cuda.linear(xc, wc, null, true));
+        const e = relErr(got, cpu.linear(xcpu, wcpu, null, true).data);
+        assert.ok(e < tol, `${rows} rows: relative error ${e.toExponential(2)}`);
       }
     });
 

@@ -100,7 +100,7 @@ describe("INT8 KV cache", () => {
     const ckpt = path.join(work, "kv8");
     await assert.rejects(
       buildEngine({ checkpointDir: ckpt, outputDir: path.join(work, "cuda-e"), backend: "cuda", request: {} }),
-      /kv_cache_quant_algo INT8: the cuda backend runs unquantized and weight-only \(W8A16, W4A16\) engines only/,
+      /kv_cache_quant_algo INT8: the cuda backend runs unquantized and weight-only \(W8A16, W4A16, W4A16_GPTQ\) engines only/,
     );
     const broken = path.join(work, "no-scale");
     fs.cpSync(path.join(work, "kv32"), broken, { recursive: true });

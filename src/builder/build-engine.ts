@@ -61,11 +61,11 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
   const model = readCheckpointConfig(opts.checkpointDir);
   const { config: build, warnings } = resolveBuildConfig(model, opts.request);
   const q = model.quantization;
-  const cudaRuns = q.quant_algo === null || q.quant_algo === "W8A16" || q.quant_algo === "W4A16";
+  const cudaRuns = [null, "W8A16", "W4A16", "W4A16_GPTQ"].includes(q.quant_algo);
   if (opts.backend === "cuda" && (!cudaRuns || q.kv_cache_quant_algo !== null)) {
     const what = !cudaRuns ? `quant_algo ${q.quant_algo}` : `kv_cache_quant_algo ${q.kv_cache_quant_algo}`;
     throw new ConfigError(
-      `${what}: the cuda backend runs unquantized and weight-only (W8A16, W4A16) engines only so far; build with --backend cpu`,
+      `${what}: the cuda backend runs unquantized and weight-only (W8A16, W4A16, W4A16_GPTQ) engines only so far; build with --backend cpu`,
     );
   }
   if (opts.backend === "cuda" && !build.remove_input_padding) {

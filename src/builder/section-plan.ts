@@ -187,7 +187,7 @@ export function cudaWeightSections(cfg: PretrainedConfig, file: SafetensorsFile)
   const dtype = dtypeFromName(cfg.dtype);
   const shapes = decoderTensorShapes(cfg);
   const algo = cfg.quantization.quant_algo;
-  const bits = algo === "W8A16" ? 8 : algo === "W4A16" ? 4 : null;
+  const bits = algo === "W8A16" ? 8 : algo === "W4A16" || algo === "W4A16_GPTQ" ? 4 : null;
   const out: PlannedSection[] = [];
   for (const [name, shape] of shapes) {
     const m = /^(transformer\.layers\.\d+\.mlp)\.(fc|gate)\.(weight|bias)$/.exec(name);
@@ -195,7 +195,7 @@ export function cudaWeightSections(cfg: PretrainedConfig, file: SafetensorsFile)
     const names = m ? [name, `${m[1]}.gate.${m[3]}`] : [name];
     const target = m ? `${m[1]}.fc_gate.${m[3]}` : name;
     if (bits && isWeightOnlyLayer(name)) {
-      out.push(...cudaWeightOnlySections(file, names, target, shapes, bits));
+      out.push(...cudaWeightOnlySections(file, names, target, shapes, bits, algo === "W4A16_GPTQ"));
       continue;
     }
     const sources = names.map((n) => checkedSource(n, shapes.get(n)!, file));
@@ -212,13 +212,18 @@ function cudaWeightOnlySections(
   target: string,
   shapes: Map<string, number[]>,
   bits: 4 | 8,
+  /** W4A16_GPTQ: [in/G, out] scales and zeros, transposed to [out, in/G]. */
+  grouped: boolean,
 ): PlannedSection[] {
   const [, inDim] = shapes.get(names[0])!;
   const outs = names.map((n) => shapes.get(n)![0]);
   const total = outs.reduce((a, b) => a + b, 0);
   for (const n of names) {
-    const stored = [inDim, bits === 8 ? shapes.get(n)![0] : shapes.get(n)![0] / 2];
-    checkedSource(n, stored, file);
+    // GPTQ carries its int4 bytes in the model dtype; the byte count is what must match.
+    const bytes = (inDim * shapes.get(n)![0] * bits) / 8;
+    if (!file.has(n) || file.info(n).byteLength !== bytes) {
+      throw new CheckpointError(`${file.path}: weight-only "${n}" should hold ${bytes} bytes of int${bits} values`);
+    }
   }
   const weight: PlannedSection = {
     spec: { name: target, dtype: bits === 8 ? "I8" : "U8", shape: [total, (inDim * bits) / 8] },
@@ -230,6 +235,24 @@ function cudaWeightOnlySections(
         }),
       ),
   };
+  if (grouped) {
+    const groups = file.info(companionName(names[0], "weights_scaling_factor")).shape[0];
+    const transposed = (suffix: string): PlannedSection => ({
+      spec: { name: companionName(target, suffix), dtype: "F32", shape: [total, groups] },
+      make: () => {
+        const outT = new Float32Array(total * groups);
+        let row = 0;
+        names.forEach((n, k) => {
+          const src = file.readFloat32(checkedSource(companionName(n, suffix), [groups, outs[k]], file));
+          for (let g = 0; g < groups; g++)
+            for (let o = 0; o < outs[k]; o++) outT[(row + o) * groups + g] = src[g * outs[k] + o];
+          row += outs[k];
+        });
+        return new Uint8Array(outT.buffer);
+      },
+    });
+    return [weight, transposed("weights_scaling_factor"), transposed("zero")];
+  }
   const scales = names.map((n, k) => checkedSource(scaleName(n), [outs[k]], file));
   return [weight, tensorSection(scaleName(target), [total], "F32", scales, file)];
 }

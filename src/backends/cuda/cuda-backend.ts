@@ -15,8 +15,11 @@ export interface CudaTensor {
   rows: number;
   cols: number;
   dtype: CudaDtype;
-  /** A weight-only weight ([rows = out, cols = in], weight-layout.ts) and its float32 per-channel scales. */
-  wo?: { bits: 4 | 8; scales: number };
+  /**
+   * A weight-only weight ([rows = out, cols = in], weight-layout.ts) and its float32 scales: per channel [out],
+   * or, group-wise (groups > 0, GPTQ), scales and zeros [out, groups].
+   */
+  wo?: { bits: 4 | 8; scales: number; zeros: number; groups: number };
 }
 
 const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
@@ -339,7 +342,7 @@ export class CudaBackend implements Backend<CudaTensor> {
    */
   private weightOnlyLinear(x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, float32Out: boolean): CudaTensor {
     const out = this.alloc(x.rows, w.rows, float32Out ? "F32" : this.dtype);
-    const { bits, scales } = w.wo!;
+    const { bits, scales, zeros, groups } = w.wo!;
     if (x.rows <= GEMV_MAX_ROWS && x.cols % 32 === 0 && x.ptr % 16 === 0) {
       if (x.rows > 0) {
         this.device.launch(
@@ -352,6 +355,8 @@ export class CudaBackend implements Backend<CudaTensor> {
             ptr(x.ptr),
             ptr(w.ptr),
             ptr(scales),
+            ptr(zeros),
+            i32(groups),
             i32(bits),
             i32(x.rows),
             i32(x.cols),
@@ -366,7 +371,7 @@ export class CudaBackend implements Backend<CudaTensor> {
         this.fn("dequant_wo"),
         [Math.min(4096, Math.ceil(n / 256))],
         [256],
-        [ptr(scratch), ptr(w.ptr), ptr(scales), i32(bits), i32(w.cols), { u64: n }],
+        [ptr(scratch), ptr(w.ptr), ptr(scales), ptr(zeros), i32(groups), i32(bits), i32(w.cols), { u64: n }],
       );
       this.cublas.linear(
         out.ptr,

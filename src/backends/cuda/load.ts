@@ -6,7 +6,7 @@ import { EngineFile } from "../../builder/engine-file.js";
 import { dtypeFromName } from "../../checkpoint/dtype.js";
 import { EngineError } from "../../errors.js";
 import { ropeSpec } from "../../models/rope.js";
-import { scaleName } from "../../quantization/mode.js";
+import { companionName, scaleName } from "../../quantization/mode.js";
 import { CudaBackend, type CudaDtype, type CudaTensor } from "./cuda-backend.js";
 import { CudaDevice } from "./driver.js";
 
@@ -48,12 +48,20 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
         s.shape.length === 1 ? [1, s.shape[0]] : [s.shape[0], s.shape.slice(1).reduce((x, y) => x * y, 1)];
       if (weightOnly) {
         // [out, in] int8, or [out, in/2] int4 pairs (backends/cuda/weight-layout.ts); scales attached below.
-        const bits = s.dtype === "I8" ? 8 : 4;
-        weights.set(s.name, { ptr: p, rows, cols: bits === 8 ? cols : 2 * cols, dtype, wo: { bits, scales: 0 } });
+        const bits: 4 | 8 = s.dtype === "I8" ? 8 : 4;
+        const wo = { bits, scales: 0, zeros: 0, groups: 0 };
+        weights.set(s.name, { ptr: p, rows, cols: bits === 8 ? cols : 2 * cols, dtype, wo });
       } else weights.set(s.name, { ptr: p, rows, cols, dtype: s.dtype as CudaDtype });
     }
     for (const [name, t] of weights) {
       if (!t.wo) continue;
+      // Group-wise (GPTQ): scales and zeros [out, groups]; else per-channel scales [out].
+      const groupScales = weights.get(companionName(name, "weights_scaling_factor"));
+      const zeros = weights.get(companionName(name, "zero"));
+      if (groupScales && zeros) {
+        Object.assign(t.wo, { scales: groupScales.ptr, zeros: zeros.ptr, groups: groupScales.cols });
+        continue;
+      }
       const scales = weights.get(scaleName(name));
       if (!scales) throw new EngineError(`${enginePath}: weight-only "${name}" has no "${scaleName(name)}"`);
       t.wo.scales = scales.ptr;

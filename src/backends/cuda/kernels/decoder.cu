@@ -157,9 +157,11 @@ extern "C" __global__ void __launch_bounds__(256) gemv(void* y, int y_f32, const
   }
 }
 
-// The GEMV above for weight-only int8 or int4 weights (W8A16, W4A16), laid out by kiln build as [out, in]
-// int8, or [out, in/2] bytes of int4 pairs along in (the even element in the low nibble): y = (x · q) · scale[o].
-// Needs in a multiple of 32 and 16-byte aligned x rows (the caller checks).
+// The GEMV above for weight-only int8 or int4 weights, laid out by kiln build as [out, in] int8, or [out, in/2]
+// bytes of int4 pairs along in (the even element in the low nibble). Per channel (W8A16, W4A16):
+// y = (x · q) · scales[o]. Group-wise (W4A16_GPTQ, groups > 0): w = q · gs[o, g] + gz[o, g] over groups of
+// in / groups inputs, a multiple of the 32 weights of one load. Needs in a multiple of 32 and 16-byte aligned
+// x rows (the caller checks).
 __device__ __forceinline__ unsigned int word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
@@ -175,9 +177,10 @@ __device__ __forceinline__ float t_of(const uint4& v, int k) {
 #endif
 }
 
-template <int R, int BITS>
+template <int R, int BITS, bool GROUPED>
 __device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, const unsigned char* w,
-                                             const float* scales, int in, int out) {
+                                             const float* scales, const float* zeros, int groups, int in,
+                                             int out) {
   const int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (o >= out) return;
@@ -185,6 +188,7 @@ __device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, con
   constexpr int XV = 16 / sizeof(T);        // x values in one 16-byte load
   const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)o * in * BITS / 8);
   const int nvec = in / PER;
+  const int loadsPerGroup = GROUPED ? nvec / groups : 1;
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
@@ -199,6 +203,9 @@ __device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, con
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
       if (v >= nvec) break;
+      float dot[R], sum[R];
+#pragma unroll
+      for (int r = 0; r < R; r++) dot[r] = sum[r] = 0.f;
 #pragma unroll
       for (int j = 0; j < PER / XV; j++) {
         // XV weights decoded at a time, so few are live at once.
@@ -217,12 +224,25 @@ __device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, con
         for (int r = 0; r < R; r++) {
           const uint4 xv = reinterpret_cast<const uint4*>(x + (size_t)r * in + (size_t)v * PER)[j];
 #pragma unroll
-          for (int k = 0; k < XV; k++) acc[r] += wf[k] * t_of(xv, k);
+          for (int k = 0; k < XV; k++) {
+            const float xk = t_of(xv, k);
+            dot[r] += wf[k] * xk;
+            if (GROUPED) sum[r] += xk;
+          }
         }
+      }
+      if (GROUPED) {
+        const int g = v / loadsPerGroup;
+        const float gs = scales[(size_t)o * groups + g], gz = zeros[(size_t)o * groups + g];
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] += gs * dot[r] + gz * sum[r];
+      } else {
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] += dot[r];
       }
     }
   }
-  const float scale = scales[o];
+  const float scale = GROUPED ? 1.f : scales[o];
 #pragma unroll
   for (int r = 0; r < R; r++) {
     const float s = warp_sum(acc[r]) * scale;
@@ -233,14 +253,17 @@ __device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, con
   }
 }
 
-#define GEMV_WO_CASE(R)                                                              \
-  case R:                                                                            \
-    if (bits == 8) gemv_wo_rows<R, 8>(y, y_f32, x, w, scales, in, out);              \
-    else gemv_wo_rows<R, 4>(y, y_f32, x, w, scales, in, out);                        \
+#define GEMV_WO_CASE(R)                                                                 \
+  case R:                                                                               \
+    if (groups > 0) gemv_wo_rows<R, 4, true>(y, y_f32, x, w, scales, zeros, groups, in, out); \
+    else if (bits == 8) gemv_wo_rows<R, 8, false>(y, y_f32, x, w, scales, zeros, 0, in, out); \
+    else gemv_wo_rows<R, 4, false>(y, y_f32, x, w, scales, zeros, 0, in, out);                \
     break;
 
+// groups > 0: group-wise int4 with scales and zeros [out, groups]; else per-channel int8 or int4 scales [out].
 extern "C" __global__ void __launch_bounds__(256) gemv_wo(void* y, int y_f32, const T* x, const unsigned char* w,
-                                                          const float* scales, int bits, int rows, int in, int out) {
+                                                          const float* scales, const float* zeros, int groups,
+                                                          int bits, int rows, int in, int out) {
   switch (rows) {
     GEMV_WO_CASE(1)
     GEMV_WO_CASE(2)
@@ -254,8 +277,10 @@ extern "C" __global__ void __launch_bounds__(256) gemv_wo(void* y, int y_f32, co
   }
 }
 
-// A weight-only weight dequantized to T [out, in] for steps too wide for the GEMV: out[o, i] = q[o, i] · scale[o].
-extern "C" __global__ void dequant_wo(T* out, const unsigned char* w, const float* scales, int bits, int in, long n) {
+// A weight-only weight dequantized to T [out, in] for steps too wide for the GEMV: q · scale[o], or, group-wise
+// (groups > 0), q · gs[o, g] + gz[o, g].
+extern "C" __global__ void dequant_wo(T* out, const unsigned char* w, const float* scales, const float* zeros,
+                                      int groups, int bits, int in, long n) {
   for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < n; e += (long)gridDim.x * blockDim.x) {
     const long o = e / in;
     int q;
@@ -264,7 +289,12 @@ extern "C" __global__ void dequant_wo(T* out, const unsigned char* w, const floa
       const int nib = (e & 1) ? (w[e >> 1] >> 4) : (w[e >> 1] & 15);
       q = nib >= 8 ? nib - 16 : nib;
     }
-    out[e] = fromf((float)q * scales[o]);
+    if (groups > 0) {
+      const long g = (e % in) / (in / groups);
+      out[e] = fromf((float)q * scales[o * groups + g] + zeros[o * groups + g]);
+    } else {
+      out[e] = fromf((float)q * scales[o]);
+    }
   }
 }
 
