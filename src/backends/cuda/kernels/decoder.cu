@@ -98,6 +98,30 @@ extern "C" __global__ void add_bias(T* x, const T* b, int cols) {
 // aligned rows (the caller checks). y is float32 when y_f32 (logits), else T. grid = ceil(out / 8), 256 threads.
 #define GEMV_MAX_ROWS 8
 #define GEMV_UNROLL 4
+
+// GEMV_UNROLL 16-byte loads of a weight row in flight per lane before any is used.
+__device__ __forceinline__ void gemv_load(uint4 (&wv)[GEMV_UNROLL], const uint4* wrow, int v0, int nvec) {
+#pragma unroll
+  for (int u = 0; u < GEMV_UNROLL; u++) {
+    const int v = v0 + 32 * u;
+    wv[u] = v < nvec ? __ldg(wrow + v) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// Each row's warp sum, scaled, written by lane 0 as float32 (logits) or T.
+template <int R>
+__device__ __forceinline__ void gemv_store(void* y, int y_f32, const float (&acc)[R], float scale, int o, int out,
+                                           int lane) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const float s = warp_sum(acc[r]) * scale;
+    if (lane == 0) {
+      if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s;
+      else reinterpret_cast<T*>(y)[(size_t)r * out + o] = fromf(s);
+    }
+  }
+}
+
 template <int R>
 __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const T* w, int in, int out) {
   const int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -112,11 +136,7 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
   // GEMV_UNROLL weight loads in flight per lane before any is used: one pass covers in ≤ 32·8·UNROLL.
   for (int v0 = lane; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
     uint4 wv[GEMV_UNROLL];
-#pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
-      const int v = v0 + 32 * u;
-      wv[u] = v < nvec ? __ldg(wrow + v) : make_uint4(0, 0, 0, 0);
-    }
+    gemv_load(wv, wrow, v0, nvec);
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
@@ -134,14 +154,7 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
       }
     }
   }
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    const float s = warp_sum(acc[r]);
-    if (lane == 0) {
-      if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s;
-      else reinterpret_cast<T*>(y)[(size_t)r * out + o] = fromf(s);
-    }
-  }
+  gemv_store<R>(y, y_f32, acc, 1.f, o, out, lane);
 }
 
 extern "C" __global__ void __launch_bounds__(256) gemv(void* y, int y_f32, const T* x, const T* w, int rows, int in, int out) {
@@ -194,11 +207,7 @@ __device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, con
   for (int r = 0; r < R; r++) acc[r] = 0.f;
   for (int v0 = lane; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
     uint4 wv[GEMV_UNROLL];
-#pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
-      const int v = v0 + 32 * u;
-      wv[u] = v < nvec ? __ldg(wrow + v) : make_uint4(0, 0, 0, 0);
-    }
+    gemv_load(wv, wrow, v0, nvec);
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
@@ -242,15 +251,7 @@ __device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, con
       }
     }
   }
-  const float scale = GROUPED ? 1.f : scales[o];
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    const float s = warp_sum(acc[r]) * scale;
-    if (lane == 0) {
-      if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s;
-      else reinterpret_cast<T*>(y)[(size_t)r * out + o] = fromf(s);
-    }
-  }
+  gemv_store<R>(y, y_f32, acc, GROUPED ? 1.f : scales[o], o, out, lane);
 }
 
 #define GEMV_WO_CASE(R)                                                                 \
