@@ -20,7 +20,7 @@ import { dequantizeNvfp4, fakeQuantizeNvfp4Rows, NVFP4_BLOCK, nvfp4GlobalScale, 
 import { decodeE4M3, E4M3_MAX, fakeQuantizeE4M3, quantizeE4M3 } from "./fp8.js";
 import type { LayerQuantizer } from "./layer-quantizer.js";
 import { companionName } from "./mode.js";
-import { roundHalfEven } from "./weight-only.js";
+import { int4At, roundHalfEven } from "./weight-only.js";
 
 export const MODELOPT_ALGOS = ["FP8", "W8A8_SQ_PER_CHANNEL", "W4A16_AWQ", "W4A8_AWQ", "NVFP4"] as const;
 export type ModelOptAlgo = (typeof MODELOPT_ALGOS)[number];
@@ -325,14 +325,9 @@ export function dequantizeModelOpt(
       const [groups, out] = scales.shape;
       const inDim = w.shape[0];
       const groupSize = inDim / groups;
-      const packed = w.bytes;
+      const packed = new Int8Array(w.bytes.buffer, w.bytes.byteOffset, w.bytes.byteLength);
       const q = new Int8Array(out * inDim);
-      for (let i = 0; i < inDim; i++)
-        for (let o = 0; o < out; o++) {
-          const byte = packed[i * (out / 2) + (o >> 1)];
-          const nib = o & 1 ? byte >> 4 : byte & 15;
-          q[o * inDim + i] = nib >= 8 ? nib - 16 : nib;
-        }
+      for (let i = 0; i < inDim; i++) for (let o = 0; o < out; o++) q[o * inDim + i] = int4At(packed, out, i, o);
       const weight = dequantizeInt4Groups(
         { q, scales: decodeToFloat32(scales.bytes, scales.dtype), groupSize },
         out,
