@@ -177,6 +177,23 @@ describe("every qformat runs on the cpu backend near transformers' logits", () =
   }
 });
 
+test("--quantize_lm_head takes lm_head in (FP8 here); the engine runs", async () => {
+  const ckpt = path.join(work, "lm-head");
+  const { cfg, llm } = await convertBuildLoad({
+    modelDir: model,
+    outputDir: ckpt,
+    dtype: "float32",
+    quantize: { ...base, qformat: "fp8", quantizeLmHead: true },
+  });
+  assert.deepEqual(cfg.quantization.exclude_modules, []);
+  const t = rankTensors(ckpt);
+  assert.equal(t.get("lm_head.weight")?.dtype, "F8_E4M3");
+  assert.ok(t.has("lm_head.activation_scaling_factor"));
+  const { worst, std } = contextLogitError(llm, loadReference(fixture));
+  llm.dispose();
+  assert.ok(worst / std < 1.5, `${worst / std}`);
+});
+
 describe("mixed precision from quant_cfg.json", () => {
   test("each layer gets exactly the algorithm named; the table travels to the engine", async () => {
     const cfgFile = path.join(work, "quant_cfg.json");
