@@ -11,7 +11,7 @@ import { type DecoderDims, decoderDims, decoderTensorShapes } from "../models/de
 import { layerQuant, moduleOfWeight } from "../quantization/layer-plan.js";
 import { companionName, isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
 import { isModelOptAlgo, MODELOPT_COMPANIONS, type ModelOptAlgo } from "../quantization/modelopt-formats.js";
-import { type SqVariant, sqVariantOf } from "../quantization/smoothquant.js";
+import { type SqVariant, sqCompanions, sqVariantOf } from "../quantization/smoothquant.js";
 import { concatBytes } from "../util/bytes.js";
 import type { SectionSpec } from "./engine-file.js";
 
@@ -141,16 +141,10 @@ function smoothQuantSections(
       throw new CheckpointError(`${file.path}: ${cfg.quantization.quant_algo} expects "${name}" as I8 [${shape}]`);
     }
     const lin = name.replace(/\.weight$/, "");
-    const qkv = lin.endsWith("attention.qkv");
-    const row = lin.endsWith("attention.dense") || lin.endsWith("mlp.proj");
-    const sections = [
+    return [
       tensorSection(name, shape, "I8", [checkedSource(name, shape, file)], file),
-      f32(`${lin}.per_channel_scale`, [1, v.perChannel || qkv ? out : 1]),
+      ...sqCompanions(lin, v, out, inDim).map((c) => f32(c.name, c.shape)),
     ];
-    if (!v.perToken) sections.push(f32(`${lin}.act_scale`, [1, 1]));
-    if (row) sections.push(f32(`${lin}.smoother`, [1, inDim]));
-    if (row && !v.perToken) sections.push(f32(`${lin.replace(/\.[^.]+$/, "")}.quantization_scaling_factor`, [1]));
-    return sections;
   });
 }
 

@@ -7,7 +7,7 @@ import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import type { RankTensor } from "../checkpoint/rank-split.js";
 import type { SafetensorsFile, TensorSpec } from "../checkpoint/safetensors.js";
 import type { Activations } from "./calibration.js";
-import { quantizeSq, type SqVariant, smoothingFactors } from "./smoothquant.js";
+import { quantizeSq, type SqCompanionRole, type SqVariant, smoothingFactors, sqCompanions } from "./smoothquant.js";
 
 export interface SqTensor extends TensorSpec {
   bytes: Uint8Array;
@@ -43,7 +43,7 @@ export function smoothQuantTensors(
     return { x, y };
   };
   /** Smooths and quantizes the linears sharing one input; returns s and the smoothed input's amax. */
-  const linears = (names: string[], blocks: (outDim: number) => number[], kind: "qkv" | "column" | "row") => {
+  const linears = (names: string[], blocks: (outDim: number) => number[]) => {
     const ws = names.map((n) => ckpt.readFloat32(n));
     const inDim = ckpt.info(names[0]).shape[1];
     const xAmax = range(names[0]).x;
@@ -57,15 +57,24 @@ export function smoothQuantTensors(
       const { q, wScale } = quantizeSq(w, outDim, inDim, v.perChannel, blocks(outDim));
       const ay = range(n).y;
       const stored = wScale.map((sw) => (v.perToken ? 1 / sw : 127 / ay / ((127 / ax) * sw)));
-      const broadcast = v.perChannel || kind === "qkv" ? stored : stored.subarray(0, 1);
-      const lin = n.replace(/\.weight$/, "");
-      const tensors: SqTensor[] = [
-        { name: n, dtype: "I8", shape: [outDim, inDim], bytes: new Uint8Array(q.buffer) },
-        f32(`${lin}.per_channel_scale`, broadcast, [1, broadcast.length]),
-      ];
-      if (!v.perToken) tensors.push(f32(`${lin}.act_scale`, [ay / 127], [1, 1]));
-      if (kind === "row") tensors.push(f32(`${lin}.smoother`, s, [1, inDim]));
-      out.set(n, tensors);
+      const scaleToInt = v.perToken ? 1 : 127 / ax;
+      const values: Record<SqCompanionRole, ArrayLike<number>> = {
+        per_channel_scale: stored,
+        act_scale: [ay / 127],
+        smoother: s,
+        quantization_scaling_factor: [scaleToInt],
+      };
+      const companions = sqCompanions(n.replace(/\.weight$/, ""), v, outDim, inDim).map((c) =>
+        f32(
+          c.name,
+          Array.from(values[c.role]).slice(
+            0,
+            c.shape.reduce((a, b) => a * b, 1),
+          ),
+          c.shape,
+        ),
+      );
+      out.set(n, [{ name: n, dtype: "I8", shape: [outDim, inDim], bytes: new Uint8Array(q.buffer) }, ...companions]);
     });
     return { s, scaleToInt: v.perToken ? 1 : 127 / ax };
   };
@@ -81,19 +90,11 @@ export function smoothQuantTensors(
   const qkvBlocks = () => [cfg.num_attention_heads * D, cfg.num_key_value_heads * D, cfg.num_key_value_heads * D];
   for (let l = 0; l < cfg.num_hidden_layers; l++) {
     const t = `transformer.layers.${l}`;
-    const qkv = linears([`${t}.attention.qkv.weight`], qkvBlocks, "qkv");
+    const qkv = linears([`${t}.attention.qkv.weight`], qkvBlocks);
     foldNorm(`${t}.input_layernorm.weight`, qkv.s, qkv.scaleToInt);
-    const mlp = linears([`${t}.mlp.fc.weight`, `${t}.mlp.gate.weight`], perTensor, "column");
+    const mlp = linears([`${t}.mlp.fc.weight`, `${t}.mlp.gate.weight`], perTensor);
     foldNorm(`${t}.post_layernorm.weight`, mlp.s, mlp.scaleToInt);
-    for (const [lin, owner] of [
-      ["attention.dense", "attention"],
-      ["mlp.proj", "mlp"],
-    ]) {
-      const { scaleToInt } = linears([`${t}.${lin}.weight`], perTensor, "row");
-      if (!v.perToken) {
-        out.get(`${t}.${lin}.weight`)!.push(f32(`${t}.${owner}.quantization_scaling_factor`, [scaleToInt], [1]));
-      }
-    }
+    for (const lin of ["attention.dense", "mlp.proj"]) linears([`${t}.${lin}.weight`], perTensor);
   }
   return out;
 }

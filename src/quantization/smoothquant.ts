@@ -24,6 +24,35 @@ export function sqVariantOf(algo: string | null): SqVariant | null {
   return { perChannel: algo.includes("PER_CHANNEL"), perToken: algo.includes("PER_TOKEN") };
 }
 
+/** What a float32 tensor beside a SmoothQuant linear's int8 weight holds. */
+export type SqCompanionRole = "per_channel_scale" | "act_scale" | "smoother" | "quantization_scaling_factor";
+
+/**
+ * The float32 tensors stored beside the int8 `<lin>.weight` of a SmoothQuant linear, in order, with their
+ * shapes: per_channel_scale ([1, out] for qkv and per-channel variants, else [1, 1]); act_scale (static);
+ * smoother (dense and proj, which have no norm to fold s into); the layer's quantization_scaling_factor
+ * (dense and proj, static: `attention.`/`mlp.quantization_scaling_factor`).
+ */
+export function sqCompanions(
+  lin: string,
+  v: SqVariant,
+  out: number,
+  inDim: number,
+): { name: string; shape: number[]; role: SqCompanionRole }[] {
+  const qkv = lin.endsWith("attention.qkv");
+  const row = lin.endsWith("attention.dense") || lin.endsWith("mlp.proj");
+  const c: { name: string; shape: number[]; role: SqCompanionRole }[] = [
+    { name: `${lin}.per_channel_scale`, shape: [1, v.perChannel || qkv ? out : 1], role: "per_channel_scale" },
+  ];
+  if (!v.perToken) c.push({ name: `${lin}.act_scale`, shape: [1, 1], role: "act_scale" });
+  if (row) c.push({ name: `${lin}.smoother`, shape: [1, inDim], role: "smoother" });
+  if (row && !v.perToken) {
+    const owner = lin.replace(/\.[^.]+$/, "");
+    c.push({ name: `${owner}.quantization_scaling_factor`, shape: [1], role: "quantization_scaling_factor" });
+  }
+  return c;
+}
+
 /** s_j = max(amax_x[j], 1e-5)^α / max(amax_w[j], 1e-5)^(1−α), amax_w over every weight sharing the input. */
 export function smoothingFactors(xAmax: Float32Array, weights: Float32Array[], inDim: number, alpha: number) {
   const s = new Float32Array(inDim);
