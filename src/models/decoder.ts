@@ -240,8 +240,12 @@ export class DecoderModel<T> {
     const bias = this.bias(`${linear}.bias`);
     if (this.par.mapping.tpSize === 1) return be.linear(x, this.w(`${linear}.weight`), bias);
     const tpRank = this.par.mapping.coords(this.par.rank).tpRank;
-    const partial = be.toHost(be.linear(x, this.w(`${linear}.weight`), tpRank === 0 ? bias : null));
-    const sum = this.par.comm.allReduce(partial, this.tpGroup);
+    return this.sumOverTp(be.linear(x, this.w(`${linear}.weight`), tpRank === 0 ? bias : null));
+  }
+
+  /** The tp group's [rows, hidden] partial outputs summed, every rank getting the same bits. */
+  private sumOverTp(partial: T): T {
+    const sum = this.par.comm.allReduce(this.be.toHost(partial), this.tpGroup);
     return this.fromHost(sum, sum.length / this.cfg.hidden_size, this.cfg.hidden_size);
   }
 
@@ -265,9 +269,7 @@ export class DecoderModel<T> {
       shared,
     };
     const partial = be.moe(x, w, moe);
-    if (this.par.mapping.tpSize === 1) return partial;
-    const sum = this.par.comm.allReduce(be.toHost(partial), this.tpGroup);
-    return this.fromHost(sum, sum.length / this.cfg.hidden_size, this.cfg.hidden_size);
+    return this.par.mapping.tpSize === 1 ? partial : this.sumOverTp(partial);
   }
 
   /** The cp ranks' rows of `x` put back in the full step's order (padding rows zero). */
