@@ -1,0 +1,73 @@
+// The cuda backend on a machine without a GPU. decoder.cu must compile with CUDA's own nvcc for Hopper (a
+// cubin per engine dtype, and PTX), and the GPU suite's op-parity and end-to-end tests (test-gpu/) must pass
+// on test/cuda-emu/, a CPU stand-in for the CUDA driver, NVRTC and cuBLAS that compiles the kernels as host
+// C++ and runs each block as fibers with CUDA's barrier and warp semantics. A real GPU still has the last
+// word (npm run test:gpu): the emulator checks what kernels compute and how the host drives them, not speed.
+
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { after, test } from "node:test";
+import { promisify } from "node:util";
+import { ROOT, tempDir } from "./helpers.js";
+
+const run = promisify(execFile);
+const KERNELS = path.join(ROOT, "src", "backends", "cuda", "kernels", "decoder.cu");
+const NVCC = process.env.KILN_NVCC ?? "nvcc";
+const work = tempDir("kiln-nvcc-");
+after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+async function nvcc(args: string[]): Promise<void> {
+  try {
+    await run(NVCC, ["-std=c++17", ...args, KERNELS], { maxBuffer: 16 << 20 });
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException & { stderr?: string };
+    if (err.code === "ENOENT")
+      assert.fail(`${NVCC} not found: the test suite compiles the CUDA kernels with nvcc (CUDA 13)`);
+    assert.fail(`nvcc ${args.join(" ")} failed:\n${err.stderr ?? err.message}`);
+  }
+}
+
+test("decoder.cu compiles with nvcc: an sm_90a cubin for each engine dtype, and compute_90 PTX", async () => {
+  const jobs = [0, 1, 2].map((dtype) => [
+    "-arch=sm_90a",
+    "-cubin",
+    `-DKILN_DTYPE=${dtype}`,
+    "-o",
+    `${work}/k${dtype}.cubin`,
+  ]);
+  jobs.push(["-arch=compute_90", "-ptx", "-DKILN_DTYPE=2", "-o", `${work}/k.ptx`]);
+  for (let i = 0; i < jobs.length; i += 2) await Promise.all(jobs.slice(i, i + 2).map(nvcc));
+  for (const d of [0, 1, 2]) assert.ok(fs.statSync(`${work}/k${d}.cubin`).size > 0);
+  const ptx = fs.readFileSync(`${work}/k.ptx`, "utf8");
+  for (const k of ["gemv", "attention_split", "sample_rows", "rope_cache"])
+    assert.match(ptx, new RegExp(`\\.entry ${k}\\(`));
+});
+
+test("the GPU suite's op-parity and end-to-end tests pass on the CUDA emulator", async () => {
+  const emu = path.join(ROOT, "test", "cuda-emu");
+  await run("bash", [path.join(emu, "build.sh")]);
+  const lib = path.join(emu, "build");
+  const suite = ["ops", "e2e"].map((s) => path.join(ROOT, "dist", "test-gpu", `${s}.test.js`));
+  // The suite runs as a test run of its own (not a subtest of this one), with the emulator as its libcuda.
+  const { NODE_TEST_CONTEXT: _, ...parent } = process.env;
+  const env = { ...parent, LD_LIBRARY_PATH: lib, KILN_CUDA_LIB_DIR: lib };
+  let out: string;
+  try {
+    ({ stdout: out } = await run(
+      process.execPath,
+      ["--test", "--test-concurrency=1", "--test-reporter=tap", ...suite],
+      {
+        env,
+        maxBuffer: 64 << 20,
+      },
+    ));
+  } catch (e) {
+    const err = e as { stdout?: string; stderr?: string };
+    assert.fail(`the GPU suite failed on the emulator:\n${err.stdout ?? ""}\n${err.stderr ?? ""}`);
+  }
+  // Every test ran and passed.
+  assert.equal(/^# fail (\d+)$/m.exec(out)?.[1], "0", out);
+  assert.ok(Number(/^# pass (\d+)$/m.exec(out)?.[1]) >= 20, out);
+});
