@@ -89,7 +89,7 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       dtype,
       {
         maxRows: 64,
-        maxSeqs: 4,
+        maxSeqs: 8,
         maxBlocksPerSeq: 8,
         hidden: H,
         widestRow: 2 * inter,
@@ -221,6 +221,78 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
         const e = relErr(got, cpu.linear(xcpu, wcpu, null, true).data);
         assert.ok(e < tol, `${rows} rows: relative error ${e.toExponential(2)}`);
       }
+    });
+
+    test("fused decode ops (norm + qkv + bias + RoPE + KV write; norm + fc|gate + SiLU) equal the plain ops on the cpu", () => {
+      const [q, qb, fg, fgb, norm] = ["qkv", "qkv_bias", "fc_gate", "fc_gate_bias", "norm"].map((k) => weights.get(k)!);
+      for (const rows of [1, 3, 8]) {
+        // One decode row per sequence after a cached history of 1–6 tokens in its own two blocks; the history
+        // is written by the plain ops on both backends first.
+        const cachedOf = (r: number) => 1 + (r % 6);
+        const slotOf = (r: number, pos: number) => (2 * r + (pos >> 2)) * 4 + (pos & 3);
+        const seqs = Array.from({ length: rows }, (_, r) => ({
+          rowStart: r,
+          numNew: 1,
+          numCached: cachedOf(r),
+          blockTable: Int32Array.from([2 * r, 2 * r + 1]),
+        }));
+        const history = seqs.flatMap((_, r) => Array.from({ length: cachedOf(r) }, (_, pos) => [r, pos]));
+        const past: StepInput = {
+          tokenIds: new Int32Array(history.length),
+          positions: Int32Array.from(history, ([, pos]) => pos),
+          slotMapping: Int32Array.from(history, ([r, pos]) => slotOf(r, pos)),
+          seqs: [],
+          logitRows: new Int32Array(0),
+        };
+        const [hc, hcpu] = upload(rand(history.length * H), history.length, H);
+        cuda.beginStep(past);
+        cuda.ropeAndCacheKv(0, cuda.linear(hc, q[0], null), past, rope, shape, qb[0]);
+        cpu.ropeAndCacheKv(0, cpu.linear(hcpu, q[1], null), past, rope, shape, qb[1]);
+        const step: StepInput = {
+          tokenIds: new Int32Array(rows),
+          positions: Int32Array.from(seqs, (s) => s.numCached),
+          slotMapping: Int32Array.from(seqs, (s, r) => slotOf(r, s.numCached)),
+          seqs,
+          logitRows: Int32Array.from({ length: rows }, (_, r) => r),
+        };
+        for (const withDelta of [false, true]) {
+          const [rc, rcpu] = upload(rand(rows * H), rows, H);
+          const [dc, dcpu] = upload(rand(rows * H), rows, H);
+          const nspec = (t: CudaTensor) => ({ weight: t, eps: 1e-6 });
+          cuda.beginStep(step);
+          cpu.beginStep(step);
+          const fused = cuda.normQkvRope(rc, withDelta ? dc : null, nspec(norm[0]), q[0], qb[0], 0, step, rope, shape);
+          assert.ok(fused, `${rows} rows fuse`);
+          const x = withDelta ? cpu.addRmsNorm(rcpu, dcpu, norm[1], 1e-6) : cpu.rmsNorm(rcpu, norm[1], 1e-6);
+          const qkv = cpu.linear(x, q[1], null);
+          cpu.ropeAndCacheKv(0, qkv, step, rope, shape, qb[1]);
+          const label = `${rows} rows${withDelta ? ", with delta" : ""}`;
+          const check = (what: string, got: Float32Array, want: Float32Array) => {
+            const e = relErr(got, want);
+            assert.ok(e < tol, `${label}: ${what} relative error ${e.toExponential(2)}`);
+          };
+          check("qkv", download(fused.qkv), qkv.data);
+          check("residual", download(fused.residual), rcpu.data);
+          // Attention reads the keys and values the fused op wrote to the cache.
+          check(
+            "attention",
+            download(cuda.attention(0, fused.qkv, step, shape)),
+            cpu.attention(0, qkv, step, shape).data,
+          );
+          if (!withDelta) continue;
+          const [d2c, d2cpu] = upload(rand(rows * H), rows, H);
+          const mlp = cuda.normGatedMlp(fused.residual, d2c, nspec(norm[0]), fg[0], fgb[0]);
+          assert.ok(mlp, `${rows} rows fuse the MLP`);
+          assert.notEqual(mlp.residual.ptr, fused.residual.ptr, "the updated residual goes to the other buffer");
+          const act = cpu.siluMulHalves(cpu.linear(cpu.addRmsNorm(rcpu, d2cpu, norm[1], 1e-6), fg[1], fgb[1]));
+          check("gated MLP", download(mlp.act), act.data);
+          check("residual after the MLP", download(mlp.residual), rcpu.data);
+        }
+      }
+      // Steps wider than the GEMV's rows take the plain ops.
+      const [w9] = upload(rand(9 * H), 9, H);
+      cuda.beginStep(prefill);
+      assert.equal(cuda.normGatedMlp(w9, w9, { weight: norm[0], eps: 1e-6 }, fg[0], null), null);
     });
 
     for (const [label, step] of [

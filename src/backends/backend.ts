@@ -54,6 +54,12 @@ export interface RopeSpec {
   rotaryDim: number;
 }
 
+/** An RMSNorm's weight and epsilon. */
+export interface NormSpec<T> {
+  weight: T;
+  eps: number;
+}
+
 export interface KvCacheSpec extends AttentionShape {
   numLayers: number;
   numBlocks: number;
@@ -124,6 +130,24 @@ export interface Backend<T> {
    * that run MoE models.
    */
   moe?(x: T, weights: MoeWeights<T>, spec: MoeSpec): T;
+  // Optional fusions, for backends whose small steps are bound by launches rather than bytes. Each opens a
+  // pre-norm block: adds `delta` (when given) to the residual, normalizes it, and applies the block's first
+  // linear. The updated residual comes back as a tensor that replaces `residual` (which must not be used
+  // again). null: not fused for this step (the caller runs the plain ops).
+  /** Opens an attention block: …then projects q, k and v, adds the qkv bias, rotates q and k and writes k and v to the layer's cache. */
+  normQkvRope?(
+    residual: T,
+    delta: T | null,
+    norm: NormSpec<T>,
+    qkv: T,
+    bias: T | null,
+    layer: number,
+    step: StepInput,
+    rope: RopeSpec,
+    shape: AttentionShape,
+  ): { residual: T; qkv: T } | null;
+  /** Opens a gated MLP: …then applies the fused [fc | gate] linear and returns silu(first half) · second half. */
+  normGatedMlp?(residual: T, delta: T, norm: NormSpec<T>, fcGate: T, bias: T | null): { residual: T; act: T } | null;
   /** The rows of x whose logits the step wants (step.logitRows). */
   gatherRows(x: T, step: StepInput): T;
   toHost(x: T): Float32Array;

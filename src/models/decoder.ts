@@ -177,25 +177,24 @@ export class DecoderModel<T> {
     const cp = mapping.cpSize > 1 ? splitContext(step, cpRank, mapping.cpSize) : null;
     const own = cp?.local ?? step;
     const H = this.cfg.hidden_size;
-    const residual = this.dims.firstStage
+    let residual = this.dims.firstStage
       ? be.embed(this.w("transformer.vocab_embedding.weight"), own)
       : this.fromHost(comm.recv(this.ppGroup[ppRank - 1]), own.tokenIds.length, H);
-    let x = be.rmsNorm(residual, this.w("transformer.layers.0.input_layernorm.weight"), eps);
     const L = this.dims.layers.length;
+    // The residual stream, and the last block's output not yet added to it (each block's norm adds it first).
+    let stream = { residual, pending: null as T | null };
     for (let l = 0; l < L; l++) {
       be.beginLayer(l);
       const t = `transformer.layers.${l}`;
-      const qkv = be.linear(x, this.w(`${t}.attention.qkv.weight`), null);
-      const attn = this.attention(l, qkv, step, cp, this.bias(`${t}.attention.qkv.bias`));
+      const opened = this.openAttention(l, stream, step, cp);
+      const attn = this.attention(l, opened.qkv, step, cp, opened.cached);
       const dense = this.rowParallel(attn, `${t}.attention.dense`);
-      x = be.addRmsNorm(residual, dense, this.w(`${t}.post_layernorm.weight`), eps);
-      const mlp = this.dims.moe?.layers[l] ? this.moe(t, x) : this.rowParallel(this.gatedMlp(t, x), `${t}.mlp.proj`);
-      if (l + 1 < L) {
-        x = be.addRmsNorm(residual, mlp, this.w(`transformer.layers.${l + 1}.input_layernorm.weight`), eps);
-      } else {
-        be.addInPlace(residual, mlp);
-      }
+      stream = this.dims.moe?.layers[l]
+        ? this.moeBlock(t, opened.residual, dense)
+        : this.mlpBlock(t, opened.residual, dense);
     }
+    residual = stream.residual;
+    if (stream.pending) be.addInPlace(residual, stream.pending);
     be.beginLayer(L);
     const rows = step.logitRows.length;
     if (!this.dims.lastStage) {
@@ -214,11 +213,59 @@ export class DecoderModel<T> {
     return logits;
   }
 
-  /** Rotary embedding, the KV cache write, and attention of this rank's rows (all rows' K/V under cp). */
-  private attention(l: number, qkv: T, step: StepInput, cp: ContextSplit | null, bias: T | null): T {
+  /**
+   * The attention block's input: the pending output added to the residual, normalized and projected to q, k,
+   * v; rotated and cached too (`cached`) where the backend fuses all of it.
+   */
+  private openAttention(
+    l: number,
+    stream: { residual: T; pending: T | null },
+    step: StepInput,
+    cp: ContextSplit | null,
+  ): { residual: T; qkv: T; cached: boolean } {
     const be = this.be;
+    const t = `transformer.layers.${l}`;
+    const norm = { weight: this.w(`${t}.input_layernorm.weight`), eps: this.cfg.norm_epsilon };
+    const weight = this.w(`${t}.attention.qkv.weight`);
+    const { residual, pending } = stream;
     if (!cp) {
-      be.ropeAndCacheKv(l, qkv, step, this.rope, this.shape, bias);
+      const bias = this.bias(`${t}.attention.qkv.bias`);
+      const fused = be.normQkvRope?.(residual, pending, norm, weight, bias, l, step, this.rope, this.shape);
+      if (fused) return { ...fused, cached: true };
+    }
+    const x = pending
+      ? be.addRmsNorm(residual, pending, norm.weight, norm.eps)
+      : be.rmsNorm(residual, norm.weight, norm.eps);
+    return { residual, qkv: be.linear(x, weight, null), cached: false };
+  }
+
+  /** The gated MLP block after attention: `dense` added to the residual, normalized, fc|gate, SiLU, proj. */
+  private mlpBlock(t: string, residual: T, dense: T): { residual: T; pending: T } {
+    const be = this.be;
+    const norm = { weight: this.w(`${t}.post_layernorm.weight`), eps: this.cfg.norm_epsilon };
+    const fcGate = `${t}.mlp.fc_gate`;
+    const fused = be.hasWeight(`${fcGate}.weight`)
+      ? be.normGatedMlp?.(residual, dense, norm, this.w(`${fcGate}.weight`), this.bias(`${fcGate}.bias`))
+      : null;
+    const act = fused ? fused.act : this.gatedMlp(t, be.addRmsNorm(residual, dense, norm.weight, norm.eps));
+    return { residual: fused ? fused.residual : residual, pending: this.rowParallel(act, `${t}.mlp.proj`) };
+  }
+
+  /** A mixture-of-experts block after attention. */
+  private moeBlock(t: string, residual: T, dense: T): { residual: T; pending: T } {
+    const x = this.be.addRmsNorm(residual, dense, this.w(`${t}.post_layernorm.weight`), this.cfg.norm_epsilon);
+    return { residual, pending: this.moe(t, x) };
+  }
+
+  /**
+   * The qkv bias, rotary embedding and KV cache write (unless `cached`: done with the projection), then
+   * attention of this rank's rows (every row's K/V under cp).
+   */
+  private attention(l: number, qkv: T, step: StepInput, cp: ContextSplit | null, cached: boolean): T {
+    const be = this.be;
+    const bias = this.bias(`transformer.layers.${l}.attention.qkv.bias`);
+    if (!cp) {
+      if (!cached) be.ropeAndCacheKv(l, qkv, step, this.rope, this.shape, bias);
       return be.attention(l, qkv, step, this.shape);
     }
     const { numHeads, numKvHeads, headSize } = this.shape;

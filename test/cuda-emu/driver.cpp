@@ -84,6 +84,7 @@ struct BlockRunner {
   Fiber* running = nullptr;
   Invoker invoke = nullptr;
   void** params = nullptr;
+  std::vector<unsigned char> shared;
 
   ~BlockRunner() {
     for (auto& f : fibers) munmap(f.stack, STACK_BYTES);
@@ -104,7 +105,7 @@ struct BlockRunner {
     warps.resize((n + 31) / 32);
   }
 
-  void run(Invoker inv, void** p, uint3 block, dim3 bdim, dim3 gdim);
+  void run(Invoker inv, void** p, uint3 block, dim3 bdim, dim3 gdim, size_t sharedBytes);
 };
 
 thread_local BlockRunner* runner = nullptr;
@@ -131,9 +132,10 @@ void yield_fiber(State s) {
   emu_switch(&f->sp, r->scheduler_sp);
 }
 
-void BlockRunner::run(Invoker inv, void** p, uint3 block, dim3 bdim, dim3 gdim) {
+void BlockRunner::run(Invoker inv, void** p, uint3 block, dim3 bdim, dim3 gdim, size_t sharedBytes) {
   const size_t n = (size_t)bdim.x * bdim.y * bdim.z;
   ensure(n);
+  shared.assign(sharedBytes, 0xff);
   invoke = inv;
   params = p;
   block_idx = block;
@@ -287,6 +289,7 @@ uint64_t* exchange_slots() {
   return w.slots[w.parity];
 }
 unsigned live_lanes() { return runner->warps[current->warp].live; }
+unsigned char* dynamic_shared() { return runner->shared.data(); }
 
 void enqueue(std::function<void()> fn) {
   if (capturing) capturing->work.push_back(std::move(fn));
@@ -531,20 +534,21 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
   auto* fn = static_cast<Function*>(f);
   if (!fn || extra) return INVALID_VALUE;
   if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0) return INVALID_VALUE;
-  if ((size_t)bx * by * bz > 1024 || smem > 0) return LAUNCH_OUT_OF_RESOURCES;
+  // Hopper's limits: 1,024 threads, 227 KiB of dynamic shared memory a block.
+  if ((size_t)bx * by * bz > 1024 || smem > 227 * 1024) return LAUNCH_OUT_OF_RESOURCES;
   // Parameters are copied at launch, as the driver does: a graph keeps the values it was captured with.
   std::vector<std::vector<char>> values(fn->sig.count);
   for (int i = 0; i < fn->sig.count; i++) {
     values[i].assign(static_cast<char*>(params[i]), static_cast<char*>(params[i]) + fn->sig.sizes[i]);
   }
   const emu::Invoker invoke = fn->invoke;
-  emu::enqueue([invoke, values = std::move(values), gx, gy, gz, bx, by, bz]() mutable {
+  emu::enqueue([invoke, values = std::move(values), gx, gy, gz, bx, by, bz, smem]() mutable {
     std::vector<void*> p(values.size());
     for (size_t i = 0; i < values.size(); i++) p[i] = values[i].data();
     const dim3 grid(gx, gy, gz), block(bx, by, bz);
     emu::pool().run((size_t)gx * gy * gz, [&](size_t b) {
       const uint3 idx = make_uint3(b % gx, (b / gx) % gy, b / ((size_t)gx * gy));
-      emu::this_runner().run(invoke, p.data(), idx, block, grid);
+      emu::this_runner().run(invoke, p.data(), idx, block, grid, smem);
     });
   });
   return OK;

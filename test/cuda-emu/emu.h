@@ -35,6 +35,8 @@ void sync_warp();
 uint64_t* exchange_slots();
 /** Lanes of the caller's warp that have not exited (a bit per lane). */
 unsigned live_lanes();
+/** The block's dynamic shared memory (the launch's sharedMemBytes, poisoned with 0xff at block start). */
+unsigned char* dynamic_shared();
 
 /** Runs `fn` in stream order: now, or at each replay while a graph is being captured. */
 void enqueue(std::function<void()> fn);

@@ -27,6 +27,10 @@
 #define gridDim (::emu::grid_dim)
 #define warpSize 32
 
+// Kernel sources declare their extern __shared__ array only when KILN_EMULATED is not defined.
+#define KILN_EMULATED 1
+inline unsigned char* dynamic_shared() { return ::emu::dynamic_shared(); }
+
 inline void __syncthreads() { emu::sync_block(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::sync_warp(); }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }

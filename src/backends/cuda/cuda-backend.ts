@@ -3,7 +3,7 @@
 // launches always see the same addresses for the same shape (what CUDA graph replay needs).
 
 import type { BackendName } from "../../builder/build-config.js";
-import type { AttentionShape, Backend, KvCacheSpec, RopeSpec, StepInput } from "../backend.js";
+import type { AttentionShape, Backend, KvCacheSpec, NormSpec, RopeSpec, StepInput } from "../backend.js";
 import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, Cublas } from "./cublas.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
@@ -50,7 +50,15 @@ const KERNELS = [
   "gemv",
   "gemv_wo",
   "dequant_wo",
+  "norm_qkv_rope",
+  "norm_gated_mlp",
 ] as const;
+/** The kernels that fuse a decode step's norms into its GEMVs, and their dynamic shared memory (the rows). */
+const FUSED_KERNELS: readonly KernelName[] = ["norm_qkv_rope", "norm_gated_mlp"];
+/** KILN_CUDA_FUSED=0 runs decode steps with the plain ops (to measure what fusion gains). */
+const FUSED = process.env.KILN_CUDA_FUSED !== "0";
+/** The most dynamic shared memory a block may take (Hopper: 227 KiB). */
+const MAX_DYNAMIC_SHARED = 227 * 1024;
 type KernelName = (typeof KERNELS)[number];
 
 export interface CudaLimits {
@@ -85,6 +93,8 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
   private readonly argmaxPartial: number;
+  /** The residual buffer a fused op writes next: the one its previous call replaced (null: none yet this step). */
+  private spareResidual: CudaTensor | null = null;
   /** Where a weight-only weight is dequantized for steps too wide for the GEMV (ptr 0: none yet). */
   private woScratch = { ptr: 0, elements: 0 };
 
@@ -96,7 +106,9 @@ export class CudaBackend implements Backend<CudaTensor> {
     private readonly limits: CudaLimits,
     invFreq: Float32Array,
   ) {
-    for (const k of KERNELS) this.fns.set(k, device.getFunction(module, k));
+    const fusedShared = Math.min(MAX_DYNAMIC_SHARED, GEMV_MAX_ROWS * limits.hidden * BYTES[dtype]);
+    for (const k of KERNELS)
+      this.fns.set(k, device.getFunction(module, k, FUSED_KERNELS.includes(k) ? fusedShared : 0));
     // One dequantized weight-only weight at a time, sized at load for the engine's largest: graphs keep its address.
     this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => (w.wo ? w.rows * w.cols : 0))));
     this.cublas = new Cublas(device);
@@ -188,12 +200,11 @@ export class CudaBackend implements Backend<CudaTensor> {
     }
   }
 
-  private alloc(rows: number, cols: number, dtype: CudaDtype = this.dtype): CudaTensor {
+  private alloc(rows: number, cols: number, dtype: CudaDtype = this.dtype, arena = this.arena): CudaTensor {
     const bytes = Math.ceil((rows * cols * BYTES[dtype]) / 256) * 256;
-    if (this.arena.used + bytes > this.arena.size)
-      throw new Error(`cuda activation arena exhausted (${this.arena.size} bytes)`);
-    const t = { ptr: this.arena.base + this.arena.used, rows, cols, dtype };
-    this.arena.used += bytes;
+    if (arena.used + bytes > arena.size) throw new Error(`cuda activation arena exhausted (${arena.size} bytes)`);
+    const t = { ptr: arena.base + arena.used, rows, cols, dtype };
+    arena.used += bytes;
     return t;
   }
 
@@ -218,6 +229,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   packStep(step: StepInput): void {
     this.arena = this.arenas[0];
     this.arena.used = 0;
+    this.spareResidual = null;
     this.step = this.stepBuffer.pack(step);
   }
 
@@ -483,6 +495,112 @@ export class CudaBackend implements Backend<CudaTensor> {
       [ptr(out.ptr), ptr(fg.ptr), i32(inter), { u64: n }],
     );
     return out;
+  }
+
+  normQkvRope(
+    residual: CudaTensor,
+    delta: CudaTensor | null,
+    norm: NormSpec<CudaTensor>,
+    qkv: CudaTensor,
+    bias: CudaTensor | null,
+    layer: number,
+    _step: StepInput,
+    rope: RopeSpec,
+    shape: AttentionShape,
+  ): { residual: CudaTensor; qkv: CudaTensor } | null {
+    const { numHeads, numKvHeads, headSize } = shape;
+    if (!this.fuses(residual, qkv) || headSize % 2 !== 0 || (headSize - rope.rotaryDim) % 2 !== 0) return null;
+    const s = this.step!;
+    const kv = this.kv!;
+    const out = this.alloc(residual.rows, qkv.rows);
+    const next = delta ? this.nextResidual(residual) : residual;
+    const pairs = (numHeads + 2 * numKvHeads) * (headSize / 2);
+    this.device.launch(
+      this.fn("norm_qkv_rope"),
+      [Math.ceil(pairs / 8)],
+      [256],
+      [
+        ptr(out.ptr),
+        ptr(next.ptr),
+        ptr(residual.ptr),
+        ptr(delta ? delta.ptr : 0),
+        ptr(norm.weight.ptr),
+        f32(norm.eps),
+        ptr(qkv.ptr),
+        ptr(bias ? bias.ptr : 0),
+        ptr(this.stepPtr(s.positions)),
+        ptr(this.stepPtr(s.slots)),
+        ptr(kv.k[layer]),
+        ptr(kv.v[layer]),
+        ptr(this.invFreq),
+        i32(residual.rows),
+        i32(residual.cols),
+        i32(numHeads),
+        i32(numKvHeads),
+        i32(headSize),
+        i32(rope.rotaryDim),
+      ],
+      residual.rows * residual.cols * BYTES[this.dtype],
+    );
+    return { residual: next, qkv: out };
+  }
+
+  normGatedMlp(
+    residual: CudaTensor,
+    delta: CudaTensor,
+    norm: NormSpec<CudaTensor>,
+    fcGate: CudaTensor,
+    bias: CudaTensor | null,
+  ): { residual: CudaTensor; act: CudaTensor } | null {
+    if (!this.fuses(residual, fcGate)) return null;
+    const inter = fcGate.rows / 2;
+    const out = this.alloc(residual.rows, inter);
+    const next = this.nextResidual(residual);
+    this.device.launch(
+      this.fn("norm_gated_mlp"),
+      [Math.ceil(inter / 8)],
+      [256],
+      [
+        ptr(out.ptr),
+        ptr(next.ptr),
+        ptr(residual.ptr),
+        ptr(delta.ptr),
+        ptr(norm.weight.ptr),
+        f32(norm.eps),
+        ptr(fcGate.ptr),
+        ptr(bias ? bias.ptr : 0),
+        i32(residual.rows),
+        i32(residual.cols),
+        i32(inter),
+      ],
+      residual.rows * residual.cols * BYTES[this.dtype],
+    );
+    return { residual: next, act: out };
+  }
+
+  /** Whether a norm and the linear after it run as one fused GEMV: decode-sized steps, float weights, aligned. */
+  private fuses(x: CudaTensor, weight: CudaTensor): boolean {
+    return (
+      FUSED &&
+      x.rows > 0 &&
+      x.rows <= GEMV_MAX_ROWS &&
+      !weight.wo &&
+      weight.dtype === this.dtype &&
+      (x.cols * BYTES[this.dtype]) % 16 === 0 &&
+      weight.ptr % 16 === 0 &&
+      x.rows * x.cols * BYTES[this.dtype] <= MAX_DYNAMIC_SHARED
+    );
+  }
+
+  /** Where a fused op writes the updated residual: the buffer its last call replaced, or a new one. */
+  private nextResidual(residual: CudaTensor): CudaTensor {
+    const spare = this.spareResidual;
+    const next =
+      spare && spare.rows === residual.rows && spare.cols === residual.cols
+        ? spare
+        : this.alloc(residual.rows, residual.cols, this.dtype, this.arenas[0]);
+    this.spareResidual = residual;
+    return next;
   }
 
   gatherRows(x: CudaTensor, _step: StepInput): CudaTensor {

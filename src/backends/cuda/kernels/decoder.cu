@@ -311,6 +311,204 @@ extern "C" __global__ void silu_mul(T* out, const T* fg, int inter, long n) {
   }
 }
 
+// The decode-step fusions (steps of at most GEMV_MAX_ROWS rows, where launches cost more than bytes). Each
+// kernel opens a pre-norm block: it adds the previous block's output to the residual and normalizes the
+// rows into shared memory (every block for itself: no grid-wide barrier), then runs a GEMV whose warps each
+// compute a pair of output rows that the epilogue combines: RoPE's two halves with the qkv bias and the KV
+// write (norm_qkv_rope), or SiLU's two halves (norm_gated_mlp). Block 0 writes the updated residual to a
+// second buffer, since the other blocks still read the first. Each rounds to T where the unfused ops do.
+
+#ifndef KILN_EMULATED
+__device__ __forceinline__ unsigned char* dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char kiln_dynamic_shared[];
+  return kiln_dynamic_shared;
+}
+#endif
+
+// xs[r] = rmsnorm(residual[r] + delta[r]) · w for the R rows, one warp a row; residual_out[r] = the sum
+// (block 0, when delta is given). Ends with a barrier.
+template <int R>
+__device__ void norm_rows(T* xs, const T* residual, const T* delta, T* residual_out, const T* w, int in, float eps) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int r = warp; r < R; r += blockDim.x >> 5) {
+    const T* res = residual + (size_t)r * in;
+    T* x = xs + (size_t)r * in;
+    float ss = 0.f;
+    for (int i = lane; i < in; i += 32) {
+      const float v = delta ? rnd(tof(res[i]) + tof(delta[(size_t)r * in + i])) : tof(res[i]);
+      x[i] = fromf(v);
+      ss += v * v;
+    }
+    const float inv = rsqrtf(warp_sum(ss) / in + eps);
+    for (int i = lane; i < in; i += 32) {
+      if (delta && blockIdx.x == 0) residual_out[(size_t)r * in + i] = x[i];
+      x[i] = fromf(tof(w[i]) * rnd(tof(x[i]) * inv));
+    }
+  }
+  __syncthreads();
+}
+
+// acc[p][r] = Σ_i xs[r, i] · w[rows[p], i] for a warp's P weight rows, their loads in flight together; every
+// lane gets the sums. Needs in · sizeof(T) a multiple of 16 and 16-byte aligned rows.
+template <int R, int P>
+__device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, const T* w, const int (&rows)[P],
+                                              int in) {
+  constexpr int V = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31;
+  const int nvec = in / V;
+#pragma unroll
+  for (int p = 0; p < P; p++)
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[p][r] = 0.f;
+  for (int v0 = lane; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
+    uint4 wv[P][GEMV_UNROLL];
+#pragma unroll
+    for (int p = 0; p < P; p++) gemv_load(wv[p], reinterpret_cast<const uint4*>(w + (size_t)rows[p] * in), v0, nvec);
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      const int v = v0 + 32 * u;
+      if (v >= nvec) break;
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const uint4 xv = reinterpret_cast<const uint4*>(xs + (size_t)r * in)[v];
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+          const float xk = t_of(xv, k);
+#pragma unroll
+          for (int p = 0; p < P; p++) acc[p][r] += t_of(wv[p][u], k) * xk;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < P; p++)
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[p][r] = warp_sum(acc[p][r]);
+}
+
+// Row r's pair of sums, rounded to T as a GEMV stores them; selected by unrolled compares, since indexing the
+// accumulators by a lane-dependent r would move them to local memory.
+template <int R>
+__device__ __forceinline__ void pick_row(const float (&acc)[2][R], int r, float& a, float& b) {
+  a = b = 0.f;
+#pragma unroll
+  for (int k = 0; k < R; k++) {
+    if (k == r) {
+      a = acc[0][k];
+      b = acc[1][k];
+    }
+  }
+  a = rnd(a);
+  b = rnd(b);
+}
+
+// qkv = (rmsnorm(residual + delta) · w_norm) · wᵀ + bias, q and k rotated (gpt-neox halves), k and v written to
+// each row's cache slot (none for slot < 0). A warp takes one pair of a head's dims: RoPE's (p, p + rotary/2),
+// or, past the rotary dims, two plain ones. grid = ceil(heads · head/2 / 8), 256 threads, R · in · sizeof(T)
+// bytes of dynamic shared memory.
+template <int R>
+__device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, const T* delta, const T* norm_w,
+                                   float eps, const T* w, const T* bias, const int* positions, const int* slots,
+                                   T* kcache, T* vcache, const float* inv_freq, int in, int num_heads, int num_kv,
+                                   int head, int rotary) {
+  T* xs = reinterpret_cast<T*>(dynamic_shared());
+  norm_rows<R>(xs, residual, delta, residual_out, norm_w, in, eps);
+  const int heads = num_heads + 2 * num_kv;
+  const int pair = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  if (pair >= heads * (head / 2)) return;
+  const int h = pair / (head / 2), p = pair % (head / 2), rh = rotary / 2;
+  const int da = p < rh ? p : rotary + (p - rh);
+  const int db = p < rh ? p + rh : rotary + (p - rh) + (head - rotary) / 2;
+  const int rows[2] = {h * head + da, h * head + db};
+  float acc[2][R];
+  gemv_pair_dot<R, 2>(acc, xs, w, rows, in);
+  const int r = threadIdx.x & 31;  // lane r finishes step row r
+  if (r >= R) return;
+  float a, b;
+  pick_row(acc, r, a, b);
+  if (bias != nullptr) {
+    a = rnd(a + tof(bias[rows[0]]));
+    b = rnd(b + tof(bias[rows[1]]));
+  }
+  if (p < rh && h < num_heads + num_kv) {
+    float s, c;
+    sincosf((float)positions[r] * inv_freq[p], &s, &c);
+    c = rnd(c);
+    s = rnd(s);
+    const float ra = rnd(rnd(a * c) - rnd(b * s));
+    b = rnd(rnd(b * c) + rnd(a * s));
+    a = ra;
+  }
+  T* row = qkv + (size_t)r * heads * head;
+  row[rows[0]] = fromf(a);
+  row[rows[1]] = fromf(b);
+  const int slot = slots[r];
+  if (h < num_heads || slot < 0) return;
+  const bool isK = h < num_heads + num_kv;
+  T* cache = (isK ? kcache : vcache) + (size_t)slot * num_kv * head + (h - num_heads - (isK ? 0 : num_kv)) * head;
+  cache[da] = fromf(a);
+  cache[db] = fromf(b);
+}
+
+// out = silu(g) · u where [g ; u] = (rmsnorm(residual + delta) · w_norm) · wᵀ + bias: w is the fused fc|gate
+// weight [2 · inter, in], a warp taking rows i and inter + i. grid = ceil(inter / 8), 256 threads,
+// R · in · sizeof(T) bytes of dynamic shared memory.
+template <int R>
+__device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, const T* delta, const T* norm_w,
+                                    float eps, const T* w, const T* bias, int in, int inter) {
+  T* xs = reinterpret_cast<T*>(dynamic_shared());
+  norm_rows<R>(xs, residual, delta, residual_out, norm_w, in, eps);
+  const int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  if (i >= inter) return;
+  const int rows[2] = {i, inter + i};
+  float acc[2][R];
+  gemv_pair_dot<R, 2>(acc, xs, w, rows, in);
+  const int r = threadIdx.x & 31;
+  if (r >= R) return;
+  float a, b;
+  pick_row(acc, r, a, b);
+  if (bias != nullptr) {
+    a = rnd(a + tof(bias[i]));
+    b = rnd(b + tof(bias[inter + i]));
+  }
+  out[(size_t)r * inter + i] = fromf(rnd(a / (1.f + __expf(-a))) * b);
+}
+
+#define FUSED_CASE(R, CALL) \
+  case R:                   \
+    CALL;                   \
+    break;
+#define FUSED_ROWS(CALL_OF) \
+  switch (rows) {           \
+    FUSED_CASE(1, CALL_OF(1)) \
+    FUSED_CASE(2, CALL_OF(2)) \
+    FUSED_CASE(3, CALL_OF(3)) \
+    FUSED_CASE(4, CALL_OF(4)) \
+    FUSED_CASE(5, CALL_OF(5)) \
+    FUSED_CASE(6, CALL_OF(6)) \
+    FUSED_CASE(7, CALL_OF(7)) \
+    default: CALL_OF(8);    \
+  }
+
+extern "C" __global__ void __launch_bounds__(256)
+norm_qkv_rope(T* qkv, T* residual_out, const T* residual, const T* delta, const T* norm_w, float eps, const T* w,
+              const T* bias, const int* positions, const int* slots, T* kcache, T* vcache, const float* inv_freq,
+              int rows, int in, int num_heads, int num_kv, int head, int rotary) {
+#define QKV_CALL(R)                                                                                             \
+  norm_qkv_rope_rows<R>(qkv, residual_out, residual, delta, norm_w, eps, w, bias, positions, slots, kcache,   \
+                        vcache, inv_freq, in, num_heads, num_kv, head, rotary)
+  FUSED_ROWS(QKV_CALL)
+#undef QKV_CALL
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+norm_gated_mlp(T* out, T* residual_out, const T* residual, const T* delta, const T* norm_w, float eps, const T* w,
+               const T* bias, int rows, int in, int inter) {
+#define MLP_CALL(R) norm_gated_mlp_rows<R>(out, residual_out, residual, delta, norm_w, eps, w, bias, in, inter)
+  FUSED_ROWS(MLP_CALL)
+#undef MLP_CALL
+}
+
 // Adds the qkv bias (when given), rotates q and k of each qkv row (gpt-neox halves) at its position and writes k and v to the row's KV cache
 // slot (skipped for slot < 0: padding). Cache layout: [slot][kv head][head dim]. grid = rows.
 extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* positions, const int* slots, T* kcache,
