@@ -10,7 +10,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
 import { buildEngine } from "../src/builder/build-engine.js";
-import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import { type ConvertOptions, convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { LLM } from "../src/runtime/llm.js";
 import { FIXTURE_NAMES, FIXTURES, loadReference, maxAbsDiff, stackRows, succeeded, tempDir } from "../test/helpers.js";
@@ -200,6 +200,74 @@ describe("weight-only engines on the gpu", () => {
       });
       console.log(`# int${bits} weight-only, cuda vs cpu: max |Δlogit| ${worst.toExponential(2)}`);
       assert.ok(worst <= 1e-3, `int${bits}: ${worst}`);
+    }
+  });
+});
+
+describe("quantized engines on the gpu: ModelOpt formats and KV caches", () => {
+  // hidden 64, intermediate 128: every in_features divides by AWQ's block of 64 and NVFP4's 16.
+  const name = "llama3_rope_scaling";
+  const cases: [string, Partial<ConvertOptions>][] = [
+    ...(["fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4"] as const).map(
+      (qformat): [string, Partial<ConvertOptions>] => [
+        qformat,
+        { quantize: { qformat, awqBlockSize: 64, quantizeLmHead: false, calibSize: 8, calibDataset: calibFile() } },
+      ],
+    ),
+    ["INT8 KV cache", { int8KvCache: { calibSize: 8, calibDataset: calibFile() } }],
+    [
+      "fp8 with an FP8 KV cache",
+      {
+        quantize: {
+          qformat: "fp8",
+          kvCacheDtype: "fp8",
+          awqBlockSize: 64,
+          quantizeLmHead: false,
+          calibSize: 8,
+          calibDataset: calibFile(),
+        },
+      },
+    ],
+  ];
+  test("float32 engines of each give the cpu engine's context and generation logits and greedy ids", async () => {
+    const ref = loadReference(name);
+    const prompts = ref.prompts.map((p) => p.inputIds);
+    for (const [qformat, quantization] of cases) {
+      const ckpt = path.join(work, `${qformat}-ckpt`.replaceAll(" ", "-"));
+      await convertHfCheckpoint({
+        modelDir: path.join(FIXTURES, name, "hf"),
+        outputDir: ckpt,
+        dtype: "float32",
+        ...quantization,
+      });
+      const run = async (backend: "cpu" | "cuda") => {
+        const engine = path.join(work, `${qformat}-${backend}`.replaceAll(" ", "-"));
+        await buildEngine({
+          checkpointDir: ckpt,
+          outputDir: engine,
+          backend,
+          request: { gather_context_logits: true, gather_generation_logits: true, max_batch_size: 8 },
+        });
+        const llm = await LLM.load(engine);
+        const outs = succeeded(llm.generate(prompts, { maxNewTokens: 16, endId: ref.eosId }));
+        llm.dispose();
+        return outs;
+      };
+      const gpu = await run("cuda");
+      const cpu = await run("cpu");
+      // Context logits come from the prefill (dequantized weights, cuBLAS), generation logits from decode
+      // steps (the GEMV that decodes the weights as it reads them).
+      let worst = 0;
+      gpu.forEach((o, i) => {
+        worst = Math.max(
+          worst,
+          maxAbsDiff(stackRows(o.contextLogits!, ref.vocab), stackRows(cpu[i].contextLogits!, ref.vocab)),
+          maxAbsDiff(stackRows(o.generationLogits!, ref.vocab), stackRows(cpu[i].generationLogits!, ref.vocab)),
+        );
+        assert.deepEqual(o.outputIds, cpu[i].outputIds, `${qformat} prompt ${i}`);
+      });
+      console.log(`# ${qformat}, cuda vs cpu: max |Δlogit| ${worst.toExponential(2)}`);
+      assert.ok(worst <= 1e-3, `${qformat}: ${worst}`);
     }
   });
 });

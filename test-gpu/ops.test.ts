@@ -160,7 +160,16 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           rows: out,
           cols: inDim,
           dtype,
-          wo: { bits, scales: sp, zeros: 0, groups: 0 },
+          quant: {
+            kind: bits === 8 ? "int8" : "int4",
+            scales: sp,
+            zeros: 0,
+            groups: 0,
+            blocks: 0,
+            weightScale: 1,
+            alpha: 1,
+            input: null,
+          },
         };
         const wcpu: CpuTensor = {
           data: new Float32Array(0),
@@ -201,11 +210,15 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
         rows: out,
         cols: inDim,
         dtype,
-        wo: {
-          bits: 4,
+        quant: {
+          kind: "int4",
           scales: put(new Uint8Array(transpose(t.scales).buffer)),
           zeros: put(new Uint8Array(transpose(t.zero).buffer)),
           groups,
+          blocks: 0,
+          weightScale: 1,
+          alpha: 1,
+          input: null,
         },
       };
       const wcpu: CpuTensor = {

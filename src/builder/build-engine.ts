@@ -12,15 +12,17 @@ import { Mapping } from "../mapping.js";
 import { decoderDims } from "../models/decoder.js";
 import { familyOf } from "../models/families.js";
 import { moeOf } from "../models/moe.js";
+import type { KvCacheQuantAlgo } from "../quantization/mode.js";
 import { quantMode } from "../quantization/mode.js";
 import { attachQuantCfg, writeQuantCfg } from "../quantization/quantize-plan.js";
 import { writeOutputDir } from "../util/output-dir.js";
 import { progress } from "../util/progress.js";
 import { KILN_VERSION } from "../version.js";
 import { type BackendName, type BuildConfig, type BuildRequest, resolveBuildConfig } from "./build-config.js";
+import { CUDA_QUANT_ALGOS, cudaWeightSections } from "./cuda-sections.js";
 import { EngineWriter } from "./engine-file.js";
 import { checkMemoryPlan, describeMemoryPlan, planMemory } from "./memory-plan.js";
-import { bytesSection, cpuSections, cudaWeightSections, type PlannedSection, sectionBytes } from "./section-plan.js";
+import { bytesSection, cpuSections, type PlannedSection, sectionBytes } from "./section-plan.js";
 
 export interface EngineConfig {
   version: string;
@@ -61,11 +63,11 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
   const model = readCheckpointConfig(opts.checkpointDir);
   const { config: build, warnings } = resolveBuildConfig(model, opts.request);
   const q = model.quantization;
-  const cudaRuns = [null, "W8A16", "W4A16", "W4A16_GPTQ"].includes(q.quant_algo);
-  if (opts.backend === "cuda" && (!cudaRuns || q.kv_cache_quant_algo !== null)) {
-    const what = !cudaRuns ? `quant_algo ${q.quant_algo}` : `kv_cache_quant_algo ${q.kv_cache_quant_algo}`;
+  // MIXED_PRECISION's layers are checked one by one as their sections are planned.
+  const cudaRuns = [null, "MIXED_PRECISION", ...CUDA_QUANT_ALGOS].includes(q.quant_algo);
+  if (opts.backend === "cuda" && !cudaRuns) {
     throw new ConfigError(
-      `${what}: the cuda backend runs unquantized and weight-only (W8A16, W4A16, W4A16_GPTQ) engines only so far; build with --backend cpu`,
+      `quant_algo ${q.quant_algo}: the cuda backend runs unquantized engines and ${CUDA_QUANT_ALGOS.join(", ")} so far; build with --backend cpu`,
     );
   }
   if (opts.backend === "cuda" && !build.remove_input_padding) {
@@ -158,6 +160,9 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
 /** Kernels compiled by NVRTC for this machine's GPU (imported lazily: cpu builds never load CUDA). */
 async function cudaKernelSections(model: PretrainedConfig): Promise<{ target: string; sections: PlannedSection[] }> {
   const { compileEngineKernels } = await import("../backends/cuda/engine-kernels.js");
-  const { target, cubin, ptx } = compileEngineKernels(model.dtype);
+  const { target, cubin, ptx } = compileEngineKernels(
+    model.dtype,
+    model.quantization.kv_cache_quant_algo as KvCacheQuantAlgo | null,
+  );
   return { target, sections: [bytesSection("kernels.cubin", cubin), bytesSection("kernels.ptx", ptx)] };
 }

@@ -1,9 +1,8 @@
-// What goes into a rank's engine file for each backend: the checkpoint's tensors in the layout the backend's
-// kernels read (cpu: float32; cuda: the model dtype with fc and gate fused into one GEMM), plus, for cuda,
-// the compiled kernels. Each section is produced on demand, one at a time, while the file is written.
+// What goes into a rank's engine file for the cpu backend: the checkpoint's tensors in the layout its kernels
+// read (float32; quantized layers as their checkpoint bytes beside float32 scales); cuda-sections.ts has the
+// cuda backend's. Each section is produced on demand, one at a time, while the file is written.
 
-import { cudaWeightOnlyLayout } from "../backends/cuda/weight-layout.js";
-import { type Dtype, dtypeByteSize, dtypeFromName, encodeFromFloat32 } from "../checkpoint/dtype.js";
+import { type Dtype, dtypeByteSize, encodeFromFloat32 } from "../checkpoint/dtype.js";
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import type { SafetensorsFile } from "../checkpoint/safetensors.js";
 import { CheckpointError } from "../errors.js";
@@ -12,7 +11,6 @@ import { layerQuant, moduleOfWeight } from "../quantization/layer-plan.js";
 import { companionName, isWeightOnlyLayer, scaleName } from "../quantization/mode.js";
 import { isModelOptAlgo, MODELOPT_COMPANIONS, type ModelOptAlgo } from "../quantization/modelopt-formats.js";
 import { type SqVariant, sqCompanions, sqVariantOf } from "../quantization/smoothquant.js";
-import { concatBytes } from "../util/bytes.js";
 import type { SectionSpec } from "./engine-file.js";
 
 export interface PlannedSection {
@@ -21,7 +19,7 @@ export interface PlannedSection {
 }
 
 /** The checkpoint tensor that stands for `name`: a shared embedding may stand in for lm_head. */
-function checkedSource(name: string, shape: number[], file: SafetensorsFile): string {
+export function checkedSource(name: string, shape: number[], file: SafetensorsFile): string {
   const source = !file.has(name) && name === "lm_head.weight" ? "transformer.vocab_embedding.weight" : name;
   if (!file.has(source)) throw new CheckpointError(`${file.path}: required tensor "${name}" is missing`);
   const got = file.info(source).shape;
@@ -36,7 +34,7 @@ function asBytes(a: Float32Array): Uint8Array {
 }
 
 /** Sections holding `sources` (concatenated along rows) in `dtype`; raw bytes when nothing changes. */
-function tensorSection(
+export function tensorSection(
   name: string,
   shape: number[],
   dtype: Dtype,
@@ -174,81 +172,6 @@ function gptqSections(
       return tensorSection(n, groups, "F32", [checkedSource(n, groups, file)], file);
     }),
   ];
-}
-
-/** Model-dtype weights; each layer's mlp.fc and mlp.gate become one [2·inter, hidden] mlp.fc_gate. */
-export function cudaWeightSections(cfg: PretrainedConfig, file: SafetensorsFile): PlannedSection[] {
-  const dtype = dtypeFromName(cfg.dtype);
-  const shapes = decoderTensorShapes(cfg);
-  const algo = cfg.quantization.quant_algo;
-  const bits = algo === "W8A16" ? 8 : algo === "W4A16" || algo === "W4A16_GPTQ" ? 4 : null;
-  const out: PlannedSection[] = [];
-  for (const [name, shape] of shapes) {
-    const m = /^(transformer\.layers\.\d+\.mlp)\.(fc|gate)\.(weight|bias)$/.exec(name);
-    if (m?.[2] === "gate") continue; // folded into fc_gate with its fc twin
-    const names = m ? [name, `${m[1]}.gate.${m[3]}`] : [name];
-    const target = m ? `${m[1]}.fc_gate.${m[3]}` : name;
-    if (bits && isWeightOnlyLayer(name)) {
-      out.push(...cudaWeightOnlySections(file, names, target, shapes, bits, algo === "W4A16_GPTQ"));
-      continue;
-    }
-    const sources = names.map((n) => checkedSource(n, shapes.get(n)!, file));
-    const rows = names.reduce((r, n) => r + shapes.get(n)![0], 0);
-    out.push(tensorSection(target, [rows, ...shape.slice(1)], dtype, sources, file));
-  }
-  return out;
-}
-
-/** Weight-only layers (fc and gate fused) in the cuda GEMV's layout, with float32 per-channel scales. */
-function cudaWeightOnlySections(
-  file: SafetensorsFile,
-  names: string[],
-  target: string,
-  shapes: Map<string, number[]>,
-  bits: 4 | 8,
-  /** W4A16_GPTQ: [in/G, out] scales and zeros, transposed to [out, in/G]. */
-  grouped: boolean,
-): PlannedSection[] {
-  const [, inDim] = shapes.get(names[0])!;
-  const outs = names.map((n) => shapes.get(n)![0]);
-  const total = outs.reduce((a, b) => a + b, 0);
-  for (const n of names) {
-    // GPTQ carries its int4 bytes in the model dtype; the byte count is what must match.
-    const bytes = (inDim * shapes.get(n)![0] * bits) / 8;
-    if (!file.has(n) || file.info(n).byteLength !== bytes) {
-      throw new CheckpointError(`${file.path}: weight-only "${n}" should hold ${bytes} bytes of int${bits} values`);
-    }
-  }
-  const weight: PlannedSection = {
-    spec: { name: target, dtype: bits === 8 ? "I8" : "U8", shape: [total, (inDim * bits) / 8] },
-    make: () =>
-      concatBytes(
-        names.map((n, k) => {
-          const b = file.readBytes(n);
-          return cudaWeightOnlyLayout(new Int8Array(b.buffer, b.byteOffset, b.byteLength), outs[k], inDim, bits);
-        }),
-      ),
-  };
-  if (grouped) {
-    const groups = file.info(companionName(names[0], "weights_scaling_factor")).shape[0];
-    const transposed = (suffix: string): PlannedSection => ({
-      spec: { name: companionName(target, suffix), dtype: "F32", shape: [total, groups] },
-      make: () => {
-        const outT = new Float32Array(total * groups);
-        let row = 0;
-        names.forEach((n, k) => {
-          const src = file.readFloat32(checkedSource(companionName(n, suffix), [groups, outs[k]], file));
-          for (let g = 0; g < groups; g++)
-            for (let o = 0; o < outs[k]; o++) outT[(row + o) * groups + g] = src[g * outs[k] + o];
-          row += outs[k];
-        });
-        return new Uint8Array(outT.buffer);
-      },
-    });
-    return [weight, transposed("weights_scaling_factor"), transposed("zero")];
-  }
-  const scales = names.map((n, k) => checkedSource(scaleName(n), [outs[k]], file));
-  return [weight, tensorSection(scaleName(target), [total], "F32", scales, file)];
 }
 
 export function sectionBytes(sections: readonly PlannedSection[]): number {

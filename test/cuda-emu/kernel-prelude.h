@@ -11,7 +11,8 @@
 #include <vector_types.h>
 #include "emu.h"
 
-#define __global__
+// Marks kernels in the preprocessed source, where the emulator's NVRTC finds them to register.
+#define __global__ __attribute__((used))
 #define __device__
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))

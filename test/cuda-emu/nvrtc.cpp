@@ -48,12 +48,11 @@ std::string quote(const std::string& s) {
   return out + "'";
 }
 
-/** An invoker and a signature for every extern "C" __global__ function of the source. */
-std::string registrations(const std::string& source) {
-  static const std::regex kernel(
-      R"(extern\s+"C"\s+__global__\s+(?:void\s+)?(?:__launch_bounds__\s*\([^)]*\)\s*)?(?:void\s+)?([A-Za-z_]\w*)\s*\()");
+/** An invoker and a signature for every kernel of the preprocessed source (extern "C", marked by __global__). */
+std::string registrations(const std::string& preprocessed) {
+  static const std::regex kernel(R"(extern\s+"C"\s+__attribute__\s*\(\(used\)\)\s+void\s+([A-Za-z_]\w*)\s*\()");
   std::set<std::string> names;
-  for (auto it = std::sregex_iterator(source.begin(), source.end(), kernel); it != std::sregex_iterator(); ++it)
+  for (auto it = std::sregex_iterator(preprocessed.begin(), preprocessed.end(), kernel); it != std::sregex_iterator(); ++it)
     names.insert((*it)[1]);
   std::string out = "\n// cuda-emu registrations\n";
   for (const auto& n : names) {
@@ -61,6 +60,16 @@ std::string registrations(const std::string& source) {
     out += "extern \"C\" ::emu::Signature __emu_signature_" + n + "() { return ::emu::signature(&" + n + "); }\n";
   }
   return out;
+}
+
+/** Runs a shell command, appending what it prints to `log`; its exit status. */
+int run(const std::string& cmd, std::string& log) {
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  if (!pipe) return -1;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) log.append(buf, n);
+  return pclose(pipe);
 }
 
 }  // namespace
@@ -113,18 +122,19 @@ int nvrtcCompileProgram(void* prog, int numOptions, const char** options) {
   if (access(so.c_str(), R_OK) != 0) {
     // Written to a private name first, then renamed: concurrent test processes may compile the same source.
     const std::string stem = cache + "/" + hex + "." + std::to_string(getpid());
-    std::ofstream(stem + ".cpp") << "#line 1 \"" << p->name << "\"\n" << p->source << registrations(p->source);
-    const std::string cmd = cxx + " -std=c++17 -O2 -g0 -fPIC -shared -fno-strict-aliasing -include " +
-                            quote(dir + "/kernel-prelude.h") + " -I" + quote(dir) + flags + " -x c++ " +
-                            quote(stem + ".cpp") + " -o " + quote(stem + ".so") + " -x none " + quote(dir + "/libcuda.so.1") +
-                            " -Wl,-rpath," + quote(dir) + " 2>&1";
-    FILE* pipe = popen(cmd.c_str(), "r");
-    char buf[4096];
+    const std::string common = " -std=c++17 -fno-strict-aliasing -include " + quote(dir + "/kernel-prelude.h") +
+                               " -I" + quote(dir) + flags + " -x c++ ";
+    std::ofstream(stem + ".cu") << "#line 1 \"" << p->name << "\"\n" << p->source;
     p->log.clear();
-    size_t n;
-    while (pipe && (n = fread(buf, 1, sizeof buf, pipe)) > 0) p->log.append(buf, n);
-    const int status = pipe ? pclose(pipe) : -1;
-    unlink((stem + ".cpp").c_str());
+    std::string preprocessed;
+    int status = run(cxx + " -E -P" + common + quote(stem + ".cu") + " -o " + quote(stem + ".i"), p->log);
+    if (status == 0) {
+      std::ofstream(stem + ".cpp") << "#include \"" << stem << ".cu\"\n" << registrations(read_file(stem + ".i"));
+      status = run(cxx + " -O2 -g0 -fPIC -shared" + common + quote(stem + ".cpp") + " -o " + quote(stem + ".so") +
+                       " -x none " + quote(dir + "/libcuda.so.1") + " -Wl,-rpath," + quote(dir),
+                   p->log);
+    }
+    for (const char* ext : {".cu", ".i", ".cpp"}) unlink((stem + ext).c_str());
     if (status != 0) {
       unlink((stem + ".so").c_str());
       if (p->log.empty()) p->log = "cuda-emu: could not run " + cxx;

@@ -42,7 +42,7 @@ export class Cublas {
   }
 
   /**
-   * y = x · wᵀ. Row-major x [rows, inDim] and w [outDim, inDim] are column-major xᵀ and wᵀ to cuBLAS, so it
+   * y = alpha · x · wᵀ. Row-major x [rows, inDim] and w [outDim, inDim] are column-major xᵀ and wᵀ to cuBLAS, so it
    * computes yᵀ (column-major [outDim, rows], i.e. row-major y) = (wᵀ)ᵀ · xᵀ.
    */
   linear(
@@ -54,6 +54,7 @@ export class Cublas {
     rows: number,
     inDim: number,
     outDim: number,
+    alpha = 1,
   ): void {
     const code = this.api.cublasGemmEx(
       this.handle,
@@ -62,7 +63,7 @@ export class Cublas {
       outDim,
       rows,
       inDim,
-      this.one,
+      alpha === 1 ? this.one : Float32Array.of(alpha),
       w,
       abType,
       inDim,

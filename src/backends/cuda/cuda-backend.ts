@@ -7,6 +7,7 @@ import type { AttentionShape, Backend, KvCacheSpec, NormSpec, RopeSpec, StepInpu
 import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, Cublas } from "./cublas.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
+import { INPUT_ROUNDINGS, type InputRounding, QUANT_KINDS, type QuantKind } from "./weight-layout.js";
 
 export type CudaDtype = "F32" | "F16" | "BF16";
 
@@ -15,11 +16,24 @@ export interface CudaTensor {
   rows: number;
   cols: number;
   dtype: CudaDtype;
-  /**
-   * A weight-only weight ([rows = out, cols = in], weight-layout.ts) and its float32 scales: per channel [out],
-   * or, group-wise (groups > 0, GPTQ), scales and zeros [out, groups].
-   */
-  wo?: { bits: 4 | 8; scales: number; zeros: number; groups: number };
+  /** A quantized linear layer's codes ([rows = out, cols = in], weight-layout.ts) and how to use them. */
+  quant?: CudaQuant;
+}
+
+/** Device pointers (0: none) of a quantized layer's scales, and what its format does to the input. */
+export interface CudaQuant {
+  kind: QuantKind;
+  /** float32: per output channel [out], or, group-wise int4 (groups > 0), per group [out, groups]. */
+  scales: number;
+  /** GPTQ's group zeros [out, groups]. */
+  zeros: number;
+  groups: number;
+  /** NVFP4: the E4M3 scale code of every 16 weights [out, in/16]. */
+  blocks: number;
+  weightScale: number;
+  alpha: number;
+  /** null: the input is used as it is (weight-only). prequant: float32 [in]. */
+  input: { rounding: InputRounding; prequant: number; scale: number } | null;
 }
 
 const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
@@ -48,8 +62,13 @@ const KERNELS = [
   "attention_split",
   "attention_merge",
   "gemv",
-  "gemv_wo",
-  "dequant_wo",
+  "gemv_q_int8",
+  "gemv_q_int4",
+  "gemv_q_fp8",
+  "gemv_q_fp4",
+  "dequant_q",
+  "quantize_rows",
+  "silu_mul_pair",
   "norm_qkv_rope",
   "norm_gated_mlp",
 ] as const;
@@ -105,12 +124,14 @@ export class CudaBackend implements Backend<CudaTensor> {
     readonly dtype: CudaDtype,
     private readonly limits: CudaLimits,
     invFreq: Float32Array,
+    /** An INT8 or FP8 KV cache (one byte a value) and its scale per layer; null: the model dtype. */
+    private readonly kvQuant: { kind: "int8" | "fp8"; scales: Float32Array } | null = null,
   ) {
     const fusedShared = Math.min(MAX_DYNAMIC_SHARED, GEMV_MAX_ROWS * limits.hidden * BYTES[dtype]);
     for (const k of KERNELS)
       this.fns.set(k, device.getFunction(module, k, FUSED_KERNELS.includes(k) ? fusedShared : 0));
     // One dequantized weight-only weight at a time, sized at load for the engine's largest: graphs keep its address.
-    this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => (w.wo ? w.rows * w.cols : 0))));
+    this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => (w.quant ? w.rows * w.cols : 0))));
     this.cublas = new Cublas(device);
     // One layer's activations at the widest step (x, qkv, attention, dense, norm, fc|gate, product, proj),
     // rounded up per tensor; the last layer's arena also holds the gathered rows and float32 logits.
@@ -159,7 +180,12 @@ export class CudaBackend implements Backend<CudaTensor> {
   }
 
   get kvBytesPerValue(): number {
-    return BYTES[this.dtype];
+    return this.kvQuant ? 1 : BYTES[this.dtype];
+  }
+
+  /** What a layer's cached values are multiplied by when read (1 for a cache in the model dtype). */
+  private kvScale(layer: number): number {
+    return this.kvQuant ? this.kvQuant.scales[layer] : 1;
   }
 
   /** 90% of the GPU memory still free once weights and activations are allocated (TensorRT-LLM's default). */
@@ -179,7 +205,7 @@ export class CudaBackend implements Backend<CudaTensor> {
 
   allocateKvCache(spec: KvCacheSpec): void {
     for (const p of this.kvPointers()) this.device.free(p);
-    const bytes = spec.numBlocks * spec.tokensPerBlock * spec.numKvHeads * spec.headSize * BYTES[this.dtype];
+    const bytes = spec.numBlocks * spec.tokensPerBlock * spec.numKvHeads * spec.headSize * this.kvBytesPerValue;
     const k: number[] = [];
     const v: number[] = [];
     for (let l = 0; l < spec.numLayers; l++) {
@@ -191,7 +217,7 @@ export class CudaBackend implements Backend<CudaTensor> {
 
   copyKvBlocks(copies: readonly { src: number; dst: number }[]): void {
     const kv = this.kv!;
-    const blockBytes = kv.spec.tokensPerBlock * kv.spec.numKvHeads * kv.spec.headSize * BYTES[this.dtype];
+    const blockBytes = kv.spec.tokensPerBlock * kv.spec.numKvHeads * kv.spec.headSize * this.kvBytesPerValue;
     for (const { src, dst } of copies) {
       for (let l = 0; l < kv.spec.numLayers; l++) {
         this.device.copyAsync(kv.k[l] + dst * blockBytes, kv.k[l] + src * blockBytes, blockBytes);
@@ -309,7 +335,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   }
 
   linear(x: CudaTensor, weight: CudaTensor, bias: CudaTensor | null, float32Out = false): CudaTensor {
-    if (weight.wo) return this.weightOnlyLinear(x, weight, bias, float32Out);
+    if (weight.quant) return this.quantizedLinear(x, weight, bias, float32Out);
     const out = this.alloc(x.rows, weight.rows, float32Out ? "F32" : this.dtype);
     const rowBytes = x.cols * BYTES[this.dtype];
     // Decode steps read each weight once for a handful of rows: bandwidth-bound, so kiln's GEMV beats cuBLAS's tiles.
@@ -349,54 +375,83 @@ export class CudaBackend implements Backend<CudaTensor> {
   }
 
   /**
-   * A W8A16/W4A16 layer: decode steps through the GEMV that dequantizes as it reads; wider steps dequantize the
-   * weight into a scratch buffer and run cuBLAS on it.
+   * A quantized layer: its format's input rounding first (when it has one), then, for decode steps, the GEMV
+   * that decodes the weights as it reads them; wider steps dequantize the weight into a scratch buffer and
+   * run cuBLAS on it, with the inputs rounded and dequantized again.
    */
-  private weightOnlyLinear(x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, float32Out: boolean): CudaTensor {
+  private quantizedLinear(x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, float32Out: boolean): CudaTensor {
+    const q = w.quant!;
     const out = this.alloc(x.rows, w.rows, float32Out ? "F32" : this.dtype);
-    const { bits, scales, zeros, groups } = w.wo!;
-    if (x.rows <= GEMV_MAX_ROWS && x.cols % 32 === 0 && x.ptr % 16 === 0) {
-      if (x.rows > 0) {
-        this.device.launch(
-          this.fn("gemv_wo"),
-          [Math.ceil(w.rows / 8)],
-          [256],
-          [
-            ptr(out.ptr),
-            i32(float32Out ? 1 : 0),
-            ptr(x.ptr),
-            ptr(w.ptr),
-            ptr(scales),
-            ptr(zeros),
-            i32(groups),
-            i32(bits),
-            i32(x.rows),
-            i32(x.cols),
-            i32(w.rows),
-          ],
-        );
-      }
-    } else {
-      const n = w.rows * w.cols;
-      const scratch = this.ensureWoScratch(n);
+    if (x.rows === 0) return out;
+    const narrow = x.rows <= GEMV_MAX_ROWS && x.cols % 32 === 0 && x.ptr % 16 === 0;
+    let input = x;
+    let rowScale = 0;
+    if (q.input) {
+      input = this.alloc(x.rows, x.cols);
+      // The GEMV takes rounded inputs in units of their scale (exact in T) and applies the scale to its sums;
+      // the GEMM path takes them dequantized.
+      if (narrow && q.input.rounding === "int8_token") rowScale = this.alloc(x.rows, 1, "F32").ptr;
       this.device.launch(
-        this.fn("dequant_wo"),
-        [Math.min(4096, Math.ceil(n / 256))],
+        this.fn("quantize_rows"),
+        [x.rows],
         [256],
-        [ptr(scratch), ptr(w.ptr), ptr(scales), ptr(zeros), i32(groups), i32(bits), i32(w.cols), { u64: n }],
-      );
-      this.cublas.linear(
-        out.ptr,
-        CUBLAS_TYPE[out.dtype],
-        x.ptr,
-        scratch,
-        CUBLAS_TYPE[this.dtype],
-        x.rows,
-        x.cols,
-        w.rows,
+        [
+          ptr(input.ptr),
+          ptr(rowScale),
+          ptr(x.ptr),
+          ptr(q.input.prequant),
+          i32(INPUT_ROUNDINGS.indexOf(q.input.rounding)),
+          f32(q.input.scale),
+          i32(x.cols),
+          i32(narrow ? 0 : 1),
+        ],
       );
     }
-    if (bias) this.device.launch(this.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
+    const inputScale = q.input && q.input.rounding !== "int8_token" ? q.input.scale : 1;
+    const args = [ptr(w.ptr), ptr(q.scales), ptr(q.zeros), ptr(q.blocks), i32(q.groups)];
+    if (narrow) {
+      this.device.launch(
+        this.fn(`gemv_q_${q.kind}`),
+        [Math.ceil(w.rows / 8)],
+        [256],
+        [
+          ptr(out.ptr),
+          i32(float32Out ? 1 : 0),
+          ptr(input.ptr),
+          ...args,
+          i32(x.rows),
+          i32(x.cols),
+          i32(w.rows),
+          f32(inputScale * q.weightScale * q.alpha),
+          ptr(rowScale),
+          ptr(bias ? bias.ptr : 0),
+        ],
+      );
+      return out;
+    }
+    const n = w.rows * w.cols;
+    const scratch = this.ensureWoScratch(n);
+    this.device.launch(
+      this.fn("dequant_q"),
+      [Math.min(4096, Math.ceil(n / 256))],
+      [256],
+      [ptr(scratch), ...args, i32(QUANT_KINDS.indexOf(q.kind)), i32(w.cols), { u64: n }, f32(q.weightScale)],
+    );
+    this.cublas.linear(
+      out.ptr,
+      CUBLAS_TYPE[out.dtype],
+      input.ptr,
+      scratch,
+      CUBLAS_TYPE[this.dtype],
+      x.rows,
+      x.cols,
+      w.rows,
+      q.alpha,
+    );
+    if (bias) {
+      if (float32Out) throw new Error("a bias on a float32-output linear is not supported");
+      this.device.launch(this.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
+    }
     return out;
   }
 
@@ -432,6 +487,7 @@ export class CudaBackend implements Backend<CudaTensor> {
         ptr(this.stepPtr(s.slots)),
         ptr(kv.k[layer]),
         ptr(kv.v[layer]),
+        f32(this.kvScale(layer)),
         ptr(this.invFreq),
         i32(shape.numHeads),
         i32(shape.numKvHeads),
@@ -450,6 +506,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       ptr(qkv.ptr),
       ptr(kv.k[layer]),
       ptr(kv.v[layer]),
+      f32(this.kvScale(layer)),
       ptr(this.stepPtr(s.rowSeq)),
       ptr(this.stepPtr(s.positions)),
       ptr(this.stepPtr(s.blockTables)),
@@ -480,8 +537,16 @@ export class CudaBackend implements Backend<CudaTensor> {
     return out;
   }
 
-  siluMul(_a: CudaTensor, _b: CudaTensor): CudaTensor {
-    throw new Error("cuda engines hold fc and gate fused: use siluMulHalves");
+  siluMul(a: CudaTensor, b: CudaTensor): CudaTensor {
+    const out = this.alloc(a.rows, a.cols);
+    const n = a.rows * a.cols;
+    this.device.launch(
+      this.fn("silu_mul_pair"),
+      [Math.min(4096, Math.ceil(n / 256))],
+      [256],
+      [ptr(out.ptr), ptr(a.ptr), ptr(b.ptr), { u64: n }],
+    );
+    return out;
   }
 
   siluMulHalves(fg: CudaTensor): CudaTensor {
@@ -532,6 +597,7 @@ export class CudaBackend implements Backend<CudaTensor> {
         ptr(this.stepPtr(s.slots)),
         ptr(kv.k[layer]),
         ptr(kv.v[layer]),
+        f32(this.kvScale(layer)),
         ptr(this.invFreq),
         i32(residual.rows),
         i32(residual.cols),
@@ -584,7 +650,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       FUSED &&
       x.rows > 0 &&
       x.rows <= GEMV_MAX_ROWS &&
-      !weight.wo &&
+      !weight.quant &&
       weight.dtype === this.dtype &&
       (x.cols * BYTES[this.dtype]) % 16 === 0 &&
       weight.ptr % 16 === 0 &&

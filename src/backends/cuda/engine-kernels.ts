@@ -1,8 +1,9 @@
-// The kernels a cuda engine carries: decoder.cu compiled by NVRTC for this machine's GPU and the engine's
-// dtype, as a cubin and as PTX.
+// The kernels a cuda engine carries: decoder.cu compiled by NVRTC for this machine's GPU, the engine's dtype
+// and its KV cache's element, as a cubin and as PTX.
 
 import fs from "node:fs";
 import type { ModelDtype } from "../../checkpoint/pretrained-config.js";
+import type { KvCacheQuantAlgo } from "../../quantization/mode.js";
 import { CudaDevice } from "./driver.js";
 import { compileKernels } from "./nvrtc.js";
 
@@ -16,8 +17,15 @@ export function kernelSource(): string {
   return fs.readFileSync(fs.existsSync(SOURCE) ? SOURCE : SOURCE_DEV, "utf8");
 }
 
-export function compileEngineKernels(dtype: ModelDtype): { target: string; cubin: Uint8Array; ptx: Uint8Array } {
+/** KILN_KV in decoder.cu: the KV cache's element (the model dtype, or one byte of INT8 or FP8). */
+export const KILN_KV: Record<"none" | KvCacheQuantAlgo, number> = { none: 0, INT8: 1, FP8: 2 };
+
+export function compileEngineKernels(
+  dtype: ModelDtype,
+  kv: KvCacheQuantAlgo | null,
+): { target: string; cubin: Uint8Array; ptx: Uint8Array } {
   const target = CudaDevice.open().target;
-  const { cubin, ptx } = compileKernels(kernelSource(), "decoder.cu", target, { KILN_DTYPE: KILN_DTYPE[dtype] });
+  const defines = { KILN_DTYPE: KILN_DTYPE[dtype], KILN_KV: KILN_KV[kv ?? "none"] };
+  const { cubin, ptx } = compileKernels(kernelSource(), "decoder.cu", target, defines);
   return { target, cubin, ptx };
 }

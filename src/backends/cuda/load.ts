@@ -7,8 +7,9 @@ import { dtypeFromName } from "../../checkpoint/dtype.js";
 import { EngineError } from "../../errors.js";
 import { ropeSpec } from "../../models/rope.js";
 import { companionName, scaleName } from "../../quantization/mode.js";
-import { CudaBackend, type CudaDtype, type CudaTensor } from "./cuda-backend.js";
+import { CudaBackend, type CudaDtype, type CudaQuant, type CudaTensor } from "./cuda-backend.js";
 import { CudaDevice } from "./driver.js";
+import { decodeDescriptor, descriptorName, type QuantDescriptor } from "./weight-layout.js";
 
 export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaBackend {
   const device = CudaDevice.open();
@@ -33,39 +34,56 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
     const m = config.pretrained_config;
     const weights = new Map<string, CudaTensor>();
     const dtype = dtypeFromName(m.dtype);
+    const descriptors = new Map<string, QuantDescriptor>();
+    const sectionDtype = new Map(file.header.sections.map((s) => [s.name, s.dtype]));
+    const codeSections = new Set<string>();
     for (const s of file.header.sections) {
       if (s.name.startsWith("kernels.")) continue;
-      const weightOnly = s.dtype === "I8" || s.dtype === "U8";
-      if (s.dtype !== "F32" && s.dtype !== "F16" && s.dtype !== "BF16" && !weightOnly) {
+      const bytes = file.read(s.name);
+      if (s.name.endsWith(".quant")) {
+        descriptors.set(s.name, decodeDescriptor(new Float32Array(bytes.slice().buffer)));
+        continue;
+      }
+      const codes = s.dtype === "I8" || s.dtype === "U8" || s.dtype === "F8_E4M3";
+      if (s.dtype !== "F32" && s.dtype !== "F16" && s.dtype !== "BF16" && !codes) {
         throw new EngineError(
-          `${enginePath}: section "${s.name}" is ${s.dtype}; cuda engines hold F32, F16, BF16 (and I8/U8 weight-only weights)`,
+          `${enginePath}: section "${s.name}" is ${s.dtype}; cuda engines hold F32, F16, BF16 and quantized codes (I8, U8, F8_E4M3)`,
         );
       }
-      const bytes = file.read(s.name);
       const p = device.alloc(bytes.byteLength);
       device.upload(p, bytes);
       const [rows, cols] =
         s.shape.length === 1 ? [1, s.shape[0]] : [s.shape[0], s.shape.slice(1).reduce((x, y) => x * y, 1)];
-      if (weightOnly) {
-        // [out, in] int8, or [out, in/2] int4 pairs (backends/cuda/weight-layout.ts); scales attached below.
-        const bits: 4 | 8 = s.dtype === "I8" ? 8 : 4;
-        const wo = { bits, scales: 0, zeros: 0, groups: 0 };
-        weights.set(s.name, { ptr: p, rows, cols: bits === 8 ? cols : 2 * cols, dtype, wo });
-      } else weights.set(s.name, { ptr: p, rows, cols, dtype: s.dtype as CudaDtype });
+      weights.set(s.name, { ptr: p, rows, cols, dtype: codes ? dtype : (s.dtype as CudaDtype) });
+      if (codes) codeSections.add(s.name);
     }
     for (const [name, t] of weights) {
-      if (!t.wo) continue;
-      // Group-wise (GPTQ): scales and zeros [out, groups]; else per-channel scales [out].
-      const groupScales = weights.get(companionName(name, "weights_scaling_factor"));
-      const zeros = weights.get(companionName(name, "zero"));
-      if (groupScales && zeros) {
-        Object.assign(t.wo, { scales: groupScales.ptr, zeros: zeros.ptr, groups: groupScales.cols });
-        continue;
-      }
-      const scales = weights.get(scaleName(name));
-      if (!scales) throw new EngineError(`${enginePath}: weight-only "${name}" has no "${scaleName(name)}"`);
-      t.wo.scales = scales.ptr;
+      if (!codeSections.has(name) || !name.endsWith(".weight")) continue;
+      // Engines built before descriptors hold weight-only int8 (I8) or int4 (U8) codes.
+      const legacy: QuantDescriptor = {
+        kind: sectionDtype.get(name) === "I8" ? "int8" : "int4",
+        rounding: null,
+        inputScale: 1,
+        weightScale: 1,
+        alpha: 1,
+      };
+      const d = descriptors.get(descriptorName(name)) ?? legacy;
+      t.quant = quantOf(name, d, weights, enginePath);
+      if (d.kind === "int4" || d.kind === "fp4") t.cols *= 2; // two codes a byte
     }
+    const kvAlgo = m.quantization.kv_cache_quant_algo;
+    const kvQuant = !kvAlgo
+      ? null
+      : {
+          kind: kvAlgo === "INT8" ? ("int8" as const) : ("fp8" as const),
+          scales: Float32Array.from({ length: m.num_hidden_layers }, (_, l) => {
+            const name = `transformer.layers.${l}.attention.kv_cache_scaling_factor`;
+            const v =
+              sectionDtype.get(name) === "F32" ? new Float32Array(file.read(name).slice().buffer)[0] : Number.NaN;
+            if (!(v > 0)) throw new EngineError(`${enginePath}: ${kvAlgo} KV cache needs a positive float32 "${name}"`);
+            return v;
+          }),
+        };
     const maxSeqs = b.max_batch_size * b.max_beam_width;
     const qkv = (m.num_attention_heads + 2 * m.num_key_value_heads) * m.head_size;
     return new CudaBackend(
@@ -86,8 +104,35 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
         headSize: m.head_size,
       },
       ropeSpec(m).invFreq,
+      kvQuant,
     );
   } finally {
     file.close();
   }
+}
+
+/** A quantized layer's scales and input handling, from its companion sections (weight-layout.ts). */
+function quantOf(name: string, d: QuantDescriptor, weights: Map<string, CudaTensor>, where: string): CudaQuant {
+  const ptrOf = (suffix: string) => weights.get(companionName(name, suffix))?.ptr ?? 0;
+  const groupScales = weights.get(companionName(name, "weights_scaling_factor"));
+  const grouped = d.kind === "int4" && groupScales !== undefined;
+  const scales = grouped ? groupScales.ptr : (weights.get(scaleName(name))?.ptr ?? 0);
+  const blocks = ptrOf("weights_block_scaling_factor");
+  if ((d.kind === "int8" || (d.kind === "int4" && !grouped)) && d.rounding === null && scales === 0) {
+    throw new EngineError(`${where}: weight-only "${name}" has no "${scaleName(name)}"`);
+  }
+  if (d.kind === "fp4" && blocks === 0) {
+    throw new EngineError(`${where}: NVFP4 "${name}" has no "${companionName(name, "weights_block_scaling_factor")}"`);
+  }
+  const prequant = ptrOf("prequant_scaling_factor");
+  return {
+    kind: d.kind,
+    scales,
+    zeros: ptrOf("zero"),
+    groups: grouped ? groupScales.cols : 0,
+    blocks,
+    weightScale: d.weightScale,
+    alpha: d.alpha,
+    input: d.rounding === null ? null : { rounding: d.rounding, prequant, scale: d.inputScale },
+  };
 }

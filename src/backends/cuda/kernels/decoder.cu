@@ -5,6 +5,7 @@
 
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #if KILN_DTYPE == 0
 typedef float T;
@@ -25,6 +26,46 @@ __device__ __forceinline__ T fromf(float x) { return __float2bfloat16_rn(x); }
 
 // Rounds through T: what a framework computing in the model dtype stores.
 __device__ __forceinline__ float rnd(float x) { return tof(fromf(x)); }
+
+// E4M3: subnormals m·2^-9, normals (1 + m/8)·2^(e−7); 0x7f and 0xff are NaN.
+__device__ __forceinline__ float e4m3_value(unsigned int code) {
+  const unsigned int e = (code >> 3) & 15, m = code & 7;
+  const float mag = (code & 0x7f) == 0x7f ? __int_as_float(0x7fc00000)
+                    : e == 0             ? (float)m * 0.001953125f
+                                         : __int_as_float((int)((e + 120) << 23 | m << 20));
+  return code & 0x80 ? -mag : mag;
+}
+
+// E2M1: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives.
+__device__ __forceinline__ float e2m1_value(unsigned int code) {
+  const unsigned int m = code & 7;
+  const float mag = m < 4 ? 0.5f * (float)m : (float)(1 << ((m >> 1) - 1)) * (1.f + 0.5f * (float)(m & 1));
+  return code & 8 ? -mag : mag;
+}
+
+// The KV cache's element, compiled per engine with -DKILN_KV=0 (T), 1 (INT8) or 2 (FP8 E4M3). A quantized
+// cache stores x / scale (one scale a layer, TensorRT-LLM's kv_cache_scaling_factor): INT8 rounded half up and
+// clamped to ±127, as the cpu backend stores it; FP8 rounded to the nearest E4M3 value, saturating.
+#ifndef KILN_KV
+#define KILN_KV 0
+#endif
+#if KILN_KV == 0
+typedef T KV;
+__device__ __forceinline__ KV kv_put(float x, float) { return fromf(x); }
+__device__ __forceinline__ float kv_get(KV v, float) { return tof(v); }
+#elif KILN_KV == 1
+typedef signed char KV;
+__device__ __forceinline__ KV kv_put(float x, float scale) {
+  return (KV)fminf(127.f, fmaxf(-127.f, floorf(x * (1.f / scale) + 0.5f)));
+}
+__device__ __forceinline__ float kv_get(KV v, float scale) { return (float)v * scale; }
+#else
+typedef unsigned char KV;
+__device__ __forceinline__ KV kv_put(float x, float scale) {
+  return __nv_cvt_float_to_fp8(x / scale, __NV_SATFINITE, __NV_E4M3);
+}
+__device__ __forceinline__ float kv_get(KV v, float scale) { return e4m3_value(v) * scale; }
+#endif
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
@@ -47,6 +88,18 @@ __device__ float block_sum(float v) {
   const int warps = blockDim.x >> 5;
   v = lane < warps ? partial[lane] : 0.f;
   return warp_sum(v);
+}
+
+// Maximum over the block; every thread gets the result.
+__device__ float block_max(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < (blockDim.x >> 5) ? partial[lane] : NEG_INF;
+  return warp_max(v);
 }
 
 // out[r] = table[ids[r]]; grid = rows.
@@ -170,16 +223,11 @@ extern "C" __global__ void __launch_bounds__(256) gemv(void* y, int y_f32, const
   }
 }
 
-// The GEMV above for weight-only int8 or int4 weights, laid out by kiln build as [out, in] int8, or [out, in/2]
-// bytes of int4 pairs along in (the even element in the low nibble). Per channel (W8A16, W4A16):
-// y = (x · q) · scales[o]. Group-wise (W4A16_GPTQ, groups > 0): w = q · gs[o, g] + gz[o, g] over groups of
-// in / groups inputs, a multiple of the 32 weights of one load. Needs in a multiple of 32 and 16-byte aligned
-// x rows (the caller checks).
+// Element k of the T values packed in a 16-byte load, from shifts on its words (no address taken).
 __device__ __forceinline__ unsigned int word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-// Element k of the T values packed in a 16-byte load, from shifts on its words (no address taken).
 __device__ __forceinline__ float t_of(const uint4& v, int k) {
 #if KILN_DTYPE == 0
   return __uint_as_float(word_of(v, k));
@@ -190,18 +238,45 @@ __device__ __forceinline__ float t_of(const uint4& v, int k) {
 #endif
 }
 
-template <int R, int BITS, bool GROUPED>
-__device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, const unsigned char* w,
-                                             const float* scales, const float* zeros, int groups, int in,
-                                             int out) {
+// The quantized weights a linear layer may hold, as kiln build lays them out [out, ·] for these kernels
+// (backends/cuda/weight-layout.ts): int8 codes; int4 pairs along in (the even element in the low nibble);
+// E4M3 bytes; E2M1 pairs (NVFP4) with an E4M3 scale per 16 weights. A weight "unit" is the code's value
+// (times its group or block scale); the per-channel scales, the input's scale and ModelOpt's alpha multiply
+// the output.
+#define QK_INT8 0
+#define QK_INT4 1
+#define QK_FP8 2
+#define QK_FP4 3
+
+// Weight k (0 ≤ k < per load) of a 16-byte load of kind K, as a float code value.
+template <int K>
+__device__ __forceinline__ float q_weight(const uint4& v, int k) {
+  if (K == QK_INT8) return (float)(signed char)((word_of(v, k >> 2) >> (8 * (k & 3))) & 255);
+  if (K == QK_FP8) return e4m3_value((word_of(v, k >> 2) >> (8 * (k & 3))) & 255);
+  const unsigned int nib = (word_of(v, k >> 3) >> (4 * (k & 7))) & 15;
+  if (K == QK_FP4) return e2m1_value(nib);
+  return (float)(nib >= 8 ? (int)nib - 16 : (int)nib);
+}
+
+// y[r, o] = out_scale · row_scale[r] · scales[o] · Σ_i x[r, i] · w[o, i] (+ bias[o]) for a decode step's rows,
+// w decoded from its codes as it streams (one warp an output row, GEMV_UNROLL 16-byte loads in flight per
+// lane; only registers: the loaded words are read by shifts, never through their address). Group-wise int4
+// (groups > 0): w = q · gs[o, g] (+ gz[o, g] where zeros are given) over groups of in / groups inputs, a
+// multiple of a load's 32; FP4: w = e2m1 · e4m3(block[o, i / 16]). scales, row_scale, zeros and bias may be
+// null. Needs in a multiple of 32 and 16-byte aligned x rows. grid = ceil(out / 8), 256 threads.
+template <int R, int K>
+__device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, const unsigned char* w, const float* scales,
+                                            const float* zeros, const unsigned char* blocks, int groups, int in, int out,
+                                            float out_scale, const float* row_scale, const T* bias) {
   const int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (o >= out) return;
-  constexpr int PER = BITS == 8 ? 16 : 32;  // weights in one 16-byte load
-  constexpr int XV = 16 / sizeof(T);        // x values in one 16-byte load
-  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)o * in * BITS / 8);
+  constexpr int PER = (K == QK_INT8 || K == QK_FP8) ? 16 : 32;  // weights in one 16-byte load
+  constexpr int XV = 16 / sizeof(T);                           // x values in one 16-byte load
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)o * (PER == 16 ? in : in / 2));
   const int nvec = in / PER;
-  const int loadsPerGroup = GROUPED ? nvec / groups : 1;
+  const bool grouped = K == QK_INT4 && groups > 0;
+  const int loadsPerGroup = grouped ? nvec / groups : 1;
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
@@ -212,22 +287,19 @@ __device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, con
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
       if (v >= nvec) break;
+      // dot: Σ w·x over the load (each half of an FP4 load under its own block scale); sum: Σ x, for zeros.
       float dot[R], sum[R];
 #pragma unroll
       for (int r = 0; r < R; r++) dot[r] = sum[r] = 0.f;
 #pragma unroll
       for (int j = 0; j < PER / XV; j++) {
-        // XV weights decoded at a time, so few are live at once.
         float wf[XV];
 #pragma unroll
-        for (int k = 0; k < XV; k++) {
-          const int e = j * XV + k;
-          // Shifts on the loaded words, never their address: taking it would put wv in local memory.
-          if (BITS == 8) wf[k] = (float)(signed char)((word_of(wv[u], e >> 2) >> (8 * (e & 3))) & 255);
-          else {
-            const int nib = (word_of(wv[u], e >> 3) >> (4 * (e & 7))) & 15;
-            wf[k] = (float)(nib >= 8 ? nib - 16 : nib);
-          }
+        for (int k = 0; k < XV; k++) wf[k] = q_weight<K>(wv[u], j * XV + k);
+        if (K == QK_FP4) {
+          const float bs = e4m3_value(blocks[((size_t)o * in + (size_t)v * PER + j * XV) / 16]);
+#pragma unroll
+          for (int k = 0; k < XV; k++) wf[k] *= bs;
         }
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -236,13 +308,14 @@ __device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, con
           for (int k = 0; k < XV; k++) {
             const float xk = t_of(xv, k);
             dot[r] += wf[k] * xk;
-            if (GROUPED) sum[r] += xk;
+            if (grouped && zeros != nullptr) sum[r] += xk;
           }
         }
       }
-      if (GROUPED) {
+      if (grouped) {
         const int g = v / loadsPerGroup;
-        const float gs = scales[(size_t)o * groups + g], gz = zeros[(size_t)o * groups + g];
+        const float gs = scales[(size_t)o * groups + g];
+        const float gz = zeros != nullptr ? zeros[(size_t)o * groups + g] : 0.f;
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r] += gs * dot[r] + gz * sum[r];
       } else {
@@ -251,51 +324,129 @@ __device__ __forceinline__ void gemv_wo_rows(void* y, int y_f32, const T* x, con
       }
     }
   }
-  gemv_store<R>(y, y_f32, acc, GROUPED ? 1.f : scales[o], o, out, lane);
-}
-
-#define GEMV_WO_CASE(R)                                                                 \
-  case R:                                                                               \
-    if (groups > 0) gemv_wo_rows<R, 4, true>(y, y_f32, x, w, scales, zeros, groups, in, out); \
-    else if (bits == 8) gemv_wo_rows<R, 8, false>(y, y_f32, x, w, scales, zeros, 0, in, out); \
-    else gemv_wo_rows<R, 4, false>(y, y_f32, x, w, scales, zeros, 0, in, out);                \
-    break;
-
-// groups > 0: group-wise int4 with scales and zeros [out, groups]; else per-channel int8 or int4 scales [out].
-extern "C" __global__ void __launch_bounds__(256) gemv_wo(void* y, int y_f32, const T* x, const unsigned char* w,
-                                                          const float* scales, const float* zeros, int groups,
-                                                          int bits, int rows, int in, int out) {
-  switch (rows) {
-    GEMV_WO_CASE(1)
-    GEMV_WO_CASE(2)
-    GEMV_WO_CASE(3)
-    GEMV_WO_CASE(4)
-    GEMV_WO_CASE(5)
-    GEMV_WO_CASE(6)
-    GEMV_WO_CASE(7)
-    default:
-      GEMV_WO_CASE(8)
+  const float channel = (!grouped && scales != nullptr ? scales[o] : 1.f) * out_scale;
+  const float b = bias != nullptr ? tof(bias[o]) : 0.f;
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const float s = warp_sum(acc[r]) * channel * (row_scale != nullptr ? row_scale[r] : 1.f);
+    if (lane == 0) {
+      if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s + b;
+      else reinterpret_cast<T*>(y)[(size_t)r * out + o] = bias != nullptr ? fromf(rnd(s) + b) : fromf(s);
+    }
   }
 }
 
-// A weight-only weight dequantized to T [out, in] for steps too wide for the GEMV: q · scale[o], or, group-wise
-// (groups > 0), q · gs[o, g] + gz[o, g].
-extern "C" __global__ void dequant_wo(T* out, const unsigned char* w, const float* scales, const float* zeros,
-                                      int groups, int bits, int in, long n) {
+// One kernel a weight kind, so that each gets the registers its own decoding needs.
+#define GEMV_Q_ARGS y, y_f32, x, w, scales, zeros, blocks, groups, in, out, out_scale, row_scale, bias
+#define GEMV_Q_CASE(R, K) \
+  case R:                 \
+    gemv_q_rows<R, K>(GEMV_Q_ARGS); \
+    break;
+#define GEMV_Q_KERNEL(NAME, K)                                                                                   \
+  extern "C" __global__ void __launch_bounds__(256)                                                             \
+  NAME(void* y, int y_f32, const T* x, const unsigned char* w, const float* scales, const float* zeros,         \
+       const unsigned char* blocks, int groups, int rows, int in, int out, float out_scale, const float* row_scale, \
+       const T* bias) {                                                                                          \
+    switch (rows) {                                                                                              \
+      GEMV_Q_CASE(1, K)                                                                                          \
+      GEMV_Q_CASE(2, K)                                                                                          \
+      GEMV_Q_CASE(3, K)                                                                                          \
+      GEMV_Q_CASE(4, K)                                                                                          \
+      GEMV_Q_CASE(5, K)                                                                                          \
+      GEMV_Q_CASE(6, K)                                                                                          \
+      GEMV_Q_CASE(7, K)                                                                                          \
+      default:                                                                                                   \
+        GEMV_Q_CASE(8, K)                                                                                        \
+    }                                                                                                            \
+  }
+
+GEMV_Q_KERNEL(gemv_q_int8, QK_INT8)
+GEMV_Q_KERNEL(gemv_q_int4, QK_INT4)
+GEMV_Q_KERNEL(gemv_q_fp8, QK_FP8)
+GEMV_Q_KERNEL(gemv_q_fp4, QK_FP4)
+
+// A quantized weight dequantized to T [out, in] for steps too wide for the GEMV: its code values times its
+// per-channel, group or block scale and `weight_scale` (the input's scale and alpha go to the GEMM).
+extern "C" __global__ void dequant_q(T* out, const unsigned char* w, const float* scales, const float* zeros,
+                                     const unsigned char* blocks, int groups, int kind, int in, long n,
+                                     float weight_scale) {
   for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < n; e += (long)gridDim.x * blockDim.x) {
     const long o = e / in;
-    int q;
-    if (bits == 8) q = (signed char)w[e];
+    float q;
+    if (kind == QK_INT8) q = (float)(signed char)w[e];
+    else if (kind == QK_FP8) q = e4m3_value(w[e]);
     else {
-      const int nib = (e & 1) ? (w[e >> 1] >> 4) : (w[e >> 1] & 15);
-      q = nib >= 8 ? nib - 16 : nib;
+      const unsigned int nib = (e & 1) ? (w[e >> 1] >> 4) : (w[e >> 1] & 15);
+      q = kind == QK_FP4 ? e2m1_value(nib) : (float)(nib >= 8 ? (int)nib - 16 : (int)nib);
     }
-    if (groups > 0) {
+    float v;
+    if (kind == QK_FP4) v = q * e4m3_value(blocks[e / 16]);
+    else if (kind == QK_INT4 && groups > 0) {
       const long g = (e % in) / (in / groups);
-      out[e] = fromf((float)q * scales[o * groups + g] + zeros[o * groups + g]);
-    } else {
-      out[e] = fromf((float)q * scales[o]);
+      v = q * scales[o * groups + g] + (zeros != nullptr ? zeros[o * groups + g] : 0.f);
+    } else v = scales != nullptr ? q * scales[o] : q;
+    out[e] = fromf(v * weight_scale);
+  }
+}
+
+// What a quantized layer's format does to its input first, one block a row: x · prequant (when given), then
+// the rounding the format applies: none (AWQ), E4M3 or int8 with a static scale, int8 with the row's own
+// scale (amax / 127, written to row_scale), or NVFP4 (E2M1 per 16 inputs under an E4M3 block scale relative to
+// the global scale). Writes the rounded values in units of the input's scale (so the GEMV's output carries
+// it), or, with `dequantize`, the values themselves (for a GEMM on dequantized weights).
+#define QIN_NONE 0
+#define QIN_FP8 1
+#define QIN_INT8 2
+#define QIN_INT8_TOKEN 3
+#define QIN_FP4 4
+
+__device__ __forceinline__ float e4m3_round(float x) {
+  return e4m3_value(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
+}
+
+// Round to nearest, ties to even, saturating at ±6, on E2M1's grid.
+__device__ __forceinline__ float e2m1_round(float x) {
+  const float a = fabsf(x);
+  const float m = a <= 0.25f ? 0.f : a < 0.75f ? 0.5f : a <= 1.25f ? 1.f : a < 1.75f ? 1.5f : a <= 2.5f ? 2.f
+                  : a < 3.5f ? 3.f : a <= 5.f ? 4.f : 6.f;
+  return x < 0.f ? -m : m;
+}
+
+__device__ __forceinline__ float int8_round(float x) { return fminf(127.f, fmaxf(-127.f, rintf(x))); }
+
+extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, const float* prequant, int mode,
+                                         float scale, int cols, int dequantize) {
+  const size_t o = (size_t)blockIdx.x * cols;
+  const T* xr = x + o;
+  T* yr = out + o;
+  auto in = [&](int i) { return prequant != nullptr ? tof(xr[i]) * prequant[i] : tof(xr[i]); };
+  if (mode == QIN_FP4) {
+    for (int b = threadIdx.x; b < cols / 16; b += blockDim.x) {
+      float amax = 0.f;
+      for (int i = 16 * b; i < 16 * b + 16; i++) amax = fmaxf(amax, fabsf(in(i)));
+      const float d = e4m3_round(amax / 6.f / scale);
+      const float effective = d * scale;
+      for (int i = 16 * b; i < 16 * b + 16; i++) {
+        const float q = effective == 0.f ? 0.f : e2m1_round(in(i) / effective);
+        yr[i] = fromf(dequantize ? q * effective : q * d);
+      }
     }
+    return;
+  }
+  float s = scale;
+  if (mode == QIN_INT8_TOKEN) {
+    float amax = 0.f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) amax = fmaxf(amax, fabsf(in(i)));
+    s = fmaxf(block_max(amax), 1e-12f) / 127.f;
+    if (threadIdx.x == 0 && !dequantize) row_scale[blockIdx.x] = s;
+  }
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float v = in(i);
+    float q;
+    if (mode == QIN_NONE) q = rnd(v);
+    else if (mode == QIN_FP8) q = e4m3_round(v / s);
+    else q = int8_round(v / s);
+    yr[i] = fromf(dequantize && mode != QIN_NONE ? q * s : q);
   }
 }
 
@@ -409,8 +560,8 @@ __device__ __forceinline__ void pick_row(const float (&acc)[2][R], int r, float&
 template <int R>
 __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, const T* delta, const T* norm_w,
                                    float eps, const T* w, const T* bias, const int* positions, const int* slots,
-                                   T* kcache, T* vcache, const float* inv_freq, int in, int num_heads, int num_kv,
-                                   int head, int rotary) {
+                                   KV* kcache, KV* vcache, float kv_scale, const float* inv_freq, int in,
+                                   int num_heads, int num_kv, int head, int rotary) {
   T* xs = reinterpret_cast<T*>(dynamic_shared());
   norm_rows<R>(xs, residual, delta, residual_out, norm_w, in, eps);
   const int heads = num_heads + 2 * num_kv;
@@ -445,9 +596,9 @@ __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, c
   const int slot = slots[r];
   if (h < num_heads || slot < 0) return;
   const bool isK = h < num_heads + num_kv;
-  T* cache = (isK ? kcache : vcache) + (size_t)slot * num_kv * head + (h - num_heads - (isK ? 0 : num_kv)) * head;
-  cache[da] = fromf(a);
-  cache[db] = fromf(b);
+  KV* cache = (isK ? kcache : vcache) + (size_t)slot * num_kv * head + (h - num_heads - (isK ? 0 : num_kv)) * head;
+  cache[da] = kv_put(a, kv_scale);
+  cache[db] = kv_put(b, kv_scale);
 }
 
 // out = silu(g) · u where [g ; u] = (rmsnorm(residual + delta) · w_norm) · wᵀ + bias: w is the fused fc|gate
@@ -492,11 +643,12 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
 
 extern "C" __global__ void __launch_bounds__(256)
 norm_qkv_rope(T* qkv, T* residual_out, const T* residual, const T* delta, const T* norm_w, float eps, const T* w,
-              const T* bias, const int* positions, const int* slots, T* kcache, T* vcache, const float* inv_freq,
+              const T* bias, const int* positions, const int* slots, KV* kcache, KV* vcache, float kv_scale,
+              const float* inv_freq,
               int rows, int in, int num_heads, int num_kv, int head, int rotary) {
 #define QKV_CALL(R)                                                                                             \
   norm_qkv_rope_rows<R>(qkv, residual_out, residual, delta, norm_w, eps, w, bias, positions, slots, kcache,   \
-                        vcache, inv_freq, in, num_heads, num_kv, head, rotary)
+                        vcache, kv_scale, inv_freq, in, num_heads, num_kv, head, rotary)
   FUSED_ROWS(QKV_CALL)
 #undef QKV_CALL
 }
@@ -509,10 +661,19 @@ norm_gated_mlp(T* out, T* residual_out, const T* residual, const T* delta, const
 #undef MLP_CALL
 }
 
+// out = silu(a) · b elementwise, for fc and gate held as two layers (formats that round each one's input).
+extern "C" __global__ void silu_mul_pair(T* out, const T* a, const T* b, long n) {
+  for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < n; e += (long)gridDim.x * blockDim.x) {
+    const float v = tof(a[e]);
+    out[e] = fromf(rnd(v / (1.f + __expf(-v))) * tof(b[e]));
+  }
+}
+
 // Adds the qkv bias (when given), rotates q and k of each qkv row (gpt-neox halves) at its position and writes k and v to the row's KV cache
 // slot (skipped for slot < 0: padding). Cache layout: [slot][kv head][head dim]. grid = rows.
-extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* positions, const int* slots, T* kcache,
-                                      T* vcache, const float* inv_freq, int num_heads, int num_kv, int head, int rotary) {
+extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* positions, const int* slots, KV* kcache,
+                                      KV* vcache, float kv_scale, const float* inv_freq, int num_heads, int num_kv,
+                                      int head, int rotary) {
   const int r = blockIdx.x;
   const int stride = (num_heads + 2 * num_kv) * head;
   T* row = qkv + (size_t)r * stride;
@@ -540,8 +701,8 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
   const T* k = row + num_heads * head;
   const T* vv = k + kv;
   for (int i = threadIdx.x; i < kv; i += blockDim.x) {
-    kcache[(size_t)slot * kv + i] = k[i];
-    vcache[(size_t)slot * kv + i] = vv[i];
+    kcache[(size_t)slot * kv + i] = kv_put(tof(k[i]), kv_scale);
+    vcache[(size_t)slot * kv + i] = kv_put(tof(vv[i]), kv_scale);
   }
 }
 
@@ -553,7 +714,8 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
 // together), lanes split the head dimension, and the warps' results are merged in shared memory. On return
 // (after a barrier) ml[0] is the block's maximum score (−∞ when the range is empty), ml[1] the sum of
 // exp(score − max) and acc[d] the sum of exp(score − max) · v[d].
-__device__ void attend(const T* q, const T* kcache, const T* vcache, const int* table, int t_begin, int t_end, int kvh,
+__device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table, int t_begin,
+                       int t_end, int kvh,
                        int num_kv, int head, int tpb, float scale, float* ml, float* acc_out) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int per_lane = (head + 31) / 32;  // ≤ MAX_HEAD / 32
@@ -577,7 +739,7 @@ __device__ void attend(const T* q, const T* kcache, const T* vcache, const int* 
 #pragma unroll
       for (int j = 0; j < MAX_HEAD / 32; j++) {
         const int d = lane + 32 * j;
-        if (j < per_lane && d < head) s[u] += qv[j] * tof(kcache[base[u] + d]);
+        if (j < per_lane && d < head) s[u] += qv[j] * kv_get(kcache[base[u] + d], kv_scale);
       }
     }
 #pragma unroll
@@ -594,7 +756,7 @@ __device__ void attend(const T* q, const T* kcache, const T* vcache, const int* 
       if (j < per_lane && d < head) {
         float a = acc[j] * correction;
 #pragma unroll
-        for (int u = 0; u < 4; u++) a += p[u] * tof(vcache[base[u] + d]);
+        for (int u = 0; u < 4; u++) a += p[u] * kv_get(vcache[base[u] + d], kv_scale);
         acc[j] = a;
       }
     }
@@ -631,7 +793,7 @@ __device__ void attend(const T* q, const T* kcache, const T* vcache, const int* 
 // Causal attention of each query row and head over its sequence: row_seq[r] is the row's sequence (-1:
 // padding), row_pos[r] its position (it sees keys 0..pos). grid = (rows, num_heads), block = 32 × ATT_WARPS.
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
-attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row_seq, const int* row_pos,
+attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq, const int* row_pos,
           const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
   const int r = blockIdx.x, h = blockIdx.y;
   const int seq = row_seq[r];
@@ -642,7 +804,7 @@ attention(T* out, const T* qkv, const T* kcache, const T* vcache, const int* row
   }
   __shared__ float ml[2], acc[MAX_HEAD];
   const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
-  attend(q, kcache, vcache, block_tables + (size_t)seq * max_blocks, 0, row_pos[r] + 1, h / (num_heads / num_kv), num_kv,
+  attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, 0, row_pos[r] + 1, h / (num_heads / num_kv), num_kv,
          head, tpb, scale, ml, acc);
   for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(acc[d] / ml[1]);
 }
@@ -730,16 +892,6 @@ extern "C" __global__ void argmax_final(int* tokens, float* logprobs, const floa
 // before truncation, as the cpu sampler reports it.
 #define SAMPLE_THREADS 1024
 
-__device__ float block_max(float v) {
-  __shared__ float partial[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < (blockDim.x >> 5) ? partial[lane] : NEG_INF;
-  return warp_max(v);
-}
 
 __device__ unsigned long long splitmix64(unsigned long long x) {
   x += 0x9e3779b97f4a7c15ULL;
@@ -850,7 +1002,8 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
 #define ATT_CHUNK 256
 
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
-attention_split(float* partial, const T* qkv, const T* kcache, const T* vcache, const int* row_seq, const int* row_pos,
+attention_split(float* partial, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq,
+                const int* row_pos,
                 const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
   const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z;
   float* part = partial + (((size_t)r * num_heads + h) * gridDim.z + c) * (head + 2);
@@ -862,7 +1015,7 @@ attention_split(float* partial, const T* qkv, const T* kcache, const T* vcache, 
     return;
   }
   const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
-  attend(q, kcache, vcache, block_tables + (size_t)seq * max_blocks, t_begin, t_end, h / (num_heads / num_kv), num_kv,
+  attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end, h / (num_heads / num_kv), num_kv,
          head, tpb, scale, part, part + 2);
 }
 
