@@ -14,8 +14,10 @@ import { CudaDevice } from "../src/backends/cuda/driver.js";
 import type { CudaExecutor } from "../src/backends/cuda/executor.js";
 import { buildEngine } from "../src/builder/build-engine.js";
 import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import type { Activations } from "../src/quantization/calibration.js";
+import type { KvCacheDtype, QFormat } from "../src/quantization/quantize-plan.js";
 import { LLM } from "../src/runtime/llm.js";
-import { QWEN25_05B, writeRandomQwen2 } from "./random-model.js";
+import { QWEN25_05B, type Qwen2Shape, writeRandomQwen2 } from "./random-model.js";
 
 export interface BenchOptions {
   /** Where the random model, checkpoint and engine go. */
@@ -26,8 +28,42 @@ export interface BenchOptions {
   hf?: string;
   /** 32 sequences instead of 256 in the nano-vllm workload. */
   quick?: boolean;
-  /** Weight-only quantization of the bench model (kiln quantize's int8_wo / int4_wo); default bf16. */
-  qformat?: "int8_wo" | "int4_wo";
+  /** kiln quantize's format for the bench model's linear layers; default bf16. */
+  qformat?: QFormat;
+  /** A quantized KV cache; default bf16. */
+  kvCacheDtype?: KvCacheDtype;
+}
+
+/**
+ * Activation statistics for quantizing the random bench model without a calibration run (random weights
+ * make calibrated statistics meaningless, and AWQ's search in TypeScript over a 0.5B model takes long):
+ * every linear input channel's range 4, every layer's KV range 8, and AWQ with unit scales and no clipping
+ * instead of its searches. What the bench measures, speed, does not depend on them.
+ */
+export function standInActivations(s: Qwen2Shape): Activations {
+  const linearInputAmax = new Map<string, Float32Array>();
+  const linearOutputAmax = new Map<string, number>();
+  const inputs: [string, number][] = [
+    ["attention.qkv", s.hidden],
+    ["attention.dense", s.hidden],
+    ["mlp.fc", s.hidden],
+    ["mlp.gate", s.hidden],
+    ["mlp.proj", s.inter],
+  ];
+  for (let l = 0; l < s.layers; l++) {
+    for (const [m, inDim] of inputs) {
+      const name = `transformer.layers.${l}.${m}.weight`;
+      linearInputAmax.set(name, new Float32Array(inDim).fill(4));
+      linearOutputAmax.set(name, 4);
+    }
+  }
+  return {
+    linearInputs: new Map(),
+    linearInputAmax,
+    linearOutputAmax,
+    kvAmax: new Float32Array(s.layers).fill(8),
+    standIn: true,
+  };
 }
 
 let rng = 0;
@@ -55,8 +91,23 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
   const ckpt = path.join(work, "ckpt");
   const engine = path.join(work, "engine");
   if (!fs.existsSync(path.join(hfDir, "model.safetensors"))) writeRandomQwen2(hfDir, QWEN25_05B);
-  const weightOnlyBits = args.qformat === "int8_wo" ? 8 : args.qformat === "int4_wo" ? 4 : undefined;
-  await convertHfCheckpoint({ modelDir: hfDir, outputDir: ckpt, dtype: "bfloat16", overwrite: true, weightOnlyBits });
+  const quantized = (args.qformat && args.qformat !== "full_prec") || args.kvCacheDtype;
+  await convertHfCheckpoint({
+    modelDir: hfDir,
+    outputDir: ckpt,
+    dtype: "bfloat16",
+    overwrite: true,
+    ...(quantized && {
+      quantize: {
+        qformat: args.qformat ?? "full_prec",
+        kvCacheDtype: args.kvCacheDtype,
+        awqBlockSize: 128,
+        quantizeLmHead: false,
+        calibSize: 1,
+      },
+      activations: standInActivations(QWEN25_05B),
+    }),
+  });
   const before = device.memInfo();
   await buildEngine({
     checkpointDir: ckpt,
@@ -68,7 +119,7 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
   const llm = await LLM.load(engine);
   const results: Record<string, number | string> = {
     device: device.name,
-    model: `Qwen2.5-0.5B shape, random bf16 weights${args.qformat ? `, ${args.qformat}` : ""}`,
+    model: `Qwen2.5-0.5B shape, random bf16 weights${args.qformat ? `, ${args.qformat}` : ""}${args.kvCacheDtype ? `, ${args.kvCacheDtype} KV cache` : ""}`,
   };
 
   // Batch-1 decode, input 128, output 128: decode steps only (the first token is the prefill's).
@@ -128,7 +179,13 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
       hf: { type: "string" },
       quick: { type: "boolean" },
       qformat: { type: "string" },
+      kv_cache_dtype: { type: "string" },
     },
   });
-  await runBench({ ...values, qformat: values.qformat as BenchOptions["qformat"] });
+  const { kv_cache_dtype, ...rest } = values;
+  await runBench({
+    ...rest,
+    qformat: values.qformat as BenchOptions["qformat"],
+    kvCacheDtype: kv_cache_dtype as BenchOptions["kvCacheDtype"],
+  });
 }

@@ -1,7 +1,8 @@
-// The quantization table of docs/quantization.md, on the bundled demo model and this machine's CPU: for each
-// qformat and KV cache dtype, kiln quantize → build → eval (held-out perplexity) and a batch-1 decode timing,
-// next to full precision. Writes bench/results/quantization-demo.{json,md}.
-//   node dist/bench/quant-table.js [--max_tokens 4000] [--out bench/results/quantization-demo]
+// The quantization table of docs/quantization.md, on the bundled demo model: for each qformat and KV cache
+// dtype, kiln quantize → build → eval (held-out perplexity) and a batch-1 decode timing, next to full
+// precision, on the cpu backend (bench/results/quantization-demo.{json,md}) or, on a GPU machine, the cuda
+// backend (the same checkpoints: calibration is deterministic).
+//   node dist/bench/quant-table.js [--backend cpu|cuda] [--max_tokens 4000] [--out bench/results/quantization-demo]
 
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -20,6 +21,7 @@ const MODEL = path.join(ROOT, "models", "demo");
 const { values: args } = parseArgs({
   options: {
     max_tokens: { type: "string", default: "4000" },
+    backend: { type: "string", default: "cpu" },
     out: { type: "string", default: path.join(ROOT, "bench", "results", "quantization-demo") },
     /** Internal: measure one case ("qformat:kv") in this process and print its row as JSON. */
     case: { type: "string" },
@@ -50,6 +52,7 @@ const CASES: [QFormat, KvCacheDtype | null][] = [
   ["full_prec", "fp8"],
 ];
 
+const BACKEND = args.backend === "cuda" ? "cuda" : "cpu";
 const dirBytes = (dir: string) => fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
 
 async function measure(qformat: QFormat, kv: KvCacheDtype | null, ids: number[], work: string): Promise<Row> {
@@ -66,7 +69,7 @@ async function measure(qformat: QFormat, kv: KvCacheDtype | null, ids: number[],
   await buildEngine({
     checkpointDir: ckpt,
     outputDir: evalEngine,
-    backend: "cpu",
+    backend: BACKEND,
     request: { gather_context_logits: true, max_batch_size: 4, max_input_len: 512, max_seq_len: 513 },
   });
   const llm = await LLM.load(evalEngine);
@@ -74,7 +77,7 @@ async function measure(qformat: QFormat, kv: KvCacheDtype | null, ids: number[],
   llm.dispose();
   // Decode speed: one sequence, 16 prompt tokens, 128 new ones, on an engine that gathers no logits.
   const runEngine = `${ckpt}-run`;
-  await buildEngine({ checkpointDir: ckpt, outputDir: runEngine, backend: "cpu", request: { max_batch_size: 1 } });
+  await buildEngine({ checkpointDir: ckpt, outputDir: runEngine, backend: BACKEND, request: { max_batch_size: 1 } });
   const run = await LLM.load(runEngine);
   run.generate([ids.slice(0, 16)], { maxNewTokens: 8, endId: null }); // warm up
   const t1 = performance.now();
@@ -110,7 +113,7 @@ if (args.case) {
   for (const [q, kv] of CASES) {
     const child = spawnSync(
       process.execPath,
-      [process.argv[1], "--case", `${q}:${kv ?? ""}`, "--max_tokens", args.max_tokens ?? "4000"],
+      [process.argv[1], "--case", `${q}:${kv ?? ""}`, "--max_tokens", args.max_tokens ?? "4000", "--backend", BACKEND],
       { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
     );
     if (child.status !== 0) throw new Error(`${q} ${kv}: exit ${child.status}`);
@@ -121,9 +124,12 @@ if (args.case) {
     );
   }
   const base = rows[0].perplexity;
-  const machine = `${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, Node ${process.version}`;
+  const machine =
+    BACKEND === "cuda"
+      ? `${(await import("../src/backends/cuda/driver.js")).CudaDevice.open().name}, Node ${process.version}`
+      : `${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, Node ${process.version}`;
   const lines = [
-    "| qformat | KV cache | quant_algo | perplexity | vs full precision | checkpoint | cpu decode (batch 1) |",
+    `| qformat | KV cache | quant_algo | perplexity | vs full precision | checkpoint | ${BACKEND} decode (batch 1) |`,
     "| --- | --- | --- | --- | --- | --- | --- |",
     ...rows.map(
       (r) =>
@@ -133,7 +139,7 @@ if (args.case) {
   const md = [
     "# kiln quantize on the demo model",
     "",
-    `Held-out Brown text (\`models/demo/heldout.txt\`), the first ${rows[0].tokensScored + 1} tokens, windows of 512 every 256; float32 checkpoints (what stays unquantized is float32); calibration on 64 Brown texts; cpu backend on ${machine}, each case in its own process. Written by \`node dist/bench/quant-table.js\`.`,
+    `Held-out Brown text (\`models/demo/heldout.txt\`), the first ${rows[0].tokensScored + 1} tokens, windows of 512 every 256; float32 checkpoints (what stays unquantized is float32); calibration on 64 Brown texts; ${BACKEND} backend on ${machine}, each case in its own process. Written by \`node dist/bench/quant-table.js\`.`,
     "",
     ...lines,
     "",

@@ -65,6 +65,11 @@ export interface ConvertOptions {
   int8KvCache?: { calibDataset?: string; calibSize: number };
   /** kiln quantize: a qformat for every linear layer, or quant_cfg.json's table, and a KV cache dtype. */
   quantize?: QuantizeOptions;
+  /**
+   * Activation statistics to quantize with instead of a calibration run: kiln bench's random weights, whose
+   * statistics mean nothing and whose calibration would cost minutes. Not with SmoothQuant or GPTQ.
+   */
+  activations?: Activations;
   overwrite?: boolean;
 }
 
@@ -170,17 +175,21 @@ export async function convertHfCheckpoint(opts: ConvertOptions): Promise<Pretrai
   const awqInputs = modelOpt.some((a) => a === "W4A16_AWQ" || a === "W4A8_AWQ");
   const calibSettings = opts.gptq ?? sq ?? opts.int8KvCache ?? (needsCalibration ? opts.quantize : undefined);
   let sqTensors: Map<string, SqTensor[]> | null = null;
-  const acts = calibSettings
-    ? await calibrate(
-        opts,
-        calibSettings,
-        opts.gptq !== undefined || awqInputs,
-        sq &&
-          ((ckpt, a) => {
-            sqTensors = smoothQuantTensors(ckpt, cfg, a, sq.smooth === false ? null : sq.alpha, sq, target);
-          }),
-      )
-    : null;
+  if (opts.activations && (sq || opts.gptq))
+    throw new UsageError("SmoothQuant and GPTQ calibrate on the model itself: give no activations for them");
+  const acts = opts.activations
+    ? opts.activations
+    : calibSettings
+      ? await calibrate(
+          opts,
+          calibSettings,
+          opts.gptq !== undefined || awqInputs,
+          sq &&
+            ((ckpt, a) => {
+              sqTensors = smoothQuantTensors(ckpt, cfg, a, sq.smooth === false ? null : sq.alpha, sq, target);
+            }),
+        )
+      : null;
   if (sq) {
     cfg.quantization.quant_algo = sqAlgo(sq);
     cfg.quantization.smoothquant_val = sq.alpha;

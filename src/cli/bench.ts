@@ -3,6 +3,7 @@
 
 import { Command, Option } from "commander";
 import { UsageError } from "../errors.js";
+import { KV_CACHE_DTYPES, QFORMATS } from "../quantization/quantize-plan.js";
 
 export function benchCommand(): Command {
   return new Command("bench")
@@ -12,11 +13,12 @@ export function benchCommand(): Command {
     .option("--hf <file>", "merge the transformers baseline that scripts/bench_hf.py wrote in the same run")
     .option("--quick", "32 sequences instead of 256 in the nano-vllm workload", false)
     .addOption(
-      new Option("--qformat <q>", "weight-only quantize the bench model (int8_wo, int4_wo); default bf16").choices([
-        "int8_wo",
-        "int4_wo",
-      ]),
+      new Option(
+        "--qformat <q>",
+        "quantize the bench model as kiln quantize does (stand-in statistics); default bf16",
+      ).choices(QFORMATS),
     )
+    .addOption(new Option("--kv_cache_dtype <d>", "a quantized KV cache; default bf16").choices(KV_CACHE_DTYPES))
     .action(async (o) => {
       let bench: typeof import("../../bench/bench.js");
       try {
@@ -26,6 +28,13 @@ export function benchCommand(): Command {
           `kiln bench needs the bench/ folder of a kiln checkout (${(e as Error).message.split("\n")[0]})`,
         );
       }
-      await bench.runBench({ work: o.work, out: o.out, hf: o.hf, quick: o.quick, qformat: o.qformat });
+      await bench.runBench({
+        work: o.work,
+        out: o.out,
+        hf: o.hf,
+        quick: o.quick,
+        qformat: o.qformat,
+        kvCacheDtype: o.kv_cache_dtype,
+      });
     });
 }

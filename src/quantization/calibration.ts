@@ -85,6 +85,8 @@ export interface Activations {
   linearOutputAmax: Map<string, number>;
   /** Per layer, the largest |q|, |k| or |v| out of the qkv projection (TensorRT-LLM's INT8 KV calibration). */
   kvAmax: Float32Array;
+  /** Stand-ins rather than a calibration run's (kiln bench): scales are set from them, but nothing searched. */
+  standIn?: boolean;
 }
 
 /**

@@ -42,6 +42,8 @@ export function isModelOptAlgo(algo: string | null | undefined): algo is ModelOp
 export interface LinearCalibration {
   inputAmax(globalName: string): Float32Array;
   inputs(globalName: string): LinearInputs;
+  /** false: stand-in statistics, so AWQ keeps unit scales and no clipping instead of searching them. */
+  searchable?: boolean;
 }
 
 export interface ModelOptSettings {
@@ -209,16 +211,27 @@ export function modeloptQuantizer(algo: ModelOptAlgo, calib: LinearCalibration, 
         }
         default: {
           if (!awq) throw new Error(`unreachable: ${algo}`);
-          const captured = evenRows(calib.inputs(globalName), AWQ_ROWS);
-          const x = sliceColumns(captured.x, captured.rows, inputColumns(t));
-          const found = awqSearch({ x, rows: captured.rows, inDim, weights: [{ w, out }], groupSize: s.awqGroupSize });
-          const scaled = applyAwqScales(w, out, inDim, found.scales);
-          // The scaled weight reads x / s: its clipping is judged on those inputs.
-          const xScaled = x.map((v, k) => v / found.scales[k % inDim]);
-          const clip = awqClipSearch(xScaled, captured.rows, inDim, scaled, out, s.awqGroupSize);
+          let scales: Float32Array = new Float32Array(inDim).fill(1);
+          let scaled: Float32Array = w;
+          let clip: Float32Array | undefined;
+          if (calib.searchable !== false) {
+            const captured = evenRows(calib.inputs(globalName), AWQ_ROWS);
+            const x = sliceColumns(captured.x, captured.rows, inputColumns(t));
+            scales = awqSearch({
+              x,
+              rows: captured.rows,
+              inDim,
+              weights: [{ w, out }],
+              groupSize: s.awqGroupSize,
+            }).scales;
+            scaled = applyAwqScales(w, out, inDim, scales);
+            // The scaled weight reads x / s: its clipping is judged on those inputs.
+            const xScaled = x.map((v, k) => v / scales[k % inDim]);
+            clip = awqClipSearch(xScaled, captured.rows, inDim, scaled, out, s.awqGroupSize);
+          }
           const g = quantizeInt4Symmetric(scaled, out, inDim, s.awqGroupSize, clip);
           const packed = packInt4Pairs(g.q, out, inDim);
-          const prequant = found.scales.map((v) => 1 / v);
+          const prequant = scales.map((v) => 1 / v);
           if (algo === "W4A16_AWQ") return [packed, encode(g.scales, target), encode(prequant, target)];
           // W4A8: the FP8 input scale is folded into the pre-quant scale and the output's alpha.
           const xAmax = rankInputAmax(t, calib, globalName);

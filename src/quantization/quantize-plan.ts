@@ -86,6 +86,7 @@ export function layerQuantizers(
 ): (weightName: string) => LayerQuantizer | null {
   const made = new Map<string, LayerQuantizer>();
   const calib = {
+    searchable: !acts?.standIn,
     inputAmax(name: string) {
       const a = acts?.linearInputAmax.get(name);
       if (!a) throw new Error(`no calibration ranges recorded for ${name}`);

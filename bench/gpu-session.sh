@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# What a GPU session measures, in device calls of under ten minutes each (run from the project root on the
+# GPU machine, with .device/ carried as ../shared/device/README.md says; results under $OUT):
+#   bash bench/gpu-session.sh tests       the GPU suite (npm run test:gpu's files)        → $OUT/test-gpu.txt
+#   bash bench/gpu-session.sh decode      bf16 with and without the fused decode ops      → $OUT/bf16{,-unfused}.json
+#   bash bench/gpu-session.sh formats     kiln bench --quick for each qformat and KV cache → $OUT/<format>.json
+#   bash bench/gpu-session.sh perplexity  the demo model's quantization table on cuda     → $OUT/quantization-demo-cuda.*
+set -euo pipefail
+stage=${1:?"which stage: tests, decode, formats or perplexity"}
+OUT=${OUT:?"set OUT to the folder that comes back"}
+xz -dc .device/node.xz > /tmp/node && chmod +x /tmp/node && mkdir -p /tmp/bin && ln -sf /tmp/node /tmp/bin/node
+export PATH=/tmp/bin:$PATH
+[ -d node_modules ] || xz -dc .device/node_modules.tar.xz | tar -xf -
+[ -f dist/bench/bench.js ] || node node_modules/typescript/bin/tsc -p tsconfig.json
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
+work=/tmp/kiln-bench
+case "$stage" in
+  tests)
+    node --test --test-reporter=spec --test-concurrency=1 dist/test-gpu/ > "$OUT/test-gpu.txt" 2>&1 || true
+    tail -12 "$OUT/test-gpu.txt"
+    ;;
+  decode)
+    node dist/bench/bench.js --work "$work" --quick --out "$OUT/bf16.json" > /dev/null
+    KILN_CUDA_FUSED=0 node dist/bench/bench.js --work "$work" --quick --out "$OUT/bf16-unfused.json" > /dev/null
+    grep -h '"batch1\|"nanovllm_output' "$OUT"/bf16*.json
+    ;;
+  formats)
+    for q in int8_wo int4_wo fp8 int8_sq int4_awq w4a8_awq nvfp4; do
+      node dist/bench/bench.js --work "$work" --quick --qformat "$q" --out "$OUT/$q.json" > /dev/null
+    done
+    node dist/bench/bench.js --work "$work" --quick --kv_cache_dtype fp8 --out "$OUT/kv-fp8.json" > /dev/null
+    grep -H '"batch1_gpu_ms\|"nanovllm_output' "$OUT"/*.json
+    ;;
+  perplexity)
+    node dist/bench/quant-table.js --backend cuda --out "$OUT/quantization-demo-cuda"
+    ;;
+  *)
+    echo "unknown stage $stage: tests, decode, formats or perplexity" >&2
+    exit 2
+    ;;
+esac
