@@ -18,6 +18,7 @@ import { decoderTensorShapes } from "../models/decoder.js";
 import { layerQuant, moduleOfWeight } from "../quantization/layer-plan.js";
 import { companionName, scaleName } from "../quantization/mode.js";
 import { isModelOptAlgo, type ModelOptAlgo } from "../quantization/modelopt-formats.js";
+import { type SqVariant, sqVariantOf } from "../quantization/smoothquant.js";
 import { concatBytes } from "../util/bytes.js";
 import { checkedSource, type PlannedSection, tensorSection } from "./section-plan.js";
 
@@ -31,6 +32,10 @@ export const CUDA_QUANT_ALGOS = [
   "W4A16_AWQ",
   "W4A8_AWQ",
   "NVFP4",
+  "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN",
+  "W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN",
+  "W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN",
+  "W8A8_SQ_PER_TENSOR_PLUGIN",
 ] as const;
 const WEIGHT_ONLY = new Set<string | null>(["W8A16", "W4A16", "W4A16_GPTQ"]);
 
@@ -56,6 +61,8 @@ export function cudaWeightSections(cfg: PretrainedConfig, file: SafetensorsFile)
       out.push(...weightOnlySections(file, names, target, shapes, algo === "W8A16" ? 8 : 4, algo === "W4A16_GPTQ"));
     } else if (isModelOptAlgo(algo)) {
       out.push(...modelOptSections(algo, name, shape, file));
+    } else if (sqVariantOf(algo)) {
+      out.push(...smoothQuantSections(sqVariantOf(algo)!, name, shape, file));
     } else if (algo !== null) {
       throw new ConfigError(
         `${name}: quant_algo ${algo} does not run on the cuda backend yet (it runs ${CUDA_QUANT_ALGOS.join(", ")}); build with --backend cpu`,
@@ -223,4 +230,54 @@ function modelOptSections(algo: ModelOptAlgo, name: string, shape: number[], fil
       ];
     }
   }
+}
+
+/**
+ * A SmoothQuant plugin layer (convert --smoothquant): int8 [out, in] as stored, its per-channel scale (broadcast
+ * to [out] where one scale serves the tensor), the smoother dense and proj divide their input by, and the
+ * activation rounding: per token, or static with the layer's scale_to_int (a multiplier) and act_scale folded
+ * into the weight scale (what one unit is worth is 1 / scale_to_int; the output wants act_scale).
+ */
+function smoothQuantSections(v: SqVariant, name: string, shape: number[], file: SafetensorsFile): PlannedSection[] {
+  const [out, inDim] = shape;
+  const lin = name.replace(/\.weight$/, "");
+  const [, layer, kind] = /^(transformer\.layers\.\d+)\.(.+)$/.exec(lin) ?? [];
+  const read = (n: string) => {
+    if (!file.has(n)) throw new CheckpointError(`${file.path}: SmoothQuant "${name}" has no "${n}"`);
+    return file.readFloat32(n);
+  };
+  if (!file.has(name) || file.info(name).byteLength !== out * inDim) {
+    throw new CheckpointError(`${file.path}: SmoothQuant expects "${name}" as I8 [${out}, ${inDim}]`);
+  }
+  const sections: PlannedSection[] = [
+    { spec: { name, dtype: "I8", shape: [out, inDim] }, make: () => file.readBytes(name) },
+    {
+      spec: { name: scaleName(name), dtype: "F32", shape: [out] },
+      make: () => {
+        const pcs = read(`${lin}.per_channel_scale`);
+        return new Uint8Array((pcs.length === 1 ? new Float32Array(out).fill(pcs[0]) : pcs).buffer);
+      },
+    },
+  ];
+  if (kind === "attention.dense" || kind === "mlp.proj") {
+    sections.push({
+      spec: { name: `${lin}.smoother`, dtype: "F32", shape: [inDim] },
+      make: () => new Uint8Array(read(`${lin}.smoother`).buffer),
+    });
+  }
+  let d: QuantDescriptor = { kind: "int8", rounding: "int8_token", inputScale: 1, weightScale: 1, alpha: 1 };
+  if (!v.perToken) {
+    const owner = {
+      "attention.qkv": `${layer}.input_layernorm.scale_to_int`,
+      "mlp.fc": `${layer}.post_layernorm.scale_to_int`,
+      "mlp.gate": `${layer}.post_layernorm.scale_to_int`,
+      "attention.dense": `${layer}.attention.quantization_scaling_factor`,
+      "mlp.proj": `${layer}.mlp.quantization_scaling_factor`,
+    }[kind];
+    if (!owner) throw new CheckpointError(`${file.path}: "${name}" is not a layer SmoothQuant covers`);
+    const scaleToInt = read(owner)[0];
+    const actScale = read(`${lin}.act_scale`)[0];
+    d = { ...d, rounding: "int8_times", inputScale: scaleToInt, weightScale: actScale * scaleToInt };
+  }
+  return [...sections, descriptorSection(name, d)];
 }

@@ -32,8 +32,8 @@ export interface CudaQuant {
   blocks: number;
   weightScale: number;
   alpha: number;
-  /** null: the input is used as it is (weight-only). prequant: float32 [in]. */
-  input: { rounding: InputRounding; prequant: number; scale: number } | null;
+  /** null: the input is used as it is (weight-only). prequant (multiplies) and smoother (divides): float32 [in]. */
+  input: { rounding: InputRounding; prequant: number; smoother: number; scale: number } | null;
 }
 
 const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
@@ -400,6 +400,7 @@ export class CudaBackend implements Backend<CudaTensor> {
           ptr(rowScale),
           ptr(x.ptr),
           ptr(q.input.prequant),
+          ptr(q.input.smoother),
           i32(INPUT_ROUNDINGS.indexOf(q.input.rounding)),
           f32(q.input.scale),
           i32(x.cols),
@@ -407,7 +408,9 @@ export class CudaBackend implements Backend<CudaTensor> {
         ],
       );
     }
-    const inputScale = q.input && q.input.rounding !== "int8_token" ? q.input.scale : 1;
+    // What one unit of the rounded input is worth (int8_times' scale multiplies the input; per token: the row's).
+    const r = q.input?.rounding;
+    const inputScale = !q.input || r === "int8_token" ? 1 : r === "int8_times" ? 1 / q.input.scale : q.input.scale;
     const args = [ptr(w.ptr), ptr(q.scales), ptr(q.zeros), ptr(q.blocks), i32(q.groups)];
     if (narrow) {
       this.device.launch(

@@ -133,6 +133,7 @@ function quantOf(name: string, d: QuantDescriptor, weights: Map<string, CudaTens
     blocks,
     weightScale: d.weightScale,
     alpha: d.alpha,
-    input: d.rounding === null ? null : { rounding: d.rounding, prequant, scale: d.inputScale },
+    input:
+      d.rounding === null ? null : { rounding: d.rounding, prequant, smoother: ptrOf("smoother"), scale: d.inputScale },
   };
 }

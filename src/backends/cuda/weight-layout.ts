@@ -12,13 +12,13 @@ export const QUANT_KINDS = ["int8", "int4", "fp8", "fp4"] as const;
 export type QuantKind = (typeof QUANT_KINDS)[number];
 
 /** What a format does to a layer's input before the GEMM: QIN_* in decoder.cu, in this order. */
-export const INPUT_ROUNDINGS = ["none", "fp8", "int8", "int8_token", "fp4"] as const;
+export const INPUT_ROUNDINGS = ["none", "fp8", "int8", "int8_token", "fp4", "int8_times"] as const;
 export type InputRounding = (typeof INPUT_ROUNDINGS)[number];
 
 /**
  * y = alpha · weightScale · inputScale · Σ input'(x) · w' (per-channel or group scales inside w'), where
  * input'(x) is x (times the pre-quant scale, when the layer has one) rounded as `rounding` says, in units of
- * inputScale (int8_token: of each row's own scale).
+ * inputScale (int8_token: of each row's own scale; int8_times: of 1 / inputScale, a multiplier).
  */
 export interface QuantDescriptor {
   kind: QuantKind;

@@ -389,9 +389,11 @@ extern "C" __global__ void dequant_q(T* out, const unsigned char* w, const float
   }
 }
 
-// What a quantized layer's format does to its input first, one block a row: x · prequant (when given), then
-// the rounding the format applies: none (AWQ), E4M3 or int8 with a static scale, int8 with the row's own
-// scale (amax / 127, written to row_scale), or NVFP4 (E2M1 per 16 inputs under an E4M3 block scale relative to
+// What a quantized layer's format does to its input first, one block a row: x · prequant or x / smoother (when
+// given), then
+// the rounding the format applies: none (AWQ), E4M3 or int8 divided by a static scale, int8 times a static
+// multiplier (SmoothQuant's scale_to_int), int8 with the row's own scale (amax / 127, written to row_scale),
+// or NVFP4 (E2M1 per 16 inputs under an E4M3 block scale relative to
 // the global scale). Writes the rounded values in units of the input's scale (so the GEMV's output carries
 // it), or, with `dequantize`, the values themselves (for a GEMM on dequantized weights).
 #define QIN_NONE 0
@@ -399,6 +401,7 @@ extern "C" __global__ void dequant_q(T* out, const unsigned char* w, const float
 #define QIN_INT8 2
 #define QIN_INT8_TOKEN 3
 #define QIN_FP4 4
+#define QIN_INT8_TIMES 5
 
 __device__ __forceinline__ float e4m3_round(float x) {
   return e4m3_value(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
@@ -412,14 +415,16 @@ __device__ __forceinline__ float e2m1_round(float x) {
   return x < 0.f ? -m : m;
 }
 
-__device__ __forceinline__ float int8_round(float x) { return fminf(127.f, fmaxf(-127.f, rintf(x))); }
-
-extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, const float* prequant, int mode,
-                                         float scale, int cols, int dequantize) {
+extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, const float* prequant,
+                                         const float* smoother, int mode, float scale, int cols, int dequantize) {
   const size_t o = (size_t)blockIdx.x * cols;
   const T* xr = x + o;
   T* yr = out + o;
-  auto in = [&](int i) { return prequant != nullptr ? tof(xr[i]) * prequant[i] : tof(xr[i]); };
+  // SmoothQuant divides by its smoother where ModelOpt multiplies by a pre-quant scale: each as its reference.
+  auto in = [&](int i) {
+    const float v = prequant != nullptr ? tof(xr[i]) * prequant[i] : tof(xr[i]);
+    return smoother != nullptr ? v / smoother[i] : v;
+  };
   if (mode == QIN_FP4) {
     for (int b = threadIdx.x; b < cols / 16; b += blockDim.x) {
       float amax = 0.f;
@@ -433,20 +438,26 @@ extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, c
     }
     return;
   }
-  float s = scale;
+  // The int8 roundings take the reference's float64 product or quotient, so a code never flips against it:
+  // int8 divides by the scale; int8_times multiplies by it (SmoothQuant's static scale_to_int); per token
+  // multiplies by 127 / amax (a row of zeros: by 1) and writes amax / 127 as the row's scale.
+  double mul = mode == QIN_INT8_TIMES ? (double)scale : 1.0 / (double)scale;
   if (mode == QIN_INT8_TOKEN) {
     float amax = 0.f;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) amax = fmaxf(amax, fabsf(in(i)));
-    s = fmaxf(block_max(amax), 1e-12f) / 127.f;
-    if (threadIdx.x == 0 && !dequantize) row_scale[blockIdx.x] = s;
+    amax = block_max(amax);
+    mul = amax > 0.f ? 127.0 / (double)amax : 1.0;
+    if (threadIdx.x == 0 && !dequantize) row_scale[blockIdx.x] = (float)(1.0 / mul);
   }
   for (int i = threadIdx.x; i < cols; i += blockDim.x) {
     const float v = in(i);
     float q;
     if (mode == QIN_NONE) q = rnd(v);
-    else if (mode == QIN_FP8) q = e4m3_round(v / s);
-    else q = int8_round(v / s);
-    yr[i] = fromf(dequantize && mode != QIN_NONE ? q * s : q);
+    else if (mode == QIN_FP8) q = e4m3_round(v / scale);
+    else if (mode == QIN_INT8) q = (float)fmin(127.0, fmax(-127.0, rint((double)v / (double)scale)));
+    else q = (float)fmin(127.0, fmax(-127.0, rint((double)v * mul)));
+    const float value = mode == QIN_FP8 ? q * scale : (float)(q / mul);  // what the code stands for
+    yr[i] = fromf(dequantize && mode != QIN_NONE ? value : q);
   }
 }
 
