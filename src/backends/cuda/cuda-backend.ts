@@ -2,83 +2,32 @@
 // allocations made at load; a step's activations come from a bump arena reset at every step, so a step's
 // launches always see the same addresses for the same shape (what CUDA graph replay needs).
 
+export type { CudaDtype, CudaQuant, CudaTensor } from "./cuda-tensor.js";
+
 import type { BackendName } from "../../builder/build-config.js";
 import type { AttentionShape, Backend, KvCacheSpec, NormSpec, RopeSpec, StepInput } from "../backend.js";
-import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, Cublas } from "./cublas.js";
+import { Cublas } from "./cublas.js";
+import {
+  DTYPE_BYTES as BYTES,
+  CUBLAS_TYPE,
+  type CudaDtype,
+  type CudaTensor,
+  GEMV_MAX_ROWS,
+  KERNELS,
+  type KernelName,
+  type QuantizedLaunch,
+} from "./cuda-tensor.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
+import { FUSED_KERNELS, FusedDecode, MAX_DYNAMIC_SHARED } from "./fused-decode.js";
+import { quantizedLinear } from "./quantized-linear.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
-import { INPUT_ROUNDINGS, type InputRounding, QUANT_KINDS, type QuantKind } from "./weight-layout.js";
 
-export type CudaDtype = "F32" | "F16" | "BF16";
-
-export interface CudaTensor {
-  ptr: number;
-  rows: number;
-  cols: number;
-  dtype: CudaDtype;
-  /** A quantized linear layer's codes ([rows = out, cols = in], weight-layout.ts) and how to use them. */
-  quant?: CudaQuant;
-}
-
-/** Device pointers (0: none) of a quantized layer's scales, and what its format does to the input. */
-export interface CudaQuant {
-  kind: QuantKind;
-  /** float32: per output channel [out], or, group-wise int4 (groups > 0), per group [out, groups]. */
-  scales: number;
-  /** GPTQ's group zeros [out, groups]. */
-  zeros: number;
-  groups: number;
-  /** NVFP4: the E4M3 scale code of every 16 weights [out, in/16]. */
-  blocks: number;
-  weightScale: number;
-  alpha: number;
-  /** null: the input is used as it is (weight-only). prequant (multiplies) and smoother (divides): float32 [in]. */
-  input: { rounding: InputRounding; prequant: number; smoother: number; scale: number } | null;
-}
-
-const BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 /** ARGMAX_SPLIT in decoder.cu: blocks that share one logits row in the greedy choice. */
 const ARGMAX_SPLIT = 32;
 /** ATT_CHUNK in decoder.cu: keys per block of the split (flash-decoding) attention. */
 const ATTENTION_CHUNK = 256;
-/** GEMV_MAX_ROWS in decoder.cu: steps of at most this many rows take the GEMV kernel instead of cuBLAS. */
-const GEMV_MAX_ROWS = 8;
 /** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th group of four keys. */
 const ATTENTION_WARPS = 16;
-const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
-const KERNELS = [
-  "embed",
-  "rmsnorm",
-  "add_rmsnorm",
-  "add_inplace",
-  "add_bias",
-  "silu_mul",
-  "rope_cache",
-  "attention",
-  "gather_rows",
-  "argmax_partial",
-  "argmax_final",
-  "sample_rows",
-  "attention_split",
-  "attention_merge",
-  "gemv",
-  "gemv_q_int8",
-  "gemv_q_int4",
-  "gemv_q_fp8",
-  "gemv_q_fp4",
-  "dequant_q",
-  "quantize_rows",
-  "silu_mul_pair",
-  "norm_qkv_rope",
-  "norm_gated_mlp",
-] as const;
-/** The kernels that fuse a decode step's norms into its GEMVs, and their dynamic shared memory (the rows). */
-const FUSED_KERNELS: readonly KernelName[] = ["norm_qkv_rope", "norm_gated_mlp"];
-/** KILN_CUDA_FUSED=0 runs decode steps with the plain ops (to measure what fusion gains). */
-const FUSED = process.env.KILN_CUDA_FUSED !== "0";
-/** The most dynamic shared memory a block may take (Hopper: 227 KiB). */
-const MAX_DYNAMIC_SHARED = 227 * 1024;
-type KernelName = (typeof KERNELS)[number];
 
 export interface CudaLimits {
   maxRows: number;
@@ -112,10 +61,11 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
   private readonly argmaxPartial: number;
-  /** The residual buffer a fused op writes next: the one its previous call replaced (null: none yet this step). */
-  private spareResidual: CudaTensor | null = null;
-  /** Where a weight-only weight is dequantized for steps too wide for the GEMV (ptr 0: none yet). */
+  private readonly fused: FusedDecode;
+  /** Where a quantized weight is dequantized for steps too wide for the GEMV (ptr 0: none yet). */
   private woScratch = { ptr: 0, elements: 0 };
+  /** What the op modules (quantized-linear.ts) launch through. */
+  private readonly launcher: QuantizedLaunch;
 
   constructor(
     readonly device: CudaDevice,
@@ -133,6 +83,21 @@ export class CudaBackend implements Backend<CudaTensor> {
     // One dequantized weight-only weight at a time, sized at load for the engine's largest: graphs keep its address.
     this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => (w.quant ? w.rows * w.cols : 0))));
     this.cublas = new Cublas(device);
+    this.launcher = {
+      device,
+      dtype,
+      cublas: this.cublas,
+      fn: (name) => this.fn(name),
+      alloc: (rows, cols, d) => this.alloc(rows, cols, d),
+      scratch: (elements) => this.ensureWoScratch(elements),
+    };
+    this.fused = new FusedDecode({
+      ...this.launcher,
+      stepRows: () => ({ positions: this.stepPtr(this.step!.positions), slots: this.stepPtr(this.step!.slots) }),
+      kvLayer: (layer) => ({ k: this.kv!.k[layer], v: this.kv!.v[layer], scale: this.kvScale(layer) }),
+      invFreq: () => this.invFreq,
+      allocStep: (rows, cols) => this.alloc(rows, cols, this.dtype, this.arenas[0]),
+    });
     // One layer's activations at the widest step (x, qkv, attention, dense, norm, fc|gate, product, proj),
     // rounded up per tensor; the last layer's arena also holds the gathered rows and float32 logits.
     const rowBytes = (6 * limits.hidden + 3 * limits.widestRow) * BYTES[dtype];
@@ -255,7 +220,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   packStep(step: StepInput): void {
     this.arena = this.arenas[0];
     this.arena.used = 0;
-    this.spareResidual = null;
+    this.fused.reset();
     this.step = this.stepBuffer.pack(step);
   }
 
@@ -335,7 +300,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   }
 
   linear(x: CudaTensor, weight: CudaTensor, bias: CudaTensor | null, float32Out = false): CudaTensor {
-    if (weight.quant) return this.quantizedLinear(x, weight, bias, float32Out);
+    if (weight.quant) return quantizedLinear(this.launcher, x, weight, bias, float32Out);
     const out = this.alloc(x.rows, weight.rows, float32Out ? "F32" : this.dtype);
     const rowBytes = x.cols * BYTES[this.dtype];
     // Decode steps read each weight once for a handful of rows: bandwidth-bound, so kiln's GEMV beats cuBLAS's tiles.
@@ -367,90 +332,6 @@ export class CudaBackend implements Backend<CudaTensor> {
         x.cols,
         weight.rows,
       );
-    if (bias) {
-      if (float32Out) throw new Error("a bias on a float32-output linear is not supported");
-      this.device.launch(this.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
-    }
-    return out;
-  }
-
-  /**
-   * A quantized layer: its format's input rounding first (when it has one), then, for decode steps, the GEMV
-   * that decodes the weights as it reads them; wider steps dequantize the weight into a scratch buffer and
-   * run cuBLAS on it, with the inputs rounded and dequantized again.
-   */
-  private quantizedLinear(x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, float32Out: boolean): CudaTensor {
-    const q = w.quant!;
-    const out = this.alloc(x.rows, w.rows, float32Out ? "F32" : this.dtype);
-    if (x.rows === 0) return out;
-    const narrow = x.rows <= GEMV_MAX_ROWS && x.cols % 32 === 0 && x.ptr % 16 === 0;
-    let input = x;
-    let rowScale = 0;
-    if (q.input) {
-      input = this.alloc(x.rows, x.cols);
-      // The GEMV takes rounded inputs in units of their scale (exact in T) and applies the scale to its sums;
-      // the GEMM path takes them dequantized.
-      if (narrow && q.input.rounding === "int8_token") rowScale = this.alloc(x.rows, 1, "F32").ptr;
-      this.device.launch(
-        this.fn("quantize_rows"),
-        [x.rows],
-        [256],
-        [
-          ptr(input.ptr),
-          ptr(rowScale),
-          ptr(x.ptr),
-          ptr(q.input.prequant),
-          ptr(q.input.smoother),
-          i32(INPUT_ROUNDINGS.indexOf(q.input.rounding)),
-          f32(q.input.scale),
-          i32(x.cols),
-          i32(narrow ? 0 : 1),
-        ],
-      );
-    }
-    // What one unit of the rounded input is worth (int8_times' scale multiplies the input; per token: the row's).
-    const r = q.input?.rounding;
-    const inputScale = !q.input || r === "int8_token" ? 1 : r === "int8_times" ? 1 / q.input.scale : q.input.scale;
-    const args = [ptr(w.ptr), ptr(q.scales), ptr(q.zeros), ptr(q.blocks), i32(q.groups)];
-    if (narrow) {
-      this.device.launch(
-        this.fn(`gemv_q_${q.kind}`),
-        [Math.ceil(w.rows / 8)],
-        [256],
-        [
-          ptr(out.ptr),
-          i32(float32Out ? 1 : 0),
-          ptr(input.ptr),
-          ...args,
-          i32(x.rows),
-          i32(x.cols),
-          i32(w.rows),
-          f32(inputScale * q.weightScale * q.alpha),
-          ptr(rowScale),
-          ptr(bias ? bias.ptr : 0),
-        ],
-      );
-      return out;
-    }
-    const n = w.rows * w.cols;
-    const scratch = this.ensureWoScratch(n);
-    this.device.launch(
-      this.fn("dequant_q"),
-      [Math.min(4096, Math.ceil(n / 256))],
-      [256],
-      [ptr(scratch), ...args, i32(QUANT_KINDS.indexOf(q.kind)), i32(w.cols), { u64: n }, f32(q.weightScale)],
-    );
-    this.cublas.linear(
-      out.ptr,
-      CUBLAS_TYPE[out.dtype],
-      input.ptr,
-      scratch,
-      CUBLAS_TYPE[this.dtype],
-      x.rows,
-      x.cols,
-      w.rows,
-      q.alpha,
-    );
     if (bias) {
       if (float32Out) throw new Error("a bias on a float32-output linear is not supported");
       this.device.launch(this.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
@@ -576,42 +457,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     rope: RopeSpec,
     shape: AttentionShape,
   ): { residual: CudaTensor; qkv: CudaTensor } | null {
-    const { numHeads, numKvHeads, headSize } = shape;
-    if (!this.fuses(residual, qkv) || headSize % 2 !== 0 || (headSize - rope.rotaryDim) % 2 !== 0) return null;
-    const s = this.step!;
-    const kv = this.kv!;
-    const out = this.alloc(residual.rows, qkv.rows);
-    const next = delta ? this.nextResidual(residual) : residual;
-    const pairs = (numHeads + 2 * numKvHeads) * (headSize / 2);
-    this.device.launch(
-      this.fn("norm_qkv_rope"),
-      [Math.ceil(pairs / 8)],
-      [256],
-      [
-        ptr(out.ptr),
-        ptr(next.ptr),
-        ptr(residual.ptr),
-        ptr(delta ? delta.ptr : 0),
-        ptr(norm.weight.ptr),
-        f32(norm.eps),
-        ptr(qkv.ptr),
-        ptr(bias ? bias.ptr : 0),
-        ptr(this.stepPtr(s.positions)),
-        ptr(this.stepPtr(s.slots)),
-        ptr(kv.k[layer]),
-        ptr(kv.v[layer]),
-        f32(this.kvScale(layer)),
-        ptr(this.invFreq),
-        i32(residual.rows),
-        i32(residual.cols),
-        i32(numHeads),
-        i32(numKvHeads),
-        i32(headSize),
-        i32(rope.rotaryDim),
-      ],
-      residual.rows * residual.cols * BYTES[this.dtype],
-    );
-    return { residual: next, qkv: out };
+    return this.fused.normQkvRope(residual, delta, norm, qkv, bias, layer, rope, shape);
   }
 
   normGatedMlp(
@@ -621,55 +467,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     fcGate: CudaTensor,
     bias: CudaTensor | null,
   ): { residual: CudaTensor; act: CudaTensor } | null {
-    if (!this.fuses(residual, fcGate)) return null;
-    const inter = fcGate.rows / 2;
-    const out = this.alloc(residual.rows, inter);
-    const next = this.nextResidual(residual);
-    this.device.launch(
-      this.fn("norm_gated_mlp"),
-      [Math.ceil(inter / 8)],
-      [256],
-      [
-        ptr(out.ptr),
-        ptr(next.ptr),
-        ptr(residual.ptr),
-        ptr(delta.ptr),
-        ptr(norm.weight.ptr),
-        f32(norm.eps),
-        ptr(fcGate.ptr),
-        ptr(bias ? bias.ptr : 0),
-        i32(residual.rows),
-        i32(residual.cols),
-        i32(inter),
-      ],
-      residual.rows * residual.cols * BYTES[this.dtype],
-    );
-    return { residual: next, act: out };
-  }
-
-  /** Whether a norm and the linear after it run as one fused GEMV: decode-sized steps, float weights, aligned. */
-  private fuses(x: CudaTensor, weight: CudaTensor): boolean {
-    return (
-      FUSED &&
-      x.rows > 0 &&
-      x.rows <= GEMV_MAX_ROWS &&
-      !weight.quant &&
-      weight.dtype === this.dtype &&
-      (x.cols * BYTES[this.dtype]) % 16 === 0 &&
-      weight.ptr % 16 === 0 &&
-      x.rows * x.cols * BYTES[this.dtype] <= MAX_DYNAMIC_SHARED
-    );
-  }
-
-  /** Where a fused op writes the updated residual: the buffer its last call replaced, or a new one. */
-  private nextResidual(residual: CudaTensor): CudaTensor {
-    const spare = this.spareResidual;
-    const next =
-      spare && spare.rows === residual.rows && spare.cols === residual.cols
-        ? spare
-        : this.alloc(residual.rows, residual.cols, this.dtype, this.arenas[0]);
-    this.spareResidual = residual;
-    return next;
+    return this.fused.normGatedMlp(residual, delta, norm, fcGate, bias);
   }
 
   gatherRows(x: CudaTensor, _step: StepInput): CudaTensor {

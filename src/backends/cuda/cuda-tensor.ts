@@ -1,0 +1,79 @@
+// The cuda backend's tensors and the names shared by its op modules: dtypes, quantized layers' device
+// pointers, the kernels of decoder.cu, and the launch context an op module works through.
+
+import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, type Cublas } from "./cublas.js";
+import type { CudaDevice } from "./driver.js";
+import type { InputRounding, QuantKind } from "./weight-layout.js";
+
+export type CudaDtype = "F32" | "F16" | "BF16";
+
+export interface CudaTensor {
+  ptr: number;
+  rows: number;
+  cols: number;
+  dtype: CudaDtype;
+  /** A quantized linear layer's codes ([rows = out, cols = in], weight-layout.ts) and how to use them. */
+  quant?: CudaQuant;
+}
+
+/** Device pointers (0: none) of a quantized layer's scales, and what its format does to the input. */
+export interface CudaQuant {
+  kind: QuantKind;
+  /** float32: per output channel [out], or, group-wise int4 (groups > 0), per group [out, groups]. */
+  scales: number;
+  /** GPTQ's group zeros [out, groups]. */
+  zeros: number;
+  groups: number;
+  /** NVFP4: the E4M3 scale code of every 16 weights [out, in/16]. */
+  blocks: number;
+  weightScale: number;
+  alpha: number;
+  /** null: the input is used as it is (weight-only). prequant (multiplies) and smoother (divides): float32 [in]. */
+  input: { rounding: InputRounding; prequant: number; smoother: number; scale: number } | null;
+}
+
+export const DTYPE_BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
+export const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
+/** GEMV_MAX_ROWS in decoder.cu: steps of at most this many rows take the GEMV kernels instead of cuBLAS. */
+export const GEMV_MAX_ROWS = 8;
+
+/** decoder.cu's kernels, looked up once at load. */
+export const KERNELS = [
+  "embed",
+  "rmsnorm",
+  "add_rmsnorm",
+  "add_inplace",
+  "add_bias",
+  "silu_mul",
+  "rope_cache",
+  "attention",
+  "gather_rows",
+  "argmax_partial",
+  "argmax_final",
+  "sample_rows",
+  "attention_split",
+  "attention_merge",
+  "gemv",
+  "gemv_q_int8",
+  "gemv_q_int4",
+  "gemv_q_fp8",
+  "gemv_q_fp4",
+  "dequant_q",
+  "quantize_rows",
+  "silu_mul_pair",
+  "norm_qkv_rope",
+  "norm_gated_mlp",
+] as const;
+export type KernelName = (typeof KERNELS)[number];
+
+/** What an op module needs of the backend: its device, dtype, kernels, activation memory and cuBLAS. */
+export interface QuantizedLaunch {
+  device: CudaDevice;
+  dtype: CudaDtype;
+  cublas: Cublas;
+  fn(name: KernelName): unknown;
+  /** Activation memory for this layer (reset by the backend as layers go). */
+  alloc(rows: number, cols: number, dtype?: CudaDtype): CudaTensor;
+  /** A scratch buffer of at least `elements` model-dtype values, at the same address for every step. */
+  scratch(elements: number): number;
+}
