@@ -175,21 +175,7 @@ describe("weight-only engines on the gpu", () => {
           ? { gptq: { groupSize: 32, calibSize: 8, calibDataset: calibFile() } }
           : { weightOnlyBits: bits }),
       });
-      const run = async (backend: "cpu" | "cuda") => {
-        const engine = path.join(work, `wo${bits}-${backend}`);
-        await buildEngine({
-          checkpointDir: ckpt,
-          outputDir: engine,
-          backend,
-          request: { gather_context_logits: true, max_batch_size: 8 },
-        });
-        const llm = await LLM.load(engine);
-        const outs = succeeded(llm.generate(prompts, { maxNewTokens: 16, endId: ref.eosId }));
-        llm.dispose();
-        return outs;
-      };
-      const gpu = await run("cuda");
-      const cpu = await run("cpu");
+      const [gpu, cpu] = await onBothBackends(ckpt, prompts, ref.eosId);
       let worst = 0;
       gpu.forEach((o, i) => {
         worst = Math.max(
@@ -249,21 +235,7 @@ describe("quantized engines on the gpu: ModelOpt formats and KV caches", () => {
         dtype: "float32",
         ...quantization,
       });
-      const run = async (backend: "cpu" | "cuda") => {
-        const engine = path.join(work, `${qformat}-${backend}`.replaceAll(" ", "-"));
-        await buildEngine({
-          checkpointDir: ckpt,
-          outputDir: engine,
-          backend,
-          request: { gather_context_logits: true, gather_generation_logits: true, max_batch_size: 8 },
-        });
-        const llm = await LLM.load(engine);
-        const outs = succeeded(llm.generate(prompts, { maxNewTokens: 16, endId: ref.eosId }));
-        llm.dispose();
-        return outs;
-      };
-      const gpu = await run("cuda");
-      const cpu = await run("cpu");
+      const [gpu, cpu] = await onBothBackends(ckpt, prompts, ref.eosId);
       // Context logits come from the prefill (dequantized weights, cuBLAS), generation logits from decode
       // steps (the GEMV that decodes the weights as it reads them).
       let worst = 0;
@@ -295,6 +267,24 @@ describe("quantized engines on the gpu: ModelOpt formats and KV caches", () => {
     }
   });
 });
+
+/** A checkpoint's engines for cuda and cpu (gathering every logit), each run on the prompts: [cuda, cpu]. */
+async function onBothBackends(ckpt: string, prompts: number[][], endId: number) {
+  const runs = [];
+  for (const backend of ["cuda", "cpu"] as const) {
+    const engine = `${ckpt}-${backend}`;
+    await buildEngine({
+      checkpointDir: ckpt,
+      outputDir: engine,
+      backend,
+      request: { gather_context_logits: true, gather_generation_logits: true, max_batch_size: 8 },
+    });
+    const llm = await LLM.load(engine);
+    runs.push(succeeded(llm.generate(prompts, { maxNewTokens: 16, endId })));
+    llm.dispose();
+  }
+  return runs;
+}
 
 /** A small calibration text (the GPU machine's slimmed node_modules has no Brown corpus). */
 function calibFile(): string {

@@ -18,7 +18,7 @@ import { decoderTensorShapes } from "../models/decoder.js";
 import { layerQuant, moduleOfWeight } from "../quantization/layer-plan.js";
 import { companionName, scaleName } from "../quantization/mode.js";
 import { isModelOptAlgo, type ModelOptAlgo } from "../quantization/modelopt-formats.js";
-import { type SqVariant, sqVariantOf } from "../quantization/smoothquant.js";
+import { type SqVariant, sqScaleToIntName, sqVariantOf } from "../quantization/smoothquant.js";
 import { concatBytes } from "../util/bytes.js";
 import { checkedSource, type PlannedSection, tensorSection } from "./section-plan.js";
 
@@ -267,13 +267,7 @@ function smoothQuantSections(v: SqVariant, name: string, shape: number[], file: 
   }
   let d: QuantDescriptor = { kind: "int8", rounding: "int8_token", inputScale: 1, weightScale: 1, alpha: 1 };
   if (!v.perToken) {
-    const owner = {
-      "attention.qkv": `${layer}.input_layernorm.scale_to_int`,
-      "mlp.fc": `${layer}.post_layernorm.scale_to_int`,
-      "mlp.gate": `${layer}.post_layernorm.scale_to_int`,
-      "attention.dense": `${layer}.attention.quantization_scaling_factor`,
-      "mlp.proj": `${layer}.mlp.quantization_scaling_factor`,
-    }[kind];
+    const owner = sqScaleToIntName(layer, kind);
     if (!owner) throw new CheckpointError(`${file.path}: "${name}" is not a layer SmoothQuant covers`);
     const scaleToInt = read(owner)[0];
     const actScale = read(`${lin}.act_scale`)[0];

@@ -53,6 +53,22 @@ export function sqCompanions(
   return c;
 }
 
+/**
+ * Where a static SmoothQuant linear's scale_to_int lives (`layer`: "transformer.layers.N", `kind`: e.g.
+ * "attention.qkv"): the norm before it, or, for dense and proj, the layer's quantization_scaling_factor.
+ * null: not a layer SmoothQuant covers.
+ */
+export function sqScaleToIntName(layer: string, kind: string): string | null {
+  const names: Record<string, string> = {
+    "attention.qkv": `${layer}.input_layernorm.scale_to_int`,
+    "mlp.fc": `${layer}.post_layernorm.scale_to_int`,
+    "mlp.gate": `${layer}.post_layernorm.scale_to_int`,
+    "attention.dense": `${layer}.attention.quantization_scaling_factor`,
+    "mlp.proj": `${layer}.mlp.quantization_scaling_factor`,
+  };
+  return names[kind] ?? null;
+}
+
 /** s_j = max(amax_x[j], 1e-5)^α / max(amax_w[j], 1e-5)^(1−α), amax_w over every weight sharing the input. */
 export function smoothingFactors(xAmax: Float32Array, weights: Float32Array[], inDim: number, alpha: number) {
   const s = new Float32Array(inDim);

@@ -10,7 +10,7 @@ import type { DecoderDims } from "../../models/decoder.js";
 import { layerQuant, moduleOfWeight } from "../../quantization/layer-plan.js";
 import { companionName, scaleName } from "../../quantization/mode.js";
 import { dequantizeModelOpt, isModelOptAlgo, type StoredTensor } from "../../quantization/modelopt-formats.js";
-import { type SqVariant, sqVariantOf } from "../../quantization/smoothquant.js";
+import { type SqVariant, sqScaleToIntName, sqVariantOf } from "../../quantization/smoothquant.js";
 import { dequantizeWeightOnly } from "../../quantization/weight-only.js";
 import { type CpuTensor, cpuTensor } from "./cpu-backend.js";
 import type { KvCacheQuant } from "./kv-store.js";
@@ -116,13 +116,7 @@ function smoothQuantWeight(
   };
   const [layer, kind] = /^(transformer\.layers\.\d+)\.(.+)$/.exec(lin)!.slice(1);
   const row = kind === "attention.dense" || kind === "mlp.proj";
-  const scaleToInt = {
-    "attention.qkv": `${layer}.input_layernorm.scale_to_int`,
-    "mlp.fc": `${layer}.post_layernorm.scale_to_int`,
-    "mlp.gate": `${layer}.post_layernorm.scale_to_int`,
-    "attention.dense": `${layer}.attention.quantization_scaling_factor`,
-    "mlp.proj": `${layer}.mlp.quantization_scaling_factor`,
-  }[kind];
+  const scaleToInt = sqScaleToIntName(layer, kind);
   if (!scaleToInt) throw new EngineError(`${where}: "${name}" is not a layer SmoothQuant covers`);
   return {
     data: new Float32Array(0),
