@@ -268,6 +268,30 @@ describe("quantized engines on the gpu: ModelOpt formats and KV caches", () => {
   });
 });
 
+describe("mixture-of-experts models on the gpu", () => {
+  for (const name of ["qwen2_moe_shared", "mixtral_top2"]) {
+    test(`${name}: float32 context logits within 1e-3 of transformers, greedy ids identical, cpu's generation logits`, async () => {
+      const ref = loadReference(name);
+      const ckpt = path.join(work, `${name}-ckpt`);
+      await convertHfCheckpoint({ modelDir: path.join(FIXTURES, name, "hf"), outputDir: ckpt, dtype: "float32" });
+      const prompts = ref.prompts.map((p) => p.inputIds);
+      const [gpu, cpu] = await onBothBackends(ckpt, prompts, ref.eosId);
+      let worst = 0;
+      let decode = 0;
+      ref.prompts.forEach((p, i) => {
+        worst = Math.max(worst, maxAbsDiff(stackRows(gpu[i].contextLogits!, ref.vocab), p.contextLogits));
+        decode = Math.max(
+          decode,
+          maxAbsDiff(stackRows(gpu[i].generationLogits!, ref.vocab), stackRows(cpu[i].generationLogits!, ref.vocab)),
+        );
+        assert.deepEqual(gpu[i].outputIds, p.greedyIds, `prompt ${i}`);
+      });
+      console.log(`# ${name} float32 max |Δlogit| ${worst.toExponential(2)}; decode vs cpu ${decode.toExponential(2)}`);
+      assert.ok(worst <= 1e-3 && decode <= 1e-3, `${worst}, ${decode}`);
+    });
+  }
+});
+
 /** A checkpoint's engines for cuda and cpu (gathering every logit), each run on the prompts: [cuda, cpu]. */
 async function onBothBackends(ckpt: string, prompts: number[][], endId: number) {
   const runs = [];

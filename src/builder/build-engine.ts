@@ -74,10 +74,16 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
     throw new ConfigError("--remove_input_padding disable is supported by the cpu backend only");
   }
   const mapping = Mapping.fromConfig(model.mapping, path.join(opts.checkpointDir, "config.json"));
-  if (opts.backend === "cuda" && moeOf(model)) {
-    throw new ConfigError(
-      `${model.architecture}: the cuda backend does not run mixture-of-experts models yet; build with --backend cpu`,
-    );
+  const moe = moeOf(model);
+  if (opts.backend === "cuda" && moe) {
+    // moe_route's limits (decoder.cu), and the 16-byte rows its expert GEMVs read.
+    const bytes = model.dtype === "float32" ? 4 : 2;
+    const rows = [model.hidden_size, moe.expertInter, ...(moe.sharedInter > 0 ? [moe.sharedInter] : [])];
+    if (moe.num_experts > 256 || moe.top_k > 16 || rows.some((n) => (n * bytes) % 16 !== 0)) {
+      throw new ConfigError(
+        `${model.architecture}: the cuda backend runs MoE models of at most 256 experts, top_k ≤ 16, and hidden and expert sizes whose ${model.dtype} rows are multiples of 16 bytes; build with --backend cpu`,
+      );
+    }
   }
   if (opts.backend === "cuda" && mapping.worldSize > 1) {
     throw new ConfigError(

@@ -52,11 +52,18 @@ export function cudaWeightSections(cfg: PretrainedConfig, file: SafetensorsFile)
     // One GEMM for fc and gate where they are stored alike: unquantized, or weight-only of one algorithm (a
     // format that rounds its input keeps each layer's own input scales, so those stay two GEMMs).
     const [fcAlgo, gateAlgo] = m ? [algoOf(`${m[1]}.fc.weight`), algoOf(`${m[1]}.gate.weight`)] : [null, null];
-    const fuse = m !== null && fcAlgo === gateAlgo && (fcAlgo === null || WEIGHT_ONLY.has(fcAlgo));
+    const fuse =
+      m !== null &&
+      shapes.has(`${m[1]}.gate.weight`) && // a MoE layer's mlp.fc holds its experts, with no gate beside it
+      fcAlgo === gateAlgo &&
+      (fcAlgo === null || WEIGHT_ONLY.has(fcAlgo));
     if (fuse && m[2] === "gate") continue;
     const names = fuse ? [name, `${m[1]}.gate.${m[3]}`] : [name];
     const target = fuse ? `${m[1]}.fc_gate.${m[3]}` : name;
     const algo = name.endsWith(".weight") ? algoOf(name) : null;
+    if (algo !== null && shape.length === 3) {
+      throw new ConfigError(`${name}: quantized experts do not run on the cuda backend yet; build with --backend cpu`);
+    }
     if (algo === "W8A16" || algo === "W4A16" || algo === "W4A16_GPTQ") {
       out.push(...weightOnlySections(file, names, target, shapes, algo === "W8A16" ? 8 : 4, algo === "W4A16_GPTQ"));
     } else if (isModelOptAlgo(algo)) {
@@ -71,7 +78,8 @@ export function cudaWeightSections(cfg: PretrainedConfig, file: SafetensorsFile)
       const sources = names.map((n) => checkedSource(n, shapes.get(n)!, file));
       const rows = names.reduce((r, n) => r + shapes.get(n)![0], 0);
       // A KV cache's scales are read on the host, in float32 as the checkpoint holds them.
-      const as = name.endsWith("kv_cache_scaling_factor") ? "F32" : dtype;
+      // The router stays float32, as TensorRT-LLM keeps it.
+      const as = name.endsWith("kv_cache_scaling_factor") || name.endsWith("mlp.router.weight") ? "F32" : dtype;
       out.push(tensorSection(target, [rows, ...shape.slice(1)], as, sources, file));
     }
   }

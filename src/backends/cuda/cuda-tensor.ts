@@ -63,6 +63,10 @@ export const KERNELS = [
   "silu_mul_pair",
   "norm_qkv_rope",
   "norm_gated_mlp",
+  "moe_route",
+  "moe_expert_act",
+  "moe_expert_out",
+  "moe_add_gated",
 ] as const;
 export type KernelName = (typeof KERNELS)[number];
 

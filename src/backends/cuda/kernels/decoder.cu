@@ -680,6 +680,98 @@ extern "C" __global__ void silu_mul_pair(T* out, const T* a, const T* b, long n)
   }
 }
 
+// Mixture of experts, one rank's share (experts first .. first + local): routing (moe_route), then each
+// row's chosen experts as GEMVs on expert-indexed weights (moe_expert_act, moe_expert_out), the shared
+// expert through the same kernels (experts == nullptr: expert 0, weight 1) and its sigmoid gate
+// (moe_add_gated). TensorRT-LLM's layout: fc [E, 2·inter, hidden] as [up ; gate], proj [E, hidden, inter],
+// the router [E, hidden] in float32.
+#define MOE_MAX_EXPERTS 256
+
+// experts[r, j], weights[r, j]: row r's top_k experts by router softmax (float64), highest first, ties to the
+// lower index, renormalized over the k when asked. grid = rows, 256 threads.
+extern "C" __global__ void moe_route(int* experts, float* weights, const T* x, const float* router, int hidden,
+                                     int num_experts, int top_k, int renormalize) {
+  __shared__ float logits[MOE_MAX_EXPERTS];
+  const int r = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const T* xr = x + (size_t)r * hidden;
+  for (int e = warp; e < num_experts; e += blockDim.x >> 5) {
+    float s = 0.f;
+    for (int i = lane; i < hidden; i += 32) s += tof(xr[i]) * router[(size_t)e * hidden + i];
+    s = warp_sum(s);
+    if (lane == 0) logits[e] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  double mx = -1e300, sum = 0.0;
+  for (int e = 0; e < num_experts; e++) mx = fmax(mx, (double)logits[e]);
+  for (int e = 0; e < num_experts; e++) sum += exp((double)logits[e] - mx);
+  unsigned long long taken[MOE_MAX_EXPERTS / 64] = {0, 0, 0, 0};
+  double picked[16], total = 0.0;
+  for (int j = 0; j < top_k; j++) {
+    int best = -1;
+    for (int e = 0; e < num_experts; e++)
+      if (!(taken[e >> 6] >> (e & 63) & 1) && (best < 0 || logits[e] > logits[best])) best = e;
+    taken[best >> 6] |= 1ull << (best & 63);
+    picked[j] = exp((double)logits[best] - mx) / sum;
+    total += picked[j];
+    experts[r * top_k + j] = best;
+  }
+  for (int j = 0; j < top_k; j++) weights[r * top_k + j] = (float)(renormalize ? picked[j] / total : picked[j]);
+}
+
+// act[r·k + j, i] = silu(gate_e · x_r) · (up_e · x_r) for expert e = experts[r, j] (skipped: zeros, when another
+// rank holds it). grid = (ceil(inter / 8), rows · top_k), 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+moe_expert_act(T* act, const T* x, const T* fc, const int* experts, int first, int local, int hidden, int inter,
+               int top_k) {
+  const int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, rj = blockIdx.y;
+  if (i >= inter) return;
+  const int e = (experts != nullptr ? experts[rj] : 0) - first;
+  T* out = act + (size_t)rj * inter + i;
+  if (e < 0 || e >= local) {
+    if ((threadIdx.x & 31) == 0) *out = fromf(0.f);
+    return;
+  }
+  const int rows[2] = {(e * 2 * inter) + i, (e * 2 * inter) + inter + i};
+  float acc[2][1];
+  gemv_pair_dot<1, 2>(acc, x + (size_t)(rj / top_k) * hidden, fc, rows, hidden);
+  if ((threadIdx.x & 31) == 0) {
+    const float up = rnd(acc[0][0]), gate = rnd(acc[1][0]);
+    *out = fromf(rnd(gate / (1.f + __expf(-gate))) * up);
+  }
+}
+
+// out[r, h] = Σ_j weights[r, j] · proj_e[h] · act[r·k + j] over row r's experts (this rank's). grid =
+// (ceil(hidden / 8), rows), 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+moe_expert_out(T* out, const T* act, const T* proj, const int* experts, const float* weights, int first, int local,
+               int hidden, int inter, int top_k) {
+  const int h = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, r = blockIdx.y;
+  if (h >= hidden) return;
+  float y = 0.f;
+  for (int j = 0; j < top_k; j++) {
+    const int e = (experts != nullptr ? experts[r * top_k + j] : 0) - first;
+    if (e < 0 || e >= local) continue;
+    const int rows[1] = {e * hidden + h};
+    float acc[1][1];
+    gemv_pair_dot<1, 1>(acc, act + (size_t)(r * top_k + j) * inter, proj, rows, inter);
+    y += (weights != nullptr ? weights[r * top_k + j] : 1.f) * acc[0][0];
+  }
+  if ((threadIdx.x & 31) == 0) out[(size_t)r * hidden + h] = fromf(y);
+}
+
+// out[r] += sigmoid(gate · x_r) · shared[r]: the shared expert behind its gate. grid = rows, 256 threads.
+extern "C" __global__ void moe_add_gated(T* out, const T* shared, const T* x, const T* gate, int hidden) {
+  const int r = blockIdx.x;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) s += tof(x[(size_t)r * hidden + i]) * tof(gate[i]);
+  const float g = 1.f / (1.f + __expf(-block_sum(s)));
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const size_t at = (size_t)r * hidden + i;
+    out[at] = fromf(tof(out[at]) + g * tof(shared[at]));
+  }
+}
+
 // Adds the qkv bias (when given), rotates q and k of each qkv row (gpt-neox halves) at its position and writes k and v to the row's KV cache
 // slot (skipped for slot < 0: padding). Cache layout: [slot][kv head][head dim]. grid = rows.
 extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* positions, const int* slots, KV* kcache,
