@@ -17,7 +17,7 @@ import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import type { Activations } from "../src/quantization/calibration.js";
 import type { KvCacheDtype, QFormat } from "../src/quantization/quantize-plan.js";
 import { LLM } from "../src/runtime/llm.js";
-import { QWEN25_05B, type Qwen2Shape, writeRandomQwen2 } from "./random-model.js";
+import { QWEN2_MOE_SMALL, QWEN25_05B, type Qwen2Shape, writeRandomQwen2 } from "./random-model.js";
 
 export interface BenchOptions {
   /** Where the random model, checkpoint and engine go. */
@@ -32,6 +32,8 @@ export interface BenchOptions {
   qformat?: QFormat;
   /** A quantized KV cache; default bf16. */
   kvCacheDtype?: KvCacheDtype;
+  /** The Qwen2-MoE-shaped model (QWEN2_MOE_SMALL) instead of Qwen2.5-0.5B's. */
+  moe?: boolean;
 }
 
 /**
@@ -87,10 +89,11 @@ function run(llm: LLM, prompts: number[][], maxNew: number | number[]): { second
 export async function runBench(args: BenchOptions): Promise<Record<string, number | string>> {
   const work = args.work ?? "/tmp/kiln-bench";
   const device = CudaDevice.open();
-  const hfDir = path.join(work, "hf");
+  const shape = args.moe ? QWEN2_MOE_SMALL : QWEN25_05B;
+  const hfDir = path.join(work, args.moe ? "hf-moe" : "hf");
   const ckpt = path.join(work, "ckpt");
   const engine = path.join(work, "engine");
-  if (!fs.existsSync(path.join(hfDir, "model.safetensors"))) writeRandomQwen2(hfDir, QWEN25_05B);
+  if (!fs.existsSync(path.join(hfDir, "model.safetensors"))) writeRandomQwen2(hfDir, shape);
   const quantized = (args.qformat && args.qformat !== "full_prec") || args.kvCacheDtype;
   await convertHfCheckpoint({
     modelDir: hfDir,
@@ -105,7 +108,7 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
         quantizeLmHead: false,
         calibSize: 1,
       },
-      activations: standInActivations(QWEN25_05B),
+      activations: standInActivations(shape),
     }),
   });
   const before = device.memInfo();
@@ -119,7 +122,7 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
   const llm = await LLM.load(engine);
   const results: Record<string, number | string> = {
     device: device.name,
-    model: `Qwen2.5-0.5B shape, random bf16 weights${args.qformat ? `, ${args.qformat}` : ""}${args.kvCacheDtype ? `, ${args.kvCacheDtype} KV cache` : ""}`,
+    model: `${args.moe ? "Qwen2-MoE design at Qwen2.5-0.5B's size (60 experts, top 4, shared expert)" : "Qwen2.5-0.5B shape"}, random bf16 weights${args.qformat ? `, ${args.qformat}` : ""}${args.kvCacheDtype ? `, ${args.kvCacheDtype} KV cache` : ""}`,
   };
 
   // Batch-1 decode, input 128, output 128: decode steps only (the first token is the prefill's).
@@ -180,6 +183,7 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
       quick: { type: "boolean" },
       qformat: { type: "string" },
       kv_cache_dtype: { type: "string" },
+      moe: { type: "boolean" },
     },
   });
   const { kv_cache_dtype, ...rest } = values;

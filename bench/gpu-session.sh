@@ -5,8 +5,9 @@
 #   bash bench/gpu-session.sh decode      bf16 with and without the fused decode ops      → $OUT/bf16{,-unfused}.json
 #   bash bench/gpu-session.sh formats     kiln bench --quick for each qformat and KV cache → $OUT/<format>.json
 #   bash bench/gpu-session.sh perplexity  the demo model's quantization table on cuda     → $OUT/quantization-demo-cuda.*
+#   bash bench/gpu-session.sh moe         kiln bench --quick --moe (Qwen2-MoE-shaped)      → $OUT/moe.json
 set -euo pipefail
-stage=${1:?"which stage: tests, decode, formats or perplexity"}
+stage=${1:?"which stage: tests, decode, formats, perplexity or moe"}
 OUT=${OUT:?"set OUT to the folder that comes back"}
 xz -dc .device/node.xz > /tmp/node && chmod +x /tmp/node && mkdir -p /tmp/bin && ln -sf /tmp/node /tmp/bin/node
 export PATH=/tmp/bin:$PATH
@@ -34,8 +35,11 @@ case "$stage" in
   perplexity)
     node dist/bench/quant-table.js --backend cuda --out "$OUT/quantization-demo-cuda"
     ;;
+  moe)
+    node dist/bench/bench.js --work "$work" --quick --moe --out "$OUT/moe.json"
+    ;;
   *)
-    echo "unknown stage $stage: tests, decode, formats or perplexity" >&2
+    echo "unknown stage $stage: tests, decode, formats, perplexity or moe" >&2
     exit 2
     ;;
 esac

@@ -1,5 +1,5 @@
-// A random-weight Hugging Face Qwen2 model dir of a given shape (default: Qwen2.5-0.5B-Instruct's), written
-// tensor by tensor in bfloat16, for benchmarks that need the real shape but not real weights.
+// A random-weight Hugging Face Qwen2 (or Qwen2-MoE) model dir of a given shape (default: Qwen2.5-0.5B-Instruct's),
+// written tensor by tensor in bfloat16, for benchmarks that need the real shape but not real weights.
 
 import fs from "node:fs";
 import path from "node:path";
@@ -13,16 +13,37 @@ export interface Qwen2Shape {
   heads: number;
   kvHeads: number;
   inter: number;
+  /** Qwen2-MoE: every layer routes through `experts` experts, top `topK`, with a gated shared expert. */
+  moe?: { experts: number; topK: number; expertInter: number; sharedInter: number };
 }
 
 export const QWEN25_05B: Qwen2Shape = { vocab: 151936, hidden: 896, layers: 24, heads: 14, kvHeads: 2, inter: 4864 };
+
+/**
+ * Qwen2-MoE's layer design (Qwen1.5-MoE-A2.7B: 60 experts, top 4, a shared expert four experts wide) at
+ * Qwen2.5-0.5B's size: 24 layers of hidden 896, 60 experts of 608, top 4, shared expert 2432; ~2.7 B
+ * parameters (5.4 GB in bf16), ~0.5 B read a token.
+ */
+export const QWEN2_MOE_SMALL: Qwen2Shape = {
+  ...QWEN25_05B,
+  moe: { experts: 60, topK: 4, expertInter: 608, sharedInter: 2432 },
+};
 
 export function writeRandomQwen2(dir: string, s: Qwen2Shape, seed = 1): void {
   fs.mkdirSync(dir, { recursive: true });
   const head = s.hidden / s.heads;
   const config = {
-    architectures: ["Qwen2ForCausalLM"],
-    model_type: "qwen2",
+    architectures: [s.moe ? "Qwen2MoeForCausalLM" : "Qwen2ForCausalLM"],
+    model_type: s.moe ? "qwen2_moe" : "qwen2",
+    ...(s.moe && {
+      num_experts: s.moe.experts,
+      num_experts_per_tok: s.moe.topK,
+      moe_intermediate_size: s.moe.expertInter,
+      shared_expert_intermediate_size: s.moe.sharedInter,
+      norm_topk_prob: false,
+      decoder_sparse_step: 1,
+      mlp_only_layers: [],
+    }),
     hidden_act: "silu",
     hidden_size: s.hidden,
     intermediate_size: s.inter,
@@ -55,10 +76,20 @@ export function writeRandomQwen2(dir: string, s: Qwen2Shape, seed = 1): void {
       { name: `${p}.self_attn.v_proj.bias`, shape: [s.kvHeads * head], scale: 0.02 },
       { name: `${p}.self_attn.o_proj.weight`, shape: [s.hidden, s.heads * head], scale: 0.02 },
       { name: `${p}.post_attention_layernorm.weight`, shape: [s.hidden], scale: 0 },
-      { name: `${p}.mlp.gate_proj.weight`, shape: [s.inter, s.hidden], scale: 0.02 },
-      { name: `${p}.mlp.up_proj.weight`, shape: [s.inter, s.hidden], scale: 0.02 },
-      { name: `${p}.mlp.down_proj.weight`, shape: [s.hidden, s.inter], scale: 0.02 },
     );
+    const mlp = (prefix: string, inter: number) =>
+      specs.push(
+        { name: `${prefix}.gate_proj.weight`, shape: [inter, s.hidden], scale: 0.02 },
+        { name: `${prefix}.up_proj.weight`, shape: [inter, s.hidden], scale: 0.02 },
+        { name: `${prefix}.down_proj.weight`, shape: [s.hidden, inter], scale: 0.02 },
+      );
+    if (!s.moe) mlp(`${p}.mlp`, s.inter);
+    else {
+      specs.push({ name: `${p}.mlp.gate.weight`, shape: [s.moe.experts, s.hidden], scale: 0.02 });
+      for (let e = 0; e < s.moe.experts; e++) mlp(`${p}.mlp.experts.${e}`, s.moe.expertInter);
+      mlp(`${p}.mlp.shared_expert`, s.moe.sharedInter);
+      specs.push({ name: `${p}.mlp.shared_expert_gate.weight`, shape: [1, s.hidden], scale: 0.02 });
+    }
   }
   specs.push({ name: "model.norm.weight", shape: [s.hidden], scale: 0 });
   const writer = new SafetensorsWriter(

@@ -19,6 +19,11 @@ export function benchCommand(): Command {
       ).choices(QFORMATS),
     )
     .addOption(new Option("--kv_cache_dtype <d>", "a quantized KV cache; default bf16").choices(KV_CACHE_DTYPES))
+    .option(
+      "--moe",
+      "a random Qwen2-MoE-shaped model instead (60 experts, top 4, shared expert; ~2 B parameters)",
+      false,
+    )
     .action(async (o) => {
       let bench: typeof import("../../bench/bench.js");
       try {
@@ -35,6 +40,7 @@ export function benchCommand(): Command {
         quick: o.quick,
         qformat: o.qformat,
         kvCacheDtype: o.kv_cache_dtype,
+        moe: o.moe,
       });
     });
 }
