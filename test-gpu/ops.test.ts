@@ -5,12 +5,14 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import type { StepInput } from "../src/backends/backend.js";
 import { CpuBackend, type CpuTensor, cpuTensor } from "../src/backends/cpu/cpu-backend.js";
-import { CudaBackend, type CudaDtype, type CudaTensor } from "../src/backends/cuda/cuda-backend.js";
+import { CudaBackend, type CudaDtype, type CudaQuant, type CudaTensor } from "../src/backends/cuda/cuda-backend.js";
 import { CudaDevice } from "../src/backends/cuda/driver.js";
 import { kernelSource } from "../src/backends/cuda/engine-kernels.js";
 import { compileKernels } from "../src/backends/cuda/nvrtc.js";
 import { cudaWeightOnlyLayout } from "../src/backends/cuda/weight-layout.js";
 import { decodeToFloat32, encodeFromFloat32 } from "../src/checkpoint/dtype.js";
+import { decodeE2M1 } from "../src/quantization/fp4.js";
+import { decodeE4M3 } from "../src/quantization/fp8.js";
 import { packGptq, quantizeGroupsRtn } from "../src/quantization/gptq.js";
 import { quantizeWeightOnly } from "../src/quantization/weight-only.js";
 
@@ -233,6 +235,81 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
         const got = download(cuda.linear(xc, wc, null, true));
         const e = relErr(got, cpu.linear(xcpu, wcpu, null, true).data);
         assert.ok(e < tol, `${rows} rows: relative error ${e.toExponential(2)}`);
+      }
+    });
+
+    test("every code kind (int8, int4 by group, E4M3, E2M1 with block scales): GEMV and dequantize + cuBLAS equal the decoded matmul", () => {
+      const [inDim, out, G] = [H, 40, 32];
+      let s = 7;
+      const next = () => {
+        s = (s * 1103515245 + 12345) % 2 ** 31;
+        return s;
+      };
+      const put = (bytes: Uint8Array) => {
+        const p = device.alloc(bytes.byteLength);
+        device.upload(p, bytes);
+        return p;
+      };
+      const scales = Float32Array.from({ length: out }, () => 0.005 + (next() % 1000) / 1e5);
+      const groupScales = Float32Array.from({ length: out * (inDim / G) }, () => 0.01 + (next() % 1000) / 1e5);
+      // E4M3 codes away from NaN (0x7f, 0xff); block scales between 2^-3 and 2^1.
+      const fp8 = Uint8Array.from({ length: out * inDim }, () => (next() % 0x7f) | (next() & 0x80));
+      const blocks = Uint8Array.from({ length: (out * inDim) / 16 }, () => 0x20 + (next() % 0x20));
+      const nibbles = Uint8Array.from({ length: (out * inDim) / 2 }, () => next() & 0xff);
+      const int8 = Uint8Array.from({ length: out * inDim }, () => (next() % 255) - 127);
+      const cases: [string, Uint8Array, Partial<CudaQuant>, (o: number, i: number) => number][] = [
+        [
+          "int8",
+          int8,
+          { kind: "int8", scales: put(new Uint8Array(scales.buffer)) },
+          (o, i) => ((int8[o * inDim + i] << 24) >> 24) * scales[o],
+        ],
+        [
+          "int4 by group",
+          nibbles,
+          { kind: "int4", scales: put(new Uint8Array(groupScales.buffer)), groups: inDim / G },
+          (o, i) => {
+            const n = (nibbles[(o * inDim + i) >> 1] >> (4 * (i & 1))) & 15;
+            return (n >= 8 ? n - 16 : n) * groupScales[o * (inDim / G) + Math.floor(i / G)];
+          },
+        ],
+        ["E4M3", fp8, { kind: "fp8", weightScale: 0.5 }, (o, i) => decodeE4M3(fp8[o * inDim + i]) * 0.5],
+        [
+          "E2M1",
+          nibbles,
+          { kind: "fp4", blocks: put(blocks), alpha: 0.25 },
+          (o, i) =>
+            decodeE2M1((nibbles[(o * inDim + i) >> 1] >> (4 * (i & 1))) & 15) *
+            decodeE4M3(blocks[(o * inDim + i) >> 4]) *
+            0.25,
+        ],
+      ];
+      for (const [label, codes, quant, value] of cases) {
+        const w: CudaTensor = {
+          ptr: put(codes),
+          rows: out,
+          cols: inDim,
+          dtype,
+          quant: {
+            kind: "int8",
+            scales: 0,
+            zeros: 0,
+            groups: 0,
+            blocks: 0,
+            weightScale: 1,
+            alpha: 1,
+            input: null,
+            ...quant,
+          },
+        };
+        const dense = Float32Array.from({ length: out * inDim }, (_, k) => value(Math.floor(k / inDim), k % inDim));
+        for (const rows of [1, 3, 8, 9]) {
+          const [xc, xcpu] = upload(rand(rows * inDim), rows, inDim);
+          cuda.beginStep(decode);
+          const got = download(cuda.linear(xc, w, null, true));
+          const e = relErr(got, cpu.linear(xcpu, cpuTensor(out, inDim, dense), null, true).data);
+          assert.ok(e < tol, `${label}, ${rows} rows: relative error ${e.toExponential(2)}`);
+        }
       }
     });
 
