@@ -23,6 +23,18 @@ const DTYPES: [CudaDtype, number, number][] = [
   ["BF16", 2, 3e-2],
 ];
 
+/** A quantized layer with no scales, zeros or block scales and its input used as it is; cases fill in the rest. */
+const WEIGHT_ONLY: CudaQuant = {
+  kind: "int8",
+  scales: 0,
+  zeros: 0,
+  groups: 0,
+  blocks: 0,
+  weightScale: 1,
+  alpha: 1,
+  input: null,
+};
+
 let seed = 12345;
 function rand(n: number, scale = 1): Float32Array {
   const out = new Float32Array(n);
@@ -162,16 +174,7 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           rows: out,
           cols: inDim,
           dtype,
-          quant: {
-            kind: bits === 8 ? "int8" : "int4",
-            scales: sp,
-            zeros: 0,
-            groups: 0,
-            blocks: 0,
-            weightScale: 1,
-            alpha: 1,
-            input: null,
-          },
+          quant: { ...WEIGHT_ONLY, kind: bits === 8 ? "int8" : "int4", scales: sp },
         };
         const wcpu: CpuTensor = {
           data: new Float32Array(0),
@@ -213,14 +216,11 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
         cols: inDim,
         dtype,
         quant: {
+          ...WEIGHT_ONLY,
           kind: "int4",
           scales: put(new Uint8Array(transpose(t.scales).buffer)),
           zeros: put(new Uint8Array(transpose(t.zero).buffer)),
           groups,
-          blocks: 0,
-          weightScale: 1,
-          alpha: 1,
-          input: null,
         },
       };
       const wcpu: CpuTensor = {
@@ -290,17 +290,7 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           rows: out,
           cols: inDim,
           dtype,
-          quant: {
-            kind: "int8",
-            scales: 0,
-            zeros: 0,
-            groups: 0,
-            blocks: 0,
-            weightScale: 1,
-            alpha: 1,
-            input: null,
-            ...quant,
-          },
+          quant: { ...WEIGHT_ONLY, ...quant },
         };
         const dense = Float32Array.from({ length: out * inDim }, (_, k) => value(Math.floor(k / inDim), k % inDim));
         for (const rows of [1, 3, 8, 9]) {

@@ -77,30 +77,21 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Sum over the block; every thread gets the result. blockDim.x is a multiple of 32, at most 1024.
-__device__ float block_sum(float v) {
+// Sum (or maximum) over the block; every thread gets the result. blockDim.x is a multiple of 32, at most 1024.
+template <bool MAX>
+__device__ float block_reduce(float v) {
   __shared__ float partial[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
+  v = MAX ? warp_max(v) : warp_sum(v);
   __syncthreads();
   if (lane == 0) partial[warp] = v;
   __syncthreads();
-  const int warps = blockDim.x >> 5;
-  v = lane < warps ? partial[lane] : 0.f;
-  return warp_sum(v);
+  v = lane < (blockDim.x >> 5) ? partial[lane] : MAX ? NEG_INF : 0.f;
+  return MAX ? warp_max(v) : warp_sum(v);
 }
 
-// Maximum over the block; every thread gets the result.
-__device__ float block_max(float v) {
-  __shared__ float partial[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < (blockDim.x >> 5) ? partial[lane] : NEG_INF;
-  return warp_max(v);
-}
+__device__ float block_sum(float v) { return block_reduce<false>(v); }
+__device__ float block_max(float v) { return block_reduce<true>(v); }
 
 // out[r] = table[ids[r]]; grid = rows.
 extern "C" __global__ void embed(T* out, const T* table, const int* ids, int hidden) {
