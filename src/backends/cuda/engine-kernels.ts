@@ -20,12 +20,21 @@ export function kernelSource(): string {
 /** KILN_KV in decoder.cu: the KV cache's element (the model dtype, or one byte of INT8 or FP8). */
 export const KILN_KV: Record<"none" | KvCacheQuantAlgo, number> = { none: 0, INT8: 1, FP8: 2 };
 
+/** What this process compiled, by target, dtype and KV element: a build of several engines compiles once. */
+const compiled = new Map<string, { target: string; cubin: Uint8Array; ptx: Uint8Array }>();
+
 export function compileEngineKernels(
   dtype: ModelDtype,
   kv: KvCacheQuantAlgo | null,
 ): { target: string; cubin: Uint8Array; ptx: Uint8Array } {
   const target = CudaDevice.open().target;
   const defines = { KILN_DTYPE: KILN_DTYPE[dtype], KILN_KV: KILN_KV[kv ?? "none"] };
-  const { cubin, ptx } = compileKernels(kernelSource(), "decoder.cu", target, defines);
-  return { target, cubin, ptx };
+  const key = `${target}:${defines.KILN_DTYPE}:${defines.KILN_KV}`;
+  let k = compiled.get(key);
+  if (!k) {
+    const { cubin, ptx } = compileKernels(kernelSource(), "decoder.cu", target, defines);
+    k = { target, cubin, ptx };
+    compiled.set(key, k);
+  }
+  return k;
 }
