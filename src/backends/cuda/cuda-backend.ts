@@ -543,7 +543,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     const act = this.alloc(rows * route.k, inter);
     this.device.launch(
       this.fn("moe_expert_act"),
-      [Math.ceil(inter / 8), rows * route.k],
+      [rows * route.k, Math.ceil(inter / 8)],
       [256],
       [
         ptr(act.ptr),
@@ -559,7 +559,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     );
     this.device.launch(
       this.fn("moe_expert_out"),
-      [Math.ceil(hidden / 8), rows],
+      [rows, Math.ceil(hidden / 8)],
       [256],
       [
         ptr(out.ptr),

@@ -711,11 +711,11 @@ extern "C" __global__ void moe_route(int* experts, float* weights, const T* x, c
 }
 
 // act[r·k + j, i] = silu(gate_e · x_r) · (up_e · x_r) for expert e = experts[r, j] (skipped: zeros, when another
-// rank holds it). grid = (ceil(inter / 8), rows · top_k), 256 threads.
+// rank holds it). grid = (rows · top_k, ceil(inter / 8)) (rows on x, whose limit is 2^31 − 1), 256 threads.
 extern "C" __global__ void __launch_bounds__(256)
 moe_expert_act(T* act, const T* x, const T* fc, const int* experts, int first, int local, int hidden, int inter,
                int top_k) {
-  const int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, rj = blockIdx.y;
+  const int i = (blockIdx.y * blockDim.x + threadIdx.x) >> 5, rj = blockIdx.x;
   if (i >= inter) return;
   const int e = (experts != nullptr ? experts[rj] : 0) - first;
   T* out = act + (size_t)rj * inter + i;
@@ -733,11 +733,11 @@ moe_expert_act(T* act, const T* x, const T* fc, const int* experts, int first, i
 }
 
 // out[r, h] = Σ_j weights[r, j] · proj_e[h] · act[r·k + j] over row r's experts (this rank's). grid =
-// (ceil(hidden / 8), rows), 256 threads.
+// (rows, ceil(hidden / 8)), 256 threads.
 extern "C" __global__ void __launch_bounds__(256)
 moe_expert_out(T* out, const T* act, const T* proj, const int* experts, const float* weights, int first, int local,
                int hidden, int inter, int top_k) {
-  const int h = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, r = blockIdx.y;
+  const int h = (blockIdx.y * blockDim.x + threadIdx.x) >> 5, r = blockIdx.x;
   if (h >= hidden) return;
   float y = 0.f;
   for (int j = 0; j < top_k; j++) {
