@@ -3,6 +3,7 @@
 // from modules the emulator's NVRTC compiled as host code, each block run as fibers (emu.h).
 
 #include <dlfcn.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -109,9 +110,38 @@ struct BlockRunner {
 };
 
 thread_local BlockRunner* runner = nullptr;
+/** The kernel this OS thread runs, for the crash report. */
+thread_local const char* running_kernel = nullptr;
+
+// A kernel that touches memory it may not (or overflows its fiber's stack) gets one line naming the kernel,
+// block and thread before the process dies, instead of a bare segmentation fault.
+void on_fault(int sig) {
+  char line[256];
+  const int n = running_kernel && current
+                    ? std::snprintf(line, sizeof line,
+                                    "cuda-emu: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s\n", running_kernel,
+                                    block_idx.x, block_idx.y, block_idx.z, current->tid.x, current->tid.y,
+                                    current->tid.z, sig == SIGSEGV ? "invalid memory access" : "fault")
+                    : std::snprintf(line, sizeof line, "cuda-emu: fault outside a kernel\n");
+  if (n > 0) (void)!write(2, line, (size_t)n);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
 
 BlockRunner& this_runner() {
-  if (!runner) runner = new BlockRunner();
+  if (!runner) {
+    runner = new BlockRunner();
+    // The handler runs on a stack of its own: a fiber's may be the one that overflowed.
+    stack_t alt{};
+    alt.ss_size = 64 << 10;
+    alt.ss_sp = std::malloc(alt.ss_size);
+    sigaltstack(&alt, nullptr);
+    struct sigaction sa {};
+    sa.sa_handler = on_fault;
+    sa.sa_flags = SA_ONSTACK;
+    sigaction(SIGSEGV, &sa, nullptr);
+    sigaction(SIGBUS, &sa, nullptr);
+  }
   return *runner;
 }
 
@@ -319,6 +349,7 @@ struct Module {
 struct Function {
   emu::Invoker invoke;
   emu::Signature sig;
+  std::string name;
 };
 struct Event {
   std::chrono::steady_clock::time_point at;
@@ -523,7 +554,7 @@ int cuModuleGetFunction(void** fn, void* module, const char* name) {
   auto invoke = (emu::Invoker)dlsym(m->dl, (std::string("__emu_invoke_") + name).c_str());
   auto sig = (emu::Signature(*)())dlsym(m->dl, (std::string("__emu_signature_") + name).c_str());
   if (!invoke || !sig) return NOT_FOUND;
-  *fn = new Function{invoke, sig()};
+  *fn = new Function{invoke, sig(), name};
   return OK;
 }
 
@@ -542,13 +573,17 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
     values[i].assign(static_cast<char*>(params[i]), static_cast<char*>(params[i]) + fn->sig.sizes[i]);
   }
   const emu::Invoker invoke = fn->invoke;
-  emu::enqueue([invoke, values = std::move(values), gx, gy, gz, bx, by, bz, smem]() mutable {
+  const char* name = fn->name.c_str();
+  emu::enqueue([invoke, name, values = std::move(values), gx, gy, gz, bx, by, bz, smem]() mutable {
     std::vector<void*> p(values.size());
     for (size_t i = 0; i < values.size(); i++) p[i] = values[i].data();
     const dim3 grid(gx, gy, gz), block(bx, by, bz);
     emu::pool().run((size_t)gx * gy * gz, [&](size_t b) {
       const uint3 idx = make_uint3(b % gx, (b / gx) % gy, b / ((size_t)gx * gy));
-      emu::this_runner().run(invoke, p.data(), idx, block, grid, smem);
+      emu::BlockRunner& r = emu::this_runner();
+      emu::running_kernel = name;
+      r.run(invoke, p.data(), idx, block, grid, smem);
+      emu::running_kernel = nullptr;
     });
   });
   return OK;
