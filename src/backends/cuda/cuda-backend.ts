@@ -68,6 +68,8 @@ export class CudaBackend implements Backend<CudaTensor> {
   private readonly invFreq: number;
   private readonly greedyOut: number;
   private readonly attentionPartial: number;
+  /** Per (row, head) of a split attention, how many of its chunks have finished. */
+  private readonly attentionArrivals: number;
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
   private readonly argmaxPartial: number;
@@ -123,6 +125,9 @@ export class CudaBackend implements Backend<CudaTensor> {
     this.argmaxPartial = device.alloc(limits.logitRows * ARGMAX_SPLIT * 3 * 4);
     const maxChunks = Math.ceil(limits.maxSeqLen / ATTENTION_CHUNK);
     this.attentionPartial = device.alloc(limits.maxSeqs * limits.numHeads * maxChunks * (limits.headSize + 2) * 4);
+    // Zero once: attention_split leaves its counters at zero after every launch.
+    this.attentionArrivals = device.alloc(limits.maxSeqs * limits.numHeads * 4);
+    device.memsetAsync(this.attentionArrivals, 0, limits.maxSeqs * limits.numHeads * 4);
   }
 
   private disposed = false;
@@ -140,6 +145,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       this.greedyOut,
       this.argmaxPartial,
       this.attentionPartial,
+      this.attentionArrivals,
       ...(this.woScratch.ptr ? [this.woScratch.ptr] : []),
     ]) {
       this.device.free(p);
@@ -416,15 +422,11 @@ export class CudaBackend implements Backend<CudaTensor> {
     const chunks = Math.ceil((this.graphMode ? this.limits.maxSeqLen : s.maxVisible) / ATTENTION_CHUNK);
     if (qkv.rows <= this.limits.maxSeqs && chunks > 1) {
       this.device.launch(this.fn("attention_split"), [qkv.rows, shape.numHeads, chunks], block, [
+        ptr(out.ptr),
         ptr(this.attentionPartial),
+        ptr(this.attentionArrivals),
         ...inputs,
       ]);
-      this.device.launch(
-        this.fn("attention_merge"),
-        [qkv.rows, shape.numHeads],
-        [128],
-        [ptr(out.ptr), ptr(this.attentionPartial), i32(shape.numHeads), i32(shape.headSize), i32(chunks)],
-      );
     } else {
       this.device.launch(this.fn("attention"), [qkv.rows, shape.numHeads], block, [ptr(out.ptr), ...inputs]);
     }

@@ -52,7 +52,6 @@ export const KERNELS = [
   "argmax_final",
   "sample_rows",
   "attention_split",
-  "attention_merge",
   "gemv",
   "gemv_q_int8",
   "gemv_q_int4",

@@ -1090,40 +1090,49 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
 }
 
 // Decode attention split over the sequence (flash-decoding): with few query rows, one block per (row, head)
-// leaves most of the GPU idle on long contexts, so each (row, head) is also split into chunks of
-// ATT_CHUNK keys, each block writing a partial (max, sum, weighted values) that attention_merge combines.
-// grid = (rows, heads, chunks), block = 32 × ATT_WARPS; chunks past a row's context exit at once.
+// leaves most of the GPU idle on long contexts, so each (row, head) is also split into chunks of ATT_CHUNK
+// keys, each block writing a partial (max, sum, weighted values). The last block of a (row, head) to finish
+// merges the partials (the threadfence-reduction pattern: one launch, not two); `arrivals` counts them and is
+// left at zero for the next launch. grid = (rows, heads, chunks), block = 32 × ATT_WARPS; chunks past a row's
+// context write an empty partial and only count.
 #define ATT_CHUNK 256
 
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
-attention_split(float* partial, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq,
-                const int* row_pos,
-                const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
-  const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z;
-  float* part = partial + (((size_t)r * num_heads + h) * gridDim.z + c) * (head + 2);
+attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const KV* kcache, const KV* vcache,
+                float kv_scale, const int* row_seq, const int* row_pos, const int* block_tables, int max_blocks,
+                int num_heads, int num_kv, int head, int tpb, float scale) {
+  const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z, chunks = gridDim.z;
+  float* mine = partial + ((size_t)r * num_heads + h) * chunks * (head + 2);
+  float* part = mine + (size_t)c * (head + 2);
   const int seq = row_seq[r];
   const int visible = seq < 0 ? 0 : row_pos[r] + 1;
   const int t_begin = c * ATT_CHUNK, t_end = min(visible, t_begin + ATT_CHUNK);
   if (t_begin >= t_end) {
     if (threadIdx.x == 0) part[0] = NEG_INF;  // an empty chunk: the merge skips it
-    return;
+  } else {
+    const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
+    attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end,
+           h / (num_heads / num_kv), num_kv, head, tpb, scale, part, part + 2);
   }
-  const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
-  attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end, h / (num_heads / num_kv), num_kv,
-         head, tpb, scale, part, part + 2);
-}
-
-// Combines attention_split's chunks of each (row, head): grid = (rows, heads), block ≥ head threads.
-extern "C" __global__ void attention_merge(T* out, const float* partial, int num_heads, int head, int chunks) {
-  const int r = blockIdx.x, h = blockIdx.y;
-  const float* part = partial + ((size_t)r * num_heads + h) * chunks * (head + 2);
+  __shared__ int last;
+  __threadfence();  // this block's partial is visible to the others before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned* count = arrivals + (size_t)r * num_heads + h;
+    last = atomicAdd(count, 1u) == (unsigned)chunks - 1;
+    if (last) *count = 0;
+  }
+  __syncthreads();
+  if (!last) return;
+  // Read through volatile: the other blocks' partials must come from memory, not a stale cache line.
+  const volatile float* all = mine;
   float mall = NEG_INF;
-  for (int c = 0; c < chunks; c++) mall = fmaxf(mall, part[c * (head + 2)]);
+  for (int k = 0; k < chunks; k++) mall = fmaxf(mall, all[k * (head + 2)]);
   T* o = out + ((size_t)r * num_heads + h) * head;
   for (int d = threadIdx.x; d < head; d += blockDim.x) {
     float num = 0.f, den = 0.f;
-    for (int c = 0; c < chunks; c++) {
-      const float* p = part + c * (head + 2);
+    for (int k = 0; k < chunks; k++) {
+      const volatile float* p = all + k * (head + 2);
       if (p[0] == NEG_INF) continue;
       const float w = __expf(p[0] - mall);
       num += p[2 + d] * w;
