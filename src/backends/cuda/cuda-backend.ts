@@ -29,7 +29,7 @@ import {
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
 import { FUSED_KERNELS, FusedDecode, MAX_DYNAMIC_SHARED } from "./fused-decode.js";
 import { moeLayer } from "./moe-layer.js";
-import { quantizedLinear } from "./quantized-linear.js";
+import { addBias, quantizedLinear } from "./quantized-linear.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
 
 /** ARGMAX_SPLIT in decoder.cu: blocks that share one logits row in the greedy choice. */
@@ -348,10 +348,7 @@ export class CudaBackend implements Backend<CudaTensor> {
         x.cols,
         weight.rows,
       );
-    if (bias) {
-      if (float32Out) throw new Error("a bias on a float32-output linear is not supported");
-      this.device.launch(this.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
-    }
+    addBias(this.launcher, out, bias, float32Out);
     return out;
   }
 
@@ -359,7 +356,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   private ensureWoScratch(elements: number): number {
     if (elements > this.woScratch.elements) {
       if (this.graphMode)
-        throw new Error(`weight-only scratch of ${this.woScratch.elements} values is too small for ${elements}`);
+        throw new Error(`dequantization scratch of ${this.woScratch.elements} values is too small for ${elements}`);
       if (this.woScratch.ptr) this.device.free(this.woScratch.ptr);
       this.woScratch = { ptr: this.device.alloc(elements * BYTES[this.dtype]), elements };
     }

@@ -89,9 +89,13 @@ export function quantizedLinear(
     w.rows,
     q.alpha,
   );
-  if (bias) {
-    if (float32Out) throw new Error("a bias on a float32-output linear is not supported");
-    ctx.device.launch(ctx.fn("add_bias"), [x.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
-  }
+  addBias(ctx, out, bias, float32Out);
   return out;
+}
+
+/** out[r, c] += bias[c] after a GEMM (the GEMVs add it themselves); model-dtype outputs only. */
+export function addBias(ctx: QuantizedLaunch, out: CudaTensor, bias: CudaTensor | null, float32Out: boolean): void {
+  if (!bias) return;
+  if (float32Out) throw new Error("a bias on a float32-output linear is not supported");
+  ctx.device.launch(ctx.fn("add_bias"), [out.rows], [256], [ptr(out.ptr), ptr(bias.ptr), i32(out.cols)]);
 }
