@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # What a GPU session measures, in device calls of under ten minutes each (run from the project root on the
 # GPU machine, with .device/ carried as ../shared/device/README.md says; results under $OUT):
+#   bash bench/gpu-session.sh refs        transformers' bf16 outputs of every fixture (scripts/record_bf16.py) → $OUT/reference_bf16.tgz
 #   bash bench/gpu-session.sh tests       the GPU suite (npm run test:gpu's files)        → $OUT/test-gpu.txt
 #   bash bench/gpu-session.sh decode      bf16 with and without the fused decode ops      → $OUT/bf16{,-unfused}.json
 #   bash bench/gpu-session.sh formats     kiln bench --quick for each qformat and KV cache → $OUT/<format>.json
 #   bash bench/gpu-session.sh perplexity  the demo model's quantization table on cuda     → $OUT/quantization-demo-cuda.*
 #   bash bench/gpu-session.sh moe         kiln bench --quick --moe (Qwen2-MoE-shaped)      → $OUT/moe.json
+# Several stages run in one call in the order given: bash bench/gpu-session.sh refs tests decode
 set -euo pipefail
-stage=${1:?"which stage: tests, decode, formats, perplexity or moe"}
+[ $# -gt 0 ] || { echo "which stage: refs, tests, decode, formats, perplexity or moe" >&2; exit 2; }
 OUT=${OUT:?"set OUT to the folder that comes back"}
 xz -dc .device/node.xz > /tmp/node && chmod +x /tmp/node && mkdir -p /tmp/bin && ln -sf /tmp/node /tmp/bin/node
 export PATH=/tmp/bin:$PATH
@@ -15,9 +17,14 @@ export PATH=/tmp/bin:$PATH
 [ -f dist/bench/bench.js ] || node node_modules/typescript/bin/tsc -p tsconfig.json
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
 work=/tmp/kiln-bench
+for stage in "$@"; do
 case "$stage" in
+  refs)
+    python3 scripts/record_bf16.py --fixtures test/fixtures
+    tar -czf "$OUT/reference_bf16.tgz" test/fixtures/*/reference_bf16.safetensors
+    ;;
   tests)
-    node --test --test-reporter=spec --test-concurrency=1 dist/test-gpu/ > "$OUT/test-gpu.txt" 2>&1 || true
+    timeout "${TESTS_TIMEOUT:-600}" node --test --test-reporter=spec --test-concurrency=1 dist/test-gpu/ > "$OUT/test-gpu.txt" 2>&1 || true
     tail -12 "$OUT/test-gpu.txt"
     ;;
   decode)
@@ -39,7 +46,8 @@ case "$stage" in
     node dist/bench/bench.js --work "$work" --quick --moe --out "$OUT/moe.json"
     ;;
   *)
-    echo "unknown stage $stage: tests, decode, formats, perplexity or moe" >&2
+    echo "unknown stage $stage: refs, tests, decode, formats, perplexity or moe" >&2
     exit 2
     ;;
 esac
+done
