@@ -3,6 +3,8 @@
 # GPU machine, with .device/ carried as ../shared/device/README.md says; results under $OUT):
 #   bash bench/gpu-session.sh refs        transformers' bf16 outputs of every fixture (scripts/record_bf16.py) → $OUT/reference_bf16.tgz
 #   bash bench/gpu-session.sh tests       the GPU suite (npm run test:gpu's files)        → $OUT/test-gpu.txt
+#   bash bench/gpu-session.sh ops         each batch-1 decode op timed alone (bench/decode-ops.ts) → $OUT/decode-ops.json
+#   bash bench/gpu-session.sh ncu         Nsight Compute's kernel times of a short batch-1 decode, graphs off → $OUT/ncu.csv
 #   bash bench/gpu-session.sh decode      bf16 with and without the fused decode ops      → $OUT/bf16{,-unfused}.json
 #   bash bench/gpu-session.sh formats     kiln bench --quick for each qformat and KV cache → $OUT/<format>.json
 #   bash bench/gpu-session.sh perplexity  the demo model's quantization table on cuda     → $OUT/quantization-demo-cuda.*
@@ -26,6 +28,15 @@ case "$stage" in
   tests)
     timeout "${TESTS_TIMEOUT:-600}" node --test --test-reporter=spec --test-concurrency=1 dist/test-gpu/ > "$OUT/test-gpu.txt" 2>&1 || true
     tail -12 "$OUT/test-gpu.txt"
+    ;;
+  ops)
+    node dist/bench/decode-ops.js --out "$OUT/decode-ops.json"
+    ;;
+  ncu)
+    uname -r
+    KILN_CUDA_GRAPHS=0 timeout "${NCU_TIMEOUT:-300}" ncu --clock-control none --cache-control none \
+      --metrics gpu__time_duration.sum --csv node dist/bench/profile-decode.js --work "$work" --tokens 3 \
+      > "$OUT/ncu.csv" 2> "$OUT/ncu.err" || tail -5 "$OUT/ncu.err"
     ;;
   decode)
     node dist/bench/bench.js --work "$work" --quick --out "$OUT/bf16.json" > /dev/null

@@ -375,6 +375,52 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       assert.equal(cuda.normGatedMlp(w9, w9, { weight: norm[0], eps: 1e-6 }, fg[0], null), null);
     });
 
+    test("mixture of experts (router top-k, renormalized or not, shared expert behind its gate) equals the cpu at 1–45 rows", () => {
+      const [E, I, SI] = [6, 40, 56];
+      const router = rand(E * H, 0.5); // float32 on both backends, as the engine keeps it
+      const rp = device.alloc(router.byteLength);
+      device.upload(rp, new Uint8Array(router.buffer));
+      const [fc, proj] = [upload(rand(E * 2 * I * H, 0.2), E * 2 * I, H), upload(rand(E * H * I, 0.2), E * H, I)];
+      const sharedW = [
+        upload(rand(2 * SI * H, 0.2), 2 * SI, H),
+        upload(rand(H * SI, 0.2), H, SI),
+        upload(rand(H, 0.3), 1, H),
+      ];
+      for (const [topK, renormalize, withShared] of [
+        [2, true, false],
+        [3, false, true],
+      ] as const) {
+        const spec = {
+          numExperts: E,
+          topK,
+          renormalize,
+          firstExpert: 0,
+          expertsLocal: E,
+          expertInter: I,
+          sharedInter: withShared ? SI : 0,
+        };
+        const pick = (side: 0 | 1) => ({
+          router: side === 0 ? { ptr: rp, rows: E, cols: H, dtype: "F32" as const } : cpuTensor(E, H, router),
+          fc: fc[side],
+          proj: proj[side],
+          shared: withShared ? { fc: sharedW[0][side], proj: sharedW[1][side], gate: sharedW[2][side] } : null,
+        });
+        for (const rows of [1, 3, 45]) {
+          const [xc, xcpu] = upload(rand(rows * H), rows, H);
+          cuda.beginStep(decode);
+          const got = download(cuda.moe(xc, pick(0) as never, spec));
+          const want = cpu.moe(xcpu, pick(1) as never, spec).data;
+          for (let r = 0; r < rows; r++) {
+            const e = relErr(got.subarray(r * H, (r + 1) * H), want.subarray(r * H, (r + 1) * H));
+            assert.ok(
+              e < tol,
+              `top ${topK}${withShared ? " + shared" : ""}, ${rows} rows: row ${r} relative error ${e.toExponential(2)}`,
+            );
+          }
+        }
+      }
+    });
+
     for (const [label, step] of [
       ["prefill", prefill],
       ["decode after prefill", decode],

@@ -1,0 +1,158 @@
+// Each op of a batch-1 bf16 decode step of Qwen2.5-0.5B's shape, timed alone on the GPU: the op over eight
+// layers' worth of random weights (more than the L2 holds, as in a real step) captured into a CUDA graph,
+// replayed, timed with events. Beside each: the bytes it must read and the time that takes at the copy
+// bandwidth measured in the same run. Says where a decode step's time goes (kiln bench gives the whole step).
+//
+// node dist/bench/decode-ops.js [--context 128] [--out FILE.json]
+
+import fs from "node:fs";
+import { parseArgs } from "node:util";
+import type { AttentionShape, StepInput } from "../src/backends/backend.js";
+import { CudaBackend, type CudaTensor } from "../src/backends/cuda/cuda-backend.js";
+import { CudaDevice } from "../src/backends/cuda/driver.js";
+import { kernelSource } from "../src/backends/cuda/engine-kernels.js";
+import { compileKernels } from "../src/backends/cuda/nvrtc.js";
+import { QWEN25_05B } from "./random-model.js";
+
+const { values: args } = parseArgs({
+  options: { context: { type: "string" }, replays: { type: "string" }, out: { type: "string" } },
+});
+const context = Number(args.context ?? 128);
+const s = QWEN25_05B;
+const [H, I, V, D, heads, kvHeads] = [s.hidden, s.inter, s.vocab, s.hidden / s.heads, s.heads, s.kvHeads];
+const QKV = (heads + 2 * kvHeads) * D;
+const LAYERS = 8;
+const REPLAYS = Number(args.replays ?? 50);
+
+const device = CudaDevice.open();
+const { cubin } = compileKernels(kernelSource(), "decoder.cu", device.target, { KILN_DTYPE: 2 });
+const module = device.loadModule(cubin);
+
+/** Random bf16 values in [-0.05, 0.05) (the bit patterns of small floats), uploaded. */
+function randomBf16(rows: number, cols: number): CudaTensor {
+  const n = rows * cols;
+  const bits = new Uint16Array(n);
+  const f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  let seed = rows * 7919 + cols;
+  for (let i = 0; i < n; i++) {
+    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+    f[0] = (seed / 2 ** 32 - 0.5) * 0.1;
+    bits[i] = u[0] >>> 16;
+  }
+  const p = device.alloc(n * 2);
+  device.upload(p, bits);
+  return { ptr: p, rows, cols, dtype: "BF16" };
+}
+
+const weights = new Map<string, CudaTensor>();
+for (let l = 0; l < LAYERS; l++) {
+  weights.set(`qkv${l}`, randomBf16(QKV, H));
+  weights.set(`qkv_bias${l}`, randomBf16(1, QKV));
+  weights.set(`dense${l}`, randomBf16(H, H));
+  weights.set(`fc_gate${l}`, randomBf16(2 * I, H));
+  weights.set(`proj${l}`, randomBf16(H, I));
+  weights.set(`norm${l}`, randomBf16(1, H));
+}
+weights.set("lm_head", randomBf16(V, H));
+const invFreq = new Float32Array(D / 2).map((_, i) => 1 / 1e6 ** ((2 * i) / D));
+const tokensPerBlock = 64;
+const blocksPerSeq = Math.ceil((context + 1) / tokensPerBlock);
+const be = new CudaBackend(
+  device,
+  module,
+  weights,
+  "BF16",
+  {
+    maxRows: 8,
+    maxSeqs: 8,
+    maxBlocksPerSeq: blocksPerSeq,
+    hidden: H,
+    widestRow: 2 * I,
+    vocab: V,
+    logitRows: 8,
+    maxSeqLen: blocksPerSeq * tokensPerBlock,
+    numHeads: heads,
+    headSize: D,
+  },
+  invFreq,
+);
+const shape: AttentionShape = { numHeads: heads, numKvHeads: kvHeads, headSize: D };
+be.allocateKvCache({ ...shape, numLayers: LAYERS, numBlocks: blocksPerSeq, tokensPerBlock });
+const step: StepInput = {
+  tokenIds: Int32Array.from([1]),
+  positions: Int32Array.from([context]),
+  slotMapping: Int32Array.from([context]),
+  seqs: [
+    { rowStart: 0, numNew: 1, numCached: context, blockTable: Int32Array.from({ length: blocksPerSeq }, (_, i) => i) },
+  ],
+  logitRows: Int32Array.from([0]),
+};
+be.beginStep(step);
+const x = randomBf16(1, H);
+const delta = randomBf16(1, H);
+const act = randomBf16(1, I);
+const qkvOut = randomBf16(1, QKV);
+const rope = { invFreq, rotaryDim: D };
+const w = (name: string, l: number) => weights.get(`${name}${l}`)!;
+
+/** µs per call of `op` (one call per layer copy, LAYERS copies in one graph, replayed). */
+function time(op: (l: number) => void): number {
+  const graph = device.capture(() => {
+    for (let l = 0; l < LAYERS; l++) {
+      be.packStep(step);
+      op(l);
+    }
+  });
+  device.replay(graph);
+  device.synchronize();
+  const [a, b] = [device.createEvent(), device.createEvent()];
+  device.record(a);
+  for (let i = 0; i < REPLAYS; i++) device.replay(graph);
+  device.record(b);
+  const ms = device.elapsed(a, b);
+  device.destroyGraph(graph);
+  return (ms * 1000) / (REPLAYS * LAYERS);
+}
+
+// The copy bandwidth, read + write, over 1 GiB: the ceiling every op below is measured against.
+const copyBytes = 1 << 30;
+const [src, dst] = [device.alloc(copyBytes / 2), device.alloc(copyBytes / 2)];
+device.copyAsync(dst, src, copyBytes / 2);
+const c0 = device.createEvent();
+const c1 = device.createEvent();
+device.record(c0);
+for (let i = 0; i < 10; i++) device.copyAsync(dst, src, copyBytes / 2);
+device.record(c1);
+const copyTBs = (10 * copyBytes) / (device.elapsed(c0, c1) / 1000) / 1e12;
+device.free(src);
+device.free(dst);
+
+const norm = (l: number) => ({ weight: w("norm", l), eps: 1e-6 });
+const ops: [string, number, (l: number) => void][] = [
+  [
+    "norm_qkv_rope (fused)",
+    QKV * H * 2,
+    (l) => be.normQkvRope(x, delta, norm(l), w("qkv", l), w("qkv_bias", l), l, step, rope, shape),
+  ],
+  ["qkv gemv (plain)", QKV * H * 2, (l) => be.linear(x, w("qkv", l), null)],
+  [`attention (context ${context})`, 2 * context * kvHeads * D * 2, (l) => be.attention(l, qkvOut, step, shape)],
+  ["dense gemv", H * H * 2, (l) => be.linear(x, w("dense", l), null)],
+  ["norm_gated_mlp (fused)", 2 * I * H * 2, (l) => be.normGatedMlp(x, delta, norm(l), w("fc_gate", l), null)],
+  ["fc|gate gemv (plain)", 2 * I * H * 2, (l) => be.linear(x, w("fc_gate", l), null)],
+  ["proj gemv", H * I * 2, (l) => be.linear(act, w("proj", l), null)],
+  ["lm_head gemv (float32 logits)", V * H * 2, () => be.linear(x, weights.get("lm_head")!, null, true)],
+];
+const results: Record<string, unknown>[] = [];
+for (const [name, bytes, op] of ops) {
+  const us = time(op);
+  const rooflineUs = (bytes / (copyTBs * 1e12)) * 1e6;
+  results.push({ op: name, us, bytes, roofline_us: rooflineUs, of_roofline: rooflineUs / us });
+  console.log(
+    `${name.padEnd(32)} ${us.toFixed(2).padStart(8)} µs  roofline ${rooflineUs.toFixed(2).padStart(7)} µs  (${((100 * rooflineUs) / us).toFixed(0)}%)`,
+  );
+}
+const report = { device: device.name, copy_tb_per_s: copyTBs, context, ops: results };
+console.log(`copy bandwidth ${copyTBs.toFixed(2)} TB/s`);
+if (args.out) fs.writeFileSync(args.out, `${JSON.stringify(report, null, 2)}\n`);
+be.dispose();
