@@ -5,6 +5,7 @@
 #   bash bench/gpu-session.sh tests       the GPU suite (npm run test:gpu's files)        → $OUT/test-gpu.txt
 #   bash bench/gpu-session.sh ops         each batch-1 decode op timed alone (bench/decode-ops.ts) → $OUT/decode-ops.json
 #   bash bench/gpu-session.sh ncu         Nsight Compute's kernel times of a short batch-1 decode, graphs off → $OUT/ncu.csv
+#   bash bench/gpu-session.sh full        transformers' baseline, then the full kiln bench beside it → $OUT/cuda-bf16.json, hf.json
 #   bash bench/gpu-session.sh decode      bf16 with and without the fused decode ops      → $OUT/bf16{,-unfused}.json
 #   bash bench/gpu-session.sh formats     kiln bench --quick for each qformat and KV cache → $OUT/<format>.json
 #   bash bench/gpu-session.sh perplexity  the demo model's quantization table on cuda     → $OUT/quantization-demo-cuda.*
@@ -37,6 +38,11 @@ case "$stage" in
     KILN_CUDA_GRAPHS=0 timeout "${NCU_TIMEOUT:-300}" ncu --clock-control none --cache-control none \
       --metrics gpu__time_duration.sum --csv node dist/bench/profile-decode.js --work "$work" --tokens 3 \
       > "$OUT/ncu.csv" 2> "$OUT/ncu.err" || tail -5 "$OUT/ncu.err"
+    ;;
+  full)
+    node -e "import('./dist/bench/random-model.js').then((m) => m.writeRandomQwen2('$work/hf', m.QWEN25_05B))"
+    python3 scripts/bench_hf.py --model "$work/hf" --out "$OUT/hf.json"
+    node dist/bench/bench.js --work "$work" --hf "$OUT/hf.json" --out "$OUT/cuda-bf16.json"
     ;;
   decode)
     node dist/bench/bench.js --work "$work" --quick --out "$OUT/bf16.json" > /dev/null

@@ -198,6 +198,37 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       }
     });
 
+    test("GEMV over long rows, split across 2, 4 and 8 warps an output (plain, int8 and int4 codes), equals the cpu", () => {
+      const out = 38; // the last block holds warps past the last output
+      for (const inDim of [1040, 4128, 8224]) {
+        const [xc, xcpu] = upload(rand(3 * inDim), 3, inDim);
+        const [wc, wcpu] = upload(rand(out * inDim, 0.2), out, inDim);
+        cuda.beginStep(decode);
+        let e = relErr(download(cuda.linear(xc, wc, null, true)), cpu.linear(xcpu, wcpu, null, true).data);
+        assert.ok(e < tol, `plain, in ${inDim}: relative error ${e.toExponential(2)}`);
+        for (const bits of [8, 4] as const) {
+          if (inDim % 32 !== 0) continue;
+          const q = quantizeWeightOnly(rand(out * inDim, 0.2), out, inDim, bits);
+          const bytes = cudaWeightOnlyLayout(q.qweight, out, inDim, bits);
+          const wp = device.alloc(bytes.byteLength);
+          device.upload(wp, bytes);
+          const sp = device.alloc(out * 4);
+          device.upload(sp, new Uint8Array(q.scales.buffer));
+          const quant = { ...WEIGHT_ONLY, kind: bits === 8 ? ("int8" as const) : ("int4" as const), scales: sp };
+          cuda.beginStep(decode);
+          const got = download(cuda.linear(xc, { ptr: wp, rows: out, cols: inDim, dtype, quant }, null, true));
+          const want = cpu.linear(
+            xcpu,
+            { data: new Float32Array(0), rows: out, cols: inDim, quant: { bits, q: q.qweight, scales: q.scales } },
+            null,
+            true,
+          ).data;
+          e = relErr(got, want);
+          assert.ok(e < tol, `int${bits}, in ${inDim}: relative error ${e.toExponential(2)}`);
+        }
+      }
+    });
+
     test("group-wise int4 (GPTQ scales and zeros): GEMV and dequantize + cuBLAS equal the cpu kernel", () => {
       const [inDim, out, G] = [H, V, 32];
       const t = packGptq(quantizeGroupsRtn(rand(out * inDim, 0.2), out, inDim, 4, G), out, inDim);

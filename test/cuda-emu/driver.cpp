@@ -589,6 +589,20 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
   return OK;
 }
 
+// cuLaunchKernelEx's CUlaunchConfig: grid, block, dynamic shared bytes, stream, attributes. The attributes
+// kiln sets (programmatic dependent launch) only let kernels overlap on a GPU; launches here run in order.
+struct LaunchConfig {
+  unsigned gx, gy, gz, bx, by, bz, smem;
+  void* stream;
+  void* attrs;
+  unsigned num_attrs;
+};
+
+int cuLaunchKernelEx(const LaunchConfig* c, void* f, void** params, void** extra) {
+  if (!c) return INVALID_VALUE;
+  return cuLaunchKernel(f, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream, params, extra);
+}
+
 int cuStreamBeginCapture_v2(void*, int) {
   if (emu::capturing) return INVALID_VALUE;
   emu::capturing = new emu::Graph();

@@ -51,6 +51,12 @@ function gatedExpert(
   }
 }
 
+/**
+ * Set by tests: called after each MoE layer with every row's routing margin, the probability of its k-th
+ * choice minus that of the first expert left out (how near the row is to routing another way).
+ */
+export const moeRoutingProbe: { margins?: (margins: Float64Array) => void } = {};
+
 /** This rank's share of the layer's output for `rows` rows of x [rows, hidden], written to out (zeroed first). */
 export function moeForward(
   x: Float32Array,
@@ -65,6 +71,7 @@ export function moeForward(
   const probs = new Float64Array(E);
   const act = new Float64Array(Math.max(spec.expertInter, spec.sharedInter));
   const order = Array.from({ length: E }, (_, e) => e);
+  const margins = moeRoutingProbe.margins && new Float64Array(rows);
   for (let r = 0; r < rows; r++) {
     const xAt = r * hidden;
     let max = Number.NEGATIVE_INFINITY;
@@ -81,6 +88,7 @@ export function moeForward(
     // Highest probability first; equal ones by lower index, as torch.topk orders a stable tie.
     order.sort((a, b) => probs[b] - probs[a] || a - b);
     const chosen = order.slice(0, spec.topK);
+    if (margins) margins[r] = spec.topK < E ? probs[order[spec.topK - 1]] - probs[order[spec.topK]] : 1;
     const norm = spec.renormalize ? chosen.reduce((s, e) => s + probs[e], 0) : 1;
     for (const e of chosen) {
       const local = e - spec.firstExpert;
@@ -106,4 +114,5 @@ export function moeForward(
       gatedExpert(x, xAt, hidden, w.shared.fc, 0, w.shared.proj, 0, spec.sharedInter, g, out, xAt, act);
     }
   }
+  if (margins) moeRoutingProbe.margins!(margins);
 }

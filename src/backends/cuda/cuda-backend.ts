@@ -22,6 +22,7 @@ import {
   type CudaDtype,
   type CudaTensor,
   GEMV_MAX_ROWS,
+  gemvLaunch,
   KERNELS,
   type KernelName,
   type QuantizedLaunch,
@@ -33,7 +34,7 @@ import { addBias, quantizedLinear } from "./quantized-linear.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
 
 /** ARGMAX_SPLIT in decoder.cu: blocks that share one logits row in the greedy choice. */
-const ARGMAX_SPLIT = 32;
+const ARGMAX_SPLIT = 128;
 /** ATT_CHUNK in decoder.cu: keys per block of the split (flash-decoding) attention. */
 const ATTENTION_CHUNK = 256;
 /** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th group of four keys. */
@@ -322,9 +323,10 @@ export class CudaBackend implements Backend<CudaTensor> {
     // Decode steps read each weight once for a handful of rows: bandwidth-bound, so kiln's GEMV beats cuBLAS's tiles.
     if (x.rows <= GEMV_MAX_ROWS && rowBytes % 16 === 0 && x.ptr % 16 === 0 && weight.ptr % 16 === 0) {
       if (x.rows > 0) {
+        const { ksplit, blocks } = gemvLaunch(weight.rows, rowBytes);
         this.device.launch(
           this.fn("gemv"),
-          [Math.ceil(weight.rows / 8)],
+          [blocks],
           [256],
           [
             ptr(out.ptr),
@@ -334,6 +336,7 @@ export class CudaBackend implements Backend<CudaTensor> {
             i32(x.rows),
             i32(x.cols),
             i32(weight.rows),
+            i32(ksplit),
           ],
         );
       }

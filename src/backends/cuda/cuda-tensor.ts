@@ -36,6 +36,19 @@ export const DTYPE_BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 
 export const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
 /** GEMV_MAX_ROWS in decoder.cu: steps of at most this many rows take the GEMV kernels instead of cuBLAS. */
 export const GEMV_MAX_ROWS = 8;
+/** GEMV_UNROLL in decoder.cu: 16-byte loads a lane has in flight. */
+const GEMV_UNROLL = 4;
+
+/**
+ * The GEMV kernels' launch for a weight of `outRows` rows of `rowBytes` bytes: ksplit warps an output row
+ * (1, 2, 4 or 8), so that each warp makes one pass of its loads over its share of a long row (the
+ * 0.5B model's down projection, 896 rows of 9.5 KB, would otherwise run 112 blocks on 132 SMs), and the grid.
+ */
+export function gemvLaunch(outRows: number, rowBytes: number): { ksplit: number; blocks: number } {
+  const passes = Math.ceil(rowBytes / 16 / (32 * GEMV_UNROLL));
+  const ksplit = passes > 4 ? 8 : passes > 2 ? 4 : passes > 1 ? 2 : 1;
+  return { ksplit, blocks: Math.ceil((outRows * ksplit) / 8) };
+}
 
 /** decoder.cu's kernels, looked up once at load. */
 export const KERNELS = [

@@ -29,6 +29,13 @@ export class CudaDevice {
   private readonly argStorage: unknown;
   private readonly argView: DataView;
   private readonly argPointers: unknown;
+  /**
+   * Launches let each kernel start while the previous one finishes (programmatic dependent launch, Hopper
+   * and later; decoder.cu's pdl_enter): on where the GPU has it, unless KILN_CUDA_PDL=0.
+   */
+  readonly pdl: boolean;
+  private readonly launchConfig: unknown;
+  private readonly launchView: DataView;
 
   private constructor(readonly ordinal: number) {
     this.api = loadDriver();
@@ -66,6 +73,17 @@ export class CudaDevice {
     const pointers = new BigUint64Array(koffi.view(this.argPointers, 8 * MAX_ARGS));
     const base = koffi.address(this.argStorage);
     for (let i = 0; i < MAX_ARGS; i++) pointers[i] = base + BigInt(8 * i);
+    // cuLaunchKernelEx's CUlaunchConfig (56 bytes: grid, block, shared bytes, stream, attributes, count) and
+    // one CUlaunchAttribute (72 bytes): PROGRAMMATIC_STREAM_SERIALIZATION (6) = 1.
+    this.pdl = this.computeCapability[0] >= 9 && process.env.KILN_CUDA_PDL !== "0";
+    this.launchConfig = koffi.alloc("uint8_t", 56 + 72);
+    this.launchView = new DataView(koffi.view(this.launchConfig, 56 + 72));
+    const configAt = koffi.address(this.launchConfig);
+    this.launchView.setBigUint64(32, koffi.address(this.stream), true);
+    this.launchView.setBigUint64(40, configAt + 56n, true);
+    this.launchView.setUint32(48, 1, true);
+    this.launchView.setUint32(56, 6, true);
+    this.launchView.setInt32(64, 1, true);
   }
 
   private static instances = new Map<number, CudaDevice>();
@@ -194,6 +212,13 @@ export class CudaDevice {
       else if ("i32" in a) v.setInt32(8 * i, a.i32, true);
       else v.setFloat32(8 * i, a.f32, true);
     });
+    if (this.pdl) {
+      const c = this.launchView;
+      const dims = [grid[0], grid[1] ?? 1, grid[2] ?? 1, block[0], block[1] ?? 1, block[2] ?? 1, sharedBytes];
+      for (const [i, n] of dims.entries()) c.setUint32(4 * i, n, true);
+      this.check(this.api.cuLaunchKernelEx(this.launchConfig, fn, this.argPointers, null), "cuLaunchKernelEx");
+      return;
+    }
     const code = this.api.cuLaunchKernel(
       fn,
       grid[0],

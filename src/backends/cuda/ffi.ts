@@ -71,6 +71,7 @@ function driverApi(lib: LibraryHandle) {
     cuLaunchKernel: f(
       "int cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem, CUstream stream, void *params, void *extra)",
     ),
+    cuLaunchKernelEx: f("int cuLaunchKernelEx(const void *config, CUfunction f, void *params, void *extra)"),
     cuStreamBeginCapture: f("int cuStreamBeginCapture_v2(CUstream stream, int mode)"),
     cuStreamEndCapture: f("int cuStreamEndCapture(CUstream stream, _Out_ CUgraph *graph)"),
     cuGraphInstantiate: f(

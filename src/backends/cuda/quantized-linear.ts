@@ -2,7 +2,7 @@
 // (quantize_rows), then, for decode steps, the GEMV of the layer's code kind; wider steps dequantize the
 // weight into the scratch buffer and run cuBLAS.
 
-import { CUBLAS_TYPE, type CudaTensor, GEMV_MAX_ROWS, type QuantizedLaunch } from "./cuda-tensor.js";
+import { CUBLAS_TYPE, type CudaTensor, GEMV_MAX_ROWS, gemvLaunch, type QuantizedLaunch } from "./cuda-tensor.js";
 import { f32, i32, ptr } from "./driver.js";
 import { INPUT_ROUNDINGS, QUANT_KINDS } from "./weight-layout.js";
 
@@ -51,9 +51,11 @@ export function quantizedLinear(
   const inputScale = !q.input || r === "int8_token" ? 1 : r === "int8_times" ? 1 / q.input.scale : q.input.scale;
   const args = [ptr(w.ptr), ptr(q.scales), ptr(q.zeros), ptr(q.blocks), i32(q.groups)];
   if (narrow) {
+    const codeBytes = q.kind === "int8" || q.kind === "fp8" ? 1 : 0.5;
+    const { ksplit, blocks } = gemvLaunch(w.rows, w.cols * codeBytes);
     ctx.device.launch(
       ctx.fn(`gemv_q_${q.kind}`),
-      [Math.ceil(w.rows / 8)],
+      [blocks],
       [256],
       [
         ptr(out.ptr),
@@ -66,6 +68,7 @@ export function quantizedLinear(
         f32(inputScale * q.weightScale * q.alpha),
         ptr(rowScale),
         ptr(bias ? bias.ptr : 0),
+        i32(ksplit),
       ],
     );
     return out;

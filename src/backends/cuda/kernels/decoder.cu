@@ -93,8 +93,20 @@ __device__ float block_reduce(float v) {
 __device__ float block_sum(float v) { return block_reduce<false>(v); }
 __device__ float block_max(float v) { return block_reduce<true>(v); }
 
+// Programmatic dependent launch (Hopper): kiln launches its kernels so that each may start while the one
+// before it is finishing. pdl_enter waits until that kernel's writes are visible, then lets the next one
+// launch; every kernel calls it before it reads anything but the engine's weights (the GEMVs load their
+// first weights before it, which is the point), and before it writes anything.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // out[r] = table[ids[r]]; grid = rows.
 extern "C" __global__ void embed(T* out, const T* table, const int* ids, int hidden) {
+  pdl_enter();
   const int r = blockIdx.x;
   const T* src = table + (size_t)ids[r] * hidden;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[(size_t)r * hidden + i] = src[i];
@@ -112,12 +124,14 @@ __device__ void rmsnorm_row(T* out, const T* x, const T* w, int dim, float eps) 
 
 // out = rmsnorm(x) · w; grid = rows.
 extern "C" __global__ void rmsnorm(T* out, const T* x, const T* w, int dim, float eps) {
+  pdl_enter();
   const size_t o = (size_t)blockIdx.x * dim;
   rmsnorm_row(out + o, x + o, w, dim, eps);
 }
 
 // residual += x (rounded to T), then out = rmsnorm(residual) · w; grid = rows.
 extern "C" __global__ void add_rmsnorm(T* residual, const T* x, T* out, const T* w, int dim, float eps) {
+  pdl_enter();
   const size_t o = (size_t)blockIdx.x * dim;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) residual[o + i] = fromf(tof(residual[o + i]) + tof(x[o + i]));
   __syncthreads();
@@ -126,12 +140,14 @@ extern "C" __global__ void add_rmsnorm(T* residual, const T* x, T* out, const T*
 
 // x += y, elementwise over n values.
 extern "C" __global__ void add_inplace(T* x, const T* y, long n) {
+  pdl_enter();
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
     x[i] = fromf(tof(x[i]) + tof(y[i]));
 }
 
 // x[r, c] += b[c]; grid = rows.
 extern "C" __global__ void add_bias(T* x, const T* b, int cols) {
+  pdl_enter();
   T* row = x + (size_t)blockIdx.x * cols;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) row[c] = fromf(tof(row[c]) + tof(b[c]));
 }
@@ -139,7 +155,7 @@ extern "C" __global__ void add_bias(T* x, const T* b, int cols) {
 // y[r, o] = Σ_i x[r, i] · w[o, i] for the few rows of a decode step (at most GEMV_MAX_ROWS), where a GEMM
 // library's tiles idle: one warp per output, each lane reading 16 bytes of the weight row at a time, every row
 // of x accumulated in float from the same loaded weights. Needs in · sizeof(T) a multiple of 16 and 16-byte
-// aligned rows (the caller checks). y is float32 when y_f32 (logits), else T. grid = ceil(out / 8), 256 threads.
+// aligned rows (the caller checks). y is float32 when y_f32 (logits), else T. grid = ceil(out · ksplit / 8), 256 threads.
 #define GEMV_MAX_ROWS 8
 #define GEMV_UNROLL 4
 
@@ -152,39 +168,74 @@ __device__ __forceinline__ void gemv_load(uint4 (&wv)[GEMV_UNROLL], const uint4*
   }
 }
 
-// Each row's warp sum, scaled, written by lane 0 as float32 (logits) or T.
-template <int R>
-__device__ __forceinline__ void gemv_store(void* y, int y_f32, const float (&acc)[R], float scale, int o, int out,
-                                           int lane) {
+// A pass's loads: the first pass's were issued before pdl_enter, the others now.
+__device__ __forceinline__ void gemv_next(uint4 (&wv)[GEMV_UNROLL], const uint4 (&first)[GEMV_UNROLL], const uint4* wrow,
+                                          int v0, int v_first, int nvec) {
+  if (v0 == v_first) {
 #pragma unroll
-  for (int r = 0; r < R; r++) {
-    const float s = warp_sum(acc[r]) * scale;
-    if (lane == 0) {
-      if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s;
-      else reinterpret_cast<T*>(y)[(size_t)r * out + o] = fromf(s);
-    }
+    for (int u = 0; u < GEMV_UNROLL; u++) wv[u] = first[u];
+  } else {
+    gemv_load(wv, wrow, v0, nvec);
   }
 }
 
+// Sums each row's partial over the ksplit warps that share an output (consecutive warps of one block, ksplit
+// dividing 8); true for the one lane that then holds the totals. Every thread of the block must call it.
 template <int R>
-__device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const T* w, int in, int out) {
-  const int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  const int lane = threadIdx.x & 31;
-  if (o >= out) return;
+__device__ __forceinline__ bool split_sum(float (&acc)[R], int ksplit) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+  if (ksplit == 1) return lane == 0;
+  __shared__ float part[8][GEMV_MAX_ROWS];
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < R; r++) part[warp][r] = acc[r];
+  }
+  __syncthreads();
+  if (lane != 0 || warp % ksplit != 0) return false;
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    float t = 0.f;
+    for (int j = 0; j < ksplit; j++) t += part[warp + j][r];
+    acc[r] = t;
+  }
+  return true;
+}
+
+// The 16-byte loads [begin, end) of an input row that warp part `part` of `ksplit` takes.
+__device__ __forceinline__ void split_range(int nvec, int part, int ksplit, int& begin, int& end) {
+  const int per = (nvec + ksplit - 1) / ksplit;
+  begin = part * per;
+  end = min(nvec, begin + per);
+}
+
+// ksplit warps an output row (ksplit in 1, 2, 4, 8: long rows and few outputs, where one warp a row would
+// leave the GPU's memory system idle), each over its share of the row.
+template <int R>
+__device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const T* w, int in, int out, int ksplit) {
+  const int gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int o = gw / ksplit, lane = threadIdx.x & 31;
+  const bool live = o < out;
   constexpr int V = 16 / sizeof(T);
-  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)o * in);
-  const int nvec = in / V;
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)(live ? o : 0) * in);
+  int begin, end;
+  split_range(in / V, gw % ksplit, ksplit, begin, end);
+  if (!live) end = begin;
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
-  // GEMV_UNROLL weight loads in flight per lane before any is used: one pass covers in ≤ 32·8·UNROLL.
-  for (int v0 = lane; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
+  uint4 first[GEMV_UNROLL];
+  gemv_load(first, wrow, begin + lane, end);
+  pdl_enter();
+  // GEMV_UNROLL weight loads in flight per lane before any is used.
+  for (int v0 = begin + lane; v0 < end; v0 += 32 * GEMV_UNROLL) {
     uint4 wv[GEMV_UNROLL];
-    gemv_load(wv, wrow, v0, nvec);
+    gemv_next(wv, first, wrow, v0, begin + lane, end);
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
-      if (v >= nvec) break;
+      if (v >= end) break;
       const T* we = reinterpret_cast<const T*>(&wv[u]);
       float wf[V];
 #pragma unroll
@@ -198,19 +249,25 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
       }
     }
   }
-  gemv_store<R>(y, y_f32, acc, 1.f, o, out, lane);
+  if (!split_sum<R>(acc, ksplit) || !live) return;
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = acc[r];
+    else reinterpret_cast<T*>(y)[(size_t)r * out + o] = fromf(acc[r]);
+  }
 }
 
-extern "C" __global__ void __launch_bounds__(256) gemv(void* y, int y_f32, const T* x, const T* w, int rows, int in, int out) {
+extern "C" __global__ void __launch_bounds__(256)
+gemv(void* y, int y_f32, const T* x, const T* w, int rows, int in, int out, int ksplit) {
   switch (rows) {
-    case 1: gemv_rows<1>(y, y_f32, x, w, in, out); break;
-    case 2: gemv_rows<2>(y, y_f32, x, w, in, out); break;
-    case 3: gemv_rows<3>(y, y_f32, x, w, in, out); break;
-    case 4: gemv_rows<4>(y, y_f32, x, w, in, out); break;
-    case 5: gemv_rows<5>(y, y_f32, x, w, in, out); break;
-    case 6: gemv_rows<6>(y, y_f32, x, w, in, out); break;
-    case 7: gemv_rows<7>(y, y_f32, x, w, in, out); break;
-    default: gemv_rows<8>(y, y_f32, x, w, in, out); break;
+    case 1: gemv_rows<1>(y, y_f32, x, w, in, out, ksplit); break;
+    case 2: gemv_rows<2>(y, y_f32, x, w, in, out, ksplit); break;
+    case 3: gemv_rows<3>(y, y_f32, x, w, in, out, ksplit); break;
+    case 4: gemv_rows<4>(y, y_f32, x, w, in, out, ksplit); break;
+    case 5: gemv_rows<5>(y, y_f32, x, w, in, out, ksplit); break;
+    case 6: gemv_rows<6>(y, y_f32, x, w, in, out, ksplit); break;
+    case 7: gemv_rows<7>(y, y_f32, x, w, in, out, ksplit); break;
+    default: gemv_rows<8>(y, y_f32, x, w, in, out, ksplit); break;
   }
 }
 
@@ -254,30 +311,36 @@ __device__ __forceinline__ float q_weight(const uint4& v, int k) {
 // lane; only registers: the loaded words are read by shifts, never through their address). Group-wise int4
 // (groups > 0): w = q · gs[o, g] (+ gz[o, g] where zeros are given) over groups of in / groups inputs, a
 // multiple of a load's 32; FP4: w = e2m1 · e4m3(block[o, i / 16]). scales, row_scale, zeros and bias may be
-// null. Needs in a multiple of 32 and 16-byte aligned x rows. grid = ceil(out / 8), 256 threads.
+// null. Needs in a multiple of 32 and 16-byte aligned x rows. grid = ceil(out · ksplit / 8), 256 threads.
 template <int R, int K>
 __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, const unsigned char* w, const float* scales,
                                             const float* zeros, const unsigned char* blocks, int groups, int in, int out,
-                                            float out_scale, const float* row_scale, const T* bias) {
-  const int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  const int lane = threadIdx.x & 31;
-  if (o >= out) return;
+                                            float out_scale, const float* row_scale, const T* bias, int ksplit) {
+  const int gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int o = gw / ksplit, lane = threadIdx.x & 31;
+  const bool live = o < out;
   constexpr int PER = (K == QK_INT8 || K == QK_FP8) ? 16 : 32;  // weights in one 16-byte load
   constexpr int XV = 16 / sizeof(T);                           // x values in one 16-byte load
-  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)o * (PER == 16 ? in : in / 2));
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)(live ? o : 0) * (PER == 16 ? in : in / 2));
   const int nvec = in / PER;
+  int begin, end;
+  split_range(nvec, gw % ksplit, ksplit, begin, end);
+  if (!live) end = begin;
   const bool grouped = K == QK_INT4 && groups > 0;
   const int loadsPerGroup = grouped ? nvec / groups : 1;
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
-  for (int v0 = lane; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
+  uint4 first[GEMV_UNROLL];
+  gemv_load(first, wrow, begin + lane, end);
+  pdl_enter();
+  for (int v0 = begin + lane; v0 < end; v0 += 32 * GEMV_UNROLL) {
     uint4 wv[GEMV_UNROLL];
-    gemv_load(wv, wrow, v0, nvec);
+    gemv_next(wv, first, wrow, v0, begin + lane, end);
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
-      if (v >= nvec) break;
+      if (v >= end) break;
       // dot: Σ w·x over the load (each half of an FP4 load under its own block scale); sum: Σ x, for zeros.
       float dot[R], sum[R];
 #pragma unroll
@@ -315,20 +378,19 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
       }
     }
   }
+  if (!split_sum<R>(acc, ksplit) || !live) return;
   const float channel = (!grouped && scales != nullptr ? scales[o] : 1.f) * out_scale;
   const float b = bias != nullptr ? tof(bias[o]) : 0.f;
 #pragma unroll
   for (int r = 0; r < R; r++) {
-    const float s = warp_sum(acc[r]) * channel * (row_scale != nullptr ? row_scale[r] : 1.f);
-    if (lane == 0) {
-      if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s + b;
-      else reinterpret_cast<T*>(y)[(size_t)r * out + o] = bias != nullptr ? fromf(rnd(s) + b) : fromf(s);
-    }
+    const float s = acc[r] * channel * (row_scale != nullptr ? row_scale[r] : 1.f);
+    if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s + b;
+    else reinterpret_cast<T*>(y)[(size_t)r * out + o] = bias != nullptr ? fromf(rnd(s) + b) : fromf(s);
   }
 }
 
 // One kernel a weight kind, so that each gets the registers its own decoding needs.
-#define GEMV_Q_ARGS y, y_f32, x, w, scales, zeros, blocks, groups, in, out, out_scale, row_scale, bias
+#define GEMV_Q_ARGS y, y_f32, x, w, scales, zeros, blocks, groups, in, out, out_scale, row_scale, bias, ksplit
 #define GEMV_Q_CASE(R, K) \
   case R:                 \
     gemv_q_rows<R, K>(GEMV_Q_ARGS); \
@@ -337,7 +399,7 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
   extern "C" __global__ void __launch_bounds__(256)                                                             \
   NAME(void* y, int y_f32, const T* x, const unsigned char* w, const float* scales, const float* zeros,         \
        const unsigned char* blocks, int groups, int rows, int in, int out, float out_scale, const float* row_scale, \
-       const T* bias) {                                                                                          \
+       const T* bias, int ksplit) {                                                                              \
     switch (rows) {                                                                                              \
       GEMV_Q_CASE(1, K)                                                                                          \
       GEMV_Q_CASE(2, K)                                                                                          \
@@ -361,6 +423,7 @@ GEMV_Q_KERNEL(gemv_q_fp4, QK_FP4)
 extern "C" __global__ void dequant_q(T* out, const unsigned char* w, const float* scales, const float* zeros,
                                      const unsigned char* blocks, int groups, int kind, int in, long n,
                                      float weight_scale) {
+  pdl_enter();
   for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < n; e += (long)gridDim.x * blockDim.x) {
     const long o = e / in;
     float q;
@@ -408,6 +471,7 @@ __device__ __forceinline__ float e2m1_round(float x) {
 
 extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, const float* prequant,
                                          const float* smoother, int mode, float scale, int cols, int dequantize) {
+  pdl_enter();
   const size_t o = (size_t)blockIdx.x * cols;
   const T* xr = x + o;
   T* yr = out + o;
@@ -455,6 +519,7 @@ extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, c
 // out[r, i] = silu(fg[r, i]) · fg[r, inter + i]: the fused fc|gate GEMM's two halves. One thread an
 // element over the whole grid: a row-per-block loop would serialise its loads.
 extern "C" __global__ void silu_mul(T* out, const T* fg, int inter, long n) {
+  pdl_enter();
   for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < n; e += (long)gridDim.x * blockDim.x) {
     const long r = e / inter, i = e % inter;
     const T* row = fg + r * 2 * inter;
@@ -478,34 +543,63 @@ __device__ __forceinline__ unsigned char* dynamic_shared() {
 }
 #endif
 
-// xs[r] = rmsnorm(residual[r] + delta[r]) · w for the R rows, one warp a row; residual_out[r] = the sum
-// (block 0, when delta is given). Ends with a barrier.
+// xs[r] = rmsnorm(residual[r] + delta[r]) · w for the R rows, by the whole block (every row's loads in flight
+// together, one barrier for all the sums); residual_out[r] = the sum (block 0, when delta is given). Ends
+// with a barrier.
 template <int R>
 __device__ void norm_rows(T* xs, const T* residual, const T* delta, T* residual_out, const T* w, int in, float eps) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int r = warp; r < R; r += blockDim.x >> 5) {
-    const T* res = residual + (size_t)r * in;
-    T* x = xs + (size_t)r * in;
-    float ss = 0.f;
-    for (int i = lane; i < in; i += 32) {
-      const float v = delta ? rnd(tof(res[i]) + tof(delta[(size_t)r * in + i])) : tof(res[i]);
-      x[i] = fromf(v);
-      ss += v * v;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  float ss[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    ss[r] = 0.f;
+    for (int i = threadIdx.x; i < in; i += blockDim.x) {
+      const size_t at = (size_t)r * in + i;
+      const float v = delta ? rnd(tof(residual[at]) + tof(delta[at])) : tof(residual[at]);
+      xs[at] = fromf(v);
+      ss[r] += v * v;
     }
-    const float inv = rsqrtf(warp_sum(ss) / in + eps);
-    for (int i = lane; i < in; i += 32) {
-      if (delta && blockIdx.x == 0) residual_out[(size_t)r * in + i] = x[i];
-      x[i] = fromf(tof(w[i]) * rnd(tof(x[i]) * inv));
+    ss[r] = warp_sum(ss[r]);
+  }
+  __shared__ float part[GEMV_MAX_ROWS][32];
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < R; r++) part[r][warp] = ss[r];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    float t = 0.f;
+    for (int j = 0; j < nwarps; j++) t += part[r][j];
+    const float inv = rsqrtf(t / in + eps);
+    // Each thread rewrites the elements it wrote above: no barrier needed in between.
+    for (int i = threadIdx.x; i < in; i += blockDim.x) {
+      const size_t at = (size_t)r * in + i;
+      if (delta && blockIdx.x == 0) residual_out[at] = xs[at];
+      xs[at] = fromf(tof(w[i]) * rnd(tof(xs[at]) * inv));
     }
   }
   __syncthreads();
 }
 
-// acc[p][r] = Σ_i xs[r, i] · w[rows[p], i] for a warp's P weight rows, their loads in flight together; every
-// lane gets the sums. Needs in · sizeof(T) a multiple of 16 and 16-byte aligned rows.
+// The first pass of gemv_pair_dot's weight loads for a warp's P rows, issued before the block normalises its
+// input (they do not depend on it), so that the norm's latency hides behind theirs.
+template <int P>
+__device__ __forceinline__ void gemv_pair_prefetch(uint4 (&wv)[P][GEMV_UNROLL], const T* w, const int (&rows)[P],
+                                                   int in, bool live) {
+  constexpr int V = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31, nvec = live ? in / V : 0;
+#pragma unroll
+  for (int p = 0; p < P; p++)
+    gemv_load(wv[p], reinterpret_cast<const uint4*>(w + (size_t)(live ? rows[p] : 0) * in), lane, nvec);
+}
+
+// acc[p][r] = Σ_i xs[r, i] · w[rows[p], i] for a warp's P weight rows, their loads in flight together (the
+// first pass's already loaded by gemv_pair_prefetch); every lane gets the sums. Needs in · sizeof(T) a
+// multiple of 16 and 16-byte aligned rows.
 template <int R, int P>
 __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, const T* w, const int (&rows)[P],
-                                              int in) {
+                                              int in, const uint4 (&first)[P][GEMV_UNROLL]) {
   constexpr int V = 16 / sizeof(T);
   const int lane = threadIdx.x & 31;
   const int nvec = in / V;
@@ -515,8 +609,16 @@ __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, c
     for (int r = 0; r < R; r++) acc[p][r] = 0.f;
   for (int v0 = lane; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
     uint4 wv[P][GEMV_UNROLL];
+    if (v0 == lane) {
 #pragma unroll
-    for (int p = 0; p < P; p++) gemv_load(wv[p], reinterpret_cast<const uint4*>(w + (size_t)rows[p] * in), v0, nvec);
+      for (int p = 0; p < P; p++)
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) wv[p][u] = first[p][u];
+    } else {
+#pragma unroll
+      for (int p = 0; p < P; p++)
+        gemv_load(wv[p], reinterpret_cast<const uint4*>(w + (size_t)rows[p] * in), v0, nvec);
+    }
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
@@ -537,6 +639,15 @@ __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, c
   for (int p = 0; p < P; p++)
 #pragma unroll
     for (int r = 0; r < R; r++) acc[p][r] = warp_sum(acc[p][r]);
+}
+
+// gemv_pair_dot with its first pass loaded right away (no prologue to hide).
+template <int R, int P>
+__device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, const T* w, const int (&rows)[P],
+                                              int in) {
+  uint4 first[P][GEMV_UNROLL];
+  gemv_pair_prefetch<P>(first, w, rows, in, true);
+  gemv_pair_dot<R, P>(acc, xs, w, rows, in, first);
 }
 
 // Row r's pair of sums, rounded to T as a GEMV stores them; selected by unrolled compares, since indexing the
@@ -564,17 +675,21 @@ __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, c
                                    float eps, const T* w, const T* bias, const int* positions, const int* slots,
                                    KV* kcache, KV* vcache, float kv_scale, const float* inv_freq, int in,
                                    int num_heads, int num_kv, int head, int rotary) {
-  T* xs = reinterpret_cast<T*>(dynamic_shared());
-  norm_rows<R>(xs, residual, delta, residual_out, norm_w, in, eps);
   const int heads = num_heads + 2 * num_kv;
   const int pair = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  if (pair >= heads * (head / 2)) return;
+  const bool live = pair < heads * (head / 2);
   const int h = pair / (head / 2), p = pair % (head / 2), rh = rotary / 2;
   const int da = p < rh ? p : rotary + (p - rh);
   const int db = p < rh ? p + rh : rotary + (p - rh) + (head - rotary) / 2;
   const int rows[2] = {h * head + da, h * head + db};
+  uint4 first[2][GEMV_UNROLL];
+  gemv_pair_prefetch<2>(first, w, rows, in, live);
+  pdl_enter();
+  T* xs = reinterpret_cast<T*>(dynamic_shared());
+  norm_rows<R>(xs, residual, delta, residual_out, norm_w, in, eps);
+  if (!live) return;
   float acc[2][R];
-  gemv_pair_dot<R, 2>(acc, xs, w, rows, in);
+  gemv_pair_dot<R, 2>(acc, xs, w, rows, in, first);
   const int r = threadIdx.x & 31;  // lane r finishes step row r
   if (r >= R) return;
   float a, b;
@@ -609,13 +724,17 @@ __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, c
 template <int R>
 __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, const T* delta, const T* norm_w,
                                     float eps, const T* w, const T* bias, int in, int inter) {
+  const int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const bool live = i < inter;
+  const int rows[2] = {i, inter + i};
+  uint4 first[2][GEMV_UNROLL];
+  gemv_pair_prefetch<2>(first, w, rows, in, live);
+  pdl_enter();
   T* xs = reinterpret_cast<T*>(dynamic_shared());
   norm_rows<R>(xs, residual, delta, residual_out, norm_w, in, eps);
-  const int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  if (i >= inter) return;
-  const int rows[2] = {i, inter + i};
+  if (!live) return;
   float acc[2][R];
-  gemv_pair_dot<R, 2>(acc, xs, w, rows, in);
+  gemv_pair_dot<R, 2>(acc, xs, w, rows, in, first);
   const int r = threadIdx.x & 31;
   if (r >= R) return;
   float a, b;
@@ -665,6 +784,7 @@ norm_gated_mlp(T* out, T* residual_out, const T* residual, const T* delta, const
 
 // out = silu(a) · b elementwise, for fc and gate held as two layers (formats that round each one's input).
 extern "C" __global__ void silu_mul_pair(T* out, const T* a, const T* b, long n) {
+  pdl_enter();
   for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < n; e += (long)gridDim.x * blockDim.x) {
     const float v = tof(a[e]);
     out[e] = fromf(rnd(v / (1.f + __expf(-v))) * tof(b[e]));
@@ -682,6 +802,7 @@ extern "C" __global__ void silu_mul_pair(T* out, const T* a, const T* b, long n)
 // lower index, renormalized over the k when asked. grid = rows, 256 threads.
 extern "C" __global__ void moe_route(int* experts, float* weights, const T* x, const float* router, int hidden,
                                      int num_experts, int top_k, int renormalize) {
+  pdl_enter();
   __shared__ float logits[MOE_MAX_EXPERTS];
   const int r = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const T* xr = x + (size_t)r * hidden;
@@ -715,6 +836,7 @@ extern "C" __global__ void moe_route(int* experts, float* weights, const T* x, c
 extern "C" __global__ void __launch_bounds__(256)
 moe_expert_act(T* act, const T* x, const T* fc, const int* experts, int first, int local, int hidden, int inter,
                int top_k) {
+  pdl_enter();
   const int i = (blockIdx.y * blockDim.x + threadIdx.x) >> 5, rj = blockIdx.x;
   if (i >= inter) return;
   const int e = (experts != nullptr ? experts[rj] : 0) - first;
@@ -737,6 +859,7 @@ moe_expert_act(T* act, const T* x, const T* fc, const int* experts, int first, i
 extern "C" __global__ void __launch_bounds__(256)
 moe_expert_out(T* out, const T* act, const T* proj, const int* experts, const float* weights, int first, int local,
                int hidden, int inter, int top_k) {
+  pdl_enter();
   const int h = (blockIdx.y * blockDim.x + threadIdx.x) >> 5, r = blockIdx.x;
   if (h >= hidden) return;
   float y = 0.f;
@@ -753,6 +876,7 @@ moe_expert_out(T* out, const T* act, const T* proj, const int* experts, const fl
 
 // out[r] += sigmoid(gate · x_r) · shared[r]: the shared expert behind its gate. grid = rows, 256 threads.
 extern "C" __global__ void moe_add_gated(T* out, const T* shared, const T* x, const T* gate, int hidden) {
+  pdl_enter();
   const int r = blockIdx.x;
   float s = 0.f;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) s += tof(x[(size_t)r * hidden + i]) * tof(gate[i]);
@@ -768,6 +892,7 @@ extern "C" __global__ void moe_add_gated(T* out, const T* shared, const T* x, co
 extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* positions, const int* slots, KV* kcache,
                                       KV* vcache, float kv_scale, const float* inv_freq, int num_heads, int num_kv,
                                       int head, int rotary) {
+  pdl_enter();
   const int r = blockIdx.x;
   const int stride = (num_heads + 2 * num_kv) * head;
   T* row = qkv + (size_t)r * stride;
@@ -804,40 +929,44 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
 #define MAX_HEAD 256
 
 // Online softmax of one query row and head over keys [t_begin, t_end) of its paged KV cache, by one block of
-// 32 × ATT_WARPS threads: each warp takes every ATT_WARPS-th group of four keys (their loads in flight
-// together), lanes split the head dimension, and the warps' results are merged in shared memory. On return
-// (after a barrier) ml[0] is the block's maximum score (−∞ when the range is empty), ml[1] the sum of
-// exp(score − max) and acc[d] the sum of exp(score − max) · v[d].
-__device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table, int t_begin,
-                       int t_end, int kvh,
-                       int num_kv, int head, int tpb, float scale, float* ml, float* acc_out) {
+// 32 × ATT_WARPS threads: each warp takes every ATT_WARPS-th group of four keys, lanes split the head
+// dimension (PL dims a lane), the group's keys and values all loaded before any is used, and the warps'
+// results are merged in shared memory. On return (after a barrier) ml[0] is the block's maximum score (−∞
+// when the range is empty), ml[1] the sum of exp(score − max) and acc[d] the sum of exp(score − max) · v[d].
+template <int PL>
+__device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table,
+                             int t_begin, int t_end, int kvh, int num_kv, int head, int tpb, float scale, float* ml,
+                             float* acc_out) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int per_lane = (head + 31) / 32;  // ≤ MAX_HEAD / 32
-  float qv[MAX_HEAD / 32], acc[MAX_HEAD / 32];
+  float qv[PL], acc[PL];
 #pragma unroll
-  for (int j = 0; j < MAX_HEAD / 32; j++) {
+  for (int j = 0; j < PL; j++) {
     const int d = lane + 32 * j;
-    qv[j] = (j < per_lane && d < head) ? tof(q[d]) : 0.f;
+    qv[j] = d < head ? tof(q[d]) : 0.f;
     acc[j] = 0.f;
   }
   float m = NEG_INF, l = 0.f;
   const int kv_stride = num_kv * head;
   for (int t0 = t_begin + warp * 4; t0 < t_end; t0 += ATT_WARPS * 4) {
-    float s[4];
-    size_t base[4];
+    float kx[4][PL], vx[4][PL], s[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) {
       const int t = min(t0 + u, t_end - 1);
-      base[u] = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
-      s[u] = 0.f;
+      const size_t base = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
 #pragma unroll
-      for (int j = 0; j < MAX_HEAD / 32; j++) {
+      for (int j = 0; j < PL; j++) {
         const int d = lane + 32 * j;
-        if (j < per_lane && d < head) s[u] += qv[j] * kv_get(kcache[base[u] + d], kv_scale);
+        kx[u][j] = d < head ? kv_get(kcache[base + d], kv_scale) : 0.f;
+        vx[u][j] = d < head ? kv_get(vcache[base + d], kv_scale) : 0.f;
       }
     }
 #pragma unroll
-    for (int u = 0; u < 4; u++) s[u] = t0 + u < t_end ? warp_sum(s[u]) * scale : NEG_INF;
+    for (int u = 0; u < 4; u++) {
+      s[u] = 0.f;
+#pragma unroll
+      for (int j = 0; j < PL; j++) s[u] += qv[j] * kx[u][j];
+      s[u] = t0 + u < t_end ? warp_sum(s[u]) * scale : NEG_INF;
+    }
     const float m2 = fmaxf(m, fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])));
     const float correction = __expf(m - m2);
     float p[4];
@@ -845,14 +974,11 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
     for (int u = 0; u < 4; u++) p[u] = __expf(s[u] - m2);
     l = l * correction + p[0] + p[1] + p[2] + p[3];
 #pragma unroll
-    for (int j = 0; j < MAX_HEAD / 32; j++) {
-      const int d = lane + 32 * j;
-      if (j < per_lane && d < head) {
-        float a = acc[j] * correction;
+    for (int j = 0; j < PL; j++) {
+      float a = acc[j] * correction;
 #pragma unroll
-        for (int u = 0; u < 4; u++) a += p[u] * kv_get(vcache[base[u] + d], kv_scale);
-        acc[j] = a;
-      }
+      for (int u = 0; u < 4; u++) a += p[u] * vx[u][j];
+      acc[j] = a;
     }
     m = m2;
   }
@@ -863,9 +989,9 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
     sl[warp] = l;
   }
 #pragma unroll
-  for (int j = 0; j < MAX_HEAD / 32; j++) {
+  for (int j = 0; j < PL; j++) {
     const int d = lane + 32 * j;
-    if (j < per_lane && d < head) sacc[warp][d] = acc[j];
+    if (d < head) sacc[warp][d] = acc[j];
   }
   __syncthreads();
   float mall = NEG_INF;
@@ -884,11 +1010,23 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
   __syncthreads();
 }
 
+// attend_lanes for the head size at hand (≤ MAX_HEAD): as few dims a lane as cover it.
+__device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table, int t_begin,
+                       int t_end, int kvh, int num_kv, int head, int tpb, float scale, float* ml, float* acc_out) {
+#define ATTEND(PL) attend_lanes<PL>(q, kcache, vcache, kv_scale, table, t_begin, t_end, kvh, num_kv, head, tpb, scale, ml, acc_out)
+  if (head <= 32) ATTEND(1);
+  else if (head <= 64) ATTEND(2);
+  else if (head <= 128) ATTEND(4);
+  else ATTEND(8);
+#undef ATTEND
+}
+
 // Causal attention of each query row and head over its sequence: row_seq[r] is the row's sequence (-1:
 // padding), row_pos[r] its position (it sees keys 0..pos). grid = (rows, num_heads), block = 32 × ATT_WARPS.
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq, const int* row_pos,
           const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
+  pdl_enter();
   const int r = blockIdx.x, h = blockIdx.y;
   const int seq = row_seq[r];
   T* o = out + ((size_t)r * num_heads + h) * head;
@@ -905,6 +1043,7 @@ attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_sca
 
 // out[i] = x[rows[i]]; grid = number of rows gathered.
 extern "C" __global__ void gather_rows(T* out, const T* x, const int* rows, int cols) {
+  pdl_enter();
   const T* src = x + (size_t)rows[blockIdx.x] * cols;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)blockIdx.x * cols + c] = src[c];
 }
@@ -912,71 +1051,90 @@ extern "C" __global__ void gather_rows(T* out, const T* x, const int* rows, int 
 // Greedy choice per logits row, in two stages so that a 152k-entry row is read by many blocks at once.
 // Stage 1, grid (rows, ARGMAX_SPLIT): each block's slice gives its maximum (first index on ties) and the sum
 // of exp(x − that maximum). Stage 2, grid rows: merges the slices into the token and its log-softmax.
-#define ARGMAX_SPLIT 32
+#define ARGMAX_SPLIT 128
 
+// (best, sum of exp(x − best), first index of best) of two parts, merged: the running state of the greedy
+// choice. A part that saw only −∞ (or nothing) has best −∞ and sum 0.
+struct ArgmaxState {
+  float best, sum;
+  int arg;
+};
+
+__device__ __forceinline__ ArgmaxState argmax_merge(ArgmaxState a, ArgmaxState b) {
+  const float m = fmaxf(a.best, b.best);
+  if (m == NEG_INF) return {NEG_INF, 0.f, min(a.arg, b.arg)};
+  const float sa = a.best == NEG_INF ? 0.f : a.sum * __expf(a.best - m);
+  const float sb = b.best == NEG_INF ? 0.f : b.sum * __expf(b.best - m);
+  const int arg = b.best > a.best || (b.best == a.best && b.arg < a.arg) ? b.arg : a.arg;
+  return {m, sa + sb, arg};
+}
+
+__device__ __forceinline__ ArgmaxState argmax_warp(ArgmaxState s) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const ArgmaxState other = {__shfl_xor_sync(0xffffffff, s.best, o), __shfl_xor_sync(0xffffffff, s.sum, o),
+                               __shfl_xor_sync(0xffffffff, s.arg, o)};
+    s = argmax_merge(s, other);
+  }
+  return s;
+}
+
+// Each thread reads eight values at a time, all loads in flight before the maximum and the exponentials
+// (no chain of exponentials through the loop); the block's threads merge by shuffles, then across warps.
 extern "C" __global__ void argmax_partial(float* partial, const float* logits, int vocab, int stride) {
+  pdl_enter();
   const float* row = logits + (size_t)blockIdx.x * stride;
   const int per = (vocab + ARGMAX_SPLIT - 1) / ARGMAX_SPLIT;
   const int lo = blockIdx.y * per, hi = min(vocab, lo + per);
-  float best = NEG_INF, sum = 0.f;
-  int arg = 0x7fffffff;
-  for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-    const float v = row[i];
-    if (v > best) {
-      sum = sum * __expf(best - v) + 1.f;
-      best = v;
-      arg = i;
-    } else {
-      sum += __expf(v - best);
-      if (v == best && i < arg) arg = i;
+  ArgmaxState st = {NEG_INF, 0.f, 0x7fffffff};
+  for (int base = lo + threadIdx.x; base < hi; base += 8 * blockDim.x) {
+    float v[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      const int i = base + k * blockDim.x;
+      v[k] = i < hi ? row[i] : NEG_INF;
     }
+    ArgmaxState chunk = {NEG_INF, 0.f, 0x7fffffff};
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      if (v[k] > chunk.best) {
+        chunk.best = v[k];
+        chunk.arg = base + k * blockDim.x;  // ascending k: the first index of a tie is kept
+      }
+    }
+    if (chunk.best != NEG_INF) {
+#pragma unroll
+      for (int k = 0; k < 8; k++) chunk.sum += __expf(v[k] - chunk.best);
+    }
+    st = argmax_merge(st, chunk);
   }
-  __shared__ float sv[256], ss[256];
-  __shared__ int si[256];
-  sv[threadIdx.x] = best;
-  ss[threadIdx.x] = sum;
-  si[threadIdx.x] = arg;
+  st = argmax_warp(st);
+  __shared__ ArgmaxState warps[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warps[warp] = st;
   __syncthreads();
-  for (int k = blockDim.x / 2; k > 0; k >>= 1) {
-    if (threadIdx.x < k) {
-      const float a = sv[threadIdx.x], b = sv[threadIdx.x + k];
-      const float m = fmaxf(a, b);
-      const float sa = a == NEG_INF ? 0.f : ss[threadIdx.x] * __expf(a - m);
-      const float sb = b == NEG_INF ? 0.f : ss[threadIdx.x + k] * __expf(b - m);
-      const int ia = si[threadIdx.x], ib = si[threadIdx.x + k];
-      si[threadIdx.x] = (b > a || (b == a && ib < ia)) ? ib : ia;
-      sv[threadIdx.x] = m;
-      ss[threadIdx.x] = sa + sb;
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
+  if (warp != 0) return;
+  st = lane < (blockDim.x >> 5) ? warps[lane] : ArgmaxState{NEG_INF, 0.f, 0x7fffffff};
+  st = argmax_warp(st);
+  if (lane == 0) {
     float* out = partial + ((size_t)blockIdx.x * ARGMAX_SPLIT + blockIdx.y) * 3;
-    out[0] = sv[0];
-    out[1] = ss[0];
-    out[2] = __int_as_float(si[0]);
+    out[0] = st.best;
+    out[1] = st.sum;
+    out[2] = __int_as_float(st.arg);
   }
 }
 
+// grid = rows, 32 threads: each lane merges ARGMAX_SPLIT / 32 slices, then the warp.
 extern "C" __global__ void argmax_final(int* tokens, float* logprobs, const float* partial) {
-  if (threadIdx.x != 0) return;
+  pdl_enter();
   const float* p = partial + (size_t)blockIdx.x * ARGMAX_SPLIT * 3;
-  float best = NEG_INF;
-  int arg = 0x7fffffff;
-  for (int k = 0; k < ARGMAX_SPLIT; k++) {
-    const float v = p[3 * k];
-    const int i = __float_as_int(p[3 * k + 2]);
-    if (v > best || (v == best && i < arg)) {
-      best = v;
-      arg = i;
-    }
+  ArgmaxState st = {NEG_INF, 0.f, 0x7fffffff};
+  for (int k = threadIdx.x; k < ARGMAX_SPLIT; k += 32)
+    st = argmax_merge(st, {p[3 * k], p[3 * k + 1], __float_as_int(p[3 * k + 2])});
+  st = argmax_warp(st);
+  if (threadIdx.x == 0) {
+    tokens[blockIdx.x] = st.arg;
+    logprobs[blockIdx.x] = -logf(st.sum);
   }
-  float sum = 0.f;
-  for (int k = 0; k < ARGMAX_SPLIT; k++) {
-    if (p[3 * k] != NEG_INF) sum += p[3 * k + 1] * __expf(p[3 * k] - best);
-  }
-  tokens[blockIdx.x] = arg;
-  logprobs[blockIdx.x] = -logf(sum);
 }
 
 // Sampling on the GPU, one block (1024 threads) a logits row: temperature, then top-k, top-p and min-p as one
@@ -997,6 +1155,7 @@ __device__ unsigned long long splitmix64(unsigned long long x) {
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int stride, const float* temperature,
             const int* top_k, const float* top_p, const float* min_p, const unsigned* seeds, const int* counters) {
+  pdl_enter();
   const int r = blockIdx.x;
   const float* row = logits + (size_t)r * stride;
   const float t = temperature[r];
@@ -1101,6 +1260,7 @@ extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const KV* kcache, const KV* vcache,
                 float kv_scale, const int* row_seq, const int* row_pos, const int* block_tables, int max_blocks,
                 int num_heads, int num_kv, int head, int tpb, float scale) {
+  pdl_enter();
   const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z, chunks = gridDim.z;
   float* mine = partial + ((size_t)r * num_heads + h) * chunks * (head + 2);
   float* part = mine + (size_t)c * (head + 2);
