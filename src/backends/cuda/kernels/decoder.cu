@@ -936,7 +936,7 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
 template <int PL>
 __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table,
                              int t_begin, int t_end, int kvh, int num_kv, int head, int tpb, float scale, float* ml,
-                             float* acc_out) {
+                             float* acc_out, float* sm, float* sl, float (*sacc)[MAX_HEAD]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float qv[PL], acc[PL];
 #pragma unroll
@@ -982,8 +982,6 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
     }
     m = m2;
   }
-  __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
-  __shared__ float sacc[ATT_WARPS][MAX_HEAD];
   if (lane == 0) {
     sm[warp] = m;
     sl[warp] = l;
@@ -1013,7 +1011,12 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
 // attend_lanes for the head size at hand (≤ MAX_HEAD): as few dims a lane as cover it.
 __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table, int t_begin,
                        int t_end, int kvh, int num_kv, int head, int tpb, float scale, float* ml, float* acc_out) {
-#define ATTEND(PL) attend_lanes<PL>(q, kcache, vcache, kv_scale, table, t_begin, t_end, kvh, num_kv, head, tpb, scale, ml, acc_out)
+  // The warps' partial results, declared here once (in the template each head size would get its own).
+  __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+  __shared__ float sacc[ATT_WARPS][MAX_HEAD];
+#define ATTEND(PL)                                                                                              \
+  attend_lanes<PL>(q, kcache, vcache, kv_scale, table, t_begin, t_end, kvh, num_kv, head, tpb, scale, ml, acc_out, sm, \
+                   sl, sacc)
   if (head <= 32) ATTEND(1);
   else if (head <= 64) ATTEND(2);
   else if (head <= 128) ATTEND(4);
