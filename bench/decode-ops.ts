@@ -3,19 +3,25 @@
 // replayed, timed with events. Beside each: the bytes it must read and the time that takes at the copy
 // bandwidth measured in the same run. Says where a decode step's time goes (kiln bench gives the whole step).
 //
-// node dist/bench/decode-ops.js [--context 128] [--out FILE.json]
+// node dist/bench/decode-ops.js [--context 128] [--define KILN_GEMV_LOADS_AFTER_WAIT=1] [--out FILE.json]
+// (KILN_GEMV_KSPLIT=1 … in the environment forces every GEMV's split; KILN_CUDA_PDL=0 launches without PDL.)
 
 import fs from "node:fs";
 import { parseArgs } from "node:util";
 import type { AttentionShape, StepInput } from "../src/backends/backend.js";
 import { CudaBackend, type CudaTensor } from "../src/backends/cuda/cuda-backend.js";
 import { CudaDevice } from "../src/backends/cuda/driver.js";
-import { kernelSource } from "../src/backends/cuda/engine-kernels.js";
+import { headLanes, kernelSource } from "../src/backends/cuda/engine-kernels.js";
 import { compileKernels } from "../src/backends/cuda/nvrtc.js";
 import { QWEN25_05B } from "./random-model.js";
 
 const { values: args } = parseArgs({
-  options: { context: { type: "string" }, replays: { type: "string" }, out: { type: "string" } },
+  options: {
+    context: { type: "string" },
+    replays: { type: "string" },
+    out: { type: "string" },
+    define: { type: "string", multiple: true },
+  },
 });
 const context = Number(args.context ?? 128);
 const s = QWEN25_05B;
@@ -25,7 +31,18 @@ const LAYERS = 8;
 const REPLAYS = Number(args.replays ?? 50);
 
 const device = CudaDevice.open();
-const { cubin } = compileKernels(kernelSource(), "decoder.cu", device.target, { KILN_DTYPE: 2 });
+// --define NAME=VALUE (repeatable) compiles the kernels with more macros, for A/B runs of kernel variants.
+const extra = Object.fromEntries(
+  (args.define ?? []).map((d) => {
+    const [k, v] = d.split("=");
+    return [k, Number(v ?? 1)];
+  }),
+);
+const { cubin } = compileKernels(kernelSource(), "decoder.cu", device.target, {
+  KILN_DTYPE: 2,
+  KILN_HEAD_LANES: headLanes(D),
+  ...extra,
+});
 const module = device.loadModule(cubin);
 
 /** Random bf16 values in [-0.05, 0.05) (the bit patterns of small floats), uploaded. */
@@ -152,7 +169,7 @@ for (const [name, bytes, op] of ops) {
     `${name.padEnd(32)} ${us.toFixed(2).padStart(8)} µs  roofline ${rooflineUs.toFixed(2).padStart(7)} µs  (${((100 * rooflineUs) / us).toFixed(0)}%)`,
   );
 }
-const report = { device: device.name, copy_tb_per_s: copyTBs, context, ops: results };
+const report = { device: device.name, copy_tb_per_s: copyTBs, context, defines: extra, ops: results };
 console.log(`copy bandwidth ${copyTBs.toFixed(2)} TB/s`);
 if (args.out) fs.writeFileSync(args.out, `${JSON.stringify(report, null, 2)}\n`);
 be.dispose();

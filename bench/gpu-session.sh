@@ -4,6 +4,7 @@
 #   bash bench/gpu-session.sh refs        transformers' bf16 outputs of every fixture (scripts/record_bf16.py) → $OUT/reference_bf16.tgz
 #   bash bench/gpu-session.sh tests       the GPU suite (npm run test:gpu's files)        → $OUT/test-gpu.txt
 #   bash bench/gpu-session.sh ops         each batch-1 decode op timed alone (bench/decode-ops.ts) → $OUT/decode-ops.json
+#   bash bench/gpu-session.sh ab          decode-ops A/B: as built, no PDL, GEMVs unsplit, GEMV loads after the wait → $OUT/ops-*.json
 #   bash bench/gpu-session.sh ncu         Nsight Compute's kernel times of a short batch-1 decode, graphs off → $OUT/ncu.csv
 #   bash bench/gpu-session.sh full        transformers' baseline, then the full kiln bench beside it → $OUT/cuda-bf16.json, hf.json
 #   bash bench/gpu-session.sh decode      bf16 with and without the fused decode ops      → $OUT/bf16{,-unfused}.json
@@ -32,6 +33,13 @@ case "$stage" in
     ;;
   ops)
     node dist/bench/decode-ops.js --out "$OUT/decode-ops.json"
+    ;;
+  ab)
+    node dist/bench/decode-ops.js --out "$OUT/ops-built.json" | tail -9
+    KILN_CUDA_PDL=0 node dist/bench/decode-ops.js --out "$OUT/ops-nopdl.json" | tail -9
+    KILN_GEMV_KSPLIT=1 node dist/bench/decode-ops.js --out "$OUT/ops-ksplit1.json" | tail -9
+    node dist/bench/decode-ops.js --define KILN_GEMV_LOADS_AFTER_WAIT=1 --out "$OUT/ops-loads-after-wait.json" | tail -9
+    KILN_GEMV_KSPLIT=1 node dist/bench/decode-ops.js --define KILN_GEMV_LOADS_AFTER_WAIT=1 --out "$OUT/ops-both.json" | tail -9
     ;;
   ncu)
     uname -r

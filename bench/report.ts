@@ -13,17 +13,29 @@ const r = JSON.parse(fs.readFileSync(path.join(dir, "cuda-bf16.json"), "utf8")) 
 const num = (k: string) => (typeof r[k] === "number" ? (r[k] as number) : Number.NaN);
 const fmt = (v: number, digits = 0) =>
   Number.isFinite(v) ? v.toLocaleString("en-US", { maximumFractionDigits: digits }) : "—";
+const optional = <T>(file: string): T | null =>
+  fs.existsSync(path.join(dir, file)) ? (JSON.parse(fs.readFileSync(path.join(dir, file), "utf8")) as T) : null;
+type Run = Record<string, number | string>;
+interface OpTimes {
+  copy_tb_per_s: number;
+  context: number;
+  ops: { op: string; us: number; roofline_us: number }[];
+}
+const ops = optional<OpTimes>("decode-ops-h200.json");
+// The roofline of a batch-1 step: the 0.99 GB of bf16 weights at the copy bandwidth measured on the GPU.
+const copyTBs = ops?.copy_tb_per_s ?? 3.0;
+const rooflineMs = 0.99 / copyTBs;
 
 const rows: [string, string, string][] = [
   [
     "batch-1 decode (input 128, output 128)",
     `${fmt(num("batch1_decode_tokens_per_s"))} tokens/s`,
-    "≥ 1,500 tokens/s (roofline ~3,000)",
+    `≥ 1,500 tokens/s (roofline ~${fmt(Math.round(1000 / rooflineMs / 100) * 100)})`,
   ],
   [
     "GPU time per batch-1 decode step (graph replay, events)",
     `${fmt(num("batch1_gpu_ms_per_step"), 3)} ms`,
-    "≈ 0.33 ms (0.99 GB at 3.0 TB/s)",
+    `≈ ${fmt(rooflineMs, 2)} ms (0.99 GB at the ${fmt(copyTBs, 1)} TB/s copy bandwidth measured)`,
   ],
   ["time to first token, input 1024", `${fmt(num("ttft_input_1024_ms"), 1)} ms`, ""],
   ["context throughput, 8 × 1024", `${fmt(num("context_tokens_per_s_8x1024"))} tokens/s`, ""],
@@ -40,11 +52,78 @@ const rows: [string, string, string][] = [
   ],
   ["kiln ÷ transformers, batch-1 decode", `${fmt(num("speedup_batch1_vs_hf"), 1)}×`, "≥ 100×"],
 ];
+function previousRun(): string[] {
+  const p = optional<Run>("cuda-bf16-previous.json");
+  const n = (k: string) => (p && typeof p[k] === "number" ? (p[k] as number) : Number.NaN);
+  return p
+    ? [
+        `The previous run on this GPU, before this session's kernel changes: [cuda-bf16-previous.json](cuda-bf16-previous.json) (batch-1 decode ${fmt(n("batch1_decode_tokens_per_s"))} tokens/s, ${fmt(n("batch1_gpu_ms_per_step"), 3)} ms a step; nano-vllm workload ${fmt(n("nanovllm_output_tokens_per_s"))} tokens/s; transformers ${fmt(n("hf_batch1_decode_tokens_per_s"), 1)} tokens/s). An H100 run: [cuda-bf16-h100.json](cuda-bf16-h100.json).`,
+        "",
+      ]
+    : [];
+}
+
+function opTable(): string[] {
+  if (!ops) return [];
+  return [
+    `## Where a batch-1 decode step goes (\`node dist/bench/decode-ops.js\`, each op alone, context ${ops.context})`,
+    "",
+    "Each op over eight layers' worth of random weights (more than the L2 holds) in one CUDA graph, timed with",
+    "events; the roofline is the bytes it must read at the copy bandwidth measured in the same run",
+    `(${fmt(ops.copy_tb_per_s, 2)} TB/s): [decode-ops-h200.json](decode-ops-h200.json). A step is 24 × (norm_qkv_rope,`,
+    "attention, dense, norm_gated_mlp, proj) + lm_head + a few small kernels. Nsight Compute's times of the",
+    "step before this session's changes: [ncu-decode-batch1-h200.txt](ncu-decode-batch1-h200.txt).",
+    "",
+    "| op | µs | roofline µs | of roofline |",
+    "| --- | --- | --- | --- |",
+    ...ops.ops.map(
+      (o) => `| ${o.op} | ${fmt(o.us, 2)} | ${fmt(o.roofline_us, 2)} | ${fmt((100 * o.roofline_us) / o.us)}% |`,
+    ),
+    "",
+  ];
+}
+
+function quantizedTable(): string[] {
+  const q = optional<Record<string, Run>>("cuda-quantized-quick.json");
+  if (!q?.bf16) return [];
+  const base = q.bf16;
+  const rate = (x: Run, k: string) => x[k] as number;
+  return [
+    "## Quantized engines (`kiln bench --quick --qformat Q`, stand-in statistics, 32-sequence nano-vllm workload)",
+    "",
+    "[cuda-quantized-quick.json](cuda-quantized-quick.json). Speed-ups over bf16 in the same configuration.",
+    "",
+    "| qformat | batch-1 decode | × bf16 | GPU ms a step | nano-vllm (32 sequences) | × bf16 |",
+    "| --- | --- | --- | --- | --- | --- |",
+    ...Object.entries(q).map(([name, x]) => {
+      const d = rate(x, "batch1_decode_tokens_per_s");
+      const w = rate(x, "nanovllm_output_tokens_per_s");
+      return `| ${name} | ${fmt(d)} tokens/s | ${fmt(d / rate(base, "batch1_decode_tokens_per_s"), 2)}× | ${fmt(rate(x, "batch1_gpu_ms_per_step"), 3)} | ${fmt(w)} tokens/s | ${fmt(w / rate(base, "nanovllm_output_tokens_per_s"), 2)}× |`;
+    }),
+    "",
+  ];
+}
+
+function moeRow(): string[] {
+  const m = optional<Run>("cuda-moe.json");
+  if (!m) return [];
+  const n = (k: string) => m[k] as number;
+  return [
+    `## Mixture of experts ([cuda-moe.json](cuda-moe.json), \`kiln bench --quick --moe\`, commit ${m.kiln_commit ?? "?"})`,
+    "",
+    `${m.model}: batch-1 decode ${fmt(n("batch1_decode_tokens_per_s"))} tokens/s (${fmt(n("batch1_gpu_ms_per_step"), 3)} ms a step), time to first token at 1024 ${fmt(n("ttft_input_1024_ms"), 1)} ms, context ${fmt(n("context_tokens_per_s_8x1024"))} tokens/s for 8 × 1024, nano-vllm workload (32 sequences) ${fmt(n("nanovllm_output_tokens_per_s"))} tokens/s, ${fmt(n("gpu_memory_used_gib"), 1)} GiB.`,
+    "",
+  ];
+}
+
 const md = [
   "# kiln bench results",
   "",
   `Device: ${r.device}. Model: ${r.model}. Written by \`node dist/bench/bench.js --hf hf.json\` after`,
   "`python3 scripts/bench_hf.py` in the same run on the GPU machine; this page by `node dist/bench/report.js`.",
+  ...(r.kiln_commit
+    ? ["", `Measured at kiln commit ${r.kiln_commit}; later commits' changes are not in these figures.`]
+    : []),
   "",
   "| measure | kiln (cuda, bf16) | target |",
   "| --- | --- | --- |",
@@ -52,16 +131,10 @@ const md = [
   "",
   "![batch-1 decode throughput](chart.svg)",
   "",
-  ...(fs.existsSync(path.join(dir, "cuda-bf16-h100.json"))
-    ? [
-        "The previous run, on an H100 before GPU sampling and split attention landed: [cuda-bf16-h100.json](cuda-bf16-h100.json)",
-        "(batch-1 decode 672 tokens/s, 1.32 ms a step; nano-vllm workload 10,368 tokens/s; transformers 10.8 tokens/s).",
-        "",
-      ]
-    : []),
-  "Per-kernel GPU times of one batch-1 decode step (Nsight Compute, kernels run one by one with cold caches):",
-  "[ncu-decode-batch1.txt](ncu-decode-batch1.txt).",
-  "",
+  ...previousRun(),
+  ...opTable(),
+  ...quantizedTable(),
+  ...moeRow(),
 ].join("\n");
 fs.writeFileSync(path.join(dir, "README.md"), md);
 

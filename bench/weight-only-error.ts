@@ -43,13 +43,13 @@ try {
   for (const bits of [8, 4] as const) {
     const q = await contextLogits(work, `w${bits}`, ids, bits);
     let [worst, se] = [0, 0];
-    float.forEach((row, p) =>
-      row.forEach((v, i) => {
+    for (const [p, row] of float.entries()) {
+      for (const [i, v] of row.entries()) {
         const d = Math.abs(q[p][i] - v);
         worst = Math.max(worst, d);
         se += d * d;
-      }),
-    );
+      }
+    }
     console.log(
       `int${bits} weight-only, ${ids.length} positions × ${float[0].length} logits: max |Δlogit| / std ${(worst / std).toFixed(4)}, rms / std ${(Math.sqrt(se / n) / std).toFixed(5)} (std ${std.toFixed(3)})`,
     );

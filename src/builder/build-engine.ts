@@ -169,6 +169,7 @@ async function cudaKernelSections(model: PretrainedConfig): Promise<{ target: st
   const { target, cubin, ptx } = compileEngineKernels(
     model.dtype,
     model.quantization.kv_cache_quant_algo as KvCacheQuantAlgo | null,
+    model.head_size,
   );
   return { target, sections: [bytesSection("kernels.cubin", cubin), bytesSection("kernels.ptx", ptx)] };
 }

@@ -36,6 +36,8 @@ export const DTYPE_BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 
 export const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
 /** GEMV_MAX_ROWS in decoder.cu: steps of at most this many rows take the GEMV kernels instead of cuBLAS. */
 export const GEMV_MAX_ROWS = 8;
+/** KILN_GEMV_KSPLIT=1|2|4|8 sets every GEMV's split (an A/B switch for measuring it; unset: by row length). */
+const FORCED_KSPLIT = ((v) => ([1, 2, 4, 8].includes(v) ? v : undefined))(Number(process.env.KILN_GEMV_KSPLIT));
 /** GEMV_UNROLL in decoder.cu: 16-byte loads a lane has in flight. */
 const GEMV_UNROLL = 4;
 
@@ -46,7 +48,7 @@ const GEMV_UNROLL = 4;
  */
 export function gemvLaunch(outRows: number, rowBytes: number): { ksplit: number; blocks: number } {
   const passes = Math.ceil(rowBytes / 16 / (32 * GEMV_UNROLL));
-  const ksplit = passes > 4 ? 8 : passes > 2 ? 4 : passes > 1 ? 2 : 1;
+  const ksplit = FORCED_KSPLIT ?? (passes > 4 ? 8 : passes > 2 ? 4 : passes > 1 ? 2 : 1);
   return { ksplit, blocks: Math.ceil((outRows * ksplit) / 8) };
 }
 

@@ -1,5 +1,5 @@
 // The kernels a cuda engine carries: decoder.cu compiled by NVRTC for this machine's GPU, the engine's dtype
-// and its KV cache's element, as a cubin and as PTX.
+// its KV cache's element and its head size, as a cubin and as PTX.
 
 import fs from "node:fs";
 import type { ModelDtype } from "../../checkpoint/pretrained-config.js";
@@ -20,16 +20,31 @@ export function kernelSource(): string {
 /** KILN_KV in decoder.cu: the KV cache's element (the model dtype, or one byte of INT8 or FP8). */
 export const KILN_KV: Record<"none" | KvCacheQuantAlgo, number> = { none: 0, INT8: 1, FP8: 2 };
 
-/** What this process compiled, by target, dtype and KV element: a build of several engines compiles once. */
+/**
+ * KILN_HEAD_LANES in decoder.cu: head dims each lane of an attention warp holds (1, 2, 4 or 8 for heads of
+ * up to 32, 64, 128, 256). Compiled for the engine's head size alone, attention keeps the registers that
+ * size needs (the kernel for every size took 120 a thread, halving its blocks per SM).
+ */
+export function headLanes(headSize: number): number {
+  if (headSize > 256) throw new Error(`the cuda backend's attention takes heads of at most 256, not ${headSize}`);
+  return headSize <= 32 ? 1 : headSize <= 64 ? 2 : headSize <= 128 ? 4 : 8;
+}
+
+/** What this process compiled, by target, dtype, KV element and head lanes: a build of several engines compiles once. */
 const compiled = new Map<string, { target: string; cubin: Uint8Array; ptx: Uint8Array }>();
 
 export function compileEngineKernels(
   dtype: ModelDtype,
   kv: KvCacheQuantAlgo | null,
+  headSize: number,
 ): { target: string; cubin: Uint8Array; ptx: Uint8Array } {
   const target = CudaDevice.open().target;
-  const defines = { KILN_DTYPE: KILN_DTYPE[dtype], KILN_KV: KILN_KV[kv ?? "none"] };
-  const key = `${target}:${defines.KILN_DTYPE}:${defines.KILN_KV}`;
+  const defines = {
+    KILN_DTYPE: KILN_DTYPE[dtype],
+    KILN_KV: KILN_KV[kv ?? "none"],
+    KILN_HEAD_LANES: headLanes(headSize),
+  };
+  const key = `${target}:${Object.values(defines).join(":")}`;
   let k = compiled.get(key);
   if (!k) {
     const { cubin, ptx } = compileKernels(kernelSource(), "decoder.cu", target, defines);

@@ -168,6 +168,19 @@ __device__ __forceinline__ void gemv_load(uint4 (&wv)[GEMV_UNROLL], const uint4*
   }
 }
 
+// The first pass of a GEMV's weight loads, then pdl_enter: the loads overlap the end of the kernel before.
+// KILN_GEMV_LOADS_AFTER_WAIT=1 waits first (an A/B switch for bench/decode-ops.ts, which measured the plain
+// GEMVs slower after this change came in with others).
+#if defined(KILN_GEMV_LOADS_AFTER_WAIT) && KILN_GEMV_LOADS_AFTER_WAIT
+#define GEMV_FIRST_LOADS(first, wrow, v0, nvec) \
+  pdl_enter();                                  \
+  gemv_load(first, wrow, v0, nvec)
+#else
+#define GEMV_FIRST_LOADS(first, wrow, v0, nvec) \
+  gemv_load(first, wrow, v0, nvec);             \
+  pdl_enter()
+#endif
+
 // A pass's loads: the first pass's were issued before pdl_enter, the others now.
 __device__ __forceinline__ void gemv_next(uint4 (&wv)[GEMV_UNROLL], const uint4 (&first)[GEMV_UNROLL], const uint4* wrow,
                                           int v0, int v_first, int nvec) {
@@ -226,8 +239,7 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
   uint4 first[GEMV_UNROLL];
-  gemv_load(first, wrow, begin + lane, end);
-  pdl_enter();
+  GEMV_FIRST_LOADS(first, wrow, begin + lane, end);
   // GEMV_UNROLL weight loads in flight per lane before any is used.
   for (int v0 = begin + lane; v0 < end; v0 += 32 * GEMV_UNROLL) {
     uint4 wv[GEMV_UNROLL];
@@ -332,8 +344,7 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
   uint4 first[GEMV_UNROLL];
-  gemv_load(first, wrow, begin + lane, end);
-  pdl_enter();
+  GEMV_FIRST_LOADS(first, wrow, begin + lane, end);
   for (int v0 = begin + lane; v0 < end; v0 += 32 * GEMV_UNROLL) {
     uint4 wv[GEMV_UNROLL];
     gemv_next(wv, first, wrow, v0, begin + lane, end);
@@ -1008,7 +1019,9 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
   __syncthreads();
 }
 
-// attend_lanes for the head size at hand (≤ MAX_HEAD): as few dims a lane as cover it.
+// attend_lanes for the head size at hand (≤ MAX_HEAD): as few dims a lane as cover it. kiln build compiles
+// the engine's size alone (KILN_HEAD_LANES), so that attention takes the registers that size needs; without
+// it (op tests) every size is compiled in.
 __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table, int t_begin,
                        int t_end, int kvh, int num_kv, int head, int tpb, float scale, float* ml, float* acc_out) {
   // The warps' partial results, declared here once (in the template each head size would get its own).
@@ -1017,10 +1030,14 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
 #define ATTEND(PL)                                                                                              \
   attend_lanes<PL>(q, kcache, vcache, kv_scale, table, t_begin, t_end, kvh, num_kv, head, tpb, scale, ml, acc_out, sm, \
                    sl, sacc)
+#ifdef KILN_HEAD_LANES
+  ATTEND(KILN_HEAD_LANES);
+#else
   if (head <= 32) ATTEND(1);
   else if (head <= 64) ATTEND(2);
   else if (head <= 128) ATTEND(4);
   else ATTEND(8);
+#endif
 #undef ATTEND
 }
 
