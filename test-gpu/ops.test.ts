@@ -74,6 +74,20 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       device.download(bytes, t.ptr);
       return decodeToFloat32(bytes, t.dtype);
     };
+    /** Per-channel int8 or int4 of w [out, in], laid out for the GEMV, and the cpu backend's tensor of the same codes. */
+    const uploadWeightOnly = (w: Float32Array, out: number, inDim: number, bits: 8 | 4): [CudaTensor, CpuTensor] => {
+      const q = quantizeWeightOnly(w, out, inDim, bits);
+      const bytes = cudaWeightOnlyLayout(q.qweight, out, inDim, bits);
+      const wp = device.alloc(bytes.byteLength);
+      device.upload(wp, bytes);
+      const sp = device.alloc(out * 4);
+      device.upload(sp, new Uint8Array(q.scales.buffer));
+      const quant: CudaQuant = { ...WEIGHT_ONLY, kind: bits === 8 ? "int8" : "int4", scales: sp };
+      return [
+        { ptr: wp, rows: out, cols: inDim, dtype, quant },
+        { data: new Float32Array(0), rows: out, cols: inDim, quant: { bits, q: q.qweight, scales: q.scales } },
+      ];
+    };
     const H = 96;
     const heads = 6;
     const kv = 2;
@@ -163,25 +177,7 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
     test("weight-only int8 and int4 linear: GEMV (≤ 8 rows) and dequantize + cuBLAS equal the cpu kernel", () => {
       const [inDim, out] = [H, V];
       for (const bits of [8, 4] as const) {
-        const q = quantizeWeightOnly(rand(out * inDim, 0.2), out, inDim, bits);
-        const bytes = cudaWeightOnlyLayout(q.qweight, out, inDim, bits);
-        const wp = device.alloc(bytes.byteLength);
-        device.upload(wp, bytes);
-        const sp = device.alloc(out * 4);
-        device.upload(sp, new Uint8Array(q.scales.buffer));
-        const wc: CudaTensor = {
-          ptr: wp,
-          rows: out,
-          cols: inDim,
-          dtype,
-          quant: { ...WEIGHT_ONLY, kind: bits === 8 ? "int8" : "int4", scales: sp },
-        };
-        const wcpu: CpuTensor = {
-          data: new Float32Array(0),
-          rows: out,
-          cols: inDim,
-          quant: { bits, q: q.qweight, scales: q.scales },
-        };
+        const [wc, wcpu] = uploadWeightOnly(rand(out * inDim, 0.2), out, inDim, bits);
         for (const rows of [1, 3, 8, 9, 17]) {
           const [xc, xcpu] = upload(rand(rows * inDim), rows, inDim);
           for (const f32 of [false, true]) {
@@ -208,21 +204,10 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
         assert.ok(e < tol, `plain, in ${inDim}: relative error ${e.toExponential(2)}`);
         for (const bits of [8, 4] as const) {
           if (inDim % 32 !== 0) continue;
-          const q = quantizeWeightOnly(rand(out * inDim, 0.2), out, inDim, bits);
-          const bytes = cudaWeightOnlyLayout(q.qweight, out, inDim, bits);
-          const wp = device.alloc(bytes.byteLength);
-          device.upload(wp, bytes);
-          const sp = device.alloc(out * 4);
-          device.upload(sp, new Uint8Array(q.scales.buffer));
-          const quant = { ...WEIGHT_ONLY, kind: bits === 8 ? ("int8" as const) : ("int4" as const), scales: sp };
+          const [wq, wqcpu] = uploadWeightOnly(rand(out * inDim, 0.2), out, inDim, bits);
           cuda.beginStep(decode);
-          const got = download(cuda.linear(xc, { ptr: wp, rows: out, cols: inDim, dtype, quant }, null, true));
-          const want = cpu.linear(
-            xcpu,
-            { data: new Float32Array(0), rows: out, cols: inDim, quant: { bits, q: q.qweight, scales: q.scales } },
-            null,
-            true,
-          ).data;
+          const got = download(cuda.linear(xc, wq, null, true));
+          const want = cpu.linear(xcpu, wqcpu, null, true).data;
           e = relErr(got, want);
           assert.ok(e < tol, `int${bits}, in ${inDim}: relative error ${e.toExponential(2)}`);
         }

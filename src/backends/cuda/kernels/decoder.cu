@@ -681,6 +681,23 @@ __device__ __forceinline__ void pick_row(const float (&acc)[2][R], int r, float&
 // each row's cache slot (none for slot < 0). A warp takes one pair of a head's dims: RoPE's (p, p + rotary/2),
 // or, past the rotary dims, two plain ones. grid = ceil(heads · head/2 / 8), 256 threads, R · in · sizeof(T)
 // bytes of dynamic shared memory.
+// A fused kernel's opening: the warp's first weight loads, pdl_enter, the block's norm of its rows into
+// shared memory, then the warp's pair of dot products. false for a warp past the last pair (after the norm's
+// barrier, which every thread must reach).
+template <int R>
+__device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], const T* w, const int (&rows)[2], bool live,
+                                                   const T* residual, const T* delta, T* residual_out,
+                                                   const T* norm_w, int in, float eps) {
+  uint4 first[2][GEMV_UNROLL];
+  gemv_pair_prefetch<2>(first, w, rows, in, live);
+  pdl_enter();
+  T* xs = reinterpret_cast<T*>(dynamic_shared());
+  norm_rows<R>(xs, residual, delta, residual_out, norm_w, in, eps);
+  if (!live) return false;
+  gemv_pair_dot<R, 2>(acc, xs, w, rows, in, first);
+  return true;
+}
+
 template <int R>
 __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, const T* delta, const T* norm_w,
                                    float eps, const T* w, const T* bias, const int* positions, const int* slots,
@@ -693,14 +710,8 @@ __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, c
   const int da = p < rh ? p : rotary + (p - rh);
   const int db = p < rh ? p + rh : rotary + (p - rh) + (head - rotary) / 2;
   const int rows[2] = {h * head + da, h * head + db};
-  uint4 first[2][GEMV_UNROLL];
-  gemv_pair_prefetch<2>(first, w, rows, in, live);
-  pdl_enter();
-  T* xs = reinterpret_cast<T*>(dynamic_shared());
-  norm_rows<R>(xs, residual, delta, residual_out, norm_w, in, eps);
-  if (!live) return;
   float acc[2][R];
-  gemv_pair_dot<R, 2>(acc, xs, w, rows, in, first);
+  if (!norm_then_pair_dot<R>(acc, w, rows, live, residual, delta, residual_out, norm_w, in, eps)) return;
   const int r = threadIdx.x & 31;  // lane r finishes step row r
   if (r >= R) return;
   float a, b;
@@ -738,14 +749,8 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
   const int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const bool live = i < inter;
   const int rows[2] = {i, inter + i};
-  uint4 first[2][GEMV_UNROLL];
-  gemv_pair_prefetch<2>(first, w, rows, in, live);
-  pdl_enter();
-  T* xs = reinterpret_cast<T*>(dynamic_shared());
-  norm_rows<R>(xs, residual, delta, residual_out, norm_w, in, eps);
-  if (!live) return;
   float acc[2][R];
-  gemv_pair_dot<R, 2>(acc, xs, w, rows, in, first);
+  if (!norm_then_pair_dot<R>(acc, w, rows, live, residual, delta, residual_out, norm_w, in, eps)) return;
   const int r = threadIdx.x & 31;
   if (r >= R) return;
   float a, b;
