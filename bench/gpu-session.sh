@@ -7,6 +7,7 @@
 #   bash bench/gpu-session.sh ab          decode-ops A/B: as built, no PDL, GEMVs unsplit, GEMV loads after the wait → $OUT/ops-*.json
 #   bash bench/gpu-session.sh ncu         Nsight Compute's kernel times of a short batch-1 decode, graphs off → $OUT/ncu.csv
 #   bash bench/gpu-session.sh full        transformers' baseline, then the full kiln bench beside it → $OUT/cuda-bf16.json, hf.json
+#   bash bench/gpu-session.sh ncu-wide    the same for a 256-row decode step at contexts of 1000 (the nano-vllm workload's) → $OUT/ncu-wide.csv
 #   bash bench/gpu-session.sh decode      bf16 with and without the fused decode ops      → $OUT/bf16{,-unfused}.json
 #   bash bench/gpu-session.sh formats     kiln bench --quick for each qformat and KV cache → $OUT/<format>.json
 #   bash bench/gpu-session.sh perplexity  the demo model's quantization table on cuda     → $OUT/quantization-demo-cuda.*
@@ -46,11 +47,18 @@ case "$stage" in
     KILN_CUDA_GRAPHS=0 timeout "${NCU_TIMEOUT:-300}" ncu --clock-control none --cache-control none \
       --metrics gpu__time_duration.sum --csv node dist/bench/profile-decode.js --work "$work" --tokens 3 \
       > "$OUT/ncu.csv" 2> "$OUT/ncu.err" || tail -5 "$OUT/ncu.err"
+    python3 scripts/ncu_summary.py "$OUT/ncu.csv"
     ;;
   full)
     node -e "import('./dist/bench/random-model.js').then((m) => m.writeRandomQwen2('$work/hf', m.QWEN25_05B))"
     python3 scripts/bench_hf.py --model "$work/hf" --out "$OUT/hf.json"
     node dist/bench/bench.js --work "$work" --hf "$OUT/hf.json" --out "$OUT/cuda-bf16.json"
+    ;;
+  ncu-wide)
+    KILN_CUDA_GRAPHS=0 timeout "${NCU_TIMEOUT:-400}" ncu --clock-control none --cache-control none \
+      --metrics gpu__time_duration.sum --csv node dist/bench/profile-decode.js --work "$work" --tokens 2 \
+      --batch 256 --input 1000 > "$OUT/ncu-wide.csv" 2> "$OUT/ncu-wide.err" || tail -5 "$OUT/ncu-wide.err"
+    python3 scripts/ncu_summary.py "$OUT/ncu-wide.csv" | head -30
     ;;
   decode)
     node dist/bench/bench.js --work "$work" --quick --out "$OUT/bf16.json" > /dev/null

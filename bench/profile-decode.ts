@@ -1,5 +1,6 @@
-// Builds the bench model's engine (if absent) and runs a short batch-1 greedy decode, for a profiler to
-// watch: `KILN_CUDA_GRAPHS=0 ncu … node dist/bench/profile-decode.js --work DIR`.
+// Builds the bench model's engine (if absent) and runs a short greedy decode, for a profiler to watch:
+// `KILN_CUDA_GRAPHS=0 ncu … node dist/bench/profile-decode.js --work DIR [--tokens 4] [--batch 1] [--input 128]`
+// (a wide step, as the nano-vllm workload's: --batch 256 --input 1000, with ncu's -k to pick kernels).
 
 import fs from "node:fs";
 import path from "node:path";
@@ -9,7 +10,14 @@ import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { LLM } from "../src/runtime/llm.js";
 import { QWEN25_05B, writeRandomQwen2 } from "./random-model.js";
 
-const { values: args } = parseArgs({ options: { work: { type: "string" }, tokens: { type: "string" } } });
+const { values: args } = parseArgs({
+  options: {
+    work: { type: "string" },
+    tokens: { type: "string" },
+    batch: { type: "string" },
+    input: { type: "string" },
+  },
+});
 const work = args.work ?? "/tmp/kiln-bench";
 const engine = path.join(work, "engine");
 if (!fs.existsSync(path.join(engine, "rank0.engine"))) {
@@ -25,6 +33,9 @@ if (!fs.existsSync(path.join(engine, "rank0.engine"))) {
   });
 }
 const llm = await LLM.load(engine);
-const prompt = Array.from({ length: 128 }, (_, i) => (i * 7919) % 150000);
-const [out] = llm.generate([prompt], { maxNewTokens: Number(args.tokens ?? 4), endId: null });
-console.log(JSON.stringify(out && "outputIds" in out ? out.outputIds : out));
+const input = Number(args.input ?? 128);
+const prompts = Array.from({ length: Number(args.batch ?? 1) }, (_, p) =>
+  Array.from({ length: input }, (_, i) => (i * 7919 + p * 104729) % 150000),
+);
+const outs = llm.generate(prompts, { maxNewTokens: Number(args.tokens ?? 4), endId: null });
+console.log(JSON.stringify(outs.slice(0, 2).map((o) => ("outputIds" in o ? o.outputIds : o))));
