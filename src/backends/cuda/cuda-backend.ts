@@ -419,8 +419,11 @@ export class CudaBackend implements Backend<CudaTensor> {
     ];
     const block: [number] = [32 * ATTENTION_WARPS];
     // Few rows over long contexts (decode): split each (row, head) over the sequence so the GPU fills up.
+    // Where a block a (row, head) already fills it (two 512-thread blocks an SM), the split would only add
+    // blocks, most of them past their row's context under a graph, whose chunks cover max_seq_len.
     const chunks = Math.ceil((this.graphMode ? this.limits.maxSeqLen : s.maxVisible) / ATTENTION_CHUNK);
-    if (qkv.rows <= this.limits.maxSeqs && chunks > 1) {
+    const fillsGpu = qkv.rows * shape.numHeads >= 2 * this.device.multiprocessors;
+    if (qkv.rows <= this.limits.maxSeqs && chunks > 1 && !fillsGpu) {
       this.device.launch(this.fn("attention_split"), [qkv.rows, shape.numHeads, chunks], block, [
         ptr(out.ptr),
         ptr(this.attentionPartial),
