@@ -431,7 +431,7 @@ export class CudaBackend implements Backend<CudaTensor> {
         ...inputs,
       ]);
     } else {
-      this.device.launch(this.fn("attention"), [qkv.rows, shape.numHeads], block, [ptr(out.ptr), ...inputs]);
+      this.device.launch(this.fn("attention"), [qkv.rows * shape.numHeads], block, [ptr(out.ptr), ...inputs]);
     }
     return out;
   }

@@ -1047,12 +1047,14 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
 }
 
 // Causal attention of each query row and head over its sequence: row_seq[r] is the row's sequence (-1:
-// padding), row_pos[r] its position (it sees keys 0..pos). grid = (rows, num_heads), block = 32 × ATT_WARPS.
+// padding), row_pos[r] its position (it sees keys 0..pos). grid = rows · num_heads, a row's heads adjacent so
+// that the heads sharing a KV head run together and read its keys and values from L2 after the first.
+// block = 32 × ATT_WARPS.
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq, const int* row_pos,
           const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
   pdl_enter();
-  const int r = blockIdx.x, h = blockIdx.y;
+  const int r = blockIdx.x / num_heads, h = blockIdx.x % num_heads;
   const int seq = row_seq[r];
   T* o = out + ((size_t)r * num_heads + h) * head;
   if (seq < 0) {
