@@ -122,6 +122,8 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
   const llm = await LLM.load(engine);
   const results: Record<string, number | string> = {
     device: device.name,
+    // The commit measured, where the caller says (bench/gpu-session.sh reads it from .device/commit).
+    ...(process.env.KILN_COMMIT && { kiln_commit: process.env.KILN_COMMIT }),
     model: `${args.moe ? "Qwen2-MoE design at Qwen2.5-0.5B's size (60 experts, top 4, shared expert)" : "Qwen2.5-0.5B shape"}, random bf16 weights${args.qformat ? `, ${args.qformat}` : ""}${args.kvCacheDtype ? `, ${args.kvCacheDtype} KV cache` : ""}`,
   };
 

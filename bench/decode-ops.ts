@@ -169,7 +169,14 @@ for (const [name, bytes, op] of ops) {
     `${name.padEnd(32)} ${us.toFixed(2).padStart(8)} µs  roofline ${rooflineUs.toFixed(2).padStart(7)} µs  (${((100 * rooflineUs) / us).toFixed(0)}%)`,
   );
 }
-const report = { device: device.name, copy_tb_per_s: copyTBs, context, defines: extra, ops: results };
+const report = {
+  device: device.name,
+  ...(process.env.KILN_COMMIT && { kiln_commit: process.env.KILN_COMMIT }),
+  copy_tb_per_s: copyTBs,
+  context,
+  defines: extra,
+  ops: results,
+};
 console.log(`copy bandwidth ${copyTBs.toFixed(2)} TB/s`);
 if (args.out) fs.writeFileSync(args.out, `${JSON.stringify(report, null, 2)}\n`);
 be.dispose();

@@ -13,11 +13,13 @@
 #   bash bench/gpu-session.sh perplexity  the demo model's quantization table on cuda     → $OUT/quantization-demo-cuda.*
 #   bash bench/gpu-session.sh moe         kiln bench --quick --moe (Qwen2-MoE-shaped)      → $OUT/moe.json
 # Several stages run in one call in the order given: bash bench/gpu-session.sh refs tests decode
+# Before the call, `git rev-parse --short HEAD > .device/commit` here: the results then name the commit measured.
 set -euo pipefail
 [ $# -gt 0 ] || { echo "which stage: refs, tests, decode, formats, perplexity or moe" >&2; exit 2; }
 OUT=${OUT:?"set OUT to the folder that comes back"}
 xz -dc .device/node.xz > /tmp/node && chmod +x /tmp/node && mkdir -p /tmp/bin && ln -sf /tmp/node /tmp/bin/node
 export PATH=/tmp/bin:$PATH
+[ -f .device/commit ] && KILN_COMMIT=$(cat .device/commit) && export KILN_COMMIT
 [ -d node_modules ] || xz -dc .device/node_modules.tar.xz | tar -xf -
 [ -f dist/bench/bench.js ] || node node_modules/typescript/bin/tsc -p tsconfig.json
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
