@@ -194,14 +194,19 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       }
     });
 
-    test("GEMV over long rows, split across 2, 4 and 8 warps an output (plain, int8 and int4 codes), equals the cpu", () => {
+    test("GEMV over long rows (1 and 3 rows), split across 2, 4 and 8 warps an output (plain, int8 and int4 codes), equals the cpu", () => {
       const out = 38; // the last block holds warps past the last output
-      for (const inDim of [1040, 4128, 8224]) {
-        const [xc, xcpu] = upload(rand(3 * inDim), 3, inDim);
+      for (const [inDim, rows] of [
+        [1040, 3],
+        [4128, 1],
+        [8224, 3],
+        [8224, 1],
+      ]) {
+        const [xc, xcpu] = upload(rand(rows * inDim), rows, inDim);
         const [wc, wcpu] = upload(rand(out * inDim, 0.2), out, inDim);
         cuda.beginStep(decode);
         let e = relErr(download(cuda.linear(xc, wc, null, true)), cpu.linear(xcpu, wcpu, null, true).data);
-        assert.ok(e < tol, `plain, in ${inDim}: relative error ${e.toExponential(2)}`);
+        assert.ok(e < tol, `plain, in ${inDim}, ${rows} rows: relative error ${e.toExponential(2)}`);
         for (const bits of [8, 4] as const) {
           if (inDim % 32 !== 0) continue;
           const [wq, wqcpu] = uploadWeightOnly(rand(out * inDim, 0.2), out, inDim, bits);
@@ -209,7 +214,7 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           const got = download(cuda.linear(xc, wq, null, true));
           const want = cpu.linear(xcpu, wqcpu, null, true).data;
           e = relErr(got, want);
-          assert.ok(e < tol, `int${bits}, in ${inDim}: relative error ${e.toExponential(2)}`);
+          assert.ok(e < tol, `int${bits}, in ${inDim}, ${rows} rows: relative error ${e.toExponential(2)}`);
         }
       }
     });

@@ -325,7 +325,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       if (x.rows > 0) {
         const { ksplit, blocks } = gemvLaunch(weight.rows, rowBytes);
         this.device.launch(
-          this.fn("gemv"),
+          this.fn(x.rows === 1 ? "gemv_1" : "gemv"),
           [blocks],
           [256],
           [

@@ -7,7 +7,12 @@ import { type CudaTensor, DTYPE_BYTES, GEMV_MAX_ROWS, type KernelName, type Quan
 import { f32, i32, ptr } from "./driver.js";
 
 /** The kernels that fuse a decode step's norms into its GEMVs, and take dynamic shared memory (the rows). */
-export const FUSED_KERNELS: readonly KernelName[] = ["norm_qkv_rope", "norm_gated_mlp"];
+export const FUSED_KERNELS: readonly KernelName[] = [
+  "norm_qkv_rope",
+  "norm_qkv_rope_1",
+  "norm_gated_mlp",
+  "norm_gated_mlp_1",
+];
 /** The most dynamic shared memory a block may take (Hopper: 227 KiB). */
 export const MAX_DYNAMIC_SHARED = 227 * 1024;
 /** KILN_CUDA_FUSED=0 runs decode steps with the plain ops (to measure what fusion gains). */
@@ -51,7 +56,7 @@ export class FusedDecode {
     const next = delta ? this.nextResidual(residual) : residual;
     const pairs = (numHeads + 2 * numKvHeads) * (headSize / 2);
     this.ctx.device.launch(
-      this.ctx.fn("norm_qkv_rope"),
+      this.ctx.fn(residual.rows === 1 ? "norm_qkv_rope_1" : "norm_qkv_rope"),
       [Math.ceil(pairs / 8)],
       [256],
       [
@@ -93,7 +98,7 @@ export class FusedDecode {
     const out = this.ctx.alloc(residual.rows, inter);
     const next = this.nextResidual(residual);
     this.ctx.device.launch(
-      this.ctx.fn("norm_gated_mlp"),
+      this.ctx.fn(residual.rows === 1 ? "norm_gated_mlp_1" : "norm_gated_mlp"),
       [Math.ceil(inter / 8)],
       [256],
       [

@@ -181,17 +181,6 @@ __device__ __forceinline__ void gemv_load(uint4 (&wv)[GEMV_UNROLL], const uint4*
   pdl_enter()
 #endif
 
-// A pass's loads: the first pass's were issued before pdl_enter, the others now.
-__device__ __forceinline__ void gemv_next(uint4 (&wv)[GEMV_UNROLL], const uint4 (&first)[GEMV_UNROLL], const uint4* wrow,
-                                          int v0, int v_first, int nvec) {
-  if (v0 == v_first) {
-#pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) wv[u] = first[u];
-  } else {
-    gemv_load(wv, wrow, v0, nvec);
-  }
-}
-
 // Sums each row's partial over the ksplit warps that share an output (consecutive warps of one block, ksplit
 // dividing 8); true for the one lane that then holds the totals. Every thread of the block must call it.
 template <int R>
@@ -238,12 +227,8 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
-  uint4 first[GEMV_UNROLL];
-  GEMV_FIRST_LOADS(first, wrow, begin + lane, end);
-  // GEMV_UNROLL weight loads in flight per lane before any is used.
-  for (int v0 = begin + lane; v0 < end; v0 += 32 * GEMV_UNROLL) {
-    uint4 wv[GEMV_UNROLL];
-    gemv_next(wv, first, wrow, v0, begin + lane, end);
+  // One pass: GEMV_UNROLL weight loads of a lane (in flight together) against every row of x.
+  auto pass = [&](const uint4 (&wv)[GEMV_UNROLL], int v0) {
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
@@ -260,6 +245,14 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
         for (int k = 0; k < V; k++) acc[r] += wf[k] * tof(xe[k]);
       }
     }
+  };
+  uint4 first[GEMV_UNROLL];
+  GEMV_FIRST_LOADS(first, wrow, begin + lane, end);
+  pass(first, begin + lane);
+  for (int v0 = begin + lane + 32 * GEMV_UNROLL; v0 < end; v0 += 32 * GEMV_UNROLL) {
+    uint4 wv[GEMV_UNROLL];
+    gemv_load(wv, wrow, v0, end);
+    pass(wv, v0);
   }
   if (!split_sum<R>(acc, ksplit) || !live) return;
 #pragma unroll
@@ -281,6 +274,13 @@ gemv(void* y, int y_f32, const T* x, const T* w, int rows, int in, int out, int 
     case 7: gemv_rows<7>(y, y_f32, x, w, in, out, ksplit); break;
     default: gemv_rows<8>(y, y_f32, x, w, in, out, ksplit); break;
   }
+}
+
+// The one-row step (batch-1 decode) as a kernel of its own: compiled alone it takes the registers one row
+// needs, not the eight-row case's, so more blocks fit an SM. Same arguments as gemv (rows is 1).
+extern "C" __global__ void __launch_bounds__(256)
+gemv_1(void* y, int y_f32, const T* x, const T* w, int rows, int in, int out, int ksplit) {
+  gemv_rows<1>(y, y_f32, x, w, in, out, ksplit);
 }
 
 // Element k of the T values packed in a 16-byte load, from shifts on its words (no address taken).
@@ -343,11 +343,8 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
-  uint4 first[GEMV_UNROLL];
-  GEMV_FIRST_LOADS(first, wrow, begin + lane, end);
-  for (int v0 = begin + lane; v0 < end; v0 += 32 * GEMV_UNROLL) {
-    uint4 wv[GEMV_UNROLL];
-    gemv_next(wv, first, wrow, v0, begin + lane, end);
+  // One pass: GEMV_UNROLL loads of a lane, decoded and dotted with every row of x.
+  auto pass = [&](const uint4 (&wv)[GEMV_UNROLL], int v0) {
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
@@ -388,6 +385,14 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
         for (int r = 0; r < R; r++) acc[r] += dot[r];
       }
     }
+  };
+  uint4 first[GEMV_UNROLL];
+  GEMV_FIRST_LOADS(first, wrow, begin + lane, end);
+  pass(first, begin + lane);
+  for (int v0 = begin + lane + 32 * GEMV_UNROLL; v0 < end; v0 += 32 * GEMV_UNROLL) {
+    uint4 wv[GEMV_UNROLL];
+    gemv_load(wv, wrow, v0, end);
+    pass(wv, v0);
   }
   if (!split_sum<R>(acc, ksplit) || !live) return;
   const float channel = (!grouped && scales != nullptr ? scales[o] : 1.f) * out_scale;
@@ -618,18 +623,7 @@ __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, c
   for (int p = 0; p < P; p++)
 #pragma unroll
     for (int r = 0; r < R; r++) acc[p][r] = 0.f;
-  for (int v0 = lane; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
-    uint4 wv[P][GEMV_UNROLL];
-    if (v0 == lane) {
-#pragma unroll
-      for (int p = 0; p < P; p++)
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) wv[p][u] = first[p][u];
-    } else {
-#pragma unroll
-      for (int p = 0; p < P; p++)
-        gemv_load(wv[p], reinterpret_cast<const uint4*>(w + (size_t)rows[p] * in), v0, nvec);
-    }
+  auto pass = [&](const uint4 (&wv)[P][GEMV_UNROLL], int v0) {
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
@@ -645,6 +639,13 @@ __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, c
         }
       }
     }
+  };
+  pass(first, lane);
+  for (int v0 = lane + 32 * GEMV_UNROLL; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
+    uint4 wv[P][GEMV_UNROLL];
+#pragma unroll
+    for (int p = 0; p < P; p++) gemv_load(wv[p], reinterpret_cast<const uint4*>(w + (size_t)rows[p] * in), v0, nvec);
+    pass(wv, v0);
   }
 #pragma unroll
   for (int p = 0; p < P; p++)
@@ -796,6 +797,21 @@ norm_gated_mlp(T* out, T* residual_out, const T* residual, const T* delta, const
 #define MLP_CALL(R) norm_gated_mlp_rows<R>(out, residual_out, residual, delta, norm_w, eps, w, bias, in, inter)
   FUSED_ROWS(MLP_CALL)
 #undef MLP_CALL
+}
+
+// One-row versions of the two, as gemv_1 is of gemv (same arguments; rows is 1).
+extern "C" __global__ void __launch_bounds__(256)
+norm_qkv_rope_1(T* qkv, T* residual_out, const T* residual, const T* delta, const T* norm_w, float eps, const T* w,
+                const T* bias, const int* positions, const int* slots, KV* kcache, KV* vcache, float kv_scale,
+                const float* inv_freq, int rows, int in, int num_heads, int num_kv, int head, int rotary) {
+  norm_qkv_rope_rows<1>(qkv, residual_out, residual, delta, norm_w, eps, w, bias, positions, slots, kcache, vcache,
+                        kv_scale, inv_freq, in, num_heads, num_kv, head, rotary);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+norm_gated_mlp_1(T* out, T* residual_out, const T* residual, const T* delta, const T* norm_w, float eps, const T* w,
+                 const T* bias, int rows, int in, int inter) {
+  norm_gated_mlp_rows<1>(out, residual_out, residual, delta, norm_w, eps, w, bias, in, inter);
 }
 
 // out = silu(a) · b elementwise, for fc and gate held as two layers (formats that round each one's input).
