@@ -181,6 +181,20 @@ __device__ __forceinline__ void gemv_load(uint4 (&wv)[GEMV_UNROLL], const uint4*
   pdl_enter()
 #endif
 
+// Streams a lane's share of a weight row from v_first (up to nvec) in passes of GEMV_UNROLL loads, the
+// first issued before pdl_enter, and hands each pass and its first index to `pass`.
+template <typename Pass>
+__device__ __forceinline__ void gemv_stream(const uint4* wrow, int v_first, int nvec, Pass& pass) {
+  uint4 first[GEMV_UNROLL];
+  GEMV_FIRST_LOADS(first, wrow, v_first, nvec);
+  pass(first, v_first);
+  for (int v0 = v_first + 32 * GEMV_UNROLL; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
+    uint4 wv[GEMV_UNROLL];
+    gemv_load(wv, wrow, v0, nvec);
+    pass(wv, v0);
+  }
+}
+
 // Sums each row's partial over the ksplit warps that share an output (consecutive warps of one block, ksplit
 // dividing 8); true for the one lane that then holds the totals. Every thread of the block must call it.
 template <int R>
@@ -246,14 +260,7 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
       }
     }
   };
-  uint4 first[GEMV_UNROLL];
-  GEMV_FIRST_LOADS(first, wrow, begin + lane, end);
-  pass(first, begin + lane);
-  for (int v0 = begin + lane + 32 * GEMV_UNROLL; v0 < end; v0 += 32 * GEMV_UNROLL) {
-    uint4 wv[GEMV_UNROLL];
-    gemv_load(wv, wrow, v0, end);
-    pass(wv, v0);
-  }
+  gemv_stream(wrow, begin + lane, end, pass);
   if (!split_sum<R>(acc, ksplit) || !live) return;
 #pragma unroll
   for (int r = 0; r < R; r++) {
@@ -386,14 +393,7 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
       }
     }
   };
-  uint4 first[GEMV_UNROLL];
-  GEMV_FIRST_LOADS(first, wrow, begin + lane, end);
-  pass(first, begin + lane);
-  for (int v0 = begin + lane + 32 * GEMV_UNROLL; v0 < end; v0 += 32 * GEMV_UNROLL) {
-    uint4 wv[GEMV_UNROLL];
-    gemv_load(wv, wrow, v0, end);
-    pass(wv, v0);
-  }
+  gemv_stream(wrow, begin + lane, end, pass);
   if (!split_sum<R>(acc, ksplit) || !live) return;
   const float channel = (!grouped && scales != nullptr ? scales[o] : 1.f) * out_scale;
   const float b = bias != nullptr ? tof(bias[o]) : 0.f;
