@@ -54,7 +54,7 @@ export function quantizedLinear(
     const codeBytes = q.kind === "int8" || q.kind === "fp8" ? 1 : 0.5;
     const { ksplit, blocks } = gemvLaunch(w.rows, w.cols * codeBytes);
     ctx.device.launch(
-      ctx.fn(`gemv_q_${q.kind}`),
+      ctx.fn(`gemv_q_${q.kind}${x.rows === 1 ? "_1" : ""}`),
       [blocks],
       [256],
       [

@@ -427,6 +427,13 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
       default:                                                                                                   \
         GEMV_Q_CASE(8, K)                                                                                        \
     }                                                                                                            \
+  }                                                                                                              \
+  /* The one-row step's kernel, as gemv_1 is gemv's (same arguments; rows is 1). */                             \
+  extern "C" __global__ void __launch_bounds__(256)                                                             \
+  NAME##_1(void* y, int y_f32, const T* x, const unsigned char* w, const float* scales, const float* zeros,     \
+           const unsigned char* blocks, int groups, int rows, int in, int out, float out_scale,                 \
+           const float* row_scale, const T* bias, int ksplit) {                                                 \
+    gemv_q_rows<1, K>(GEMV_Q_ARGS);                                                                              \
   }
 
 GEMV_Q_KERNEL(gemv_q_int8, QK_INT8)
