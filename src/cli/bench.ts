@@ -21,7 +21,7 @@ export function benchCommand(): Command {
     .addOption(new Option("--kv_cache_dtype <d>", "a quantized KV cache; default bf16").choices(KV_CACHE_DTYPES))
     .option(
       "--moe",
-      "a random Qwen2-MoE-shaped model instead (60 experts, top 4, shared expert; ~2 B parameters)",
+      "a random Qwen2-MoE-shaped model instead (60 experts, top 4, shared expert; ~2.7 B parameters)",
       false,
     )
     .action(async (o) => {
