@@ -25,6 +25,7 @@ import {
   gemvLaunch,
   KERNELS,
   type KernelName,
+  kernelForRows,
   type QuantizedLaunch,
 } from "./cuda-tensor.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
@@ -325,7 +326,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       if (x.rows > 0) {
         const { ksplit, blocks } = gemvLaunch(weight.rows, rowBytes);
         this.device.launch(
-          this.fn(x.rows === 1 ? "gemv_1" : "gemv"),
+          this.fn(kernelForRows("gemv", x.rows)),
           [blocks],
           [256],
           [

@@ -91,6 +91,14 @@ export const KERNELS = [
 ] as const;
 export type KernelName = (typeof KERNELS)[number];
 
+/** Kernels with a build for one row (`<name>_1`): batch-1 decode, in the registers one row needs. */
+export type RowsKernel = "gemv" | "norm_qkv_rope" | "norm_gated_mlp" | `gemv_q_${QuantKind}`;
+
+/** The kernel to launch for a step of `rows` rows: the one-row build for one row, else the general one. */
+export function kernelForRows(name: RowsKernel, rows: number): KernelName {
+  return rows === 1 ? (`${name}_1` as KernelName) : name;
+}
+
 /** What an op module needs of the backend: its device, dtype, kernels, activation memory and cuBLAS. */
 export interface QuantizedLaunch {
   device: CudaDevice;

@@ -3,8 +3,15 @@
 // step-lived buffers: a fused op writes the one its previous call replaced.
 
 import type { AttentionShape, NormSpec, RopeSpec } from "../backend.js";
-import { type CudaTensor, DTYPE_BYTES, GEMV_MAX_ROWS, type KernelName, type QuantizedLaunch } from "./cuda-tensor.js";
-import { f32, i32, ptr } from "./driver.js";
+import {
+  type CudaTensor,
+  DTYPE_BYTES,
+  GEMV_MAX_ROWS,
+  type KernelName,
+  kernelForRows,
+  type QuantizedLaunch,
+} from "./cuda-tensor.js";
+import { f32, i32, type KernelArg, ptr } from "./driver.js";
 
 /** The kernels that fuse a decode step's norms into its GEMVs, and take dynamic shared memory (the rows). */
 export const FUSED_KERNELS: readonly KernelName[] = [
@@ -55,34 +62,20 @@ export class FusedDecode {
     const out = this.ctx.alloc(residual.rows, qkv.rows);
     const next = delta ? this.nextResidual(residual) : residual;
     const pairs = (numHeads + 2 * numKvHeads) * (headSize / 2);
-    this.ctx.device.launch(
-      this.ctx.fn(residual.rows === 1 ? "norm_qkv_rope_1" : "norm_qkv_rope"),
-      [Math.ceil(pairs / 8)],
-      [256],
-      [
-        ptr(out.ptr),
-        ptr(next.ptr),
-        ptr(residual.ptr),
-        ptr(delta ? delta.ptr : 0),
-        ptr(norm.weight.ptr),
-        f32(norm.eps),
-        ptr(qkv.ptr),
-        ptr(bias ? bias.ptr : 0),
-        ptr(rows.positions),
-        ptr(rows.slots),
-        ptr(kv.k),
-        ptr(kv.v),
-        f32(kv.scale),
-        ptr(this.ctx.invFreq()),
-        i32(residual.rows),
-        i32(residual.cols),
-        i32(numHeads),
-        i32(numKvHeads),
-        i32(headSize),
-        i32(rope.rotaryDim),
-      ],
-      residual.rows * residual.cols * DTYPE_BYTES[this.ctx.dtype],
-    );
+    this.launch("norm_qkv_rope", Math.ceil(pairs / 8), { out, next, residual, delta, norm, weight: qkv, bias }, [
+      ptr(rows.positions),
+      ptr(rows.slots),
+      ptr(kv.k),
+      ptr(kv.v),
+      f32(kv.scale),
+      ptr(this.ctx.invFreq()),
+      i32(residual.rows),
+      i32(residual.cols),
+      i32(numHeads),
+      i32(numKvHeads),
+      i32(headSize),
+      i32(rope.rotaryDim),
+    ]);
     return { residual: next, qkv: out };
   }
 
@@ -97,26 +90,50 @@ export class FusedDecode {
     const inter = fcGate.rows / 2;
     const out = this.ctx.alloc(residual.rows, inter);
     const next = this.nextResidual(residual);
+    this.launch("norm_gated_mlp", Math.ceil(inter / 8), { out, next, residual, delta, norm, weight: fcGate, bias }, [
+      i32(residual.rows),
+      i32(residual.cols),
+      i32(inter),
+    ]);
+    return { residual: next, act: out };
+  }
+
+  /**
+   * Launches a fused kernel (its one-row build for one row), 256 threads a block and the rows in dynamic
+   * shared memory: the arguments both kernels open with (out, the updated residual, the residual, delta, the
+   * norm's weight and eps, the linear's weight and bias), then the kernel's own.
+   */
+  private launch(
+    kernel: "norm_qkv_rope" | "norm_gated_mlp",
+    blocks: number,
+    a: {
+      out: CudaTensor;
+      next: CudaTensor;
+      residual: CudaTensor;
+      delta: CudaTensor | null;
+      norm: NormSpec<CudaTensor>;
+      weight: CudaTensor;
+      bias: CudaTensor | null;
+    },
+    rest: KernelArg[],
+  ): void {
     this.ctx.device.launch(
-      this.ctx.fn(residual.rows === 1 ? "norm_gated_mlp_1" : "norm_gated_mlp"),
-      [Math.ceil(inter / 8)],
+      this.ctx.fn(kernelForRows(kernel, a.residual.rows)),
+      [blocks],
       [256],
       [
-        ptr(out.ptr),
-        ptr(next.ptr),
-        ptr(residual.ptr),
-        ptr(delta.ptr),
-        ptr(norm.weight.ptr),
-        f32(norm.eps),
-        ptr(fcGate.ptr),
-        ptr(bias ? bias.ptr : 0),
-        i32(residual.rows),
-        i32(residual.cols),
-        i32(inter),
+        ptr(a.out.ptr),
+        ptr(a.next.ptr),
+        ptr(a.residual.ptr),
+        ptr(a.delta ? a.delta.ptr : 0),
+        ptr(a.norm.weight.ptr),
+        f32(a.norm.eps),
+        ptr(a.weight.ptr),
+        ptr(a.bias ? a.bias.ptr : 0),
+        ...rest,
       ],
-      residual.rows * residual.cols * DTYPE_BYTES[this.ctx.dtype],
+      a.residual.rows * a.residual.cols * DTYPE_BYTES[this.ctx.dtype],
     );
-    return { residual: next, act: out };
   }
 
   /** Whether a norm and the linear after it run as one fused GEMV: decode-sized steps, float weights, aligned. */

@@ -2,7 +2,14 @@
 // (quantize_rows), then, for decode steps, the GEMV of the layer's code kind; wider steps dequantize the
 // weight into the scratch buffer and run cuBLAS.
 
-import { CUBLAS_TYPE, type CudaTensor, GEMV_MAX_ROWS, gemvLaunch, type QuantizedLaunch } from "./cuda-tensor.js";
+import {
+  CUBLAS_TYPE,
+  type CudaTensor,
+  GEMV_MAX_ROWS,
+  gemvLaunch,
+  kernelForRows,
+  type QuantizedLaunch,
+} from "./cuda-tensor.js";
 import { f32, i32, ptr } from "./driver.js";
 import { INPUT_ROUNDINGS, QUANT_KINDS } from "./weight-layout.js";
 
@@ -54,7 +61,7 @@ export function quantizedLinear(
     const codeBytes = q.kind === "int8" || q.kind === "fp8" ? 1 : 0.5;
     const { ksplit, blocks } = gemvLaunch(w.rows, w.cols * codeBytes);
     ctx.device.launch(
-      ctx.fn(`gemv_q_${q.kind}${x.rows === 1 ? "_1" : ""}`),
+      ctx.fn(kernelForRows(`gemv_q_${q.kind}`, x.rows)),
       [blocks],
       [256],
       [
