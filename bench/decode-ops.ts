@@ -3,7 +3,9 @@
 // replayed, timed with events. Beside each: the bytes it must read and the time that takes at the copy
 // bandwidth measured in the same run. Says where a decode step's time goes (kiln bench gives the whole step).
 //
-// node dist/bench/decode-ops.js [--context 128] [--define KILN_GEMV_LOADS_AFTER_WAIT=1] [--out FILE.json]
+// node dist/bench/decode-ops.js [--context 128] [--rows 1] [--define KILN_GEMV_LOADS_AFTER_WAIT=1] [--out FILE.json]
+// (--rows R: a wide step of R sequences, each at the context given, as the nano-vllm workload's: past
+// GEMV_MAX_ROWS rows the step takes cuBLAS and the unfused ops, which are then what is timed.)
 // (KILN_GEMV_KSPLIT=1 … in the environment forces every GEMV's split; KILN_CUDA_PDL=0 launches without PDL.)
 
 import fs from "node:fs";
@@ -18,12 +20,14 @@ import { QWEN25_05B } from "./random-model.js";
 const { values: args } = parseArgs({
   options: {
     context: { type: "string" },
+    rows: { type: "string" },
     replays: { type: "string" },
     out: { type: "string" },
     define: { type: "string", multiple: true },
   },
 });
 const context = Number(args.context ?? 128);
+const R = Number(args.rows ?? 1);
 const s = QWEN25_05B;
 const [H, I, V, D, heads, kvHeads] = [s.hidden, s.inter, s.vocab, s.hidden / s.heads, s.heads, s.kvHeads];
 const QKV = (heads + 2 * kvHeads) * D;
@@ -41,6 +45,7 @@ const extra = Object.fromEntries(
 const { cubin } = compileKernels(kernelSource(), "decoder.cu", device.target, {
   KILN_DTYPE: 2,
   KILN_HEAD_LANES: headLanes(D),
+  KILN_HEAD_SIZE: D,
   ...extra,
 });
 const module = device.loadModule(cubin);
@@ -81,13 +86,13 @@ const be = new CudaBackend(
   weights,
   "BF16",
   {
-    maxRows: 8,
-    maxSeqs: 8,
+    maxRows: Math.max(8, R),
+    maxSeqs: Math.max(8, R),
     maxBlocksPerSeq: blocksPerSeq,
     hidden: H,
     widestRow: 2 * I,
     vocab: V,
-    logitRows: 8,
+    logitRows: Math.max(8, R),
     maxSeqLen: blocksPerSeq * tokensPerBlock,
     numHeads: heads,
     headSize: D,
@@ -95,21 +100,26 @@ const be = new CudaBackend(
   invFreq,
 );
 const shape: AttentionShape = { numHeads: heads, numKvHeads: kvHeads, headSize: D };
-be.allocateKvCache({ ...shape, numLayers: LAYERS, numBlocks: blocksPerSeq, tokensPerBlock });
+be.allocateKvCache({ ...shape, numLayers: LAYERS, numBlocks: R * blocksPerSeq, tokensPerBlock });
+// Row i is sequence i, at position `context`, in blocks of its own.
 const step: StepInput = {
-  tokenIds: Int32Array.from([1]),
-  positions: Int32Array.from([context]),
-  slotMapping: Int32Array.from([context]),
-  seqs: [
-    { rowStart: 0, numNew: 1, numCached: context, blockTable: Int32Array.from({ length: blocksPerSeq }, (_, i) => i) },
-  ],
-  logitRows: Int32Array.from([0]),
+  tokenIds: new Int32Array(R).fill(1),
+  positions: new Int32Array(R).fill(context),
+  slotMapping: Int32Array.from({ length: R }, (_, i) => i * blocksPerSeq * tokensPerBlock + context),
+  seqs: Array.from({ length: R }, (_, r) => ({
+    rowStart: r,
+    numNew: 1,
+    numCached: context,
+    blockTable: Int32Array.from({ length: blocksPerSeq }, (_, i) => r * blocksPerSeq + i),
+  })),
+  logitRows: Int32Array.from({ length: R }, (_, i) => i),
 };
 be.beginStep(step);
-const x = randomBf16(1, H);
-const delta = randomBf16(1, H);
-const act = randomBf16(1, I);
-const qkvOut = randomBf16(1, QKV);
+const x = randomBf16(R, H);
+const delta = randomBf16(R, H);
+const act = randomBf16(R, I);
+const qkvOut = randomBf16(R, QKV);
+const fcGateOut = randomBf16(R, 2 * I);
 const rope = { invFreq, rotaryDim: D };
 const w = (name: string, l: number) => weights.get(`${name}${l}`)!;
 
@@ -118,6 +128,7 @@ function time(op: (l: number) => void): number {
   const graph = device.capture(() => {
     for (let l = 0; l < LAYERS; l++) {
       be.packStep(step);
+      be.beginLayer(l);
       op(l);
     }
   });
@@ -146,20 +157,44 @@ device.free(src);
 device.free(dst);
 
 const norm = (l: number) => ({ weight: w("norm", l), eps: 1e-6 });
-const ops: [string, number, (l: number) => void][] = [
-  [
-    "norm_qkv_rope (fused)",
-    QKV * H * 2,
-    (l) => be.normQkvRope(x, delta, norm(l), w("qkv", l), w("qkv_bias", l), l, step, rope, shape),
-  ],
-  ["qkv gemv (plain)", QKV * H * 2, (l) => be.linear(x, w("qkv", l), null)],
-  [`attention (context ${context})`, 2 * context * kvHeads * D * 2, (l) => be.attention(l, qkvOut, step, shape)],
-  ["dense gemv", H * H * 2, (l) => be.linear(x, w("dense", l), null)],
-  ["norm_gated_mlp (fused)", 2 * I * H * 2, (l) => be.normGatedMlp(x, delta, norm(l), w("fc_gate", l), null)],
-  ["fc|gate gemv (plain)", 2 * I * H * 2, (l) => be.linear(x, w("fc_gate", l), null)],
-  ["proj gemv", H * I * 2, (l) => be.linear(act, w("proj", l), null)],
-  ["lm_head gemv (float32 logits)", V * H * 2, () => be.linear(x, weights.get("lm_head")!, null, true)],
-];
+// Bytes each op must move: weights, plus the activations where a wide step makes them count.
+const act2 = (cols: number) => (R > 1 ? R * cols * 2 : 0);
+const kvBytes = R * 2 * context * kvHeads * D * 2;
+const ops: [string, number, (l: number) => void][] =
+  R <= 8
+    ? [
+        [
+          "norm_qkv_rope (fused)",
+          QKV * H * 2,
+          (l) => be.normQkvRope(x, delta, norm(l), w("qkv", l), w("qkv_bias", l), l, step, rope, shape),
+        ],
+        ["qkv gemv (plain)", QKV * H * 2, (l) => be.linear(x, w("qkv", l), null)],
+        [`attention (context ${context})`, kvBytes, (l) => be.attention(l, qkvOut, step, shape)],
+        ["dense gemv", H * H * 2, (l) => be.linear(x, w("dense", l), null)],
+        ["norm_gated_mlp (fused)", 2 * I * H * 2, (l) => be.normGatedMlp(x, delta, norm(l), w("fc_gate", l), null)],
+        ["fc|gate gemv (plain)", 2 * I * H * 2, (l) => be.linear(x, w("fc_gate", l), null)],
+        ["proj gemv", H * I * 2, (l) => be.linear(act, w("proj", l), null)],
+        ["lm_head gemv (float32 logits)", V * H * 2, () => be.linear(x, weights.get("lm_head")!, null, true)],
+      ]
+    : [
+        ["add_rmsnorm", act2(4 * H), (l) => be.addRmsNorm(x, delta, w("norm", l), 1e-6)],
+        ["qkv gemm", QKV * H * 2 + act2(H + QKV), (l) => be.linear(x, w("qkv", l), null)],
+        [
+          "rope + bias + KV write",
+          act2(2 * QKV),
+          (l) => be.ropeAndCacheKv(l, qkvOut, step, rope, shape, w("qkv_bias", l)),
+        ],
+        [`attention (${R} rows, context ${context})`, kvBytes, (l) => be.attention(l, qkvOut, step, shape)],
+        ["dense gemm", H * H * 2 + act2(2 * H), (l) => be.linear(x, w("dense", l), null)],
+        ["fc|gate gemm", 2 * I * H * 2 + act2(H + 2 * I), (l) => be.linear(x, w("fc_gate", l), null)],
+        ["silu_mul", act2(3 * I), () => be.siluMulHalves(fcGateOut)],
+        ["proj gemm", H * I * 2 + act2(H + I), (l) => be.linear(act, w("proj", l), null)],
+        [
+          "lm_head gemm (float32 logits)",
+          V * H * 2 + R * V * 4,
+          () => be.linear(x, weights.get("lm_head")!, null, true),
+        ],
+      ];
 const results: Record<string, unknown>[] = [];
 for (const [name, bytes, op] of ops) {
   const us = time(op);
@@ -174,6 +209,7 @@ const report = {
   ...(process.env.KILN_COMMIT && { kiln_commit: process.env.KILN_COMMIT }),
   copy_tb_per_s: copyTBs,
   context,
+  rows: R,
   defines: extra,
   ops: results,
 };

@@ -4,6 +4,7 @@
 #   bash bench/gpu-session.sh refs        transformers' bf16 outputs of every fixture (scripts/record_bf16.py) → $OUT/reference_bf16.tgz
 #   bash bench/gpu-session.sh tests       the GPU suite (npm run test:gpu's files)        → $OUT/test-gpu.txt
 #   bash bench/gpu-session.sh ops         each batch-1 decode op timed alone (bench/decode-ops.ts) → $OUT/decode-ops.json
+#   bash bench/gpu-session.sh ops-wide    the same for a 256-row step at contexts of 1000 (the nano-vllm workload's) → $OUT/decode-ops-wide.json
 #   bash bench/gpu-session.sh ab          decode-ops A/B: as built, no PDL, GEMVs unsplit, GEMV loads after the wait → $OUT/ops-*.json
 #   bash bench/gpu-session.sh ncu         Nsight Compute's kernel times of a short batch-1 decode, graphs off → $OUT/ncu.csv
 #   bash bench/gpu-session.sh full        transformers' baseline, then the full kiln bench beside it → $OUT/cuda-bf16.json, hf.json
@@ -36,6 +37,9 @@ case "$stage" in
     ;;
   ops)
     node dist/bench/decode-ops.js --out "$OUT/decode-ops.json"
+    ;;
+  ops-wide)
+    node dist/bench/decode-ops.js --rows 256 --context 1000 --replays 10 --out "$OUT/decode-ops-wide.json"
     ;;
   ab)
     node dist/bench/decode-ops.js --out "$OUT/ops-built.json" | tail -9

@@ -110,23 +110,24 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       ["fc_gate_bias", upload(rand(2 * inter, 0.3), 1, 2 * inter)],
     ]);
     const invFreq = new Float32Array(D / 2).map((_, i) => 1 / 10000 ** ((2 * i) / D));
+    const cudaLimits = {
+      maxRows: 64,
+      maxSeqs: 8,
+      maxBlocksPerSeq: 8,
+      hidden: H,
+      widestRow: 2 * inter,
+      vocab: V,
+      logitRows: 64,
+      maxSeqLen: 32,
+      numHeads: heads,
+      headSize: D,
+    };
     const cuda = new CudaBackend(
       device,
       module,
       new Map([...weights].map(([k, v]) => [k, v[0]])),
       dtype,
-      {
-        maxRows: 64,
-        maxSeqs: 8,
-        maxBlocksPerSeq: 8,
-        hidden: H,
-        widestRow: 2 * inter,
-        vocab: V,
-        logitRows: 64,
-        maxSeqLen: 32,
-        numHeads: heads,
-        headSize: D,
-      },
+      cudaLimits,
       invFreq,
     );
     const cpu = new CpuBackend(new Map([...weights].map(([k, v]) => [k, v[1]])));
@@ -157,6 +158,88 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       ],
       logitRows: Int32Array.from([0, 3]),
     };
+
+    test("context attention over several row and key tiles (prompt chunks beside decode rows, GQA, heads of 16, 64 and 128) equals the cpu", () => {
+      // Tiles are 64 rows and 64 keys: a 130-token prompt spans three of each; a second sequence adds an
+      // 80-token chunk after 70 cached ones, beside a decode row; blocks of 16 tokens, scattered.
+      for (const [D2, heads2, kv2] of [
+        [16, 4, 2],
+        [64, 4, 2],
+        [128, 2, 1],
+      ]) {
+        const shape2 = { numHeads: heads2, numKvHeads: kv2, headSize: D2 };
+        const tpb = 16;
+        const spec2 = { numLayers: 1, numBlocks: 40, tokensPerBlock: tpb, ...shape2 };
+        const invFreq2 = new Float32Array(D2 / 2).map((_, i) => 1 / 10000 ** ((2 * i) / D2));
+        const limits = {
+          ...cudaLimits,
+          maxRows: 256,
+          maxBlocksPerSeq: 12,
+          maxSeqLen: 192,
+          numHeads: heads2,
+          headSize: D2,
+        };
+        const cuda2 = new CudaBackend(device, module, new Map(), dtype, limits, invFreq2);
+        const cpu2 = new CpuBackend(new Map());
+        cuda2.allocateKvCache(spec2);
+        cpu2.allocateKvCache(spec2);
+        const tables = [
+          Int32Array.from([31, 2, 17, 5, 8, 22, 30, 1, 9]),
+          Int32Array.from([3, 11, 25, 7, 19, 0, 12, 33, 4, 14]),
+          Int32Array.from([6, 27]),
+        ];
+        const slotOf = (table: Int32Array, p: number) => table[Math.floor(p / tpb)] * tpb + (p % tpb);
+        const stepOf = (parts: [number, number, number][]): StepInput => {
+          const positions: number[] = [];
+          const slots: number[] = [];
+          const seqs = parts.map(([seq, cached, n]) => {
+            const rowStart = positions.length;
+            for (let p = cached; p < cached + n; p++) {
+              positions.push(p);
+              slots.push(slotOf(tables[seq], p));
+            }
+            return { rowStart, numNew: n, numCached: cached, blockTable: tables[seq] };
+          });
+          return {
+            tokenIds: new Int32Array(positions.length),
+            positions: Int32Array.from(positions),
+            slotMapping: Int32Array.from(slots),
+            seqs,
+            logitRows: Int32Array.from([positions.length - 1]),
+          };
+        };
+        const steps = [
+          stepOf([
+            [1, 0, 70],
+            [2, 0, 20],
+          ]),
+          stepOf([
+            [0, 0, 130],
+            [1, 70, 80],
+            [2, 20, 1],
+          ]),
+        ];
+        const width = (heads2 + 2 * kv2) * D2;
+        for (const [i, step] of steps.entries()) {
+          const rows = step.tokenIds.length;
+          const [qc, qcpu] = upload(rand(rows * width), rows, width);
+          for (const [be, q] of [
+            [cuda2, qc],
+            [cpu2, qcpu],
+          ] as const) {
+            // biome-ignore lint/suspicious/noExplicitAny: the same calls on both backends
+            const b = be as any;
+            b.beginStep(step);
+            b.ropeAndCacheKv(0, q, step, { invFreq: invFreq2, rotaryDim: D2 }, shape2, null);
+          }
+          const got = download(cuda2.attention(0, qc, step, shape2));
+          const want = cpu2.attention(0, qcpu, step, shape2).data;
+          const e = relErr(got, want);
+          assert.ok(e < tol, `head ${D2}, step ${i}: relative error ${e.toExponential(2)} ≥ ${tol}`);
+        }
+        // Not disposed: that would unload the module the other tests share.
+      }
+    });
 
     test("linear: 1–8 rows take the GEMV kernel, more rows cuBLAS; both equal the cpu, model-dtype and float32 out", () => {
       const [inDim, out] = [H, V];

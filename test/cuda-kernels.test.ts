@@ -42,7 +42,15 @@ test("decoder.cu compiles with nvcc: an sm_90a cubin for each engine dtype, and 
     `${work}/k${dtype}.cubin`,
   ]);
   // What kiln build compiles for a 64-wide head, as PTX.
-  jobs.push(["-arch=compute_90", "-ptx", "-DKILN_DTYPE=2", "-DKILN_HEAD_LANES=2", "-o", `${work}/k.ptx`]);
+  jobs.push([
+    "-arch=compute_90",
+    "-ptx",
+    "-DKILN_DTYPE=2",
+    "-DKILN_HEAD_LANES=2",
+    "-DKILN_HEAD_SIZE=64",
+    "-o",
+    `${work}/k.ptx`,
+  ]);
   const reports: string[] = [];
   for (let i = 0; i < jobs.length; i += 2) reports.push(...(await Promise.all(jobs.slice(i, i + 2).map(nvcc))));
   // nvcc accepts more static shared memory than NVRTC, which kiln build uses, loads (48 KiB a kernel).
@@ -54,7 +62,7 @@ test("decoder.cu compiles with nvcc: an sm_90a cubin for each engine dtype, and 
   }
   for (const d of [0, 1, 2]) assert.ok(fs.statSync(`${work}/k${d}.cubin`).size > 0);
   const ptx = fs.readFileSync(`${work}/k.ptx`, "utf8");
-  for (const k of ["gemv", "attention_split", "sample_rows", "rope_cache"])
+  for (const k of ["gemv", "attention_split", "attention_fmha", "sample_rows", "rope_cache"])
     assert.match(ptx, new RegExp(`\\.entry ${k}\\(`));
 });
 

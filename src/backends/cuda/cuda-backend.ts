@@ -27,6 +27,7 @@ import {
   type KernelName,
   kernelForRows,
   type QuantizedLaunch,
+  TENSOR_CORE_KERNELS,
 } from "./cuda-tensor.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
 import { FUSED_KERNELS, FusedDecode, MAX_DYNAMIC_SHARED } from "./fused-decode.js";
@@ -40,6 +41,11 @@ const ARGMAX_SPLIT = 128;
 const ATTENTION_CHUNK = 256;
 /** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th group of four keys. */
 const ATTENTION_WARPS = 16;
+/** FMHA_WARPS and FMHA_HEAD_MAX in decoder.cu: warps of a context attention tile, its largest head. */
+const FMHA_WARPS = 4;
+const FMHA_HEAD_MAX = 128;
+/** KILN_CUDA_FMHA=0 runs prompt chunks through the CUDA-core attention kernel (to measure what the tiles gain). */
+const FMHA = process.env.KILN_CUDA_FMHA !== "0";
 
 export interface CudaLimits {
   maxRows: number;
@@ -92,8 +98,10 @@ export class CudaBackend implements Backend<CudaTensor> {
     private readonly kvQuant: { kind: "int8" | "fp8"; scales: Float32Array } | null = null,
   ) {
     const fusedShared = Math.min(MAX_DYNAMIC_SHARED, GEMV_MAX_ROWS * limits.hidden * BYTES[dtype]);
-    for (const k of KERNELS)
+    for (const k of KERNELS) {
+      if (dtype === "F32" && TENSOR_CORE_KERNELS.includes(k)) continue;
       this.fns.set(k, device.getFunction(module, k, FUSED_KERNELS.includes(k) ? fusedShared : 0));
+    }
     // One dequantized weight-only weight at a time, sized at load for the engine's largest: graphs keep its address.
     this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => (w.quant ? w.rows * w.cols : 0))));
     this.cublas = new Cublas(device);
@@ -215,6 +223,11 @@ export class CudaBackend implements Backend<CudaTensor> {
     const t = { ptr: arena.base + arena.used, rows, cols, dtype };
     arena.used += bytes;
     return t;
+  }
+
+  /** Whether attention_fmha takes this head size: half and bfloat16 engines, heads a multiple of 16 up to 128. */
+  private fmhaHeads(headSize: number): boolean {
+    return FMHA && this.dtype !== "F32" && headSize % 16 === 0 && headSize <= FMHA_HEAD_MAX;
   }
 
   private fn(name: KernelName): unknown {
@@ -418,6 +431,30 @@ export class CudaBackend implements Backend<CudaTensor> {
       i32(kv.spec.tokensPerBlock),
       f32(1 / Math.sqrt(shape.headSize)),
     ];
+    if (s.hasContext && this.fmhaHeads(shape.headSize) && !this.graphMode) {
+      // Prompt chunks: tiles of a sequence's rows on tensor cores, each key and value staged once for the tile.
+      this.device.launch(
+        this.fn("attention_fmha"),
+        [s.numFmhaTiles, shape.numHeads],
+        [32 * FMHA_WARPS],
+        [
+          ptr(out.ptr),
+          ptr(qkv.ptr),
+          ptr(kv.k[layer]),
+          ptr(kv.v[layer]),
+          f32(this.kvScale(layer)),
+          ptr(this.stepPtr(s.fmhaTiles)),
+          ptr(this.stepPtr(s.blockTables)),
+          i32(this.limits.maxBlocksPerSeq),
+          i32(shape.numHeads),
+          i32(shape.numKvHeads),
+          i32(shape.headSize),
+          i32(kv.spec.tokensPerBlock),
+          f32(1 / Math.sqrt(shape.headSize)),
+        ],
+      );
+      return out;
+    }
     const block: [number] = [32 * ATTENTION_WARPS];
     // Few rows over long contexts (decode): split each (row, head) over the sequence so the GPU fills up.
     // Where a block a (row, head) already fills it (two 512-thread blocks an SM), the split would only add

@@ -67,6 +67,7 @@ export const KERNELS = [
   "argmax_final",
   "sample_rows",
   "attention_split",
+  "attention_fmha",
   "gemv",
   "gemv_1",
   "gemv_q_int8",
@@ -90,6 +91,9 @@ export const KERNELS = [
   "moe_add_gated",
 ] as const;
 export type KernelName = (typeof KERNELS)[number];
+
+/** Kernels decoder.cu compiles for half and bfloat16 engines only. */
+export const TENSOR_CORE_KERNELS: readonly KernelName[] = ["attention_fmha"];
 
 /** Kernels with a build for one row (`<name>_1`): batch-1 decode, in the registers one row needs. */
 export type RowsKernel = "gemv" | "norm_qkv_rope" | "norm_gated_mlp" | `gemv_q_${QuantKind}`;

@@ -43,6 +43,7 @@ export function compileEngineKernels(
     KILN_DTYPE: KILN_DTYPE[dtype],
     KILN_KV: KILN_KV[kv ?? "none"],
     KILN_HEAD_LANES: headLanes(headSize),
+    KILN_HEAD_SIZE: headSize,
   };
   const key = `${target}:${Object.values(defines).join(":")}`;
   let k = compiled.get(key);

@@ -13,6 +13,12 @@ export interface StepLayout {
   rowSeq: number;
   logitRows: number;
   blockTables: number;
+  /** Context attention's tiles (attention_fmha): four words each, {sequence, first row, rows, first position}. */
+  fmhaTiles: number;
+  numFmhaTiles: number;
+  /** Whether some sequence brings more than one new row (a prompt chunk) and every row is a sequence's:
+   * context attention's case. */
+  hasContext: boolean;
   /** Where the per-row sampling parameters start (six arrays of numLogitRows). */
   sampling: number;
   rows: number;
@@ -28,6 +34,14 @@ export interface StepLimits {
   logitRows: number;
 }
 
+/** FMHA_ROWS in decoder.cu: query rows of one context attention tile. */
+export const FMHA_ROWS = 64;
+
+/** The most tiles a step can have: a sequence's rows fill all its tiles but the last. */
+function maxFmhaTiles(limits: StepLimits): number {
+  return Math.ceil(limits.maxRows / FMHA_ROWS) + limits.maxSeqs;
+}
+
 export class StepBuffer {
   private readonly host: { handle: unknown; ints: Int32Array; floats: Float32Array };
   private readonly device: number;
@@ -38,8 +52,14 @@ export class StepBuffer {
     private readonly cuda: CudaDevice,
     private readonly limits: StepLimits,
   ) {
-    // tokens, positions, slots, row → sequence, logit rows, block tables, and six sampling values a logits row
-    const words = 5 * limits.maxRows + limits.maxSeqs * limits.maxBlocksPerSeq + 6 * limits.logitRows + 64;
+    // tokens, positions, slots, row → sequence, logit rows, block tables, context attention's tiles, and six
+    // sampling values a logits row
+    const words =
+      5 * limits.maxRows +
+      limits.maxSeqs * limits.maxBlocksPerSeq +
+      4 * maxFmhaTiles(limits) +
+      6 * limits.logitRows +
+      64;
     const host = cuda.allocHost(words * 4);
     this.host = { handle: host.handle, ints: new Int32Array(host.buffer), floats: new Float32Array(host.buffer) };
     this.device = cuda.alloc(words * 4);
@@ -60,6 +80,13 @@ export class StepBuffer {
     }
     const ints = this.host.ints;
     const n = step.logitRows.length;
+    const fmhaTiles = 4 * rows + n + step.seqs.length * L.maxBlocksPerSeq;
+    const tiles = step.seqs.flatMap((s, i) =>
+      Array.from({ length: Math.ceil(s.numNew / FMHA_ROWS) }, (_, k) => {
+        const first = k * FMHA_ROWS;
+        return [i, s.rowStart + first, Math.min(FMHA_ROWS, s.numNew - first), step.positions[s.rowStart + first]];
+      }),
+    );
     const layout: StepLayout = {
       tokenIds: 0,
       positions: rows,
@@ -67,7 +94,10 @@ export class StepBuffer {
       rowSeq: 3 * rows,
       logitRows: 4 * rows,
       blockTables: 4 * rows + n,
-      sampling: 4 * rows + n + step.seqs.length * L.maxBlocksPerSeq,
+      fmhaTiles,
+      numFmhaTiles: tiles.length,
+      hasContext: step.seqs.some((s) => s.numNew > 1) && step.seqs.reduce((k, s) => k + s.numNew, 0) === rows,
+      sampling: fmhaTiles + 4 * tiles.length,
       rows,
       numLogitRows: n,
       maxVisible: step.positions.reduce((m, p) => Math.max(m, p + 1), 0),
@@ -82,6 +112,7 @@ export class StepBuffer {
       ints.set(s.blockTable, layout.blockTables + i * L.maxBlocksPerSeq);
     });
     ints.set(step.logitRows, layout.logitRows);
+    tiles.forEach((t, k) => ints.set(t, fmhaTiles + 4 * k));
     this.used = layout.sampling;
     const rs = step.rowSampling;
     if (rs) {

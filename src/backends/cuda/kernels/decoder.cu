@@ -1351,3 +1351,251 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
     o[d] = fromf(den > 0.f ? num / den : 0.f);
   }
 }
+
+// Context attention on tensor cores (flash attention) for steps that carry prompt chunks, in half and
+// bfloat16 engines (float32 ones keep `attention`: tensor cores would round their scores to TF32). A block
+// takes a tile of up to FMHA_ROWS consecutive query rows of one sequence and one head, FMHA_WARPS warps of 16
+// rows each; it walks the sequence's cached keys FMHA_KEYS at a time, each key tile and its values (stored
+// transposed) staged once in shared memory for all the tile's rows. Scores and the output accumulate in float
+// (mma.m16n8k16); the probabilities are rounded to T for the product with the values, as transformers rounds
+// its softmax to the model dtype before that product.
+#if KILN_DTYPE != 0
+#define FMHA_WARPS 4
+#define FMHA_ROWS (16 * FMHA_WARPS)
+#define FMHA_KEYS 64
+// The head size the kernel is compiled for: the engine's (a multiple of 16, at most 128), or, in op tests,
+// every such size up to 128 (a smaller head skips the unused steps at run time).
+#if defined(KILN_HEAD_SIZE) && KILN_HEAD_SIZE % 16 == 0 && KILN_HEAD_SIZE <= 128
+#define FMHA_HEAD_MAX KILN_HEAD_SIZE
+#else
+#define FMHA_HEAD_MAX 128
+#endif
+
+// The bits of x rounded to T.
+__device__ __forceinline__ unsigned t_bits(float x) {
+#if KILN_DTYPE == 1
+  return __half_as_ushort(__float2half_rn(x));
+#else
+  const unsigned u = __float_as_uint(x);
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
+#endif
+}
+
+__device__ __forceinline__ float t_from_bits(unsigned b) {
+#if KILN_DTYPE == 1
+  return __half2float(__ushort_as_half((unsigned short)b));
+#else
+  return __uint_as_float(b << 16);
+#endif
+}
+
+__device__ __forceinline__ unsigned pack_t2(float lo, float hi) { return t_bits(lo) | t_bits(hi) << 16; }
+
+// d += a · b for one warp: a 16 × 16 (rows), b 16 × 8 (columns), d 16 × 8 in float, in the fragments of the
+// PTX ISA's mma.m16n8k16 (g = lane / 4, t = lane % 4; a word holds two T, the lower index in the low half):
+// a = {a[g][2t..], a[g+8][2t..], a[g][2t+8..], a[g+8][2t+8..]}, b = {b[2t..][g], b[2t+8..][g]},
+// d = {d[g][2t], d[g][2t+1], d[g+8][2t], d[g+8][2t+1]}.
+__device__ __forceinline__ void mma16816(float* d, const unsigned* a, const unsigned* b) {
+#ifdef KILN_EMULATED
+  // The same product from the fragments' definition, gathered by shuffles.
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  for (int k = 0; k < 4; k++) {
+    float A[4][2];
+    for (int i = 0; i < 4; i++) {
+      const unsigned w = __shfl_sync(0xffffffffu, a[i], g * 4 + k);
+      A[i][0] = t_from_bits(w & 0xffffu);
+      A[i][1] = t_from_bits(w >> 16);
+    }
+    for (int c = 0; c < 2; c++) {
+      const unsigned w0 = __shfl_sync(0xffffffffu, b[0], (2 * t + c) * 4 + k);
+      const unsigned w1 = __shfl_sync(0xffffffffu, b[1], (2 * t + c) * 4 + k);
+      const float B0[2] = {t_from_bits(w0 & 0xffffu), t_from_bits(w0 >> 16)};
+      const float B1[2] = {t_from_bits(w1 & 0xffffu), t_from_bits(w1 >> 16)};
+      d[c] += A[0][0] * B0[0] + A[0][1] * B0[1] + A[2][0] * B1[0] + A[2][1] * B1[1];
+      d[2 + c] += A[1][0] * B0[0] + A[1][1] * B0[1] + A[3][0] * B1[0] + A[3][1] * B1[1];
+    }
+  }
+#else
+#if KILN_DTYPE == 1
+#define MMA_T "f16"
+#else
+#define MMA_T "bf16"
+#endif
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_T "." MMA_T ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#undef MMA_T
+#endif
+}
+
+// Eight cached values (8 aligned consecutive dims) as four words of T pairs, dequantized where the cache is.
+__device__ __forceinline__ void kv_load8(const KV* p, float scale, unsigned* w) {
+#if KILN_KV == 0
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  w[0] = v.x;
+  w[1] = v.y;
+  w[2] = v.z;
+  w[3] = v.w;
+#else
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const unsigned src = i < 2 ? v.x : v.y;
+    const unsigned lo = (src >> (16 * (i & 1))) & 255, hi = (src >> (16 * (i & 1) + 8)) & 255;
+    w[i] = pack_t2(kv_get((KV)lo, scale), kv_get((KV)hi, scale));
+  }
+#endif
+}
+
+// tile = {sequence, first row, rows, position of the first row}: the rows see keys 0 .. their position.
+template <int HD>
+__device__ void fmha_tile(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* tile,
+                          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb,
+                          float scale) {
+  constexpr int KSTEPS = HD / 16;          // k steps of q · kᵀ over the head
+  constexpr int NTILES = HD / 8;           // output n tiles of p · v
+  constexpr int KWORDS = HD / 2 + 4;       // a staged key's words, padded so fragment loads avoid bank conflicts
+  constexpr int VWORDS = FMHA_KEYS / 2 + 4;  // a staged value dim's words (values are stored transposed)
+  __shared__ unsigned ks[FMHA_KEYS][KWORDS];
+  __shared__ unsigned vt[HD][VWORDS];
+  const int seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
+  const int h = blockIdx.y, kvh = h / (num_heads / num_kv);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int stride = (num_heads + 2 * num_kv) * head, kv_stride = num_kv * head;
+  const int* table = block_tables + (size_t)seq * max_blocks;
+  const int last = pos0 + nrows - 1;  // the tile's last key
+  // This lane's two rows of the warp's 16: ra and ra + 8.
+  const int ra = warp * 16 + g, rb = ra + 8;
+  const bool has_a = ra < nrows, has_b = rb < nrows;
+  const bool warp_rows = warp * 16 < nrows;
+  const int warp_last = pos0 + min(nrows - 1, warp * 16 + 15);
+  unsigned qf[KSTEPS][4];
+  {
+    const unsigned* qa = reinterpret_cast<const unsigned*>(qkv + (size_t)(row0 + ra) * stride + h * head);
+    const unsigned* qb = reinterpret_cast<const unsigned*>(qkv + (size_t)(row0 + rb) * stride + h * head);
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk++) {
+      const bool in = kk * 16 < head;
+      qf[kk][0] = in && has_a ? qa[kk * 8 + t] : 0u;
+      qf[kk][1] = in && has_b ? qb[kk * 8 + t] : 0u;
+      qf[kk][2] = in && has_a ? qa[kk * 8 + 4 + t] : 0u;
+      qf[kk][3] = in && has_b ? qb[kk * 8 + 4 + t] : 0u;
+    }
+  }
+  float o[NTILES][4];
+#pragma unroll
+  for (int n = 0; n < NTILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+  const int chunks = head / 8;
+  for (int k0 = 0; k0 <= last; k0 += FMHA_KEYS) {
+    __syncthreads();  // the last tile's fragments are read
+    for (int i = threadIdx.x; i < FMHA_KEYS * chunks; i += blockDim.x) {
+      const int j = i % FMHA_KEYS, c = i / FMHA_KEYS, key = k0 + j;
+      unsigned w[4] = {0u, 0u, 0u, 0u};
+      if (key <= last) kv_load8(kcache + ((size_t)table[key / tpb] * tpb + key % tpb) * kv_stride + kvh * head + 8 * c, kv_scale, w);
+#pragma unroll
+      for (int e = 0; e < 4; e++) ks[j][4 * c + e] = w[e];
+    }
+    // Values by pairs of keys, so that each transposed word (two keys of one dim) is written whole.
+    for (int i = threadIdx.x; i < (FMHA_KEYS / 2) * chunks; i += blockDim.x) {
+      const int jp = i % (FMHA_KEYS / 2), c = i / (FMHA_KEYS / 2), key = k0 + 2 * jp;
+      unsigned a[4] = {0u, 0u, 0u, 0u}, b[4] = {0u, 0u, 0u, 0u};
+      if (key <= last) kv_load8(vcache + ((size_t)table[key / tpb] * tpb + key % tpb) * kv_stride + kvh * head + 8 * c, kv_scale, a);
+      if (key + 1 <= last) kv_load8(vcache + ((size_t)table[(key + 1) / tpb] * tpb + (key + 1) % tpb) * kv_stride + kvh * head + 8 * c, kv_scale, b);
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        const unsigned lo = (a[e >> 1] >> (16 * (e & 1))) & 0xffffu, hi = (b[e >> 1] >> (16 * (e & 1))) & 0xffffu;
+        vt[8 * c + e][jp] = lo | hi << 16;
+      }
+    }
+    __syncthreads();
+    if (!warp_rows || k0 > warp_last) continue;  // every key of this tile lies past the warp's rows
+    float s[FMHA_KEYS / 8][4];
+#pragma unroll
+    for (int n = 0; n < FMHA_KEYS / 8; n++) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS; kk++) {
+        if (kk * 16 >= head) break;
+        const unsigned b[2] = {ks[n * 8 + g][kk * 8 + t], ks[n * 8 + g][kk * 8 + 4 + t]};
+        mma16816(s[n], qf[kk], b);
+      }
+    }
+    // Causal mask and the online softmax over this tile's keys, per row (a row's four lanes share its max).
+    float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+    for (int n = 0; n < FMHA_KEYS / 8; n++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = k0 + n * 8 + 2 * t + (e & 1);
+        const bool row_ok = e < 2 ? has_a : has_b;
+        const int pos = pos0 + (e < 2 ? ra : rb);
+        // Rounded as transformers' eager attention rounds them: q · kᵀ to T, then its product with the scale.
+        s[n][e] = row_ok && key <= pos ? rnd(rnd(s[n][e]) * scale) : NEG_INF;
+        mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+      }
+    }
+    float ref[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      const float next = fmaxf(m[i], mx[i]);
+      ref[i] = next == NEG_INF ? 0.f : next;  // a row with no key yet: exp(−∞ − 0) = 0
+      const float correction = __expf(m[i] - ref[i]);
+      l[i] *= correction;
+#pragma unroll
+      for (int n = 0; n < NTILES; n++) {
+        o[n][2 * i] *= correction;
+        o[n][2 * i + 1] *= correction;
+      }
+      m[i] = next;
+    }
+#pragma unroll
+    for (int n = 0; n < FMHA_KEYS / 8; n++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        s[n][e] = __expf(s[n][e] - ref[e >> 1]);
+        l[e >> 1] += s[n][e];
+      }
+    }
+    // o += p · v: the score fragments of 16 keys are the A fragment of the product, rounded to T.
+#pragma unroll
+    for (int kk = 0; kk < FMHA_KEYS / 16; kk++) {
+      const unsigned a[4] = {pack_t2(s[2 * kk][0], s[2 * kk][1]), pack_t2(s[2 * kk][2], s[2 * kk][3]),
+                             pack_t2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_t2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int n = 0; n < NTILES; n++) {
+        if (n * 8 >= head) break;
+        const unsigned b[2] = {vt[n * 8 + g][kk * 8 + t], vt[n * 8 + g][kk * 8 + 4 + t]};
+        mma16816(o[n], a, b);
+      }
+    }
+  }
+  if (!warp_rows) return;
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+  }
+  const int row_words = num_heads * head / 2;
+  unsigned* oa = reinterpret_cast<unsigned*>(out) + (size_t)(row0 + ra) * row_words + h * head / 2;
+  unsigned* ob = reinterpret_cast<unsigned*>(out) + (size_t)(row0 + rb) * row_words + h * head / 2;
+#pragma unroll
+  for (int n = 0; n < NTILES; n++) {
+    if (n * 8 >= head) break;
+    if (has_a) oa[n * 4 + t] = pack_t2(o[n][0] / l[0], o[n][1] / l[0]);
+    if (has_b) ob[n * 4 + t] = pack_t2(o[n][2] / l[1], o[n][3] / l[1]);
+  }
+}
+
+// grid = (tiles, heads), block = 32 × FMHA_WARPS; tiles[4 · blockIdx.x ..] as fmha_tile reads them. Every row of
+// the step lies in one tile (decode rows too, as tiles of one row). head a multiple of 16, at most FMHA_HEAD_MAX.
+extern "C" __global__ void __launch_bounds__(32 * FMHA_WARPS)
+attention_fmha(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* tiles,
+               const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
+  pdl_enter();
+  fmha_tile<FMHA_HEAD_MAX>(out, qkv, kcache, vcache, kv_scale, tiles + 4 * blockIdx.x, block_tables, max_blocks,
+                           num_heads, num_kv, head, tpb, scale);
+}
+#endif
