@@ -112,7 +112,7 @@ export class StepBuffer {
       ints.set(s.blockTable, layout.blockTables + i * L.maxBlocksPerSeq);
     });
     ints.set(step.logitRows, layout.logitRows);
-    tiles.forEach((t, k) => ints.set(t, fmhaTiles + 4 * k));
+    ints.set(tiles.flat(), fmhaTiles);
     this.used = layout.sampling;
     const rs = step.rowSampling;
     if (rs) {
