@@ -32,14 +32,16 @@ case "$stage" in
     tar -czf "$OUT/reference_bf16.tgz" test/fixtures/*/reference_bf16.safetensors
     ;;
   tests)
-    timeout "${TESTS_TIMEOUT:-600}" node --test --test-reporter=spec --test-concurrency=1 dist/test-gpu/ > "$OUT/test-gpu.txt" 2>&1 || true
-    tail -12 "$OUT/test-gpu.txt"
+    # TAP streams each test as it ends, so a run cut short by the timeout still shows how far it got.
+    timeout "${TESTS_TIMEOUT:-600}" node --test --test-reporter=tap --test-concurrency=1 dist/test-gpu/ > "$OUT/test-gpu.txt" 2>&1 || true
+    grep -E '^# (pass|fail)|^ *not ok' "$OUT/test-gpu.txt" || tail -12 "$OUT/test-gpu.txt"
     ;;
   ops)
     node dist/bench/decode-ops.js --out "$OUT/decode-ops.json"
     ;;
   ops-wide)
     node dist/bench/decode-ops.js --rows 256 --context 1000 --replays 10 --out "$OUT/decode-ops-wide.json"
+    node dist/bench/decode-ops.js --rows 256 --context 1000 --replays 10 --define ATT_KEYS=8 --out "$OUT/decode-ops-wide-keys8.json" | grep attention
     ;;
   ab)
     node dist/bench/decode-ops.js --out "$OUT/ops-built.json" | tail -9
