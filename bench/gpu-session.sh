@@ -12,6 +12,8 @@
 #   bash bench/gpu-session.sh decode      bf16 with and without the fused decode ops      → $OUT/bf16{,-unfused}.json
 #   bash bench/gpu-session.sh formats     kiln bench --quick for each qformat and KV cache → $OUT/<format>.json
 #   bash bench/gpu-session.sh perplexity  the demo model's quantization table on cuda     → $OUT/quantization-demo-cuda.*
+#   bash bench/gpu-session.sh perplexity-fast  the same, every case at once, perplexity only (no decode timing)
+#   bash bench/gpu-session.sh ops-test    the GPU op-parity tests alone                   → $OUT/test-gpu-ops.txt
 #   bash bench/gpu-session.sh moe         kiln bench --quick --moe (Qwen2-MoE-shaped)      → $OUT/moe.json
 # Several stages run in one call in the order given: bash bench/gpu-session.sh refs tests decode
 # Before the call, `git rev-parse --short HEAD > .device/commit` here: the results then name the commit measured.
@@ -41,7 +43,6 @@ case "$stage" in
     ;;
   ops-wide)
     node dist/bench/decode-ops.js --rows 256 --context 1000 --replays 10 --out "$OUT/decode-ops-wide.json"
-    node dist/bench/decode-ops.js --rows 256 --context 1000 --replays 10 --define ATT_KEYS=8 --out "$OUT/decode-ops-wide-keys8.json" | grep attention
     ;;
   ab)
     node dist/bench/decode-ops.js --out "$OUT/ops-built.json" | tail -9
@@ -82,6 +83,14 @@ case "$stage" in
     ;;
   perplexity)
     node dist/bench/quant-table.js --backend cuda --out "$OUT/quantization-demo-cuda"
+    ;;
+  perplexity-fast)
+    # Every case at once (calibration runs on the CPUs): perplexity only, no decode timing.
+    node dist/bench/quant-table.js --backend cuda --jobs 10 --out "$OUT/quantization-demo-cuda"
+    ;;
+  ops-test)
+    timeout "${TESTS_TIMEOUT:-600}" node --test --test-reporter=tap --test-concurrency=1 dist/test-gpu/ops.test.js > "$OUT/test-gpu-ops.txt" 2>&1 || true
+    grep -E '^# (pass|fail)|^ *not ok' "$OUT/test-gpu-ops.txt" || tail -12 "$OUT/test-gpu-ops.txt"
     ;;
   moe)
     node dist/bench/bench.js --work "$work" --quick --moe --out "$OUT/moe.json"

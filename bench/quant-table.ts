@@ -2,9 +2,11 @@
 // dtype, kiln quantize → build → eval (held-out perplexity) and a batch-1 decode timing, next to full
 // precision, on the cpu backend (bench/results/quantization-demo.{json,md}) or, on a GPU machine, the cuda
 // backend (the same checkpoints: calibration is deterministic).
-//   node dist/bench/quant-table.js [--backend cpu|cuda] [--max_tokens 4000] [--out bench/results/quantization-demo]
+//   node dist/bench/quant-table.js [--backend cpu|cuda] [--max_tokens 4000] [--jobs 1] [--out bench/results/quantization-demo]
+// (--jobs N measures N cases at once, to spend less time calibrating on a many-core GPU machine; the cases then
+// share the machine, so the table gives perplexity alone, no decode timing.)
 
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -22,6 +24,7 @@ const { values: args } = parseArgs({
   options: {
     max_tokens: { type: "string", default: "4000" },
     backend: { type: "string", default: "cpu" },
+    jobs: { type: "string", default: "1" },
     out: { type: "string", default: path.join(ROOT, "bench", "results", "quantization-demo") },
     /** Internal: measure one case ("qformat:kv") in this process and print its row as JSON. */
     case: { type: "string" },
@@ -35,7 +38,8 @@ interface Row {
   perplexity: number;
   tokensScored: number;
   checkpointMiB: number;
-  decodeTokensPerSecond: number;
+  /** null where cases ran at once (--jobs > 1): a timing under contention would mislead. */
+  decodeTokensPerSecond: number | null;
   quantizeSeconds: number;
 }
 
@@ -53,9 +57,29 @@ const CASES: [QFormat, KvCacheDtype | null][] = [
 ];
 
 const BACKEND = args.backend === "cuda" ? "cuda" : "cpu";
+const JOBS = Math.max(1, Number(args.jobs));
 const dirBytes = (dir: string) => fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
 
-async function measure(qformat: QFormat, kv: KvCacheDtype | null, ids: number[], work: string): Promise<Row> {
+/** Batch-1 decode tokens/s of the checkpoint: 16 prompt tokens, 128 new ones, an engine gathering no logits. */
+async function decodeSpeed(ckpt: string, ids: number[]): Promise<number> {
+  const runEngine = `${ckpt}-run`;
+  await buildEngine({ checkpointDir: ckpt, outputDir: runEngine, backend: BACKEND, request: { max_batch_size: 1 } });
+  const run = await LLM.load(runEngine);
+  run.generate([ids.slice(0, 16)], { maxNewTokens: 8, endId: null }); // warm up
+  const t1 = performance.now();
+  run.generate([ids.slice(0, 16)], { maxNewTokens: 128, endId: null });
+  const decode = 128 / ((performance.now() - t1) / 1000);
+  run.dispose();
+  return decode;
+}
+
+async function measure(
+  qformat: QFormat,
+  kv: KvCacheDtype | null,
+  ids: number[],
+  work: string,
+  timed: boolean,
+): Promise<Row> {
   const ckpt = path.join(work, `${qformat}-${kv}`);
   const t0 = performance.now();
   const cfg = await convertHfCheckpoint({
@@ -76,14 +100,7 @@ async function measure(qformat: QFormat, kv: KvCacheDtype | null, ids: number[],
   const ppl = perplexity(llm, ids, 512, 256);
   llm.dispose();
   // Decode speed: one sequence, 16 prompt tokens, 128 new ones, on an engine that gathers no logits.
-  const runEngine = `${ckpt}-run`;
-  await buildEngine({ checkpointDir: ckpt, outputDir: runEngine, backend: BACKEND, request: { max_batch_size: 1 } });
-  const run = await LLM.load(runEngine);
-  run.generate([ids.slice(0, 16)], { maxNewTokens: 8, endId: null }); // warm up
-  const t1 = performance.now();
-  run.generate([ids.slice(0, 16)], { maxNewTokens: 128, endId: null });
-  const decode = 128 / ((performance.now() - t1) / 1000);
-  run.dispose();
+  const decode = timed ? await decodeSpeed(ckpt, ids) : null;
   return {
     qformat,
     kvCacheDtype: kv,
@@ -103,26 +120,45 @@ if (args.case) {
   try {
     const tok = TextTokenizer.load(MODEL);
     const ids = tok.encode(fs.readFileSync(path.join(MODEL, "heldout.txt"), "utf8")).slice(0, Number(args.max_tokens));
-    const row = await measure(q, kv === "" ? null : (kv as KvCacheDtype), ids, work);
+    const row = await measure(q, kv === "" ? null : (kv as KvCacheDtype), ids, work, JOBS === 1);
     process.stdout.write(`${JSON.stringify(row)}\n`);
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
 } else {
-  const rows: Row[] = [];
-  for (const [q, kv] of CASES) {
-    const child = spawnSync(
-      process.execPath,
-      [process.argv[1], "--case", `${q}:${kv ?? ""}`, "--max_tokens", args.max_tokens ?? "4000", "--backend", BACKEND],
-      { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
-    );
-    if (child.status !== 0) throw new Error(`${q} ${kv}: exit ${child.status}`);
-    const r: Row = JSON.parse(child.stdout.trim().split("\n").at(-1) ?? "");
-    rows.push(r);
-    console.error(
-      `${q}${kv ? ` + kv ${kv}` : ""}: ppl ${r.perplexity.toFixed(3)}, ${r.decodeTokensPerSecond.toFixed(1)} tok/s`,
-    );
-  }
+  /** One case in a process of its own; its row. */
+  const runCase = ([q, kv]: (typeof CASES)[number]) =>
+    new Promise<Row>((resolve, reject) => {
+      const child = spawn(
+        process.execPath,
+        [
+          process.argv[1],
+          ...["--case", `${q}:${kv ?? ""}`, "--max_tokens", args.max_tokens ?? "4000"],
+          ...["--backend", BACKEND, "--jobs", String(JOBS)],
+        ],
+        { stdio: ["ignore", "pipe", "inherit"] },
+      );
+      let out = "";
+      child.stdout.on("data", (d) => {
+        out += d;
+      });
+      child.on("close", (status) => {
+        if (status !== 0) return reject(new Error(`${q} ${kv}: exit ${status}`));
+        const r: Row = JSON.parse(out.trim().split("\n").at(-1) ?? "");
+        const speed = r.decodeTokensPerSecond === null ? "" : `, ${r.decodeTokensPerSecond.toFixed(1)} tok/s`;
+        console.error(`${q}${kv ? ` + kv ${kv}` : ""}: ppl ${r.perplexity.toFixed(3)}${speed}`);
+        resolve(r);
+      });
+    });
+  const rows: Row[] = new Array(CASES.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < CASES.length) {
+      const i = next++;
+      rows[i] = await runCase(CASES[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(JOBS, CASES.length) }, worker));
   const base = rows[0].perplexity;
   const machine =
     BACKEND === "cuda"
@@ -133,13 +169,13 @@ if (args.case) {
     "| --- | --- | --- | --- | --- | --- | --- |",
     ...rows.map(
       (r) =>
-        `| ${r.qformat} | ${r.kvCacheDtype ?? "model dtype"} | ${r.quantAlgo ?? "—"} | ${r.perplexity.toFixed(3)} | ${(((r.perplexity - base) / base) * 100).toFixed(2)}% | ${r.checkpointMiB.toFixed(1)} MiB | ${r.decodeTokensPerSecond.toFixed(1)} tokens/s |`,
+        `| ${r.qformat} | ${r.kvCacheDtype ?? "model dtype"} | ${r.quantAlgo ?? "—"} | ${r.perplexity.toFixed(3)} | ${(((r.perplexity - base) / base) * 100).toFixed(2)}% | ${r.checkpointMiB.toFixed(1)} MiB | ${r.decodeTokensPerSecond === null ? "—" : `${r.decodeTokensPerSecond.toFixed(1)} tokens/s`} |`,
     ),
   ];
   const md = [
     "# kiln quantize on the demo model",
     "",
-    `Held-out Brown text (\`models/demo/heldout.txt\`), the first ${rows[0].tokensScored + 1} tokens, windows of 512 every 256; float32 checkpoints (what stays unquantized is float32); calibration on 64 Brown texts; ${BACKEND} backend on ${machine}, each case in its own process. Written by \`node dist/bench/quant-table.js\`.`,
+    `Held-out Brown text (\`models/demo/heldout.txt\`), the first ${rows[0].tokensScored + 1} tokens, windows of 512 every 256; float32 checkpoints (what stays unquantized is float32); calibration on 64 Brown texts; ${BACKEND} backend on ${machine}, each case in its own process${JOBS > 1 ? ` (${JOBS} at once: no decode timing)` : ""}. Written by \`node dist/bench/quant-table.js\`.`,
     "",
     ...lines,
     "",

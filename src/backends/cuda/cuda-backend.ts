@@ -30,7 +30,6 @@ import {
   TENSOR_CORE_KERNELS,
 } from "./cuda-tensor.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
-import { headLanes } from "./engine-kernels.js";
 import { FUSED_KERNELS, FusedDecode, MAX_DYNAMIC_SHARED } from "./fused-decode.js";
 import { moeLayer } from "./moe-layer.js";
 import { addBias, quantizedLinear } from "./quantized-linear.js";
@@ -40,19 +39,8 @@ import { StepBuffer, type StepLayout } from "./step-buffer.js";
 const ARGMAX_SPLIT = 128;
 /** ATT_CHUNK in decoder.cu: keys per block of the split (flash-decoding) attention. */
 const ATTENTION_CHUNK = 256;
-/** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 8th group of four keys. */
-const ATTENTION_WARPS = 8;
-
-/**
- * Query heads one decode attention block takes (att_group_max in decoder.cu bounds them): the largest divisor
- * of a KV head's group that fits, so that the group's heads read each cached key and value once.
- */
-export function attentionHeadsPerBlock(shape: AttentionShape): number {
-  const most = Math.min(8, Math.floor(1024 / (32 * headLanes(shape.headSize))));
-  const group = shape.numHeads / shape.numKvHeads;
-  for (let n = Math.min(most, group); n > 1; n--) if (group % n === 0) return n;
-  return 1;
-}
+/** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th group of four keys. */
+const ATTENTION_WARPS = 16;
 /** FMHA_WARPS and FMHA_HEAD_MAX in decoder.cu: warps of a context attention tile, its largest head. */
 const FMHA_WARPS = 4;
 const FMHA_HEAD_MAX = 128;
@@ -427,10 +415,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     const s = this.step!;
     const kv = this.kv!;
     const out = this.alloc(qkv.rows, shape.numHeads * shape.headSize);
-    // Decode blocks take the query heads of a KV head together (or an equal part of them).
-    const perBlock = attentionHeadsPerBlock(shape);
-    const headBlocks = shape.numHeads / perBlock;
-    // What both decode attention kernels read after their output pointer.
+    // What both attention kernels read after their output pointer.
     const inputs = [
       ptr(qkv.ptr),
       ptr(kv.k[layer]),
@@ -445,7 +430,6 @@ export class CudaBackend implements Backend<CudaTensor> {
       i32(shape.headSize),
       i32(kv.spec.tokensPerBlock),
       f32(1 / Math.sqrt(shape.headSize)),
-      i32(perBlock),
     ];
     if (s.hasContext && this.fmhaHeads(shape.headSize) && !this.graphMode) {
       // Prompt chunks: tiles of a sequence's rows on tensor cores, each key and value staged once for the tile.
@@ -472,20 +456,20 @@ export class CudaBackend implements Backend<CudaTensor> {
       return out;
     }
     const block: [number] = [32 * ATTENTION_WARPS];
-    // Few rows over long contexts (decode): split each (row, heads) block over the sequence so the GPU fills
-    // up. Where a block a (row, heads) already fills it (two blocks an SM), the split would only add blocks,
-    // most of them past their row's context under a graph, whose chunks cover max_seq_len.
+    // Few rows over long contexts (decode): split each (row, head) over the sequence so the GPU fills up.
+    // Where a block a (row, head) already fills it (two 512-thread blocks an SM), the split would only add
+    // blocks, most of them past their row's context under a graph, whose chunks cover max_seq_len.
     const chunks = Math.ceil((this.graphMode ? this.limits.maxSeqLen : s.maxVisible) / ATTENTION_CHUNK);
-    const fillsGpu = qkv.rows * headBlocks >= 2 * this.device.multiprocessors;
+    const fillsGpu = qkv.rows * shape.numHeads >= 2 * this.device.multiprocessors;
     if (qkv.rows <= this.limits.maxSeqs && chunks > 1 && !fillsGpu) {
-      this.device.launch(this.fn("attention_split"), [qkv.rows, headBlocks, chunks], block, [
+      this.device.launch(this.fn("attention_split"), [qkv.rows, shape.numHeads, chunks], block, [
         ptr(out.ptr),
         ptr(this.attentionPartial),
         ptr(this.attentionArrivals),
         ...inputs,
       ]);
     } else {
-      this.device.launch(this.fn("attention"), [qkv.rows * headBlocks], block, [ptr(out.ptr), ...inputs]);
+      this.device.launch(this.fn("attention"), [qkv.rows * shape.numHeads], block, [ptr(out.ptr), ...inputs]);
     }
     return out;
   }

@@ -964,54 +964,32 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
   }
 }
 
-#define ATT_WARPS 8
+#define ATT_WARPS 16
 #define MAX_HEAD 256
-// A block's query heads (the heads that share one KV head, or a part of them) times the head size, at most:
-// the bound of the warps' partial results in shared memory.
-#define ATT_GROUP_CAP 1024
-#define ATT_GROUP_MAX 8
-// Keys a warp loads together (all in flight before any is used).
-#ifndef ATT_KEYS
-#define ATT_KEYS 4
-#endif
 
-// The most query heads one attention block takes at PL dims a lane (as many as fit ATT_GROUP_CAP, at most
-// ATT_GROUP_MAX): backends/cuda/cuda-backend.ts picks the heads a block takes by the same rule.
-template <int PL>
-__device__ constexpr int att_group_max() {
-  return ATT_GROUP_CAP / (32 * PL) < ATT_GROUP_MAX ? ATT_GROUP_CAP / (32 * PL) : ATT_GROUP_MAX;
-}
-
-// Online softmax of `group` query heads (consecutive, sharing KV head kvh; q is the first one's) over keys
-// [t_begin, t_end) of one sequence's paged KV cache, by one block of 32 × ATT_WARPS threads: each key and
-// value is read once for all of them (GQA: the heads of a group would otherwise each read it). Each warp takes
-// every ATT_WARPS-th group of four keys, lanes split the head dimension (PL dims a lane), the group's keys and
-// values all loaded before any is used; the warps' results are merged in shared memory. On return (after a
-// barrier) ml[2g] is head g's maximum score (−∞ when the range is empty), ml[2g + 1] its sum of
-// exp(score − max), and acc[g · head + d] its sum of exp(score − max) · v[d].
+// Online softmax of one query row and head over keys [t_begin, t_end) of its paged KV cache, by one block of
+// 32 × ATT_WARPS threads: each warp takes every ATT_WARPS-th group of four keys, lanes split the head
+// dimension (PL dims a lane), the group's keys and values all loaded before any is used, and the warps'
+// results are merged in shared memory. On return (after a barrier) ml[0] is the block's maximum score (−∞
+// when the range is empty), ml[1] the sum of exp(score − max) and acc[d] the sum of exp(score − max) · v[d].
 template <int PL>
 __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table,
-                             int t_begin, int t_end, int kvh, int num_kv, int group, int head, int tpb, float scale,
-                             float* ml, float* acc_out, float* sm, float* sl, float* sacc) {
-  constexpr int G = att_group_max<PL>();
+                             int t_begin, int t_end, int kvh, int num_kv, int head, int tpb, float scale, float* ml,
+                             float* acc_out, float* sm, float* sl, float (*sacc)[MAX_HEAD]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float qv[G][PL], acc[G][PL], m[G], l[G];
+  float qv[PL], acc[PL];
 #pragma unroll
-  for (int g = 0; g < G; g++) {
-    m[g] = NEG_INF;
-    l[g] = 0.f;
-#pragma unroll
-    for (int j = 0; j < PL; j++) {
-      const int d = lane + 32 * j;
-      qv[g][j] = g < group && d < head ? tof(q[g * head + d]) : 0.f;
-      acc[g][j] = 0.f;
-    }
+  for (int j = 0; j < PL; j++) {
+    const int d = lane + 32 * j;
+    qv[j] = d < head ? tof(q[d]) : 0.f;
+    acc[j] = 0.f;
   }
+  float m = NEG_INF, l = 0.f;
   const int kv_stride = num_kv * head;
-  for (int t0 = t_begin + warp * ATT_KEYS; t0 < t_end; t0 += ATT_WARPS * ATT_KEYS) {
-    float kx[ATT_KEYS][PL], vx[ATT_KEYS][PL];
+  for (int t0 = t_begin + warp * 4; t0 < t_end; t0 += ATT_WARPS * 4) {
+    float kx[4][PL], vx[4][PL], s[4];
 #pragma unroll
-    for (int u = 0; u < ATT_KEYS; u++) {
+    for (int u = 0; u < 4; u++) {
       const int t = min(t0 + u, t_end - 1);
       const size_t base = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
 #pragma unroll
@@ -1022,70 +1000,49 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
       }
     }
 #pragma unroll
-    for (int g = 0; g < G; g++) {
-      if (g >= group) break;
-      float s[ATT_KEYS], m2 = m[g];
+    for (int u = 0; u < 4; u++) {
+      s[u] = 0.f;
 #pragma unroll
-      for (int u = 0; u < ATT_KEYS; u++) {
-        s[u] = 0.f;
-#pragma unroll
-        for (int j = 0; j < PL; j++) s[u] += qv[g][j] * kx[u][j];
-        s[u] = t0 + u < t_end ? warp_sum(s[u]) * scale : NEG_INF;
-        m2 = fmaxf(m2, s[u]);
-      }
-      const float correction = __expf(m[g] - m2);
-      float lsum = l[g] * correction;
-#pragma unroll
-      for (int u = 0; u < ATT_KEYS; u++) {
-        s[u] = __expf(s[u] - m2);
-        lsum += s[u];
-      }
-      l[g] = lsum;
-#pragma unroll
-      for (int j = 0; j < PL; j++) {
-        float a = acc[g][j] * correction;
-#pragma unroll
-        for (int u = 0; u < ATT_KEYS; u++) a += s[u] * vx[u][j];
-        acc[g][j] = a;
-      }
-      m[g] = m2;
+      for (int j = 0; j < PL; j++) s[u] += qv[j] * kx[u][j];
+      s[u] = t0 + u < t_end ? warp_sum(s[u]) * scale : NEG_INF;
     }
-  }
+    const float m2 = fmaxf(m, fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])));
+    const float correction = __expf(m - m2);
+    float p[4];
 #pragma unroll
-  for (int g = 0; g < G; g++) {
-    if (g >= group) break;
-    if (lane == 0) {
-      sm[warp * ATT_GROUP_MAX + g] = m[g];
-      sl[warp * ATT_GROUP_MAX + g] = l[g];
-    }
+    for (int u = 0; u < 4; u++) p[u] = __expf(s[u] - m2);
+    l = l * correction + p[0] + p[1] + p[2] + p[3];
 #pragma unroll
     for (int j = 0; j < PL; j++) {
-      const int d = lane + 32 * j;
-      if (d < head) sacc[warp * ATT_GROUP_CAP + g * head + d] = acc[g][j];
+      float a = acc[j] * correction;
+#pragma unroll
+      for (int u = 0; u < 4; u++) a += p[u] * vx[u][j];
+      acc[j] = a;
     }
+    m = m2;
+  }
+  if (lane == 0) {
+    sm[warp] = m;
+    sl[warp] = l;
+  }
+#pragma unroll
+  for (int j = 0; j < PL; j++) {
+    const int d = lane + 32 * j;
+    if (d < head) sacc[warp][d] = acc[j];
   }
   __syncthreads();
-  if (threadIdx.x < group) {
-    const int g = threadIdx.x;
-    float mall = NEG_INF, lall = 0.f;
-    for (int w = 0; w < ATT_WARPS; w++) mall = fmaxf(mall, sm[w * ATT_GROUP_MAX + g]);
-    for (int w = 0; w < ATT_WARPS; w++) {
-      const float mw = sm[w * ATT_GROUP_MAX + g];
-      lall += mw == NEG_INF ? 0.f : sl[w * ATT_GROUP_MAX + g] * __expf(mw - mall);
-    }
-    ml[2 * g] = mall;
-    ml[2 * g + 1] = lall;
+  float mall = NEG_INF;
+  for (int w = 0; w < ATT_WARPS; w++) mall = fmaxf(mall, sm[w]);
+  if (threadIdx.x == 0) {
+    float lall = 0.f;
+    for (int w = 0; w < ATT_WARPS; w++) lall += sm[w] == NEG_INF ? 0.f : sl[w] * __expf(sm[w] - mall);
+    ml[0] = mall;
+    ml[1] = lall;
   }
-  for (int i = threadIdx.x; i < group * head; i += blockDim.x) {
-    const int g = i / head;
-    float mall = NEG_INF;
-    for (int w = 0; w < ATT_WARPS; w++) mall = fmaxf(mall, sm[w * ATT_GROUP_MAX + g]);
+  for (int d = threadIdx.x; d < head; d += blockDim.x) {
     float v = 0.f;
-    for (int w = 0; w < ATT_WARPS; w++) {
-      const float mw = sm[w * ATT_GROUP_MAX + g];
-      v += mw == NEG_INF ? 0.f : sacc[w * ATT_GROUP_CAP + i] * __expf(mw - mall);
-    }
-    acc_out[i] = v;
+    for (int w = 0; w < ATT_WARPS; w++) v += sm[w] == NEG_INF ? 0.f : sacc[w][d] * __expf(sm[w] - mall);
+    acc_out[d] = v;
   }
   __syncthreads();
 }
@@ -1094,14 +1051,13 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
 // the engine's size alone (KILN_HEAD_LANES), so that attention takes the registers that size needs; without
 // it (op tests) every size is compiled in.
 __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table, int t_begin,
-                       int t_end, int kvh, int num_kv, int group, int head, int tpb, float scale, float* ml,
-                       float* acc_out) {
+                       int t_end, int kvh, int num_kv, int head, int tpb, float scale, float* ml, float* acc_out) {
   // The warps' partial results, declared here once (in the template each head size would get its own).
-  __shared__ float sm[ATT_WARPS * ATT_GROUP_MAX], sl[ATT_WARPS * ATT_GROUP_MAX];
-  __shared__ float sacc[ATT_WARPS * ATT_GROUP_CAP];
+  __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+  __shared__ float sacc[ATT_WARPS][MAX_HEAD];
 #define ATTEND(PL)                                                                                              \
-  attend_lanes<PL>(q, kcache, vcache, kv_scale, table, t_begin, t_end, kvh, num_kv, group, head, tpb, scale, ml, \
-                   acc_out, sm, sl, sacc)
+  attend_lanes<PL>(q, kcache, vcache, kv_scale, table, t_begin, t_end, kvh, num_kv, head, tpb, scale, ml, acc_out, sm, \
+                   sl, sacc)
 #ifdef KILN_HEAD_LANES
   ATTEND(KILN_HEAD_LANES);
 #else
@@ -1113,39 +1069,26 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
 #undef ATTEND
 }
 
-// A block's share of the query heads: `per_block` consecutive heads of one KV head's group (a divisor of the
-// group, at most att_group_max); block b of a row takes heads b · per_block onwards.
-struct HeadBlock {
-  int first, kvh;
-};
-
-__device__ __forceinline__ HeadBlock head_block(int b, int per_block, int num_heads, int num_kv) {
-  const int first = b * per_block;
-  return {first, first / (num_heads / num_kv)};
-}
-
-// Causal attention of each query row over its sequence: row_seq[r] is the row's sequence (-1: padding),
-// row_pos[r] its position (it sees keys 0..pos). grid = rows · (num_heads / per_block), a row's blocks adjacent;
-// each block takes per_block heads sharing a KV head. block = 32 × ATT_WARPS.
+// Causal attention of each query row and head over its sequence: row_seq[r] is the row's sequence (-1:
+// padding), row_pos[r] its position (it sees keys 0..pos). grid = rows · num_heads, a row's heads adjacent so
+// that the heads sharing a KV head run together and read its keys and values from L2 after the first.
+// block = 32 × ATT_WARPS.
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq, const int* row_pos,
-          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale,
-          int per_block) {
+          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
   pdl_enter();
-  const int blocks_per_row = num_heads / per_block;
-  const int r = blockIdx.x / blocks_per_row;
-  const HeadBlock hb = head_block(blockIdx.x % blocks_per_row, per_block, num_heads, num_kv);
+  const int r = blockIdx.x / num_heads, h = blockIdx.x % num_heads;
   const int seq = row_seq[r];
-  T* o = out + ((size_t)r * num_heads + hb.first) * head;
+  T* o = out + ((size_t)r * num_heads + h) * head;
   if (seq < 0) {
-    for (int d = threadIdx.x; d < per_block * head; d += blockDim.x) o[d] = fromf(0.f);
+    for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(0.f);
     return;
   }
-  __shared__ float ml[2 * ATT_GROUP_MAX], acc[ATT_GROUP_CAP];
-  const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + hb.first * head;
-  attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, 0, row_pos[r] + 1, hb.kvh, num_kv,
-         per_block, head, tpb, scale, ml, acc);
-  for (int i = threadIdx.x; i < per_block * head; i += blockDim.x) o[i] = fromf(acc[i] / ml[2 * (i / head) + 1]);
+  __shared__ float ml[2], acc[MAX_HEAD];
+  const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
+  attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, 0, row_pos[r] + 1, h / (num_heads / num_kv), num_kv,
+         head, tpb, scale, ml, acc);
+  for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(acc[d] / ml[1]);
 }
 
 // out[i] = x[rows[i]]; grid = number of rows gathered.
@@ -1355,55 +1298,48 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
   }
 }
 
-// Decode attention split over the sequence (flash-decoding): with few query rows, one block per (row, heads)
-// leaves most of the GPU idle on long contexts, so each is also split into chunks of ATT_CHUNK keys, each block
-// writing a partial (max, sum, weighted values) per head. The last block of a (row, heads) to finish merges
-// the partials (the threadfence-reduction pattern: one launch, not two); `arrivals` counts them and is left at
-// zero for the next launch. grid = (rows, num_heads / per_block, chunks), block = 32 × ATT_WARPS; chunks past
-// a row's context write empty partials and only count.
+// Decode attention split over the sequence (flash-decoding): with few query rows, one block per (row, head)
+// leaves most of the GPU idle on long contexts, so each (row, head) is also split into chunks of ATT_CHUNK
+// keys, each block writing a partial (max, sum, weighted values). The last block of a (row, head) to finish
+// merges the partials (the threadfence-reduction pattern: one launch, not two); `arrivals` counts them and is
+// left at zero for the next launch. grid = (rows, heads, chunks), block = 32 × ATT_WARPS; chunks past a row's
+// context write an empty partial and only count.
 #define ATT_CHUNK 256
 
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const KV* kcache, const KV* vcache,
                 float kv_scale, const int* row_seq, const int* row_pos, const int* block_tables, int max_blocks,
-                int num_heads, int num_kv, int head, int tpb, float scale, int per_block) {
+                int num_heads, int num_kv, int head, int tpb, float scale) {
   pdl_enter();
-  const int r = blockIdx.x, c = blockIdx.z, chunks = gridDim.z;
-  const HeadBlock hb = head_block(blockIdx.y, per_block, num_heads, num_kv);
-  // Head h's partial of chunk k: partial[((r · num_heads + h) · chunks + k) · (head + 2)].
-  float* mine = partial + ((size_t)r * num_heads + hb.first) * chunks * (head + 2);
+  const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z, chunks = gridDim.z;
+  float* mine = partial + ((size_t)r * num_heads + h) * chunks * (head + 2);
+  float* part = mine + (size_t)c * (head + 2);
   const int seq = row_seq[r];
   const int visible = seq < 0 ? 0 : row_pos[r] + 1;
   const int t_begin = c * ATT_CHUNK, t_end = min(visible, t_begin + ATT_CHUNK);
   if (t_begin >= t_end) {
-    if (threadIdx.x < per_block) mine[((size_t)threadIdx.x * chunks + c) * (head + 2)] = NEG_INF;  // empty: skipped
+    if (threadIdx.x == 0) part[0] = NEG_INF;  // an empty chunk: the merge skips it
   } else {
-    __shared__ float ml[2 * ATT_GROUP_MAX], acc[ATT_GROUP_CAP];
-    const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + hb.first * head;
-    attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end, hb.kvh, num_kv,
-           per_block, head, tpb, scale, ml, acc);
-    for (int i = threadIdx.x; i < per_block * (head + 2); i += blockDim.x) {
-      const int g = i / (head + 2), k = i % (head + 2);
-      mine[((size_t)g * chunks + c) * (head + 2) + k] = k < 2 ? ml[2 * g + k] : acc[g * head + k - 2];
-    }
+    const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
+    attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end,
+           h / (num_heads / num_kv), num_kv, head, tpb, scale, part, part + 2);
   }
   __shared__ int last;
-  __threadfence();  // this block's partials are visible to the others before it is counted
+  __threadfence();  // this block's partial is visible to the others before it is counted
   __syncthreads();
   if (threadIdx.x == 0) {
-    unsigned* count = arrivals + (size_t)r * num_heads + blockIdx.y;
+    unsigned* count = arrivals + (size_t)r * num_heads + h;
     last = atomicAdd(count, 1u) == (unsigned)chunks - 1;
     if (last) *count = 0;
   }
   __syncthreads();
   if (!last) return;
-  T* o = out + ((size_t)r * num_heads + hb.first) * head;
-  for (int i = threadIdx.x; i < per_block * head; i += blockDim.x) {
-    const int g = i / head, d = i % head;
-    // Read through volatile: the other blocks' partials must come from memory, not a stale cache line.
-    const volatile float* all = mine + (size_t)g * chunks * (head + 2);
-    float mall = NEG_INF;
-    for (int k = 0; k < chunks; k++) mall = fmaxf(mall, all[k * (head + 2)]);
+  // Read through volatile: the other blocks' partials must come from memory, not a stale cache line.
+  const volatile float* all = mine;
+  float mall = NEG_INF;
+  for (int k = 0; k < chunks; k++) mall = fmaxf(mall, all[k * (head + 2)]);
+  T* o = out + ((size_t)r * num_heads + h) * head;
+  for (int d = threadIdx.x; d < head; d += blockDim.x) {
     float num = 0.f, den = 0.f;
     for (int k = 0; k < chunks; k++) {
       const volatile float* p = all + k * (head + 2);
@@ -1412,7 +1348,7 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
       num += p[2 + d] * w;
       den += p[1] * w;
     }
-    o[i] = fromf(den > 0.f ? num / den : 0.f);
+    o[d] = fromf(den > 0.f ? num / den : 0.f);
   }
 }
 
