@@ -415,14 +415,9 @@ export class CudaBackend implements Backend<CudaTensor> {
     const s = this.step!;
     const kv = this.kv!;
     const out = this.alloc(qkv.rows, shape.numHeads * shape.headSize);
-    // What both attention kernels read after their output pointer.
-    const inputs = [
-      ptr(qkv.ptr),
-      ptr(kv.k[layer]),
-      ptr(kv.v[layer]),
-      f32(this.kvScale(layer)),
-      ptr(this.stepPtr(s.rowSeq)),
-      ptr(this.stepPtr(s.positions)),
+    // What every attention kernel reads: the layer's cache, then the block tables and the heads' shape.
+    const cache = [ptr(kv.k[layer]), ptr(kv.v[layer]), f32(this.kvScale(layer))];
+    const tables = [
       ptr(this.stepPtr(s.blockTables)),
       i32(this.limits.maxBlocksPerSeq),
       i32(shape.numHeads),
@@ -433,28 +428,12 @@ export class CudaBackend implements Backend<CudaTensor> {
     ];
     if (s.hasContext && this.fmhaHeads(shape.headSize) && !this.graphMode) {
       // Prompt chunks: tiles of a sequence's rows on tensor cores, each key and value staged once for the tile.
-      this.device.launch(
-        this.fn("attention_fmha"),
-        [s.numFmhaTiles, shape.numHeads],
-        [32 * FMHA_WARPS],
-        [
-          ptr(out.ptr),
-          ptr(qkv.ptr),
-          ptr(kv.k[layer]),
-          ptr(kv.v[layer]),
-          f32(this.kvScale(layer)),
-          ptr(this.stepPtr(s.fmhaTiles)),
-          ptr(this.stepPtr(s.blockTables)),
-          i32(this.limits.maxBlocksPerSeq),
-          i32(shape.numHeads),
-          i32(shape.numKvHeads),
-          i32(shape.headSize),
-          i32(kv.spec.tokensPerBlock),
-          f32(1 / Math.sqrt(shape.headSize)),
-        ],
-      );
+      const args = [ptr(out.ptr), ptr(qkv.ptr), ...cache, ptr(this.stepPtr(s.fmhaTiles)), ...tables];
+      this.device.launch(this.fn("attention_fmha"), [s.numFmhaTiles, shape.numHeads], [32 * FMHA_WARPS], args);
       return out;
     }
+    // What both decode attention kernels read after their output pointer.
+    const inputs = [ptr(qkv.ptr), ...cache, ptr(this.stepPtr(s.rowSeq)), ptr(this.stepPtr(s.positions)), ...tables];
     const block: [number] = [32 * ATTENTION_WARPS];
     // Few rows over long contexts (decode): split each (row, head) over the sequence so the GPU fills up.
     // Where a block a (row, head) already fills it (two 512-thread blocks an SM), the split would only add
