@@ -228,8 +228,12 @@ __device__ __forceinline__ void split_range(int nvec, int part, int ksplit, int&
 
 // ksplit warps an output row (ksplit in 1, 2, 4, 8: long rows and few outputs, where one warp a row would
 // leave the GPU's memory system idle), each over its share of the row.
+// R is the rows compiled for, rows ≤ R those there are (the rest of the R are skipped: the kernels are compiled
+// for 2, 4 and 8 rows, not each count, which would triple their compile time for no speed: they are bound by
+// the weights' bytes, not by the arithmetic).
 template <int R>
-__device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const T* w, int in, int out, int ksplit) {
+__device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const T* w, int rows, int in, int out,
+                                          int ksplit) {
   const int gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int o = gw / ksplit, lane = threadIdx.x & 31;
   const bool live = o < out;
@@ -253,6 +257,7 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
       for (int k = 0; k < V; k++) wf[k] = tof(we[k]);
 #pragma unroll
       for (int r = 0; r < R; r++) {
+        if (R > 1 && r >= rows) break;
         const uint4 xv = *(reinterpret_cast<const uint4*>(x + (size_t)r * in) + v);
         const T* xe = reinterpret_cast<const T*>(&xv);
 #pragma unroll
@@ -264,6 +269,7 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
   if (!split_sum<R>(acc, ksplit) || !live) return;
 #pragma unroll
   for (int r = 0; r < R; r++) {
+    if (R > 1 && r >= rows) break;
     if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = acc[r];
     else reinterpret_cast<T*>(y)[(size_t)r * out + o] = fromf(acc[r]);
   }
@@ -271,23 +277,16 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
 
 extern "C" __global__ void __launch_bounds__(256)
 gemv(void* y, int y_f32, const T* x, const T* w, int rows, int in, int out, int ksplit) {
-  switch (rows) {
-    case 1: gemv_rows<1>(y, y_f32, x, w, in, out, ksplit); break;
-    case 2: gemv_rows<2>(y, y_f32, x, w, in, out, ksplit); break;
-    case 3: gemv_rows<3>(y, y_f32, x, w, in, out, ksplit); break;
-    case 4: gemv_rows<4>(y, y_f32, x, w, in, out, ksplit); break;
-    case 5: gemv_rows<5>(y, y_f32, x, w, in, out, ksplit); break;
-    case 6: gemv_rows<6>(y, y_f32, x, w, in, out, ksplit); break;
-    case 7: gemv_rows<7>(y, y_f32, x, w, in, out, ksplit); break;
-    default: gemv_rows<8>(y, y_f32, x, w, in, out, ksplit); break;
-  }
+  if (rows <= 2) gemv_rows<2>(y, y_f32, x, w, rows, in, out, ksplit);
+  else if (rows <= 4) gemv_rows<4>(y, y_f32, x, w, rows, in, out, ksplit);
+  else gemv_rows<8>(y, y_f32, x, w, rows, in, out, ksplit);
 }
 
 // The one-row step (batch-1 decode) as a kernel of its own: compiled alone it takes the registers one row
 // needs, not the eight-row case's, so more blocks fit an SM. Same arguments as gemv (rows is 1).
 extern "C" __global__ void __launch_bounds__(256)
 gemv_1(void* y, int y_f32, const T* x, const T* w, int rows, int in, int out, int ksplit) {
-  gemv_rows<1>(y, y_f32, x, w, in, out, ksplit);
+  gemv_rows<1>(y, y_f32, x, w, 1, in, out, ksplit);
 }
 
 // Element k of the T values packed in a 16-byte load, from shifts on its words (no address taken).
@@ -330,11 +329,13 @@ __device__ __forceinline__ float q_weight(const uint4& v, int k) {
 // lane; only registers: the loaded words are read by shifts, never through their address). Group-wise int4
 // (groups > 0): w = q · gs[o, g] (+ gz[o, g] where zeros are given) over groups of in / groups inputs, a
 // multiple of a load's 32; FP4: w = e2m1 · e4m3(block[o, i / 16]). scales, row_scale, zeros and bias may be
-// null. Needs in a multiple of 32 and 16-byte aligned x rows. grid = ceil(out · ksplit / 8), 256 threads.
+// null. Needs in a multiple of 32 and 16-byte aligned x rows. grid = ceil(out · ksplit / 8), 256 threads. R and
+// rows as gemv_rows takes them.
 template <int R, int K>
 __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, const unsigned char* w, const float* scales,
-                                            const float* zeros, const unsigned char* blocks, int groups, int in, int out,
-                                            float out_scale, const float* row_scale, const T* bias, int ksplit) {
+                                            const float* zeros, const unsigned char* blocks, int groups, int rows,
+                                            int in, int out, float out_scale, const float* row_scale, const T* bias,
+                                            int ksplit) {
   const int gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int o = gw / ksplit, lane = threadIdx.x & 31;
   const bool live = o < out;
@@ -372,6 +373,7 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
         }
 #pragma unroll
         for (int r = 0; r < R; r++) {
+          if (R > 1 && r >= rows) break;
           const uint4 xv = reinterpret_cast<const uint4*>(x + (size_t)r * in + (size_t)v * PER)[j];
 #pragma unroll
           for (int k = 0; k < XV; k++) {
@@ -399,6 +401,7 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
   const float b = bias != nullptr ? tof(bias[o]) : 0.f;
 #pragma unroll
   for (int r = 0; r < R; r++) {
+    if (R > 1 && r >= rows) break;
     const float s = acc[r] * channel * (row_scale != nullptr ? row_scale[r] : 1.f);
     if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s + b;
     else reinterpret_cast<T*>(y)[(size_t)r * out + o] = bias != nullptr ? fromf(rnd(s) + b) : fromf(s);
@@ -406,27 +409,15 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
 }
 
 // One kernel a weight kind, so that each gets the registers its own decoding needs.
-#define GEMV_Q_ARGS y, y_f32, x, w, scales, zeros, blocks, groups, in, out, out_scale, row_scale, bias, ksplit
-#define GEMV_Q_CASE(R, K) \
-  case R:                 \
-    gemv_q_rows<R, K>(GEMV_Q_ARGS); \
-    break;
+#define GEMV_Q_ARGS y, y_f32, x, w, scales, zeros, blocks, groups, rows, in, out, out_scale, row_scale, bias, ksplit
 #define GEMV_Q_KERNEL(NAME, K)                                                                                   \
   extern "C" __global__ void __launch_bounds__(256)                                                             \
   NAME(void* y, int y_f32, const T* x, const unsigned char* w, const float* scales, const float* zeros,         \
        const unsigned char* blocks, int groups, int rows, int in, int out, float out_scale, const float* row_scale, \
        const T* bias, int ksplit) {                                                                              \
-    switch (rows) {                                                                                              \
-      GEMV_Q_CASE(1, K)                                                                                          \
-      GEMV_Q_CASE(2, K)                                                                                          \
-      GEMV_Q_CASE(3, K)                                                                                          \
-      GEMV_Q_CASE(4, K)                                                                                          \
-      GEMV_Q_CASE(5, K)                                                                                          \
-      GEMV_Q_CASE(6, K)                                                                                          \
-      GEMV_Q_CASE(7, K)                                                                                          \
-      default:                                                                                                   \
-        GEMV_Q_CASE(8, K)                                                                                        \
-    }                                                                                                            \
+    if (rows <= 2) gemv_q_rows<2, K>(GEMV_Q_ARGS);                                                               \
+    else if (rows <= 4) gemv_q_rows<4, K>(GEMV_Q_ARGS);                                                          \
+    else gemv_q_rows<8, K>(GEMV_Q_ARGS);                                                                         \
   }                                                                                                              \
   /* The one-row step's kernel, as gemv_1 is gemv's (same arguments; rows is 1). */                             \
   extern "C" __global__ void __launch_bounds__(256)                                                             \
