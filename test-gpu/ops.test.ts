@@ -159,7 +159,7 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       logitRows: Int32Array.from([0, 3]),
     };
 
-    test("context attention over several row and key tiles (prompt chunks beside decode rows, GQA, heads of 16, 64 and 128) equals the cpu", () => {
+    test("context attention over several row and key tiles (prompt chunks beside decode rows, GQA, heads of 16, 64 and 128), then decode rows on tensor cores, equals the cpu", () => {
       // Tiles are 64 rows and 64 keys: a 130-token prompt spans three of each; a second sequence adds an
       // 80-token chunk after 70 cached ones, beside a decode row; blocks of 16 tokens, scattered.
       for (const [D2, heads2, kv2] of [
@@ -180,6 +180,8 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           headSize: D2,
         };
         const cuda2 = new CudaBackend(device, module, new Map(), dtype, limits, invFreq2);
+        // The decode step below takes attention_decode_tc (where it takes the head size), however few its rows.
+        cuda2.decodeTensorCores = "always";
         const cpu2 = new CpuBackend(new Map());
         cuda2.allocateKvCache(spec2);
         cpu2.allocateKvCache(spec2);
@@ -217,6 +219,11 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
             [0, 0, 130],
             [1, 70, 80],
             [2, 20, 1],
+          ]),
+          stepOf([
+            [0, 130, 1],
+            [1, 150, 1],
+            [2, 21, 1],
           ]),
         ];
         const width = (heads2 + 2 * kv2) * D2;

@@ -46,6 +46,15 @@ const FMHA_WARPS = 4;
 const FMHA_HEAD_MAX = 128;
 /** KILN_CUDA_FMHA=0 runs prompt chunks through the CUDA-core attention kernel (to measure what the tiles gain). */
 const FMHA = process.env.KILN_CUDA_FMHA !== "0";
+/** DEC_HEAD_MAX in decoder.cu: the largest head attention_decode_tc takes. */
+const DECODE_TC_HEAD_MAX = 64;
+
+/**
+ * Decode attention on tensor cores (attention_decode_tc): "wide" for steps whose (row, KV head) blocks fill the
+ * GPU, "always" for every decode step (op tests), "off". An A/B path not yet measured on a GPU, so off unless
+ * KILN_CUDA_DECODE_TC=1.
+ */
+export type DecodeTensorCores = "off" | "wide" | "always";
 
 export interface CudaLimits {
   maxRows: number;
@@ -80,6 +89,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   private readonly attentionArrivals: number;
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
+  decodeTensorCores: DecodeTensorCores = process.env.KILN_CUDA_DECODE_TC === "1" ? "wide" : "off";
   private readonly argmaxPartial: number;
   private readonly fused: FusedDecode;
   /** Where a quantized weight is dequantized for steps too wide for the GEMV (ptr 0: none yet). */
@@ -228,6 +238,17 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Whether attention_fmha takes this head size: half and bfloat16 engines, heads a multiple of 16 up to 128. */
   private fmhaHeads(headSize: number): boolean {
     return FMHA && this.dtype !== "F32" && headSize % 16 === 0 && headSize <= FMHA_HEAD_MAX;
+  }
+
+  /** Whether a decode step of `rows` rows takes attention_decode_tc (see DecodeTensorCores). */
+  private decodeTensorCoresFor(rows: number, shape: AttentionShape): boolean {
+    const fits =
+      this.dtype !== "F32" &&
+      shape.headSize % 16 === 0 &&
+      shape.headSize <= DECODE_TC_HEAD_MAX &&
+      shape.numHeads / shape.numKvHeads <= 16;
+    if (!fits || this.decodeTensorCores === "off") return false;
+    return this.decodeTensorCores === "always" || rows * shape.numKvHeads >= 2 * this.device.multiprocessors;
   }
 
   private fn(name: KernelName): unknown {
@@ -434,6 +455,15 @@ export class CudaBackend implements Backend<CudaTensor> {
     }
     // What both decode attention kernels read after their output pointer.
     const inputs = [ptr(qkv.ptr), ...cache, ptr(this.stepPtr(s.rowSeq)), ptr(this.stepPtr(s.positions)), ...tables];
+    if (this.decodeTensorCoresFor(qkv.rows, shape)) {
+      this.device.launch(
+        this.fn("attention_decode_tc"),
+        [qkv.rows, shape.numKvHeads],
+        [128],
+        [ptr(out.ptr), ...inputs],
+      );
+      return out;
+    }
     const block: [number] = [32 * ATTENTION_WARPS];
     // Few rows over long contexts (decode): split each (row, head) over the sequence so the GPU fills up.
     // Where a block a (row, head) already fills it (two 512-thread blocks an SM), the split would only add

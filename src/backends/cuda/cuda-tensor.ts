@@ -68,6 +68,7 @@ export const KERNELS = [
   "sample_rows",
   "attention_split",
   "attention_fmha",
+  "attention_decode_tc",
   "gemv",
   "gemv_1",
   "gemv_q_int8",
@@ -93,7 +94,7 @@ export const KERNELS = [
 export type KernelName = (typeof KERNELS)[number];
 
 /** Kernels decoder.cu compiles for half and bfloat16 engines only. */
-export const TENSOR_CORE_KERNELS: readonly KernelName[] = ["attention_fmha"];
+export const TENSOR_CORE_KERNELS: readonly KernelName[] = ["attention_fmha", "attention_decode_tc"];
 
 /** Kernels with a build for one row (`<name>_1`): batch-1 decode, in the registers one row needs. */
 export type RowsKernel = "gemv" | "norm_qkv_rope" | "norm_gated_mlp" | `gemv_q_${QuantKind}`;

@@ -1438,21 +1438,139 @@ __device__ __forceinline__ void kv_load8(const KV* p, float scale, unsigned* w) 
 #endif
 }
 
+// Keys [k0, k0 + KEYS) of a sequence (those past `last` as zeros) staged in shared memory by threads tid of
+// nthreads: ks[j] the key's words, vt[d] dim d's values over the keys (transposed, two keys a word).
+template <int KEYS, int KW, int VW>
+__device__ __forceinline__ void stage_kv(unsigned (*ks)[KW], unsigned (*vt)[VW], const KV* kcache, const KV* vcache,
+                                         float kv_scale, const int* table, int k0, int last, int kv_offset,
+                                         int kv_stride, int chunks, int tpb, int tid, int nthreads) {
+  for (int i = tid; i < KEYS * chunks; i += nthreads) {
+    const int j = i % KEYS, c = i / KEYS, key = k0 + j;
+    unsigned w[4] = {0u, 0u, 0u, 0u};
+    if (key <= last)
+      kv_load8(kcache + ((size_t)table[key / tpb] * tpb + key % tpb) * kv_stride + kv_offset + 8 * c, kv_scale, w);
+#pragma unroll
+    for (int e = 0; e < 4; e++) ks[j][4 * c + e] = w[e];
+  }
+  // Values by pairs of keys, so that each transposed word (two keys of one dim) is written whole.
+  for (int i = tid; i < (KEYS / 2) * chunks; i += nthreads) {
+    const int jp = i % (KEYS / 2), c = i / (KEYS / 2), key = k0 + 2 * jp;
+    unsigned a[4] = {0u, 0u, 0u, 0u}, b[4] = {0u, 0u, 0u, 0u};
+    if (key <= last)
+      kv_load8(vcache + ((size_t)table[key / tpb] * tpb + key % tpb) * kv_stride + kv_offset + 8 * c, kv_scale, a);
+    if (key + 1 <= last)
+      kv_load8(vcache + ((size_t)table[(key + 1) / tpb] * tpb + (key + 1) % tpb) * kv_stride + kv_offset + 8 * c,
+               kv_scale, b);
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+      const unsigned lo = (a[e >> 1] >> (16 * (e & 1))) & 0xffffu, hi = (b[e >> 1] >> (16 * (e & 1))) & 0xffffu;
+      vt[8 * c + e][jp] = lo | hi << 16;
+    }
+  }
+}
+
+// A warp's query fragments (KSTEPS of the A operand) of two rows of 16: qa and qb point at this lane's rows
+// (g and g + 8), read where has_a and has_b say the row is there.
+template <int KSTEPS>
+__device__ __forceinline__ void load_q(unsigned (*qf)[4], const T* qa, const T* qb, bool has_a, bool has_b,
+                                       int head) {
+  const int t = threadIdx.x & 3;
+  const unsigned* wa = reinterpret_cast<const unsigned*>(qa);
+  const unsigned* wb = reinterpret_cast<const unsigned*>(qb);
+#pragma unroll
+  for (int kk = 0; kk < KSTEPS; kk++) {
+    const bool in = kk * 16 < head;
+    qf[kk][0] = in && has_a ? wa[kk * 8 + t] : 0u;
+    qf[kk][1] = in && has_b ? wb[kk * 8 + t] : 0u;
+    qf[kk][2] = in && has_a ? wa[kk * 8 + 4 + t] : 0u;
+    qf[kk][3] = in && has_b ? wb[kk * 8 + 4 + t] : 0u;
+  }
+}
+
+// s = q · kᵀ for a warp's 16 rows and the NS · 8 staged keys.
+template <int NS, int KSTEPS, int KW>
+__device__ __forceinline__ void tile_scores(float (*s)[4], const unsigned (*qf)[4], const unsigned (*ks)[KW], int head) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int n = 0; n < NS; n++) {
+    s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk++) {
+      if (kk * 16 >= head) break;
+      const unsigned b[2] = {ks[n * 8 + g][kk * 8 + t], ks[n * 8 + g][kk * 8 + 4 + t]};
+      mma16816(s[n], qf[kk], b);
+    }
+  }
+}
+
+// The online softmax over a tile's (masked, scaled) scores, per row (a row's four lanes share its max): m, l
+// and o rescaled to the new maximum, s replaced by exp(s − max); then o += p · v, the score fragments of each
+// 16 keys being the A fragment of the product, rounded to T.
+template <int NS, int NTILES, int VW>
+__device__ __forceinline__ void tile_softmax_pv(float (*s)[4], float* m, float* l, float (*o)[4],
+                                                const unsigned (*vt)[VW], int head) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+  for (int n = 0; n < NS; n++) {
+#pragma unroll
+    for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+  }
+  float ref[2];
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    const float next = fmaxf(m[i], mx[i]);
+    ref[i] = next == NEG_INF ? 0.f : next;  // a row with no key yet: exp(−∞ − 0) = 0
+    const float correction = __expf(m[i] - ref[i]);
+    l[i] *= correction;
+#pragma unroll
+    for (int n = 0; n < NTILES; n++) {
+      o[n][2 * i] *= correction;
+      o[n][2 * i + 1] *= correction;
+    }
+    m[i] = next;
+  }
+#pragma unroll
+  for (int n = 0; n < NS; n++) {
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      s[n][e] = __expf(s[n][e] - ref[e >> 1]);
+      l[e >> 1] += s[n][e];
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < NS / 2; kk++) {
+    const unsigned a[4] = {pack_t2(s[2 * kk][0], s[2 * kk][1]), pack_t2(s[2 * kk][2], s[2 * kk][3]),
+                           pack_t2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_t2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+    for (int n = 0; n < NTILES; n++) {
+      if (n * 8 >= head) break;
+      const unsigned b[2] = {vt[n * 8 + g][kk * 8 + t], vt[n * 8 + g][kk * 8 + 4 + t]};
+      mma16816(o[n], a, b);
+    }
+  }
+}
+
+// Rounded as transformers' eager attention rounds them: q · kᵀ to T, then its product with the scale.
+__device__ __forceinline__ float eager_score(float qk, float scale) { return rnd(rnd(qk) * scale); }
+
 // tile = {sequence, first row, rows, position of the first row}: the rows see keys 0 .. their position.
 template <int HD>
 __device__ void fmha_tile(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* tile,
                           const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb,
                           float scale) {
-  constexpr int KSTEPS = HD / 16;          // k steps of q · kᵀ over the head
-  constexpr int NTILES = HD / 8;           // output n tiles of p · v
-  constexpr int KWORDS = HD / 2 + 4;       // a staged key's words, padded so fragment loads avoid bank conflicts
+  constexpr int KSTEPS = HD / 16;            // k steps of q · kᵀ over the head
+  constexpr int NTILES = HD / 8;             // output n tiles of p · v
+  constexpr int KWORDS = HD / 2 + 4;         // a staged key's words, padded so fragment loads avoid bank conflicts
   constexpr int VWORDS = FMHA_KEYS / 2 + 4;  // a staged value dim's words (values are stored transposed)
   __shared__ unsigned ks[FMHA_KEYS][KWORDS];
   __shared__ unsigned vt[HD][VWORDS];
   const int seq = tile[0], row0 = tile[1], nrows = tile[2], pos0 = tile[3];
   const int h = blockIdx.y, kvh = h / (num_heads / num_kv);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int stride = (num_heads + 2 * num_kv) * head, kv_stride = num_kv * head;
+  const int stride = (num_heads + 2 * num_kv) * head;
   const int* table = block_tables + (size_t)seq * max_blocks;
   const int last = pos0 + nrows - 1;  // the tile's last key
   // This lane's two rows of the warp's 16: ra and ra + 8.
@@ -1461,59 +1579,20 @@ __device__ void fmha_tile(T* out, const T* qkv, const KV* kcache, const KV* vcac
   const bool warp_rows = warp * 16 < nrows;
   const int warp_last = pos0 + min(nrows - 1, warp * 16 + 15);
   unsigned qf[KSTEPS][4];
-  {
-    const unsigned* qa = reinterpret_cast<const unsigned*>(qkv + (size_t)(row0 + ra) * stride + h * head);
-    const unsigned* qb = reinterpret_cast<const unsigned*>(qkv + (size_t)(row0 + rb) * stride + h * head);
-#pragma unroll
-    for (int kk = 0; kk < KSTEPS; kk++) {
-      const bool in = kk * 16 < head;
-      qf[kk][0] = in && has_a ? qa[kk * 8 + t] : 0u;
-      qf[kk][1] = in && has_b ? qb[kk * 8 + t] : 0u;
-      qf[kk][2] = in && has_a ? qa[kk * 8 + 4 + t] : 0u;
-      qf[kk][3] = in && has_b ? qb[kk * 8 + 4 + t] : 0u;
-    }
-  }
+  load_q<KSTEPS>(qf, qkv + (size_t)(row0 + ra) * stride + h * head, qkv + (size_t)(row0 + rb) * stride + h * head,
+                 has_a, has_b, head);
   float o[NTILES][4];
 #pragma unroll
   for (int n = 0; n < NTILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-  const int chunks = head / 8;
   for (int k0 = 0; k0 <= last; k0 += FMHA_KEYS) {
     __syncthreads();  // the last tile's fragments are read
-    for (int i = threadIdx.x; i < FMHA_KEYS * chunks; i += blockDim.x) {
-      const int j = i % FMHA_KEYS, c = i / FMHA_KEYS, key = k0 + j;
-      unsigned w[4] = {0u, 0u, 0u, 0u};
-      if (key <= last) kv_load8(kcache + ((size_t)table[key / tpb] * tpb + key % tpb) * kv_stride + kvh * head + 8 * c, kv_scale, w);
-#pragma unroll
-      for (int e = 0; e < 4; e++) ks[j][4 * c + e] = w[e];
-    }
-    // Values by pairs of keys, so that each transposed word (two keys of one dim) is written whole.
-    for (int i = threadIdx.x; i < (FMHA_KEYS / 2) * chunks; i += blockDim.x) {
-      const int jp = i % (FMHA_KEYS / 2), c = i / (FMHA_KEYS / 2), key = k0 + 2 * jp;
-      unsigned a[4] = {0u, 0u, 0u, 0u}, b[4] = {0u, 0u, 0u, 0u};
-      if (key <= last) kv_load8(vcache + ((size_t)table[key / tpb] * tpb + key % tpb) * kv_stride + kvh * head + 8 * c, kv_scale, a);
-      if (key + 1 <= last) kv_load8(vcache + ((size_t)table[(key + 1) / tpb] * tpb + (key + 1) % tpb) * kv_stride + kvh * head + 8 * c, kv_scale, b);
-#pragma unroll
-      for (int e = 0; e < 8; e++) {
-        const unsigned lo = (a[e >> 1] >> (16 * (e & 1))) & 0xffffu, hi = (b[e >> 1] >> (16 * (e & 1))) & 0xffffu;
-        vt[8 * c + e][jp] = lo | hi << 16;
-      }
-    }
+    stage_kv<FMHA_KEYS, KWORDS, VWORDS>(ks, vt, kcache, vcache, kv_scale, table, k0, last, kvh * head,
+                                        num_kv * head, head / 8, tpb, threadIdx.x, blockDim.x);
     __syncthreads();
     if (!warp_rows || k0 > warp_last) continue;  // every key of this tile lies past the warp's rows
     float s[FMHA_KEYS / 8][4];
-#pragma unroll
-    for (int n = 0; n < FMHA_KEYS / 8; n++) {
-      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < KSTEPS; kk++) {
-        if (kk * 16 >= head) break;
-        const unsigned b[2] = {ks[n * 8 + g][kk * 8 + t], ks[n * 8 + g][kk * 8 + 4 + t]};
-        mma16816(s[n], qf[kk], b);
-      }
-    }
-    // Causal mask and the online softmax over this tile's keys, per row (a row's four lanes share its max).
-    float mx[2] = {NEG_INF, NEG_INF};
+    tile_scores<FMHA_KEYS / 8, KSTEPS, KWORDS>(s, qf, ks, head);
 #pragma unroll
     for (int n = 0; n < FMHA_KEYS / 8; n++) {
 #pragma unroll
@@ -1521,47 +1600,10 @@ __device__ void fmha_tile(T* out, const T* qkv, const KV* kcache, const KV* vcac
         const int key = k0 + n * 8 + 2 * t + (e & 1);
         const bool row_ok = e < 2 ? has_a : has_b;
         const int pos = pos0 + (e < 2 ? ra : rb);
-        // Rounded as transformers' eager attention rounds them: q · kᵀ to T, then its product with the scale.
-        s[n][e] = row_ok && key <= pos ? rnd(rnd(s[n][e]) * scale) : NEG_INF;
-        mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+        s[n][e] = row_ok && key <= pos ? eager_score(s[n][e], scale) : NEG_INF;  // the causal mask
       }
     }
-    float ref[2];
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      const float next = fmaxf(m[i], mx[i]);
-      ref[i] = next == NEG_INF ? 0.f : next;  // a row with no key yet: exp(−∞ − 0) = 0
-      const float correction = __expf(m[i] - ref[i]);
-      l[i] *= correction;
-#pragma unroll
-      for (int n = 0; n < NTILES; n++) {
-        o[n][2 * i] *= correction;
-        o[n][2 * i + 1] *= correction;
-      }
-      m[i] = next;
-    }
-#pragma unroll
-    for (int n = 0; n < FMHA_KEYS / 8; n++) {
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        s[n][e] = __expf(s[n][e] - ref[e >> 1]);
-        l[e >> 1] += s[n][e];
-      }
-    }
-    // o += p · v: the score fragments of 16 keys are the A fragment of the product, rounded to T.
-#pragma unroll
-    for (int kk = 0; kk < FMHA_KEYS / 16; kk++) {
-      const unsigned a[4] = {pack_t2(s[2 * kk][0], s[2 * kk][1]), pack_t2(s[2 * kk][2], s[2 * kk][3]),
-                             pack_t2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_t2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int n = 0; n < NTILES; n++) {
-        if (n * 8 >= head) break;
-        const unsigned b[2] = {vt[n * 8 + g][kk * 8 + t], vt[n * 8 + g][kk * 8 + 4 + t]};
-        mma16816(o[n], a, b);
-      }
-    }
+    tile_softmax_pv<FMHA_KEYS / 8, NTILES, VWORDS>(s, m, l, o, vt, head);
   }
   if (!warp_rows) return;
 #pragma unroll
@@ -1588,5 +1630,113 @@ attention_fmha(T* out, const T* qkv, const KV* kcache, const KV* vcache, float k
   pdl_enter();
   fmha_tile<FMHA_HEAD_MAX>(out, qkv, kcache, vcache, kv_scale, tiles + 4 * blockIdx.x, block_tables, max_blocks,
                            num_heads, num_kv, head, tpb, scale);
+}
+
+// Decode attention on tensor cores (an A/B path, off unless KILN_CUDA_DECODE_TC=1; not yet measured on a
+// GPU): one block a (decode row, KV head), the query heads sharing that KV head as the rows of the mma tile
+// (up to 16), so each cached key and value is read once for all of them and the per-key dot products run on
+// tensor cores instead of as warp-wide sums. Each of DEC_WARPS warps stages and walks its own share of the
+// keys (DEC_KEYS at a time); their partial softmaxes are merged in shared memory at the end. Heads up to
+// DEC_HEAD_MAX (the staging of four warps must fit in 48 KB). grid = (rows, num_kv), block = 32 × DEC_WARPS.
+#define DEC_WARPS 4
+#define DEC_KEYS 32
+#define DEC_HEAD_MAX (FMHA_HEAD_MAX < 64 ? FMHA_HEAD_MAX : 64)
+
+template <int HD>
+__device__ void decode_tc(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq,
+                          const int* row_pos, const int* block_tables, int max_blocks, int num_heads, int num_kv,
+                          int head, int tpb, float scale) {
+  constexpr int KSTEPS = HD / 16, NTILES = HD / 8, KWORDS = HD / 2 + 4, VWORDS = DEC_KEYS / 2 + 4;
+  constexpr int STAGE = DEC_KEYS * KWORDS + HD * VWORDS;  // one warp's staged keys and values, in words
+  __shared__ unsigned stage[DEC_WARPS * STAGE];
+  const int r = blockIdx.x, kvh = blockIdx.y, group = num_heads / num_kv;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int seq = row_seq[r];
+  T* o_row = out + ((size_t)r * num_heads + kvh * group) * head;
+  if (seq < 0) {
+    for (int i = threadIdx.x; i < group * head; i += blockDim.x) o_row[i] = fromf(0.f);
+    return;
+  }
+  const int visible = row_pos[r] + 1;
+  const int* table = block_tables + (size_t)seq * max_blocks;
+  // This lane's two heads of the group: g and g + 8.
+  const bool has_a = g < group, has_b = g + 8 < group;
+  const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + (size_t)kvh * group * head;
+  unsigned qf[KSTEPS][4];
+  load_q<KSTEPS>(qf, q + (size_t)g * head, q + (size_t)(g + 8) * head, has_a, has_b, head);
+  float o[NTILES][4];
+#pragma unroll
+  for (int n = 0; n < NTILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+  unsigned(*ks)[KWORDS] = reinterpret_cast<unsigned(*)[KWORDS]>(stage + warp * STAGE);
+  unsigned(*vt)[VWORDS] = reinterpret_cast<unsigned(*)[VWORDS]>(stage + warp * STAGE + DEC_KEYS * KWORDS);
+  for (int k0 = warp * DEC_KEYS; k0 < visible; k0 += DEC_WARPS * DEC_KEYS) {
+    __syncwarp();  // the warp's last tile is read
+    stage_kv<DEC_KEYS, KWORDS, VWORDS>(ks, vt, kcache, vcache, kv_scale, table, k0, visible - 1, kvh * head,
+                                       num_kv * head, head / 8, tpb, lane, 32);
+    __syncwarp();
+    float s[DEC_KEYS / 8][4];
+    tile_scores<DEC_KEYS / 8, KSTEPS, KWORDS>(s, qf, ks, head);
+#pragma unroll
+    for (int n = 0; n < DEC_KEYS / 8; n++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = k0 + n * 8 + 2 * t + (e & 1);
+        const bool head_ok = e < 2 ? has_a : has_b;
+        s[n][e] = head_ok && key < visible ? eager_score(s[n][e], scale) : NEG_INF;
+      }
+    }
+    tile_softmax_pv<DEC_KEYS / 8, NTILES, VWORDS>(s, m, l, o, vt, head);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+  }
+  // The warps' (max, sum, weighted values) per head, over the staging memory, then merged per head.
+  __syncthreads();
+  float* wm = reinterpret_cast<float*>(stage);  // [DEC_WARPS][16]
+  float* wl = wm + DEC_WARPS * 16;              // [DEC_WARPS][16]
+  float* wo = wl + DEC_WARPS * 16;              // [DEC_WARPS][16][head]
+  if (t == 0) {
+    wm[warp * 16 + g] = m[0];
+    wl[warp * 16 + g] = l[0];
+    wm[warp * 16 + g + 8] = m[1];
+    wl[warp * 16 + g + 8] = l[1];
+  }
+#pragma unroll
+  for (int n = 0; n < NTILES; n++) {
+    if (n * 8 >= head) break;
+    float* a = wo + ((size_t)warp * 16 + g) * head + n * 8 + 2 * t;
+    float* b = wo + ((size_t)warp * 16 + g + 8) * head + n * 8 + 2 * t;
+    a[0] = o[n][0];
+    a[1] = o[n][1];
+    b[0] = o[n][2];
+    b[1] = o[n][3];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < group * head; i += blockDim.x) {
+    const int hh = i / head, d = i % head;
+    float mall = NEG_INF;
+    for (int w = 0; w < DEC_WARPS; w++) mall = fmaxf(mall, wm[w * 16 + hh]);
+    float num = 0.f, den = 0.f;
+    for (int w = 0; w < DEC_WARPS; w++) {
+      const float mw = wm[w * 16 + hh];
+      if (mw == NEG_INF) continue;  // a warp that saw no key
+      const float f = __expf(mw - mall);
+      num += wo[((size_t)w * 16 + hh) * head + d] * f;
+      den += wl[w * 16 + hh] * f;
+    }
+    o_row[i] = fromf(num / den);
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
+attention_decode_tc(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq,
+                    const int* row_pos, const int* block_tables, int max_blocks, int num_heads, int num_kv, int head,
+                    int tpb, float scale) {
+  pdl_enter();
+  decode_tc<DEC_HEAD_MAX>(out, qkv, kcache, vcache, kv_scale, row_seq, row_pos, block_tables, max_blocks, num_heads,
+                          num_kv, head, tpb, scale);
 }
 #endif
