@@ -51,8 +51,8 @@ const DECODE_TC_HEAD_MAX = 64;
 
 /**
  * Decode attention on tensor cores (attention_decode_tc): "wide" for steps whose (row, KV head) blocks fill the
- * GPU, "always" for every decode step (op tests), "off". An A/B path not yet measured on a GPU, so off unless
- * KILN_CUDA_DECODE_TC=1.
+ * GPU, "always" for every decode step (op tests, and batch-1 A/B runs), "off". An A/B path not yet measured on
+ * a GPU, so off unless KILN_CUDA_DECODE_TC=1 (wide) or =always.
  */
 export type DecodeTensorCores = "off" | "wide" | "always";
 
@@ -89,7 +89,8 @@ export class CudaBackend implements Backend<CudaTensor> {
   private readonly attentionArrivals: number;
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
-  decodeTensorCores: DecodeTensorCores = process.env.KILN_CUDA_DECODE_TC === "1" ? "wide" : "off";
+  decodeTensorCores: DecodeTensorCores =
+    process.env.KILN_CUDA_DECODE_TC === "1" ? "wide" : process.env.KILN_CUDA_DECODE_TC === "always" ? "always" : "off";
   private readonly argmaxPartial: number;
   private readonly fused: FusedDecode;
   /** Where a quantized weight is dequantized for steps too wide for the GEMV (ptr 0: none yet). */

@@ -1556,6 +1556,21 @@ __device__ __forceinline__ void tile_softmax_pv(float (*s)[4], float* m, float* 
 // Rounded as transformers' eager attention rounds them: q · kᵀ to T, then its product with the scale.
 __device__ __forceinline__ float eager_score(float qk, float scale) { return rnd(rnd(qk) * scale); }
 
+// A tile's scores of keys k0 .. for this lane's two rows, scaled, those past a row's last key (last_a, last_b;
+// −1 for a row that is not there) masked out.
+template <int NS>
+__device__ __forceinline__ void mask_scores(float (*s)[4], int k0, int last_a, int last_b, float scale) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int n = 0; n < NS; n++) {
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int key = k0 + n * 8 + 2 * t + (e & 1);
+      s[n][e] = key <= (e < 2 ? last_a : last_b) ? eager_score(s[n][e], scale) : NEG_INF;
+    }
+  }
+}
+
 // tile = {sequence, first row, rows, position of the first row}: the rows see keys 0 .. their position.
 template <int HD>
 __device__ void fmha_tile(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* tile,
@@ -1593,16 +1608,7 @@ __device__ void fmha_tile(T* out, const T* qkv, const KV* kcache, const KV* vcac
     if (!warp_rows || k0 > warp_last) continue;  // every key of this tile lies past the warp's rows
     float s[FMHA_KEYS / 8][4];
     tile_scores<FMHA_KEYS / 8, KSTEPS, KWORDS>(s, qf, ks, head);
-#pragma unroll
-    for (int n = 0; n < FMHA_KEYS / 8; n++) {
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int key = k0 + n * 8 + 2 * t + (e & 1);
-        const bool row_ok = e < 2 ? has_a : has_b;
-        const int pos = pos0 + (e < 2 ? ra : rb);
-        s[n][e] = row_ok && key <= pos ? eager_score(s[n][e], scale) : NEG_INF;  // the causal mask
-      }
-    }
+    mask_scores<FMHA_KEYS / 8>(s, k0, has_a ? pos0 + ra : -1, has_b ? pos0 + rb : -1, scale);  // causal
     tile_softmax_pv<FMHA_KEYS / 8, NTILES, VWORDS>(s, m, l, o, vt, head);
   }
   if (!warp_rows) return;
@@ -1677,15 +1683,7 @@ __device__ void decode_tc(T* out, const T* qkv, const KV* kcache, const KV* vcac
     __syncwarp();
     float s[DEC_KEYS / 8][4];
     tile_scores<DEC_KEYS / 8, KSTEPS, KWORDS>(s, qf, ks, head);
-#pragma unroll
-    for (int n = 0; n < DEC_KEYS / 8; n++) {
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int key = k0 + n * 8 + 2 * t + (e & 1);
-        const bool head_ok = e < 2 ? has_a : has_b;
-        s[n][e] = head_ok && key < visible ? eager_score(s[n][e], scale) : NEG_INF;
-      }
-    }
+    mask_scores<DEC_KEYS / 8>(s, k0, has_a ? visible - 1 : -1, has_b ? visible - 1 : -1, scale);
     tile_softmax_pv<DEC_KEYS / 8, NTILES, VWORDS>(s, m, l, o, vt, head);
   }
 #pragma unroll
