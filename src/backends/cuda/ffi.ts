@@ -33,7 +33,7 @@ function open(candidates: readonly string[], what: string): LibraryHandle {
   );
 }
 
-const CUDA_LIB = process.env.KILN_CUDA_LIB_DIR ?? "/usr/local/cuda/lib64";
+export const CUDA_LIB = process.env.KILN_CUDA_LIB_DIR ?? "/usr/local/cuda/lib64";
 
 function driverApi(lib: LibraryHandle) {
   const f = (sig: string) => lib.func(sig);

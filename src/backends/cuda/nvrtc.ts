@@ -3,7 +3,8 @@
 
 import fs from "node:fs";
 import { KilnError } from "../../errors.js";
-import { loadNvrtc } from "./ffi.js";
+import { CUDA_LIB, loadNvrtc } from "./ffi.js";
+import { cachedCompile } from "./kernel-cache.js";
 
 export class KernelCompileError extends KilnError {
   override name = "KernelCompileError";
@@ -46,7 +47,14 @@ function compileOnce(
   }
 }
 
-/** Compiles `source` for `target` (e.g. "sm_90"), with `defines` as -D options. */
+/** NVRTC's version and where it was loaded from: part of a cached kernel's key (the CUDA emulator is one too). */
+function compilerIdentity(): string {
+  const [major, minor] = [[0], [0]];
+  loadNvrtc().nvrtcVersion(major, minor);
+  return `nvrtc ${major[0]}.${minor[0]} ${CUDA_LIB}`;
+}
+
+/** Compiles `source` for `target` (e.g. "sm_90"), with `defines` as -D options; from the kernel cache when it has them. */
 export function compileKernels(
   source: string,
   name: string,
@@ -58,7 +66,12 @@ export function compileKernels(
   for (const [k, v] of Object.entries(defines)) common.push(`-D${k}=${v}`);
   if (!fs.existsSync(INCLUDE))
     throw new KernelCompileError(`${INCLUDE}: CUDA headers not found; set KILN_CUDA_INCLUDE_DIR`);
-  const cubin = compileOnce(source, name, [...common, `--gpu-architecture=sm_${arch}`]);
-  const ptx = compileOnce(source, name, [...common, `--gpu-architecture=compute_${arch}`]);
-  return { cubin: cubin.image, ptx: ptx.image, log: cubin.log };
+  let log = "";
+  const images = cachedCompile([source, name, target, compilerIdentity(), ...common], () => {
+    const cubin = compileOnce(source, name, [...common, `--gpu-architecture=sm_${arch}`]);
+    const ptx = compileOnce(source, name, [...common, `--gpu-architecture=compute_${arch}`]);
+    log = cubin.log;
+    return { cubin: cubin.image, ptx: ptx.image };
+  });
+  return { ...images, log };
 }
