@@ -90,7 +90,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
   decodeTensorCores: DecodeTensorCores =
-    process.env.KILN_CUDA_DECODE_TC === "1" ? "wide" : process.env.KILN_CUDA_DECODE_TC === "always" ? "always" : "off";
+    ({ "1": "wide", always: "always" } as const)[process.env.KILN_CUDA_DECODE_TC ?? ""] ?? "off";
   private readonly argmaxPartial: number;
   private readonly fused: FusedDecode;
   /** Where a quantized weight is dequantized for steps too wide for the GEMV (ptr 0: none yet). */
@@ -236,18 +236,14 @@ export class CudaBackend implements Backend<CudaTensor> {
     return t;
   }
 
-  /** Whether attention_fmha takes this head size: half and bfloat16 engines, heads a multiple of 16 up to 128. */
-  private fmhaHeads(headSize: number): boolean {
-    return FMHA && this.dtype !== "F32" && headSize % 16 === 0 && headSize <= FMHA_HEAD_MAX;
+  /** Whether the tensor-core attention kernels take this head size: half and bfloat16 engines, heads a multiple of 16 up to `most`. */
+  private tensorCoreHead(headSize: number, most: number): boolean {
+    return this.dtype !== "F32" && headSize % 16 === 0 && headSize <= most;
   }
 
   /** Whether a decode step of `rows` rows takes attention_decode_tc (see DecodeTensorCores). */
   private decodeTensorCoresFor(rows: number, shape: AttentionShape): boolean {
-    const fits =
-      this.dtype !== "F32" &&
-      shape.headSize % 16 === 0 &&
-      shape.headSize <= DECODE_TC_HEAD_MAX &&
-      shape.numHeads / shape.numKvHeads <= 16;
+    const fits = this.tensorCoreHead(shape.headSize, DECODE_TC_HEAD_MAX) && shape.numHeads / shape.numKvHeads <= 16;
     if (!fits || this.decodeTensorCores === "off") return false;
     return this.decodeTensorCores === "always" || rows * shape.numKvHeads >= 2 * this.device.multiprocessors;
   }
@@ -448,7 +444,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       i32(kv.spec.tokensPerBlock),
       f32(1 / Math.sqrt(shape.headSize)),
     ];
-    if (s.hasContext && this.fmhaHeads(shape.headSize) && !this.graphMode) {
+    if (s.hasContext && FMHA && this.tensorCoreHead(shape.headSize, FMHA_HEAD_MAX) && !this.graphMode) {
       // Prompt chunks: tiles of a sequence's rows on tensor cores, each key and value staged once for the tile.
       const args = [ptr(out.ptr), ptr(qkv.ptr), ...cache, ptr(this.stepPtr(s.fmhaTiles)), ...tables];
       this.device.launch(this.fn("attention_fmha"), [s.numFmhaTiles, shape.numHeads], [32 * FMHA_WARPS], args);

@@ -4,25 +4,16 @@
 import fs from "node:fs";
 import { KilnError } from "../../errors.js";
 import { CUDA_LIB, loadNvrtc } from "./ffi.js";
-import { cachedCompile } from "./kernel-cache.js";
+import { cachedCompile, type KernelImages } from "./kernel-cache.js";
 
 export class KernelCompileError extends KilnError {
   override name = "KernelCompileError";
 }
 
-export interface CompiledKernels {
-  cubin: Uint8Array;
-  ptx: Uint8Array;
-  log: string;
-}
-
 const INCLUDE = process.env.KILN_CUDA_INCLUDE_DIR ?? "/usr/local/cuda/include";
 
-function compileOnce(
-  source: string,
-  name: string,
-  options: string[],
-): { image: Uint8Array; log: string; kind: "cubin" | "ptx" } {
+/** The cubin (for an sm_ architecture) or the PTX (for compute_) of `source`. */
+function compileOnce(source: string, name: string, options: string[]): Uint8Array {
   const api = loadNvrtc();
   const prog = [null];
   let code = api.nvrtcCreateProgram(prog, source, name, 0, null, null);
@@ -41,7 +32,7 @@ function compileOnce(
     (cubin ? api.nvrtcGetCUBINSize : api.nvrtcGetPTXSize)(prog[0], size);
     const image = new Uint8Array(size[0]);
     (cubin ? api.nvrtcGetCUBIN : api.nvrtcGetPTX)(prog[0], image);
-    return { image, log, kind: cubin ? "cubin" : "ptx" };
+    return image;
   } finally {
     api.nvrtcDestroyProgram(prog);
   }
@@ -60,18 +51,14 @@ export function compileKernels(
   name: string,
   target: string,
   defines: Record<string, string | number>,
-): CompiledKernels {
+): KernelImages {
   const arch = target.replace(/^sm_/, "");
   const common = [`-I${INCLUDE}`, "--std=c++17", "-default-device", "-lineinfo"];
   for (const [k, v] of Object.entries(defines)) common.push(`-D${k}=${v}`);
   if (!fs.existsSync(INCLUDE))
     throw new KernelCompileError(`${INCLUDE}: CUDA headers not found; set KILN_CUDA_INCLUDE_DIR`);
-  let log = "";
-  const images = cachedCompile([source, name, target, compilerIdentity(), ...common], () => {
-    const cubin = compileOnce(source, name, [...common, `--gpu-architecture=sm_${arch}`]);
-    const ptx = compileOnce(source, name, [...common, `--gpu-architecture=compute_${arch}`]);
-    log = cubin.log;
-    return { cubin: cubin.image, ptx: ptx.image };
-  });
-  return { ...images, log };
+  return cachedCompile([source, name, target, compilerIdentity(), ...common], () => ({
+    cubin: compileOnce(source, name, [...common, `--gpu-architecture=sm_${arch}`]),
+    ptx: compileOnce(source, name, [...common, `--gpu-architecture=compute_${arch}`]),
+  }));
 }

@@ -81,12 +81,16 @@ export class StepBuffer {
     const ints = this.host.ints;
     const n = step.logitRows.length;
     const fmhaTiles = 4 * rows + n + step.seqs.length * L.maxBlocksPerSeq;
-    const tiles = step.seqs.flatMap((s, i) =>
-      Array.from({ length: Math.ceil(s.numNew / FMHA_ROWS) }, (_, k) => {
-        const first = k * FMHA_ROWS;
-        return [i, s.rowStart + first, Math.min(FMHA_ROWS, s.numNew - first), step.positions[s.rowStart + first]];
-      }),
-    );
+    const hasContext = step.seqs.some((s) => s.numNew > 1) && step.seqs.reduce((k, s) => k + s.numNew, 0) === rows;
+    // Only context attention reads the tiles: decode steps (the graphed hot path) skip building them.
+    const tiles = hasContext
+      ? step.seqs.flatMap((s, i) =>
+          Array.from({ length: Math.ceil(s.numNew / FMHA_ROWS) }, (_, k) => {
+            const first = k * FMHA_ROWS;
+            return [i, s.rowStart + first, Math.min(FMHA_ROWS, s.numNew - first), step.positions[s.rowStart + first]];
+          }),
+        )
+      : [];
     const layout: StepLayout = {
       tokenIds: 0,
       positions: rows,
@@ -96,7 +100,7 @@ export class StepBuffer {
       blockTables: 4 * rows + n,
       fmhaTiles,
       numFmhaTiles: tiles.length,
-      hasContext: step.seqs.some((s) => s.numNew > 1) && step.seqs.reduce((k, s) => k + s.numNew, 0) === rows,
+      hasContext,
       sampling: fmhaTiles + 4 * tiles.length,
       rows,
       numLogitRows: n,
@@ -112,7 +116,7 @@ export class StepBuffer {
       ints.set(s.blockTable, layout.blockTables + i * L.maxBlocksPerSeq);
     });
     ints.set(step.logitRows, layout.logitRows);
-    ints.set(tiles.flat(), fmhaTiles);
+    if (hasContext) ints.set(tiles.flat(), fmhaTiles);
     this.used = layout.sampling;
     const rs = step.rowSampling;
     if (rs) {
