@@ -13,7 +13,7 @@ import { parseArgs } from "node:util";
 import type { AttentionShape, StepInput } from "../src/backends/backend.js";
 import { CudaBackend, type CudaTensor } from "../src/backends/cuda/cuda-backend.js";
 import { CudaDevice } from "../src/backends/cuda/driver.js";
-import { headLanes, kernelSource } from "../src/backends/cuda/engine-kernels.js";
+import { engineDefines, kernelSource } from "../src/backends/cuda/engine-kernels.js";
 import { compileKernels } from "../src/backends/cuda/nvrtc.js";
 import { QWEN25_05B } from "./random-model.js";
 
@@ -43,9 +43,7 @@ const extra = Object.fromEntries(
   }),
 );
 const { cubin } = compileKernels(kernelSource(), "decoder.cu", device.target, {
-  KILN_DTYPE: 2,
-  KILN_HEAD_LANES: headLanes(D),
-  KILN_HEAD_SIZE: D,
+  ...engineDefines("bfloat16", null, D),
   ...extra,
 });
 const module = device.loadModule(cubin);

@@ -30,6 +30,20 @@ export function headLanes(headSize: number): number {
   return headSize <= 32 ? 1 : headSize <= 64 ? 2 : headSize <= 128 ? 4 : 8;
 }
 
+/** The macros decoder.cu is compiled with for an engine of this dtype, KV cache element and head size. */
+export function engineDefines(
+  dtype: ModelDtype,
+  kv: KvCacheQuantAlgo | null,
+  headSize: number,
+): Record<string, number> {
+  return {
+    KILN_DTYPE: KILN_DTYPE[dtype],
+    KILN_KV: KILN_KV[kv ?? "none"],
+    KILN_HEAD_LANES: headLanes(headSize),
+    KILN_HEAD_SIZE: headSize,
+  };
+}
+
 /** What this process compiled, by target, dtype, KV element and head lanes: a build of several engines compiles once. */
 const compiled = new Map<string, { target: string; cubin: Uint8Array; ptx: Uint8Array }>();
 
@@ -39,12 +53,7 @@ export function compileEngineKernels(
   headSize: number,
 ): { target: string; cubin: Uint8Array; ptx: Uint8Array } {
   const target = CudaDevice.open().target;
-  const defines = {
-    KILN_DTYPE: KILN_DTYPE[dtype],
-    KILN_KV: KILN_KV[kv ?? "none"],
-    KILN_HEAD_LANES: headLanes(headSize),
-    KILN_HEAD_SIZE: headSize,
-  };
+  const defines = engineDefines(dtype, kv, headSize);
   const key = `${target}:${Object.values(defines).join(":")}`;
   let k = compiled.get(key);
   if (!k) {
