@@ -169,7 +169,11 @@ const ops: [string, number, (l: number) => void][] =
         ["qkv gemv (plain)", QKV * H * 2, (l) => be.linear(x, w("qkv", l), null)],
         [`attention (context ${context})`, kvBytes, (l) => be.attention(l, qkvOut, step, shape)],
         ["dense gemv", H * H * 2, (l) => be.linear(x, w("dense", l), null)],
-        ["norm_gated_mlp (fused)", 2 * I * H * 2, (l) => be.normGatedMlp(x, delta, norm(l), w("fc_gate", l), null)],
+        [
+          "norm_gated_mlp (fused)",
+          2 * I * H * 2,
+          (l) => be.normGatedMlp(x, delta, norm(l), { fc: w("fc_gate", l), fcBias: null, gate: null, gateBias: null }),
+        ],
         ["fc|gate gemv (plain)", 2 * I * H * 2, (l) => be.linear(x, w("fc_gate", l), null)],
         ["proj gemv", H * I * 2, (l) => be.linear(act, w("proj", l), null)],
         ["lm_head gemv (float32 logits)", V * H * 2, () => be.linear(x, weights.get("lm_head")!, null, true)],

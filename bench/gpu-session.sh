@@ -4,12 +4,12 @@
 #   bash bench/gpu-session.sh refs        transformers' bf16 outputs of every fixture (scripts/record_bf16.py) → $OUT/reference_bf16.tgz
 #   bash bench/gpu-session.sh tests       the GPU suite (npm run test:gpu's files)        → $OUT/test-gpu.txt
 #   bash bench/gpu-session.sh ops         each batch-1 decode op timed alone (bench/decode-ops.ts) → $OUT/decode-ops.json
-#   bash bench/gpu-session.sh ops-wide    the same for a 256-row step at contexts of 1000 (the nano-vllm workload's), and with decode attention on tensor cores → $OUT/decode-ops-wide{,-tc}.json
+#   bash bench/gpu-session.sh ops-wide    the same for a 256-row step at contexts of 1000 (the nano-vllm workload's), and with decode attention on CUDA cores → $OUT/decode-ops-wide{,-cuda-cores}.json
 #   bash bench/gpu-session.sh ab          decode-ops A/B: as built, no PDL, GEMVs unsplit, GEMV loads after the wait → $OUT/ops-*.json
 #   bash bench/gpu-session.sh ncu         Nsight Compute's kernel times of a short batch-1 decode, graphs off → $OUT/ncu.csv
 #   bash bench/gpu-session.sh full        transformers' baseline, then the full kiln bench beside it → $OUT/cuda-bf16.json, hf.json
 #   bash bench/gpu-session.sh ncu-wide    the same for a 256-row decode step at contexts of 1000 (the nano-vllm workload's) → $OUT/ncu-wide.csv
-#   bash bench/gpu-session.sh decode      bf16 as built, without the fused decode ops, with decode attention on tensor cores → $OUT/bf16{,-unfused,-decode-tc}.json
+#   bash bench/gpu-session.sh decode      bf16 as built, without the fused decode ops, with decode attention on CUDA cores, on tensor cores at every width → $OUT/bf16{,-unfused,-decode-cuda-cores,-decode-tc-always}.json
 #   bash bench/gpu-session.sh formats     kiln bench --quick for each qformat and KV cache → $OUT/<format>.json
 #   bash bench/gpu-session.sh perplexity  the demo model's quantization table on cuda     → $OUT/quantization-demo-cuda.*
 #   bash bench/gpu-session.sh perplexity-fast  the same, every case at once, perplexity only (no decode timing)
@@ -43,7 +43,7 @@ case "$stage" in
     ;;
   ops-wide)
     node dist/bench/decode-ops.js --rows 256 --context 1000 --replays 10 --out "$OUT/decode-ops-wide.json"
-    KILN_CUDA_DECODE_TC=1 node dist/bench/decode-ops.js --rows 256 --context 1000 --replays 10 --out "$OUT/decode-ops-wide-tc.json" | grep attention
+    KILN_CUDA_DECODE_TC=0 node dist/bench/decode-ops.js --rows 256 --context 1000 --replays 10 --out "$OUT/decode-ops-wide-cuda-cores.json" | grep attention
     ;;
   ab)
     node dist/bench/decode-ops.js --out "$OUT/ops-built.json" | tail -9
@@ -73,7 +73,8 @@ case "$stage" in
   decode)
     node dist/bench/bench.js --work "$work" --quick --out "$OUT/bf16.json" > /dev/null
     KILN_CUDA_FUSED=0 node dist/bench/bench.js --work "$work" --quick --out "$OUT/bf16-unfused.json" > /dev/null
-    KILN_CUDA_DECODE_TC=1 node dist/bench/bench.js --work "$work" --quick --out "$OUT/bf16-decode-tc.json" > /dev/null
+    KILN_CUDA_DECODE_TC=0 node dist/bench/bench.js --work "$work" --quick --out "$OUT/bf16-decode-cuda-cores.json" > /dev/null
+    KILN_CUDA_DECODE_TC=always node dist/bench/bench.js --work "$work" --quick --out "$OUT/bf16-decode-tc-always.json" > /dev/null
     grep -h '"batch1\|"nanovllm_output' "$OUT"/bf16*.json
     ;;
   formats)

@@ -472,7 +472,12 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           );
           if (!withDelta) continue;
           const [d2c, d2cpu] = upload(rand(rows * H), rows, H);
-          const mlp = cuda.normGatedMlp(fused.residual, d2c, nspec(norm[0]), fg[0], fgb[0]);
+          const mlp = cuda.normGatedMlp(fused.residual, d2c, nspec(norm[0]), {
+            fc: fg[0],
+            fcBias: fgb[0],
+            gate: null,
+            gateBias: null,
+          });
           assert.ok(mlp, `${rows} rows fuse the MLP`);
           assert.notEqual(mlp.residual.ptr, fused.residual.ptr, "the updated residual goes to the other buffer");
           const act = cpu.siluMulHalves(cpu.linear(cpu.addRmsNorm(rcpu, d2cpu, norm[1], 1e-6), fg[1], fgb[1]));
@@ -483,7 +488,15 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       // Steps wider than the GEMV's rows take the plain ops.
       const [w9] = upload(rand(9 * H), 9, H);
       cuda.beginStep(prefill);
-      assert.equal(cuda.normGatedMlp(w9, w9, { weight: norm[0], eps: 1e-6 }, fg[0], null), null);
+      assert.equal(
+        cuda.normGatedMlp(
+          w9,
+          w9,
+          { weight: norm[0], eps: 1e-6 },
+          { fc: fg[0], fcBias: null, gate: null, gateBias: null },
+        ),
+        null,
+      );
     });
 
     test("mixture of experts (router top-k, renormalized or not, shared expert behind its gate) equals the cpu at 1–45 rows", () => {

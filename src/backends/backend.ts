@@ -55,6 +55,14 @@ export interface RopeSpec {
 }
 
 /** An RMSNorm's weight and epsilon. */
+/** A gated MLP's first linear layers: one fused [fc | gate] weight (gate null), or the two apart. */
+export interface GatedMlp<T> {
+  fc: T;
+  fcBias: T | null;
+  gate: T | null;
+  gateBias: T | null;
+}
+
 export interface NormSpec<T> {
   weight: T;
   eps: number;
@@ -146,8 +154,8 @@ export interface Backend<T> {
     rope: RopeSpec,
     shape: AttentionShape,
   ): { residual: T; qkv: T } | null;
-  /** Opens a gated MLP: …then applies the fused [fc | gate] linear and returns silu(first half) · second half. */
-  normGatedMlp?(residual: T, delta: T, norm: NormSpec<T>, fcGate: T, bias: T | null): { residual: T; act: T } | null;
+  /** Opens a gated MLP: …then applies fc and gate and returns silu(fc) · gate. */
+  normGatedMlp?(residual: T, delta: T, norm: NormSpec<T>, mlp: GatedMlp<T>): { residual: T; act: T } | null;
   /** The rows of x whose logits the step wants (step.logitRows). */
   gatherRows(x: T, step: StepInput): T;
   toHost(x: T): Float32Array;

@@ -1,7 +1,7 @@
 // The llama/qwen2 decoder as backend ops: embedding → N × (attention + gated MLP, pre-norm, residual) →
 // final norm → lm_head. Written once; every backend runs it.
 
-import type { AttentionShape, Backend, MoeSpec, RopeSpec, StepInput } from "../backends/backend.js";
+import type { AttentionShape, Backend, GatedMlp, MoeSpec, RopeSpec, StepInput } from "../backends/backend.js";
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { type Communicator, SOLO } from "../comm/communicator.js";
 import { EngineError } from "../errors.js";
@@ -243,11 +243,9 @@ export class DecoderModel<T> {
   private mlpBlock(t: string, residual: T, dense: T): { residual: T; pending: T } {
     const be = this.be;
     const norm = { weight: this.w(`${t}.post_layernorm.weight`), eps: this.cfg.norm_epsilon };
-    const fcGate = `${t}.mlp.fc_gate`;
-    const fused = be.hasWeight(`${fcGate}.weight`)
-      ? be.normGatedMlp?.(residual, dense, norm, this.w(`${fcGate}.weight`), this.bias(`${fcGate}.bias`))
-      : null;
-    const act = fused ? fused.act : this.gatedMlp(t, be.addRmsNorm(residual, dense, norm.weight, norm.eps));
+    const mlp = this.gatedMlpWeights(t);
+    const fused = be.normGatedMlp?.(residual, dense, norm, mlp);
+    const act = fused ? fused.act : this.gatedMlp(mlp, be.addRmsNorm(residual, dense, norm.weight, norm.eps));
     return { residual: fused ? fused.residual : residual, pending: this.rowParallel(act, `${t}.mlp.proj`) };
   }
 
@@ -340,14 +338,28 @@ export class DecoderModel<T> {
   }
 
   /** silu(fc(x)) · gate(x); one GEMM when the engine holds fc and gate fused (`mlp.fc_gate`). */
-  private gatedMlp(t: string, x: T): T {
-    const be = this.be;
-    if (be.hasWeight(`${t}.mlp.fc_gate.weight`)) {
-      return be.siluMulHalves(be.linear(x, this.w(`${t}.mlp.fc_gate.weight`), this.bias(`${t}.mlp.fc_gate.bias`)));
+  /** A layer's fc and gate: the fused [fc | gate] weight where the engine holds one. */
+  private gatedMlpWeights(t: string): GatedMlp<T> {
+    if (this.be.hasWeight(`${t}.mlp.fc_gate.weight`)) {
+      return {
+        fc: this.w(`${t}.mlp.fc_gate.weight`),
+        fcBias: this.bias(`${t}.mlp.fc_gate.bias`),
+        gate: null,
+        gateBias: null,
+      };
     }
-    const fc = be.linear(x, this.w(`${t}.mlp.fc.weight`), this.bias(`${t}.mlp.fc.bias`));
-    const gate = be.linear(x, this.w(`${t}.mlp.gate.weight`), this.bias(`${t}.mlp.gate.bias`));
-    return be.siluMul(fc, gate);
+    return {
+      fc: this.w(`${t}.mlp.fc.weight`),
+      fcBias: this.bias(`${t}.mlp.fc.bias`),
+      gate: this.w(`${t}.mlp.gate.weight`),
+      gateBias: this.bias(`${t}.mlp.gate.bias`),
+    };
+  }
+
+  private gatedMlp(mlp: GatedMlp<T>, x: T): T {
+    const be = this.be;
+    if (!mlp.gate) return be.siluMulHalves(be.linear(x, mlp.fc, mlp.fcBias));
+    return be.siluMul(be.linear(x, mlp.fc, mlp.fcBias), be.linear(x, mlp.gate, mlp.gateBias));
   }
 }
 

@@ -8,6 +8,7 @@ import type { BackendName } from "../../builder/build-config.js";
 import type {
   AttentionShape,
   Backend,
+  GatedMlp,
   KvCacheSpec,
   MoeSpec,
   MoeWeights,
@@ -26,13 +27,14 @@ import {
   KERNELS,
   type KernelName,
   kernelForRows,
+  MAX_DYNAMIC_SHARED,
   type QuantizedLaunch,
   TENSOR_CORE_KERNELS,
 } from "./cuda-tensor.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
-import { FUSED_KERNELS, FusedDecode, MAX_DYNAMIC_SHARED } from "./fused-decode.js";
+import { FUSED_KERNELS, FusedDecode, fusedSharedBytes } from "./fused-decode.js";
 import { moeLayer } from "./moe-layer.js";
-import { addBias, quantizedLinear } from "./quantized-linear.js";
+import { addBias, encodeQLinear, quantizedLinear } from "./quantized-linear.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
 
 /** ARGMAX_SPLIT in decoder.cu: blocks that share one logits row in the greedy choice. */
@@ -51,8 +53,8 @@ const DECODE_TC_HEAD_MAX = 64;
 
 /**
  * Decode attention on tensor cores (attention_decode_tc): "wide" for steps whose (row, KV head) blocks fill the
- * GPU, "always" for every decode step (op tests, and batch-1 A/B runs), "off". An A/B path not yet measured on
- * a GPU, so off unless KILN_CUDA_DECODE_TC=1 (wide) or =always.
+ * GPU (the default: a 256-row step at context 1000 took 87 µs a layer on an H200 against 422 µs on CUDA
+ * cores), "always" for every decode step (op tests, and batch-1 A/B runs), "off" (KILN_CUDA_DECODE_TC=0).
  */
 export type DecodeTensorCores = "off" | "wide" | "always";
 
@@ -90,13 +92,15 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
   decodeTensorCores: DecodeTensorCores =
-    ({ "1": "wide", always: "always" } as const)[process.env.KILN_CUDA_DECODE_TC ?? ""] ?? "off";
+    ({ "0": "off", always: "always" } as const)[process.env.KILN_CUDA_DECODE_TC ?? ""] ?? "wide";
   private readonly argmaxPartial: number;
   private readonly fused: FusedDecode;
   /** Where a quantized weight is dequantized for steps too wide for the GEMV (ptr 0: none yet). */
   private woScratch = { ptr: 0, elements: 0 };
   /** What the op modules (quantized-linear.ts) launch through. */
   private readonly launcher: QuantizedLaunch;
+  /** Each quantized layer's QLinear in device memory, by its codes' pointer. */
+  private readonly qlinears = new Map<number, number>();
 
   constructor(
     readonly device: CudaDevice,
@@ -108,11 +112,17 @@ export class CudaBackend implements Backend<CudaTensor> {
     /** An INT8 or FP8 KV cache (one byte a value) and its scale per layer; null: the model dtype. */
     private readonly kvQuant: { kind: "int8" | "fp8"; scales: Float32Array } | null = null,
   ) {
-    const fusedShared = Math.min(MAX_DYNAMIC_SHARED, GEMV_MAX_ROWS * limits.hidden * BYTES[dtype]);
+    // Dynamic shared memory: the fused kernels' normalized rows; the quantized GEMVs' rounded input rows.
+    const fusedShared = Math.min(MAX_DYNAMIC_SHARED, fusedSharedBytes(GEMV_MAX_ROWS, limits.hidden, dtype));
+    const widestInput = Math.max(limits.hidden, limits.widestRow);
+    const roundedShared = Math.min(MAX_DYNAMIC_SHARED, GEMV_MAX_ROWS * widestInput * BYTES[dtype]);
     for (const k of KERNELS) {
       if (dtype === "F32" && TENSOR_CORE_KERNELS.includes(k)) continue;
-      this.fns.set(k, device.getFunction(module, k, FUSED_KERNELS.includes(k) ? fusedShared : 0));
+      const shared = FUSED_KERNELS.includes(k) ? fusedShared : k.startsWith("gemv_q_") ? roundedShared : 0;
+      this.fns.set(k, device.getFunction(module, k, shared));
     }
+    // Every QLinear made before any step, so that none is first made while a graph is recorded.
+    for (const w of weights.values()) if (w.quant) this.qlinear(w);
     // One dequantized weight-only weight at a time, sized at load for the engine's largest: graphs keep its address.
     this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => (w.quant ? w.rows * w.cols : 0))));
     this.cublas = new Cublas(device);
@@ -121,6 +131,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       dtype,
       cublas: this.cublas,
       fn: (name) => this.fn(name),
+      qlinear: (w) => this.qlinear(w),
       alloc: (rows, cols, d) => this.alloc(rows, cols, d),
       scratch: (elements) => this.ensureWoScratch(elements),
     };
@@ -168,6 +179,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       this.attentionPartial,
       this.attentionArrivals,
       ...(this.woScratch.ptr ? [this.woScratch.ptr] : []),
+      ...this.qlinears.values(),
     ]) {
       this.device.free(p);
     }
@@ -387,6 +399,19 @@ export class CudaBackend implements Backend<CudaTensor> {
     return out;
   }
 
+  /** A quantized layer's QLinear, uploaded at its first use (the engine's at load; never while a graph is recorded). */
+  private qlinear(w: CudaTensor): number {
+    let p = this.qlinears.get(w.ptr);
+    if (p === undefined) {
+      if (this.graphMode) throw new Error("a quantized layer first used inside a CUDA graph capture");
+      const bytes = encodeQLinear(w.ptr, w.quant!);
+      p = this.device.alloc(bytes.byteLength);
+      this.device.upload(p, bytes);
+      this.qlinears.set(w.ptr, p);
+    }
+    return p;
+  }
+
   /** The dequantization scratch, grown outside graph capture (a captured graph must keep its address). */
   private ensureWoScratch(elements: number): number {
     if (elements > this.woScratch.elements) {
@@ -523,10 +548,9 @@ export class CudaBackend implements Backend<CudaTensor> {
     residual: CudaTensor,
     delta: CudaTensor,
     norm: NormSpec<CudaTensor>,
-    fcGate: CudaTensor,
-    bias: CudaTensor | null,
+    mlp: GatedMlp<CudaTensor>,
   ): { residual: CudaTensor; act: CudaTensor } | null {
-    return this.fused.normGatedMlp(residual, delta, norm, fcGate, bias);
+    return this.fused.normGatedMlp(residual, delta, norm, mlp);
   }
 
   moe(x: CudaTensor, w: MoeWeights<CudaTensor>, spec: MoeSpec): CudaTensor {

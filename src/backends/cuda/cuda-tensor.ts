@@ -34,6 +34,8 @@ export interface CudaQuant {
 
 export const DTYPE_BYTES: Record<CudaDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 export const CUBLAS_TYPE: Record<CudaDtype, number> = { F32: CUDA_R_32F, F16: CUDA_R_16F, BF16: CUDA_R_16BF };
+/** The most dynamic shared memory a block may take (Hopper: 227 KiB). */
+export const MAX_DYNAMIC_SHARED = 227 * 1024;
 /** GEMV_MAX_ROWS in decoder.cu: steps of at most this many rows take the GEMV kernels instead of cuBLAS. */
 export const GEMV_MAX_ROWS = 8;
 /** KILN_GEMV_KSPLIT=1|2|4|8 sets every GEMV's split (an A/B switch for measuring it; unset: by row length). */
@@ -86,6 +88,14 @@ export const KERNELS = [
   "norm_qkv_rope_1",
   "norm_gated_mlp",
   "norm_gated_mlp_1",
+  "norm_qkv_rope_q_int8_1",
+  "norm_qkv_rope_q_int4_1",
+  "norm_qkv_rope_q_fp8_1",
+  "norm_qkv_rope_q_fp4_1",
+  "norm_gated_mlp_q_int8_1",
+  "norm_gated_mlp_q_int4_1",
+  "norm_gated_mlp_q_fp8_1",
+  "norm_gated_mlp_q_fp4_1",
   "moe_route",
   "moe_expert_act",
   "moe_expert_out",
@@ -110,6 +120,8 @@ export interface QuantizedLaunch {
   dtype: CudaDtype;
   cublas: Cublas;
   fn(name: KernelName): unknown;
+  /** The device copy of a quantized layer's QLinear (decoder.cu), made at its first use. */
+  qlinear(w: CudaTensor): number;
   /** Activation memory for this layer (reset by the backend as layers go). */
   alloc(rows: number, cols: number, dtype?: CudaDtype): CudaTensor;
   /** A scratch buffer of at least `elements` model-dtype values, at the same address for every step. */

@@ -1,17 +1,20 @@
 // The decode-step fusions (norm_qkv_rope, norm_gated_mlp in decoder.cu): each norm opens the GEMV after it,
-// for steps of at most GEMV_MAX_ROWS rows of float weights. The updated residual alternates between two
-// step-lived buffers: a fused op writes the one its previous call replaced.
+// for steps of at most GEMV_MAX_ROWS rows of float weights, and for one-row steps of quantized ones. The
+// updated residual alternates between two step-lived buffers: a fused op writes the one its previous call
+// replaced.
 
-import type { AttentionShape, NormSpec, RopeSpec } from "../backend.js";
+import type { AttentionShape, GatedMlp, NormSpec, RopeSpec } from "../backend.js";
 import {
   type CudaTensor,
   DTYPE_BYTES,
   GEMV_MAX_ROWS,
   type KernelName,
   kernelForRows,
+  MAX_DYNAMIC_SHARED,
   type QuantizedLaunch,
 } from "./cuda-tensor.js";
 import { f32, i32, type KernelArg, ptr } from "./driver.js";
+import { QUANT_KINDS } from "./weight-layout.js";
 
 /** The kernels that fuse a decode step's norms into its GEMVs, and take dynamic shared memory (the rows). */
 export const FUSED_KERNELS: readonly KernelName[] = [
@@ -19,11 +22,15 @@ export const FUSED_KERNELS: readonly KernelName[] = [
   "norm_qkv_rope_1",
   "norm_gated_mlp",
   "norm_gated_mlp_1",
+  ...QUANT_KINDS.flatMap((k) => [`norm_qkv_rope_q_${k}_1`, `norm_gated_mlp_q_${k}_1`] as KernelName[]),
 ];
-/** The most dynamic shared memory a block may take (Hopper: 227 KiB). */
-export const MAX_DYNAMIC_SHARED = 227 * 1024;
 /** KILN_CUDA_FUSED=0 runs decode steps with the plain ops (to measure what fusion gains). */
 const FUSED = process.env.KILN_CUDA_FUSED !== "0";
+
+/** Dynamic shared memory of a fused kernel: the normalized rows, and a second copy where two layers round them apart. */
+export function fusedSharedBytes(rows: number, cols: number, dtype: CudaTensor["dtype"]): number {
+  return 2 * rows * cols * DTYPE_BYTES[dtype];
+}
 
 export interface FusedContext extends QuantizedLaunch {
   /** Device pointers of the step's row positions and KV cache slots. */
@@ -56,26 +63,33 @@ export class FusedDecode {
     shape: AttentionShape,
   ): { residual: CudaTensor; qkv: CudaTensor } | null {
     const { numHeads, numKvHeads, headSize } = shape;
-    if (!this.fuses(residual, qkv) || headSize % 2 !== 0 || (headSize - rope.rotaryDim) % 2 !== 0) return null;
+    if (!this.fuses(residual, [qkv]) || headSize % 2 !== 0 || (headSize - rope.rotaryDim) % 2 !== 0) return null;
     const rows = this.ctx.stepRows();
     const kv = this.ctx.kvLayer(layer);
     const out = this.ctx.alloc(residual.rows, qkv.rows);
     const next = delta ? this.nextResidual(residual) : residual;
     const pairs = (numHeads + 2 * numKvHeads) * (headSize / 2);
-    this.launch("norm_qkv_rope", Math.ceil(pairs / 8), { out, next, residual, delta, norm, weight: qkv, bias }, [
-      ptr(rows.positions),
-      ptr(rows.slots),
-      ptr(kv.k),
-      ptr(kv.v),
-      f32(kv.scale),
-      ptr(this.ctx.invFreq()),
-      i32(residual.rows),
-      i32(residual.cols),
-      i32(numHeads),
-      i32(numKvHeads),
-      i32(headSize),
-      i32(rope.rotaryDim),
-    ]);
+    this.launch(
+      this.kernel("norm_qkv_rope", qkv, residual.rows),
+      Math.ceil(pairs / 8),
+      { out, next, residual, delta, norm },
+      [
+        ptr(this.weightArg(qkv)),
+        ptr(bias ? bias.ptr : 0),
+        ptr(rows.positions),
+        ptr(rows.slots),
+        ptr(kv.k),
+        ptr(kv.v),
+        f32(kv.scale),
+        ptr(this.ctx.invFreq()),
+        i32(residual.rows),
+        i32(residual.cols),
+        i32(numHeads),
+        i32(numKvHeads),
+        i32(headSize),
+        i32(rope.rotaryDim),
+      ],
+    );
     return { residual: next, qkv: out };
   }
 
@@ -83,28 +97,52 @@ export class FusedDecode {
     residual: CudaTensor,
     delta: CudaTensor,
     norm: NormSpec<CudaTensor>,
-    fcGate: CudaTensor,
-    bias: CudaTensor | null,
+    mlp: GatedMlp<CudaTensor>,
   ): { residual: CudaTensor; act: CudaTensor } | null {
-    if (!this.fuses(residual, fcGate)) return null;
-    const inter = fcGate.rows / 2;
+    const { fc, gate } = mlp;
+    // The two layers' rows i (and their biases): one fused [fc | gate] weight's rows i and inter + i, or
+    // row i of two quantized layers of one kind.
+    if (!this.fuses(residual, gate ? [fc, gate] : [fc])) return null;
+    if (gate && (!fc.quant || !gate.quant || fc.quant.kind !== gate.quant.kind || fc.rows !== gate.rows)) return null;
+    const inter = gate ? fc.rows : fc.rows / 2;
     const out = this.ctx.alloc(residual.rows, inter);
     const next = this.nextResidual(residual);
-    this.launch("norm_gated_mlp", Math.ceil(inter / 8), { out, next, residual, delta, norm, weight: fcGate, bias }, [
-      i32(residual.rows),
-      i32(residual.cols),
-      i32(inter),
-    ]);
+    const bias = (t: CudaTensor | null) => ptr(t ? t.ptr : 0);
+    this.launch(
+      this.kernel("norm_gated_mlp", fc, residual.rows),
+      Math.ceil(inter / 8),
+      { out, next, residual, delta, norm },
+      [
+        ptr(this.weightArg(fc)),
+        ptr(this.weightArg(gate ?? fc)),
+        i32(gate ? 0 : inter),
+        bias(mlp.fcBias),
+        bias(gate ? mlp.gateBias : mlp.fcBias),
+        i32(residual.rows),
+        i32(residual.cols),
+        i32(inter),
+      ],
+    );
     return { residual: next, act: out };
   }
 
+  /** The kernel for a weight: plain (its one-row build for one row), or the one-row build of its code kind. */
+  private kernel(name: "norm_qkv_rope" | "norm_gated_mlp", w: CudaTensor, rows: number): KernelName {
+    return w.quant ? (`${name}_q_${w.quant.kind}_1` as KernelName) : kernelForRows(name, rows);
+  }
+
+  /** A plain weight's pointer, or a quantized layer's QLinear. */
+  private weightArg(w: CudaTensor): number {
+    return w.quant ? this.ctx.qlinear(w) : w.ptr;
+  }
+
   /**
-   * Launches a fused kernel (its one-row build for one row), 256 threads a block and the rows in dynamic
-   * shared memory: the arguments both kernels open with (out, the updated residual, the residual, delta, the
-   * norm's weight and eps, the linear's weight and bias), then the kernel's own.
+   * Launches a fused kernel, 256 threads a block and the rows in dynamic shared memory: the arguments both
+   * kernels open with (out, the updated residual, the residual, delta, the norm's weight and eps), then the
+   * kernel's own.
    */
   private launch(
-    kernel: "norm_qkv_rope" | "norm_gated_mlp",
+    kernel: KernelName,
     blocks: number,
     a: {
       out: CudaTensor;
@@ -112,13 +150,11 @@ export class FusedDecode {
       residual: CudaTensor;
       delta: CudaTensor | null;
       norm: NormSpec<CudaTensor>;
-      weight: CudaTensor;
-      bias: CudaTensor | null;
     },
     rest: KernelArg[],
   ): void {
     this.ctx.device.launch(
-      this.ctx.fn(kernelForRows(kernel, a.residual.rows)),
+      this.ctx.fn(kernel),
       [blocks],
       [256],
       [
@@ -128,25 +164,27 @@ export class FusedDecode {
         ptr(a.delta ? a.delta.ptr : 0),
         ptr(a.norm.weight.ptr),
         f32(a.norm.eps),
-        ptr(a.weight.ptr),
-        ptr(a.bias ? a.bias.ptr : 0),
         ...rest,
       ],
-      a.residual.rows * a.residual.cols * DTYPE_BYTES[this.ctx.dtype],
+      fusedSharedBytes(a.residual.rows, a.residual.cols, this.ctx.dtype),
     );
   }
 
-  /** Whether a norm and the linear after it run as one fused GEMV: decode-sized steps, float weights, aligned. */
-  private fuses(x: CudaTensor, weight: CudaTensor): boolean {
+  /**
+   * Whether a norm and the linear layers after it run as one fused GEMV: decode-sized steps (one row for
+   * quantized layers, whose kernels come for one row), weights in the model dtype or quantized, aligned.
+   */
+  private fuses(x: CudaTensor, weights: CudaTensor[]): boolean {
+    const bytes = DTYPE_BYTES[this.ctx.dtype];
     return (
       FUSED &&
       x.rows > 0 &&
       x.rows <= GEMV_MAX_ROWS &&
-      !weight.quant &&
-      weight.dtype === this.ctx.dtype &&
-      (x.cols * DTYPE_BYTES[this.ctx.dtype]) % 16 === 0 &&
-      weight.ptr % 16 === 0 &&
-      x.rows * x.cols * DTYPE_BYTES[this.ctx.dtype] <= MAX_DYNAMIC_SHARED
+      (x.cols * bytes) % 16 === 0 &&
+      fusedSharedBytes(x.rows, x.cols, this.ctx.dtype) <= MAX_DYNAMIC_SHARED &&
+      weights.every((w) =>
+        w.quant ? x.rows === 1 && x.cols % 32 === 0 : w.dtype === this.ctx.dtype && w.ptr % 16 === 0,
+      )
     );
   }
 

@@ -1,22 +1,54 @@
-// A quantized linear layer on the GPU, every format through one path: the format's input rounding
-// (quantize_rows), then, for decode steps, the GEMV of the layer's code kind; wider steps dequantize the
-// weight into the scratch buffer and run cuBLAS.
+// A quantized linear layer on the GPU, every format through one path: for decode steps, the GEMV of the
+// layer's code kind, which rounds its input as the format says; wider steps round the input (quantize_rows),
+// dequantize the weight into the scratch buffer and run cuBLAS.
 
 import {
   CUBLAS_TYPE,
+  type CudaQuant,
   type CudaTensor,
+  DTYPE_BYTES,
   GEMV_MAX_ROWS,
   gemvLaunch,
   kernelForRows,
+  MAX_DYNAMIC_SHARED,
   type QuantizedLaunch,
 } from "./cuda-tensor.js";
 import { f32, i32, ptr } from "./driver.js";
 import { INPUT_ROUNDINGS, QUANT_KINDS } from "./weight-layout.js";
 
+/** sizeof(QLinear) in decoder.cu. */
+const QLINEAR_BYTES = 64;
+
 /**
- * A quantized layer: its format's input rounding first (when it has one), then, for decode steps, the GEMV
- * that decodes the weights as it reads them; wider steps dequantize the weight into a scratch buffer and
- * run cuBLAS on it, with the inputs rounded and dequantized again.
+ * decoder.cu's QLinear for a quantized layer: the device pointers of its codes and scales, its input
+ * rounding (-1: none) and the scale its GEMV's sums are multiplied by (the input's unit, the weight scale
+ * and alpha; int8_times' scale multiplies the input, so its unit is 1 / scale; per token, the row's own).
+ */
+export function encodeQLinear(weightPtr: number, q: CudaQuant): Uint8Array {
+  const bytes = new Uint8Array(QLINEAR_BYTES);
+  const v = new DataView(bytes.buffer);
+  const pointers = [weightPtr, q.scales, q.zeros, q.blocks, q.input?.prequant ?? 0, q.input?.smoother ?? 0];
+  pointers.forEach((p, i) => {
+    v.setBigUint64(8 * i, BigInt(p), true);
+  });
+  const r = q.input?.rounding;
+  const inputUnit = !q.input || r === "int8_token" ? 1 : r === "int8_times" ? 1 / q.input.scale : q.input.scale;
+  v.setInt32(48, q.groups, true);
+  v.setInt32(52, q.input ? INPUT_ROUNDINGS.indexOf(q.input.rounding) : -1, true);
+  v.setFloat32(56, q.input?.scale ?? 1, true);
+  v.setFloat32(60, inputUnit * q.weightScale * q.alpha, true);
+  return bytes;
+}
+
+/** Dynamic shared memory a quantized GEMV of `rows` × `inDim` inputs takes: its rounded input, where it rounds. */
+export function roundedInputBytes(ctx: QuantizedLaunch, q: CudaQuant, rows: number, inDim: number): number {
+  return q.input ? rows * inDim * DTYPE_BYTES[ctx.dtype] : 0;
+}
+
+/**
+ * A quantized layer: for decode steps, the GEMV that rounds the input as the format says and decodes the
+ * weights as it reads them; wider steps round and dequantize the input, dequantize the weight into a scratch
+ * buffer and run cuBLAS on it.
  */
 export function quantizedLinear(
   ctx: QuantizedLaunch,
@@ -28,36 +60,8 @@ export function quantizedLinear(
   const q = w.quant!;
   const out = ctx.alloc(x.rows, w.rows, float32Out ? "F32" : ctx.dtype);
   if (x.rows === 0) return out;
-  const narrow = x.rows <= GEMV_MAX_ROWS && x.cols % 32 === 0 && x.ptr % 16 === 0;
-  let input = x;
-  let rowScale = 0;
-  if (q.input) {
-    input = ctx.alloc(x.rows, x.cols);
-    // The GEMV takes rounded inputs in units of their scale (exact in T) and applies the scale to its sums;
-    // the GEMM path takes them dequantized.
-    if (narrow && q.input.rounding === "int8_token") rowScale = ctx.alloc(x.rows, 1, "F32").ptr;
-    ctx.device.launch(
-      ctx.fn("quantize_rows"),
-      [x.rows],
-      [256],
-      [
-        ptr(input.ptr),
-        ptr(rowScale),
-        ptr(x.ptr),
-        ptr(q.input.prequant),
-        ptr(q.input.smoother),
-        i32(INPUT_ROUNDINGS.indexOf(q.input.rounding)),
-        f32(q.input.scale),
-        i32(x.cols),
-        i32(narrow ? 0 : 1),
-      ],
-    );
-  }
-  // What one unit of the rounded input is worth (int8_times' scale multiplies the input; per token: the row's).
-  const r = q.input?.rounding;
-  const inputScale = !q.input || r === "int8_token" ? 1 : r === "int8_times" ? 1 / q.input.scale : q.input.scale;
-  const args = [ptr(w.ptr), ptr(q.scales), ptr(q.zeros), ptr(q.blocks), i32(q.groups)];
-  if (narrow) {
+  const shared = roundedInputBytes(ctx, q, x.rows, x.cols);
+  if (x.rows <= GEMV_MAX_ROWS && x.cols % 32 === 0 && x.ptr % 16 === 0 && shared <= MAX_DYNAMIC_SHARED) {
     const codeBytes = q.kind === "int8" || q.kind === "fp8" ? 1 : 0.5;
     const { ksplit, blocks } = gemvLaunch(w.rows, w.cols * codeBytes);
     ctx.device.launch(
@@ -67,19 +71,40 @@ export function quantizedLinear(
       [
         ptr(out.ptr),
         i32(float32Out ? 1 : 0),
-        ptr(input.ptr),
-        ...args,
+        ptr(x.ptr),
+        ptr(ctx.qlinear(w)),
         i32(x.rows),
         i32(x.cols),
         i32(w.rows),
-        f32(inputScale * q.weightScale * q.alpha),
-        ptr(rowScale),
         ptr(bias ? bias.ptr : 0),
         i32(ksplit),
       ],
+      shared,
     );
     return out;
   }
+  // The GEMM path takes the inputs rounded and dequantized.
+  let input = x;
+  if (q.input) {
+    input = ctx.alloc(x.rows, x.cols);
+    ctx.device.launch(
+      ctx.fn("quantize_rows"),
+      [x.rows],
+      [256],
+      [
+        ptr(input.ptr),
+        ptr(0),
+        ptr(x.ptr),
+        ptr(q.input.prequant),
+        ptr(q.input.smoother),
+        i32(INPUT_ROUNDINGS.indexOf(q.input.rounding)),
+        f32(q.input.scale),
+        i32(x.cols),
+        i32(1),
+      ],
+    );
+  }
+  const args = [ptr(w.ptr), ptr(q.scales), ptr(q.zeros), ptr(q.blocks), i32(q.groups)];
   const n = w.rows * w.cols;
   const scratch = ctx.scratch(n);
   ctx.device.launch(

@@ -183,10 +183,12 @@ __device__ __forceinline__ void gemv_load(uint4 (&wv)[GEMV_UNROLL], const uint4*
 
 // Streams a lane's share of a weight row from v_first (up to nvec) in passes of GEMV_UNROLL loads, the
 // first issued before pdl_enter, and hands each pass and its first index to `pass`.
-template <typename Pass>
-__device__ __forceinline__ void gemv_stream(const uint4* wrow, int v_first, int nvec, Pass& pass) {
+// `prologue` runs between pdl_enter and the first pass (the quantized GEMVs round their input there).
+template <typename Pass, typename Prologue>
+__device__ __forceinline__ void gemv_stream(const uint4* wrow, int v_first, int nvec, Pass& pass, Prologue& prologue) {
   uint4 first[GEMV_UNROLL];
   GEMV_FIRST_LOADS(first, wrow, v_first, nvec);
+  prologue();
   pass(first, v_first);
   for (int v0 = v_first + 32 * GEMV_UNROLL; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
     uint4 wv[GEMV_UNROLL];
@@ -265,7 +267,8 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
       }
     }
   };
-  gemv_stream(wrow, begin + lane, end, pass);
+  auto no_prologue = [] {};
+  gemv_stream(wrow, begin + lane, end, pass, no_prologue);
   if (!split_sum<R>(acc, ksplit) || !live) return;
 #pragma unroll
   for (int r = 0; r < R; r++) {
@@ -324,30 +327,166 @@ __device__ __forceinline__ float q_weight(const uint4& v, int k) {
   return (float)(nib >= 8 ? (int)nib - 16 : (int)nib);
 }
 
-// y[r, o] = out_scale · row_scale[r] · scales[o] · Σ_i x[r, i] · w[o, i] (+ bias[o]) for a decode step's rows,
-// w decoded from its codes as it streams (one warp an output row, GEMV_UNROLL 16-byte loads in flight per
-// lane; only registers: the loaded words are read by shifts, never through their address). Group-wise int4
-// (groups > 0): w = q · gs[o, g] (+ gz[o, g] where zeros are given) over groups of in / groups inputs, a
-// multiple of a load's 32; FP4: w = e2m1 · e4m3(block[o, i / 16]). scales, row_scale, zeros and bias may be
-// null. Needs in a multiple of 32 and 16-byte aligned x rows. grid = ceil(out · ksplit / 8), 256 threads. R and
-// rows as gemv_rows takes them.
+// Plain weights in the model dtype, as a code kind beside QK_*: the fused decode kernels take either.
+#define QK_T 4
+
+// Weights in one 16-byte load of kind K.
+template <int K>
+struct Codes {
+  static constexpr int PER = K == QK_T ? 16 / (int)sizeof(T) : (K == QK_INT8 || K == QK_FP8) ? 16 : 32;
+};
+
+// Weight k of a 16-byte load of kind K as a float (a code value for the quantized kinds).
+template <int K>
+__device__ __forceinline__ float code_at(const uint4& v, int k) {
+  if (K == QK_T) return t_of(v, k);
+  return q_weight<K>(v, k);
+}
+
+// A quantized linear layer as its kernels read it, one per layer in device memory (built at load by
+// backends/cuda/quantized-linear.ts, which writes this layout): the codes [out, ·], their scales, and what the
+// format does to the layer's input. y = out_scale · row_scale[r] · channel scale · Σ input'(x) · w', where
+// input' is x (times prequant, over smoother) rounded as `rounding` says (QIN_*, or -1: used as it is).
+struct QLinear {
+  const unsigned char* w;
+  const float* scales;  // per channel [out], or group-wise int4 (groups > 0) per group [out, groups]; or null
+  const float* zeros;   // GPTQ's group zeros [out, groups], or null
+  const unsigned char* blocks;  // NVFP4: the E4M3 scale code of every 16 weights [out, in/16]
+  const float* prequant;        // [in] or null
+  const float* smoother;        // [in] or null
+  int groups;
+  int rounding;
+  float in_scale;   // the rounding's static scale
+  float out_scale;  // the input's unit · weight scale · alpha
+};
+
+#ifndef KILN_EMULATED
+__device__ __forceinline__ unsigned char* dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char kiln_dynamic_shared[];
+  return kiln_dynamic_shared;
+}
+#endif
+
+// What a quantized layer's format does to its input first: x · prequant or x / smoother (when given), then
+// the rounding the format applies: none (AWQ), E4M3 or int8 divided by a static scale, int8 times a static
+// multiplier (SmoothQuant's scale_to_int), int8 with the row's own scale (amax / 127), or NVFP4 (E2M1 per 16
+// inputs under an E4M3 block scale relative to the global scale).
+#define QIN_NONE 0
+#define QIN_FP8 1
+#define QIN_INT8 2
+#define QIN_INT8_TOKEN 3
+#define QIN_FP4 4
+#define QIN_INT8_TIMES 5
+
+__device__ __forceinline__ float e4m3_round(float x) {
+  return e4m3_value(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
+}
+
+// Round to nearest, ties to even, saturating at ±6, on E2M1's grid.
+__device__ __forceinline__ float e2m1_round(float x) {
+  const float a = fabsf(x);
+  const float m = a <= 0.25f ? 0.f : a < 0.75f ? 0.5f : a <= 1.25f ? 1.f : a < 1.75f ? 1.5f : a <= 2.5f ? 2.f
+                  : a < 3.5f ? 3.f : a <= 5.f ? 4.f : 6.f;
+  return x < 0.f ? -m : m;
+}
+
+// One row of a layer's input rounded as its format says (mode: QIN_*), by the whole block (every thread must
+// call it). Writes the rounded values in units of the input's scale (so a GEMV's output carries it), or,
+// with `dequantize`, the values themselves (for a GEMM on dequantized weights); int8_token writes the row's
+// scale to *row_scale (when given). y may be x: each thread writes only what it read.
+__device__ void round_input_row(T* yr, float* row_scale, const T* xr, const float* prequant, const float* smoother,
+                                int mode, float scale, int cols, int dequantize) {
+  // SmoothQuant divides by its smoother where ModelOpt multiplies by a pre-quant scale: each as its reference.
+  auto in = [&](int i) {
+    const float v = prequant != nullptr ? tof(xr[i]) * prequant[i] : tof(xr[i]);
+    return smoother != nullptr ? v / smoother[i] : v;
+  };
+  if (mode == QIN_FP4) {
+    for (int b = threadIdx.x; b < cols / 16; b += blockDim.x) {
+      float v[16], amax = 0.f;
+#pragma unroll
+      for (int k = 0; k < 16; k++) {
+        v[k] = in(16 * b + k);
+        amax = fmaxf(amax, fabsf(v[k]));
+      }
+      const float d = e4m3_round(amax / 6.f / scale);
+      const float effective = d * scale;
+#pragma unroll
+      for (int k = 0; k < 16; k++) {
+        const float q = effective == 0.f ? 0.f : e2m1_round(v[k] / effective);
+        yr[16 * b + k] = fromf(dequantize ? q * effective : q * d);
+      }
+    }
+    return;
+  }
+  // The int8 roundings take the reference's float64 product or quotient, so a code never flips against it:
+  // int8 divides by the scale; int8_times multiplies by it (SmoothQuant's static scale_to_int); per token
+  // multiplies by 127 / amax (a row of zeros: by 1) and gives amax / 127 as the row's scale.
+  double mul = mode == QIN_INT8_TIMES ? (double)scale : 1.0 / (double)scale;
+  if (mode == QIN_INT8_TOKEN) {
+    float amax = 0.f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) amax = fmaxf(amax, fabsf(in(i)));
+    amax = block_max(amax);
+    mul = amax > 0.f ? 127.0 / (double)amax : 1.0;
+    if (threadIdx.x == 0 && row_scale != nullptr) *row_scale = (float)(1.0 / mul);
+  }
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float v = in(i);
+    float q;
+    if (mode == QIN_NONE) q = rnd(v);
+    else if (mode == QIN_FP8) q = e4m3_round(v / scale);
+    else if (mode == QIN_INT8) q = (float)fmin(127.0, fmax(-127.0, rint((double)v / (double)scale)));
+    else q = (float)fmin(127.0, fmax(-127.0, rint((double)v * mul)));
+    const float value = mode == QIN_FP8 ? q * scale : (float)(q / mul);  // what the code stands for
+    yr[i] = fromf(dequantize && mode != QIN_NONE ? value : q);
+  }
+}
+
+// The rows of a GEMV's input as the layer's format rounds them, into shared memory at xs (rows · in values),
+// and int8_token's row scales into row_scale; ends with a barrier. Every thread must call it.
+__device__ __forceinline__ void round_input_rows(T* xs, float* row_scale, const T* x, const QLinear& q, int rows,
+                                                 int in) {
+  for (int r = 0; r < rows; r++)
+    round_input_row(xs + (size_t)r * in, row_scale + r, x + (size_t)r * in, q.prequant, q.smoother, q.rounding,
+                    q.in_scale, in, 0);
+  __syncthreads();
+}
+
+// The format's input rounding alone, one block a row (for steps too wide for the GEMV: their GEMM takes the
+// values dequantized), written to out; int8_token's row scales to row_scale (when not dequantizing).
+extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, const float* prequant,
+                                         const float* smoother, int mode, float scale, int cols, int dequantize) {
+  pdl_enter();
+  const size_t o = (size_t)blockIdx.x * cols;
+  round_input_row(out + o, dequantize ? nullptr : row_scale + blockIdx.x, x + o, prequant, smoother, mode, scale,
+                  cols, dequantize);
+}
+
+// y[r, o] = q.out_scale · row_scale[r] · scales[o] · Σ_i x'[r, i] · w[o, i] (+ bias[o]) for a decode step's
+// rows, w decoded from its codes as it streams (one warp an output row, GEMV_UNROLL 16-byte loads in flight
+// per lane; only registers: the loaded words are read by shifts, never through their address), x' the
+// input as the layer's format rounds it (in shared memory, rows · in values, after the first weight loads).
+// Group-wise int4 (groups > 0): w = q · gs[o, g] (+ gz[o, g] where zeros are given) over groups of
+// in / groups inputs, a multiple of a load's 32; FP4: w = e2m1 · e4m3(block[o, i / 16]). bias may be null.
+// Needs in a multiple of 32 and 16-byte aligned x rows. grid = ceil(out · ksplit / 8), 256 threads. R and rows
+// as gemv_rows takes them.
 template <int R, int K>
-__device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, const unsigned char* w, const float* scales,
-                                            const float* zeros, const unsigned char* blocks, int groups, int rows,
-                                            int in, int out, float out_scale, const float* row_scale, const T* bias,
-                                            int ksplit) {
+__device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, const QLinear& q, int rows, int in,
+                                            int out, const T* bias, int ksplit) {
   const int gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int o = gw / ksplit, lane = threadIdx.x & 31;
   const bool live = o < out;
-  constexpr int PER = (K == QK_INT8 || K == QK_FP8) ? 16 : 32;  // weights in one 16-byte load
-  constexpr int XV = 16 / sizeof(T);                           // x values in one 16-byte load
-  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)(live ? o : 0) * (PER == 16 ? in : in / 2));
+  constexpr int PER = Codes<K>::PER;
+  constexpr int XV = 16 / sizeof(T);  // x values in one 16-byte load
+  const uint4* wrow = reinterpret_cast<const uint4*>(q.w + (size_t)(live ? o : 0) * (PER == 16 ? in : in / 2));
   const int nvec = in / PER;
   int begin, end;
   split_range(nvec, gw % ksplit, ksplit, begin, end);
   if (!live) end = begin;
-  const bool grouped = K == QK_INT4 && groups > 0;
-  const int loadsPerGroup = grouped ? nvec / groups : 1;
+  const bool grouped = K == QK_INT4 && q.groups > 0;
+  const int loadsPerGroup = grouped ? nvec / q.groups : 1;
+  __shared__ float row_scale[GEMV_MAX_ROWS];
+  const bool per_token = q.rounding == QIN_INT8_TOKEN;
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
@@ -367,7 +506,7 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
 #pragma unroll
         for (int k = 0; k < XV; k++) wf[k] = q_weight<K>(wv[u], j * XV + k);
         if (K == QK_FP4) {
-          const float bs = e4m3_value(blocks[((size_t)o * in + (size_t)v * PER + j * XV) / 16]);
+          const float bs = e4m3_value(q.blocks[((size_t)o * in + (size_t)v * PER + j * XV) / 16]);
 #pragma unroll
           for (int k = 0; k < XV; k++) wf[k] *= bs;
         }
@@ -379,14 +518,14 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
           for (int k = 0; k < XV; k++) {
             const float xk = t_of(xv, k);
             dot[r] += wf[k] * xk;
-            if (grouped && zeros != nullptr) sum[r] += xk;
+            if (grouped && q.zeros != nullptr) sum[r] += xk;
           }
         }
       }
       if (grouped) {
         const int g = v / loadsPerGroup;
-        const float gs = scales[(size_t)o * groups + g];
-        const float gz = zeros != nullptr ? zeros[(size_t)o * groups + g] : 0.f;
+        const float gs = q.scales[(size_t)o * q.groups + g];
+        const float gz = q.zeros != nullptr ? q.zeros[(size_t)o * q.groups + g] : 0.f;
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r] += gs * dot[r] + gz * sum[r];
       } else {
@@ -395,35 +534,40 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
       }
     }
   };
-  gemv_stream(wrow, begin + lane, end, pass);
+  // The format's input rounding, while the first weight loads are in flight.
+  auto prologue = [&]() {
+    if (q.rounding < 0) return;
+    T* xs = reinterpret_cast<T*>(dynamic_shared());
+    round_input_rows(xs, row_scale, x, q, rows, in);
+    x = xs;
+  };
+  gemv_stream(wrow, begin + lane, end, pass, prologue);
   if (!split_sum<R>(acc, ksplit) || !live) return;
-  const float channel = (!grouped && scales != nullptr ? scales[o] : 1.f) * out_scale;
+  const float channel = (!grouped && q.scales != nullptr ? q.scales[o] : 1.f) * q.out_scale;
   const float b = bias != nullptr ? tof(bias[o]) : 0.f;
 #pragma unroll
   for (int r = 0; r < R; r++) {
     if (R > 1 && r >= rows) break;
-    const float s = acc[r] * channel * (row_scale != nullptr ? row_scale[r] : 1.f);
+    const float s = acc[r] * channel * (per_token ? row_scale[r] : 1.f);
     if (y_f32) reinterpret_cast<float*>(y)[(size_t)r * out + o] = s + b;
     else reinterpret_cast<T*>(y)[(size_t)r * out + o] = bias != nullptr ? fromf(rnd(s) + b) : fromf(s);
   }
 }
 
-// One kernel a weight kind, so that each gets the registers its own decoding needs.
-#define GEMV_Q_ARGS y, y_f32, x, w, scales, zeros, blocks, groups, rows, in, out, out_scale, row_scale, bias, ksplit
+// One kernel a weight kind, so that each gets the registers its own decoding needs. Dynamic shared memory:
+// rows · in values of T where the layer rounds its input.
+#define GEMV_Q_ARGS y, y_f32, x, *q, rows, in, out, bias, ksplit
 #define GEMV_Q_KERNEL(NAME, K)                                                                                   \
   extern "C" __global__ void __launch_bounds__(256)                                                             \
-  NAME(void* y, int y_f32, const T* x, const unsigned char* w, const float* scales, const float* zeros,         \
-       const unsigned char* blocks, int groups, int rows, int in, int out, float out_scale, const float* row_scale, \
-       const T* bias, int ksplit) {                                                                              \
+  NAME(void* y, int y_f32, const T* x, const QLinear* q, int rows, int in, int out, const T* bias, int ksplit) { \
     if (rows <= 2) gemv_q_rows<2, K>(GEMV_Q_ARGS);                                                               \
     else if (rows <= 4) gemv_q_rows<4, K>(GEMV_Q_ARGS);                                                          \
     else gemv_q_rows<8, K>(GEMV_Q_ARGS);                                                                         \
   }                                                                                                              \
   /* The one-row step's kernel, as gemv_1 is gemv's (same arguments; rows is 1). */                             \
   extern "C" __global__ void __launch_bounds__(256)                                                             \
-  NAME##_1(void* y, int y_f32, const T* x, const unsigned char* w, const float* scales, const float* zeros,     \
-           const unsigned char* blocks, int groups, int rows, int in, int out, float out_scale,                 \
-           const float* row_scale, const T* bias, int ksplit) {                                                 \
+  NAME##_1(void* y, int y_f32, const T* x, const QLinear* q, int rows, int in, int out, const T* bias,          \
+           int ksplit) {                                                                                         \
     gemv_q_rows<1, K>(GEMV_Q_ARGS);                                                                              \
   }
 
@@ -457,79 +601,6 @@ extern "C" __global__ void dequant_q(T* out, const unsigned char* w, const float
   }
 }
 
-// What a quantized layer's format does to its input first, one block a row: x · prequant or x / smoother (when
-// given), then
-// the rounding the format applies: none (AWQ), E4M3 or int8 divided by a static scale, int8 times a static
-// multiplier (SmoothQuant's scale_to_int), int8 with the row's own scale (amax / 127, written to row_scale),
-// or NVFP4 (E2M1 per 16 inputs under an E4M3 block scale relative to
-// the global scale). Writes the rounded values in units of the input's scale (so the GEMV's output carries
-// it), or, with `dequantize`, the values themselves (for a GEMM on dequantized weights).
-#define QIN_NONE 0
-#define QIN_FP8 1
-#define QIN_INT8 2
-#define QIN_INT8_TOKEN 3
-#define QIN_FP4 4
-#define QIN_INT8_TIMES 5
-
-__device__ __forceinline__ float e4m3_round(float x) {
-  return e4m3_value(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
-}
-
-// Round to nearest, ties to even, saturating at ±6, on E2M1's grid.
-__device__ __forceinline__ float e2m1_round(float x) {
-  const float a = fabsf(x);
-  const float m = a <= 0.25f ? 0.f : a < 0.75f ? 0.5f : a <= 1.25f ? 1.f : a < 1.75f ? 1.5f : a <= 2.5f ? 2.f
-                  : a < 3.5f ? 3.f : a <= 5.f ? 4.f : 6.f;
-  return x < 0.f ? -m : m;
-}
-
-extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, const float* prequant,
-                                         const float* smoother, int mode, float scale, int cols, int dequantize) {
-  pdl_enter();
-  const size_t o = (size_t)blockIdx.x * cols;
-  const T* xr = x + o;
-  T* yr = out + o;
-  // SmoothQuant divides by its smoother where ModelOpt multiplies by a pre-quant scale: each as its reference.
-  auto in = [&](int i) {
-    const float v = prequant != nullptr ? tof(xr[i]) * prequant[i] : tof(xr[i]);
-    return smoother != nullptr ? v / smoother[i] : v;
-  };
-  if (mode == QIN_FP4) {
-    for (int b = threadIdx.x; b < cols / 16; b += blockDim.x) {
-      float amax = 0.f;
-      for (int i = 16 * b; i < 16 * b + 16; i++) amax = fmaxf(amax, fabsf(in(i)));
-      const float d = e4m3_round(amax / 6.f / scale);
-      const float effective = d * scale;
-      for (int i = 16 * b; i < 16 * b + 16; i++) {
-        const float q = effective == 0.f ? 0.f : e2m1_round(in(i) / effective);
-        yr[i] = fromf(dequantize ? q * effective : q * d);
-      }
-    }
-    return;
-  }
-  // The int8 roundings take the reference's float64 product or quotient, so a code never flips against it:
-  // int8 divides by the scale; int8_times multiplies by it (SmoothQuant's static scale_to_int); per token
-  // multiplies by 127 / amax (a row of zeros: by 1) and writes amax / 127 as the row's scale.
-  double mul = mode == QIN_INT8_TIMES ? (double)scale : 1.0 / (double)scale;
-  if (mode == QIN_INT8_TOKEN) {
-    float amax = 0.f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) amax = fmaxf(amax, fabsf(in(i)));
-    amax = block_max(amax);
-    mul = amax > 0.f ? 127.0 / (double)amax : 1.0;
-    if (threadIdx.x == 0 && !dequantize) row_scale[blockIdx.x] = (float)(1.0 / mul);
-  }
-  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-    const float v = in(i);
-    float q;
-    if (mode == QIN_NONE) q = rnd(v);
-    else if (mode == QIN_FP8) q = e4m3_round(v / scale);
-    else if (mode == QIN_INT8) q = (float)fmin(127.0, fmax(-127.0, rint((double)v / (double)scale)));
-    else q = (float)fmin(127.0, fmax(-127.0, rint((double)v * mul)));
-    const float value = mode == QIN_FP8 ? q * scale : (float)(q / mul);  // what the code stands for
-    yr[i] = fromf(dequantize && mode != QIN_NONE ? value : q);
-  }
-}
-
 // out[r, i] = silu(fg[r, i]) · fg[r, inter + i]: the fused fc|gate GEMM's two halves. One thread an
 // element over the whole grid: a row-per-block loop would serialise its loads.
 extern "C" __global__ void silu_mul(T* out, const T* fg, int inter, long n) {
@@ -550,23 +621,19 @@ extern "C" __global__ void silu_mul(T* out, const T* fg, int inter, long n) {
 // write (norm_qkv_rope), or SiLU's two halves (norm_gated_mlp). Block 0 writes the updated residual to a
 // second buffer, since the other blocks still read the first. Each rounds to T where the unfused ops do.
 
-#ifndef KILN_EMULATED
-__device__ __forceinline__ unsigned char* dynamic_shared() {
-  extern __shared__ __align__(16) unsigned char kiln_dynamic_shared[];
-  return kiln_dynamic_shared;
-}
-#endif
 
-// xs[r] = rmsnorm(residual[r] + delta[r]) · w for the R rows, by the whole block (every row's loads in flight
-// together, one barrier for all the sums); residual_out[r] = the sum (block 0, when delta is given). Ends
-// with a barrier.
+// xs[r] = rmsnorm(residual[r] + delta[r]) · w for the step's rows (rows ≤ R), by the whole block (every row's
+// loads in flight together, one barrier for all the sums); residual_out[r] = the sum (block 0, when delta is
+// given). Ends with a barrier.
 template <int R>
-__device__ void norm_rows(T* xs, const T* residual, const T* delta, T* residual_out, const T* w, int in, float eps) {
+__device__ void norm_rows(T* xs, const T* residual, const T* delta, T* residual_out, const T* w, int rows, int in,
+                          float eps) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   float ss[R];
 #pragma unroll
   for (int r = 0; r < R; r++) {
     ss[r] = 0.f;
+    if (R > 1 && r >= rows) continue;
     for (int i = threadIdx.x; i < in; i += blockDim.x) {
       const size_t at = (size_t)r * in + i;
       const float v = delta ? rnd(tof(residual[at]) + tof(delta[at])) : tof(residual[at]);
@@ -583,6 +650,7 @@ __device__ void norm_rows(T* xs, const T* residual, const T* delta, T* residual_
   __syncthreads();
 #pragma unroll
   for (int r = 0; r < R; r++) {
+    if (R > 1 && r >= rows) break;
     float t = 0.f;
     for (int j = 0; j < nwarps; j++) t += part[r][j];
     const float inv = rsqrtf(t / in + eps);
@@ -596,27 +664,46 @@ __device__ void norm_rows(T* xs, const T* residual, const T* delta, T* residual_
   __syncthreads();
 }
 
-// The first pass of gemv_pair_dot's weight loads for a warp's P rows, issued before the block normalises its
-// input (they do not depend on it), so that the norm's latency hides behind theirs.
+// The weights a warp of a fused kernel streams: P rows (rows[p] of the weight at w[p], whose codes are of
+// kind K; for the quantized kinds q[p] is the layer: scales, zeros, NVFP4 blocks), each dotted with its own
+// input rows xs[p] (the same input for every p where the layers round it alike).
 template <int P>
-__device__ __forceinline__ void gemv_pair_prefetch(uint4 (&wv)[P][GEMV_UNROLL], const T* w, const int (&rows)[P],
-                                                   int in, bool live) {
-  constexpr int V = 16 / sizeof(T);
-  const int lane = threadIdx.x & 31, nvec = live ? in / V : 0;
-#pragma unroll
-  for (int p = 0; p < P; p++)
-    gemv_load(wv[p], reinterpret_cast<const uint4*>(w + (size_t)(live ? rows[p] : 0) * in), lane, nvec);
+struct PairRows {
+  const unsigned char* w[P];
+  const QLinear* q[P];  // null for QK_T
+  const T* xs[P];
+  int rows[P];
+};
+
+// Bytes of a weight row of `in` values of kind K.
+template <int K>
+__device__ __forceinline__ size_t row_bytes(int in) {
+  return (size_t)in * 16 / Codes<K>::PER;
 }
 
-// acc[p][r] = Σ_i xs[r, i] · w[rows[p], i] for a warp's P weight rows, their loads in flight together (the
-// first pass's already loaded by gemv_pair_prefetch); every lane gets the sums. Needs in · sizeof(T) a
-// multiple of 16 and 16-byte aligned rows.
-template <int R, int P>
-__device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, const T* w, const int (&rows)[P],
-                                              int in, const uint4 (&first)[P][GEMV_UNROLL]) {
-  constexpr int V = 16 / sizeof(T);
+// The first pass of pair_dot's weight loads for a warp's P rows, issued before the block normalises its
+// input (they do not depend on it), so that the norm's latency hides behind theirs.
+template <int P, int K>
+__device__ __forceinline__ void pair_prefetch(uint4 (&wv)[P][GEMV_UNROLL], const PairRows<P>& pr, int in,
+                                              bool live) {
+  const int lane = threadIdx.x & 31, nvec = live ? in / Codes<K>::PER : 0;
+#pragma unroll
+  for (int p = 0; p < P; p++)
+    gemv_load(wv[p], reinterpret_cast<const uint4*>(pr.w[p] + (live ? pr.rows[p] : 0) * row_bytes<K>(in)), lane,
+              nvec);
+}
+
+// acc[p][r] = Σ_i xs[p][r, i] · w_p[rows[p], i] for a warp's P weight rows (rows < R of the inputs), their
+// loads in flight together (the first pass's already loaded by pair_prefetch), group and NVFP4 block scales
+// applied (per-channel scales are the caller's); every lane gets the sums. Needs in · sizeof(T) a multiple
+// of 16, in a multiple of 32 for the quantized kinds, and 16-byte aligned rows.
+template <int R, int P, int K>
+__device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& pr, int rows, int in,
+                                         const uint4 (&first)[P][GEMV_UNROLL]) {
+  constexpr int PER = Codes<K>::PER;
+  constexpr int XV = 16 / sizeof(T);
   const int lane = threadIdx.x & 31;
-  const int nvec = in / V;
+  const int nvec = in / PER;
 #pragma unroll
   for (int p = 0; p < P; p++)
 #pragma unroll
@@ -627,13 +714,43 @@ __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, c
       const int v = v0 + 32 * u;
       if (v >= nvec) break;
 #pragma unroll
-      for (int r = 0; r < R; r++) {
-        const uint4 xv = reinterpret_cast<const uint4*>(xs + (size_t)r * in)[v];
+      for (int p = 0; p < P; p++) {
+        const QLinear* q = pr.q[p];
+        const bool grouped = K == QK_INT4 && q->groups > 0;
+        float dot[R], sum[R];
 #pragma unroll
-        for (int k = 0; k < V; k++) {
-          const float xk = t_of(xv, k);
+        for (int r = 0; r < R; r++) dot[r] = sum[r] = 0.f;
 #pragma unroll
-          for (int p = 0; p < P; p++) acc[p][r] += t_of(wv[p][u], k) * xk;
+        for (int j = 0; j < PER / XV; j++) {
+          float wf[XV];
+#pragma unroll
+          for (int k = 0; k < XV; k++) wf[k] = code_at<K>(wv[p][u], j * XV + k);
+          if (K == QK_FP4) {
+            const float bs = e4m3_value(q->blocks[((size_t)pr.rows[p] * in + (size_t)v * PER + j * XV) / 16]);
+#pragma unroll
+            for (int k = 0; k < XV; k++) wf[k] *= bs;
+          }
+#pragma unroll
+          for (int r = 0; r < R; r++) {
+            if (R > 1 && r >= rows) break;
+            const uint4 xv = reinterpret_cast<const uint4*>(pr.xs[p] + (size_t)r * in + (size_t)v * PER)[j];
+#pragma unroll
+            for (int k = 0; k < XV; k++) {
+              const float xk = t_of(xv, k);
+              dot[r] += wf[k] * xk;
+              if (grouped && q->zeros != nullptr) sum[r] += xk;
+            }
+          }
+        }
+        if (grouped) {
+          const int g = v / (nvec / q->groups);
+          const float gs = q->scales[(size_t)pr.rows[p] * q->groups + g];
+          const float gz = q->zeros != nullptr ? q->zeros[(size_t)pr.rows[p] * q->groups + g] : 0.f;
+#pragma unroll
+          for (int r = 0; r < R; r++) acc[p][r] += gs * dot[r] + gz * sum[r];
+        } else {
+#pragma unroll
+          for (int r = 0; r < R; r++) acc[p][r] += dot[r];
         }
       }
     }
@@ -642,7 +759,8 @@ __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, c
   for (int v0 = lane + 32 * GEMV_UNROLL; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
     uint4 wv[P][GEMV_UNROLL];
 #pragma unroll
-    for (int p = 0; p < P; p++) gemv_load(wv[p], reinterpret_cast<const uint4*>(w + (size_t)rows[p] * in), v0, nvec);
+    for (int p = 0; p < P; p++)
+      gemv_load(wv[p], reinterpret_cast<const uint4*>(pr.w[p] + pr.rows[p] * row_bytes<K>(in)), v0, nvec);
     pass(wv, v0);
   }
 #pragma unroll
@@ -651,74 +769,124 @@ __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, c
     for (int r = 0; r < R; r++) acc[p][r] = warp_sum(acc[p][r]);
 }
 
-// gemv_pair_dot with its first pass loaded right away (no prologue to hide).
+// The plain-weight pair dot over one input with its first pass loaded right away (no prologue to hide).
 template <int R, int P>
 __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, const T* w, const int (&rows)[P],
                                               int in) {
+  PairRows<P> pr;
+#pragma unroll
+  for (int p = 0; p < P; p++) {
+    pr.w[p] = reinterpret_cast<const unsigned char*>(w);
+    pr.q[p] = nullptr;
+    pr.xs[p] = xs;
+    pr.rows[p] = rows[p];
+  }
   uint4 first[P][GEMV_UNROLL];
-  gemv_pair_prefetch<P>(first, w, rows, in, true);
-  gemv_pair_dot<R, P>(acc, xs, w, rows, in, first);
+  pair_prefetch<P, QK_T>(first, pr, in, true);
+  pair_dot<R, P, QK_T>(acc, pr, R, in, first);
 }
 
-// Row r's pair of sums, rounded to T as a GEMV stores them; selected by unrolled compares, since indexing the
-// accumulators by a lane-dependent r would move them to local memory.
-template <int R>
-__device__ __forceinline__ void pick_row(const float (&acc)[2][R], int r, float& a, float& b) {
-  a = b = 0.f;
+// Whether two quantized layers round their input alike (then they share one rounded copy).
+__device__ __forceinline__ bool same_input(const QLinear* a, const QLinear* b) {
+  return a == b || (a->rounding == b->rounding && a->prequant == b->prequant && a->smoother == b->smoother &&
+                    a->in_scale == b->in_scale);
+}
+
+// Output p of row r of a pair: the sum times the layer's per-channel scale, output scale and (int8_token)
+// the row's scale, rounded to T as a GEMV stores it, plus the bias (when given) rounded again. Selected by
+// unrolled compares, since indexing the accumulators by a lane-dependent r would move them to local memory.
+template <int R, int K>
+__device__ __forceinline__ float pair_value(const float (&acc)[2][R], int p, int r, const PairRows<2>& pr,
+                                            const float* row_scale, const T* bias, int bias_row) {
+  float a = 0.f;
 #pragma unroll
-  for (int k = 0; k < R; k++) {
-    if (k == r) {
-      a = acc[0][k];
-      b = acc[1][k];
-    }
+  for (int k = 0; k < R; k++)
+    if (k == r) a = acc[p][k];
+  if (K != QK_T) {
+    const QLinear* q = pr.q[p];
+    const bool grouped = K == QK_INT4 && q->groups > 0;
+    a *= (!grouped && q->scales != nullptr ? q->scales[pr.rows[p]] : 1.f) * q->out_scale;
+    const int slot = p == 1 && same_input(pr.q[0], pr.q[1]) ? 0 : p;  // the shared copy's scales are p 0's
+    if (q->rounding == QIN_INT8_TOKEN) a *= row_scale[slot * GEMV_MAX_ROWS + r];
   }
   a = rnd(a);
-  b = rnd(b);
+  return bias != nullptr ? rnd(a + tof(bias[bias_row])) : a;
+}
+
+// A fused kernel's opening: the warp's first weight loads, pdl_enter, the block's norm of its rows into
+// shared memory, each quantized layer's input rounding of them (a second copy where the pair's two layers
+// round differently), then the warp's pair of dot products. false for a warp past the last pair (after the
+// barriers, which every thread must reach). Dynamic shared memory: 2 · rows · in values of T.
+template <int R, int K>
+__device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], PairRows<2>& pr, float* row_scale, bool live,
+                                                   int rows, const T* residual, const T* delta, T* residual_out,
+                                                   const T* norm_w, int in, float eps) {
+  uint4 first[2][GEMV_UNROLL];
+  pair_prefetch<2, K>(first, pr, in, live);
+  pdl_enter();
+  T* xs = reinterpret_cast<T*>(dynamic_shared());
+  norm_rows<R>(xs, residual, delta, residual_out, norm_w, rows, in, eps);
+  pr.xs[0] = pr.xs[1] = xs;
+  if (K != QK_T) {
+    const QLinear* a = pr.q[0];
+    const QLinear* b = pr.q[1];
+    if (!same_input(a, b) && b->rounding >= 0) {
+      T* xb = xs + (size_t)rows * in;
+      pr.xs[1] = xb;
+      for (int r = 0; r < rows; r++)
+        round_input_row(xb + (size_t)r * in, row_scale + GEMV_MAX_ROWS + r, xs + (size_t)r * in, b->prequant,
+                        b->smoother, b->rounding, b->in_scale, in, 0);
+    }
+    if (a->rounding >= 0) {
+      for (int r = 0; r < rows; r++)
+        round_input_row(xs + (size_t)r * in, row_scale + r, xs + (size_t)r * in, a->prequant, a->smoother,
+                        a->rounding, a->in_scale, in, 0);
+    }
+    __syncthreads();
+  }
+  if (!live) return false;
+  pair_dot<R, 2, K>(acc, pr, rows, in, first);
+  return true;
+}
+
+// The two weights of a fused kernel's pair: plain rows (w of T) or quantized layers (qa, qb).
+template <int K>
+__device__ __forceinline__ PairRows<2> pair_of(const void* w, const QLinear* qa, const QLinear* qb, int row_a,
+                                               int row_b) {
+  PairRows<2> pr;
+  pr.q[0] = qa;
+  pr.q[1] = qb;
+  pr.w[0] = K == QK_T ? reinterpret_cast<const unsigned char*>(w) : qa->w;
+  pr.w[1] = K == QK_T ? reinterpret_cast<const unsigned char*>(w) : qb->w;
+  pr.rows[0] = row_a;
+  pr.rows[1] = row_b;
+  return pr;
 }
 
 // qkv = (rmsnorm(residual + delta) · w_norm) · wᵀ + bias, q and k rotated (gpt-neox halves), k and v written to
 // each row's cache slot (none for slot < 0). A warp takes one pair of a head's dims: RoPE's (p, p + rotary/2),
-// or, past the rotary dims, two plain ones. grid = ceil(heads · head/2 / 8), 256 threads, R · in · sizeof(T)
-// bytes of dynamic shared memory.
-// A fused kernel's opening: the warp's first weight loads, pdl_enter, the block's norm of its rows into
-// shared memory, then the warp's pair of dot products. false for a warp past the last pair (after the norm's
-// barrier, which every thread must reach).
-template <int R>
-__device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], const T* w, const int (&rows)[2], bool live,
-                                                   const T* residual, const T* delta, T* residual_out,
-                                                   const T* norm_w, int in, float eps) {
-  uint4 first[2][GEMV_UNROLL];
-  gemv_pair_prefetch<2>(first, w, rows, in, live);
-  pdl_enter();
-  T* xs = reinterpret_cast<T*>(dynamic_shared());
-  norm_rows<R>(xs, residual, delta, residual_out, norm_w, in, eps);
-  if (!live) return false;
-  gemv_pair_dot<R, 2>(acc, xs, w, rows, in, first);
-  return true;
-}
-
-template <int R>
+// or, past the rotary dims, two plain ones. The weight: w (plain, K = QK_T) or the quantized layer q.
+// grid = ceil(heads · head/2 / 8), 256 threads, dynamic shared memory as norm_then_pair_dot says.
+template <int R, int K>
 __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, const T* delta, const T* norm_w,
-                                   float eps, const T* w, const T* bias, const int* positions, const int* slots,
-                                   KV* kcache, KV* vcache, float kv_scale, const float* inv_freq, int in,
-                                   int num_heads, int num_kv, int head, int rotary) {
+                                   float eps, const T* w, const QLinear* q, const T* bias, const int* positions,
+                                   const int* slots, KV* kcache, KV* vcache, float kv_scale, const float* inv_freq,
+                                   int rows, int in, int num_heads, int num_kv, int head, int rotary) {
   const int heads = num_heads + 2 * num_kv;
   const int pair = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const bool live = pair < heads * (head / 2);
   const int h = pair / (head / 2), p = pair % (head / 2), rh = rotary / 2;
   const int da = p < rh ? p : rotary + (p - rh);
   const int db = p < rh ? p + rh : rotary + (p - rh) + (head - rotary) / 2;
-  const int rows[2] = {h * head + da, h * head + db};
+  PairRows<2> pr = pair_of<K>(w, q, q, h * head + da, h * head + db);
+  __shared__ float row_scale[2 * GEMV_MAX_ROWS];
   float acc[2][R];
-  if (!norm_then_pair_dot<R>(acc, w, rows, live, residual, delta, residual_out, norm_w, in, eps)) return;
+  if (!norm_then_pair_dot<R, K>(acc, pr, row_scale, live, rows, residual, delta, residual_out, norm_w, in, eps))
+    return;
   const int r = threadIdx.x & 31;  // lane r finishes step row r
-  if (r >= R) return;
-  float a, b;
-  pick_row(acc, r, a, b);
-  if (bias != nullptr) {
-    a = rnd(a + tof(bias[rows[0]]));
-    b = rnd(b + tof(bias[rows[1]]));
-  }
+  if (r >= rows) return;
+  float a = pair_value<R, K>(acc, 0, r, pr, row_scale, bias, pr.rows[0]);
+  float b = pair_value<R, K>(acc, 1, r, pr, row_scale, bias, pr.rows[1]);
   if (p < rh && h < num_heads + num_kv) {
     float s, c;
     sincosf((float)positions[r] * inv_freq[p], &s, &c);
@@ -729,8 +897,8 @@ __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, c
     a = ra;
   }
   T* row = qkv + (size_t)r * heads * head;
-  row[rows[0]] = fromf(a);
-  row[rows[1]] = fromf(b);
+  row[pr.rows[0]] = fromf(a);
+  row[pr.rows[1]] = fromf(b);
   const int slot = slots[r];
   if (h < num_heads || slot < 0) return;
   const bool isK = h < num_heads + num_kv;
@@ -739,78 +907,68 @@ __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, c
   cache[db] = kv_put(b, kv_scale);
 }
 
-// out = silu(g) · u where [g ; u] = (rmsnorm(residual + delta) · w_norm) · wᵀ + bias: w is the fused fc|gate
-// weight [2 · inter, in], a warp taking rows i and inter + i. grid = ceil(inter / 8), 256 threads,
-// R · in · sizeof(T) bytes of dynamic shared memory.
-template <int R>
+// out = silu(g) · u where g and u are row i of (rmsnorm(residual + delta) · w_norm) · wᵀ + bias for the MLP's
+// fc and gate: plain, w is the fused fc|gate weight [2 · inter, in] (rows i and inter + i, bias likewise);
+// quantized, qa and qb are the two layers (the same fused layer, its rows i and b_row + i), bias_a and bias_b
+// their biases. grid = ceil(inter / 8), 256 threads, dynamic shared memory as norm_then_pair_dot says.
+template <int R, int K>
 __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, const T* delta, const T* norm_w,
-                                    float eps, const T* w, const T* bias, int in, int inter) {
+                                    float eps, const T* w, const QLinear* qa, const QLinear* qb, int b_row,
+                                    const T* bias_a, const T* bias_b, int rows, int in, int inter) {
   const int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const bool live = i < inter;
-  const int rows[2] = {i, inter + i};
+  PairRows<2> pr = pair_of<K>(w, qa, qb, i, b_row + i);
+  __shared__ float row_scale[2 * GEMV_MAX_ROWS];
   float acc[2][R];
-  if (!norm_then_pair_dot<R>(acc, w, rows, live, residual, delta, residual_out, norm_w, in, eps)) return;
+  if (!norm_then_pair_dot<R, K>(acc, pr, row_scale, live, rows, residual, delta, residual_out, norm_w, in, eps))
+    return;
   const int r = threadIdx.x & 31;
-  if (r >= R) return;
-  float a, b;
-  pick_row(acc, r, a, b);
-  if (bias != nullptr) {
-    a = rnd(a + tof(bias[i]));
-    b = rnd(b + tof(bias[inter + i]));
-  }
+  if (r >= rows) return;
+  const float a = pair_value<R, K>(acc, 0, r, pr, row_scale, bias_a, pr.rows[0]);
+  const float b = pair_value<R, K>(acc, 1, r, pr, row_scale, bias_b, pr.rows[1]);
   out[(size_t)r * inter + i] = fromf(rnd(a / (1.f + __expf(-a))) * b);
 }
 
-#define FUSED_CASE(R, CALL) \
-  case R:                   \
-    CALL;                   \
-    break;
-#define FUSED_ROWS(CALL_OF) \
-  switch (rows) {           \
-    FUSED_CASE(1, CALL_OF(1)) \
-    FUSED_CASE(2, CALL_OF(2)) \
-    FUSED_CASE(3, CALL_OF(3)) \
-    FUSED_CASE(4, CALL_OF(4)) \
-    FUSED_CASE(5, CALL_OF(5)) \
-    FUSED_CASE(6, CALL_OF(6)) \
-    FUSED_CASE(7, CALL_OF(7)) \
-    default: CALL_OF(8);    \
-  }
+// The kernels of each weight kind: steps of 2–8 rows (compiled for 2, 4 and 8, rows rounding up) and a
+// one-row build (`_1`, in the registers one row needs, as gemv_1 is gemv's). w is the weight (plain) or its
+// QLinear (quantized); for the MLP, w_b is the gate's QLinear (plain: unused).
+#define FUSED_ROWS(CALL, K)      \
+  if (rows <= 2) CALL(2, K);     \
+  else if (rows <= 4) CALL(4, K); \
+  else CALL(8, K)
 
-extern "C" __global__ void __launch_bounds__(256)
-norm_qkv_rope(T* qkv, T* residual_out, const T* residual, const T* delta, const T* norm_w, float eps, const T* w,
-              const T* bias, const int* positions, const int* slots, KV* kcache, KV* vcache, float kv_scale,
-              const float* inv_freq,
-              int rows, int in, int num_heads, int num_kv, int head, int rotary) {
-#define QKV_CALL(R)                                                                                             \
-  norm_qkv_rope_rows<R>(qkv, residual_out, residual, delta, norm_w, eps, w, bias, positions, slots, kcache,   \
-                        vcache, kv_scale, inv_freq, in, num_heads, num_kv, head, rotary)
-  FUSED_ROWS(QKV_CALL)
-#undef QKV_CALL
-}
+#define QKV_PARAMS                                                                                              \
+  T *qkv, T *residual_out, const T *residual, const T *delta, const T *norm_w, float eps, const void *w,        \
+      const T *bias, const int *positions, const int *slots, KV *kcache, KV *vcache, float kv_scale,            \
+      const float *inv_freq, int rows, int in, int num_heads, int num_kv, int head, int rotary
+#define QKV_CALL(R, K)                                                                                          \
+  norm_qkv_rope_rows<R, K>(qkv, residual_out, residual, delta, norm_w, eps, reinterpret_cast<const T*>(w),      \
+                           reinterpret_cast<const QLinear*>(w), bias, positions, slots, kcache, vcache,         \
+                           kv_scale, inv_freq, rows, in, num_heads, num_kv, head, rotary)
+#define MLP_PARAMS                                                                                              \
+  T *out, T *residual_out, const T *residual, const T *delta, const T *norm_w, float eps, const void *w,        \
+      const void *w_b, int b_row, const T *bias_a, const T *bias_b, int rows, int in, int inter
+#define MLP_CALL(R, K)                                                                                          \
+  norm_gated_mlp_rows<R, K>(out, residual_out, residual, delta, norm_w, eps, reinterpret_cast<const T*>(w),     \
+                            reinterpret_cast<const QLinear*>(w), reinterpret_cast<const QLinear*>(w_b), b_row,  \
+                            bias_a, bias_b, rows, in, inter)
 
-extern "C" __global__ void __launch_bounds__(256)
-norm_gated_mlp(T* out, T* residual_out, const T* residual, const T* delta, const T* norm_w, float eps, const T* w,
-               const T* bias, int rows, int in, int inter) {
-#define MLP_CALL(R) norm_gated_mlp_rows<R>(out, residual_out, residual, delta, norm_w, eps, w, bias, in, inter)
-  FUSED_ROWS(MLP_CALL)
-#undef MLP_CALL
-}
+#define FUSED_KERNELS_OF(SUFFIX, K)                                                                             \
+  extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX(QKV_PARAMS) { FUSED_ROWS(QKV_CALL, K); } \
+  extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
+  extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX(MLP_PARAMS) { FUSED_ROWS(MLP_CALL, K); } \
+  extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
+// The quantized kinds' fusions come for one row alone (batch-1 decode, where launches cost the most): their
+// decoding made each multi-row instance a minute of compile time. Wider decode steps take the quantized GEMV.
+#define FUSED_KERNELS_Q(SUFFIX, K)                                                                              \
+  extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
+  extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
 
-// One-row versions of the two, as gemv_1 is of gemv (same arguments; rows is 1).
-extern "C" __global__ void __launch_bounds__(256)
-norm_qkv_rope_1(T* qkv, T* residual_out, const T* residual, const T* delta, const T* norm_w, float eps, const T* w,
-                const T* bias, const int* positions, const int* slots, KV* kcache, KV* vcache, float kv_scale,
-                const float* inv_freq, int rows, int in, int num_heads, int num_kv, int head, int rotary) {
-  norm_qkv_rope_rows<1>(qkv, residual_out, residual, delta, norm_w, eps, w, bias, positions, slots, kcache, vcache,
-                        kv_scale, inv_freq, in, num_heads, num_kv, head, rotary);
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-norm_gated_mlp_1(T* out, T* residual_out, const T* residual, const T* delta, const T* norm_w, float eps, const T* w,
-                 const T* bias, int rows, int in, int inter) {
-  norm_gated_mlp_rows<1>(out, residual_out, residual, delta, norm_w, eps, w, bias, in, inter);
-}
+FUSED_KERNELS_OF(, QK_T)
+FUSED_KERNELS_Q(_q_int8, QK_INT8)
+FUSED_KERNELS_Q(_q_int4, QK_INT4)
+FUSED_KERNELS_Q(_q_fp8, QK_FP8)
+FUSED_KERNELS_Q(_q_fp4, QK_FP4)
 
 // out = silu(a) · b elementwise, for fc and gate held as two layers (formats that round each one's input).
 extern "C" __global__ void silu_mul_pair(T* out, const T* a, const T* b, long n) {
@@ -1638,8 +1796,8 @@ attention_fmha(T* out, const T* qkv, const KV* kcache, const KV* vcache, float k
                            num_heads, num_kv, head, tpb, scale);
 }
 
-// Decode attention on tensor cores (an A/B path, off unless KILN_CUDA_DECODE_TC=1; not yet measured on a
-// GPU): one block a (decode row, KV head), the query heads sharing that KV head as the rows of the mma tile
+// Decode attention on tensor cores (for steps whose blocks fill the GPU; 87 µs where `attention` took 422 for
+// 256 rows at context 1000 on an H200): one block a (decode row, KV head), the query heads sharing that KV head as the rows of the mma tile
 // (up to 16), so each cached key and value is read once for all of them and the per-key dot products run on
 // tensor cores instead of as warp-wide sums. Each of DEC_WARPS warps stages and walks its own share of the
 // keys (DEC_KEYS at a time); their partial softmaxes are merged in shared memory at the end. Heads up to
