@@ -159,10 +159,11 @@ extern "C" __global__ void add_bias(T* x, const T* b, int cols) {
 #define GEMV_MAX_ROWS 8
 #define GEMV_UNROLL 4
 
-// GEMV_UNROLL 16-byte loads of a weight row in flight per lane before any is used.
-__device__ __forceinline__ void gemv_load(uint4 (&wv)[GEMV_UNROLL], const uint4* wrow, int v0, int nvec) {
+// U (GEMV_UNROLL unless said) 16-byte loads of a weight row in flight per lane before any is used.
+template <int U = GEMV_UNROLL>
+__device__ __forceinline__ void gemv_load(uint4 (&wv)[U], const uint4* wrow, int v0, int nvec) {
 #pragma unroll
-  for (int u = 0; u < GEMV_UNROLL; u++) {
+  for (int u = 0; u < U; u++) {
     const int v = v0 + 32 * u;
     wv[u] = v < nvec ? __ldg(wrow + v) : make_uint4(0, 0, 0, 0);
   }
@@ -317,14 +318,27 @@ __device__ __forceinline__ float t_of(const uint4& v, int k) {
 #define QK_FP8 2
 #define QK_FP4 3
 
-// Weight k (0 ≤ k < per load) of a 16-byte load of kind K, as a float code value.
+// Weight k (0 ≤ k < per load) of a 16-byte load of kind K, as a float code value. k is a compile-time
+// constant in every caller, so the shifts and selectors are too. No integer-to-float conversions (a quarter
+// of the ALUs' rate on Hopper, which made a batch-1 int8 GEMV as slow as bf16's): the integers go through
+// the 2^23 magic number, FP8 and FP4 through their bits placed in a float's and an exact power-of-two
+// product. (E4M3's NaN codes, which kiln's quantizers never write, decode as ±480.)
 template <int K>
 __device__ __forceinline__ float q_weight(const uint4& v, int k) {
-  if (K == QK_INT8) return (float)(signed char)((word_of(v, k >> 2) >> (8 * (k & 3))) & 255);
-  if (K == QK_FP8) return e4m3_value((word_of(v, k >> 2) >> (8 * (k & 3))) & 255);
+  if (K == QK_INT8) {
+    // 0x4B0000bb is 2^23 + bb, bb the code + 128 (the xor's doing).
+    const unsigned int b = __byte_perm(word_of(v, k >> 2) ^ 0x80808080u, 0x4B000000u, 0x7440 | (k & 3));
+    return __uint_as_float(b) - 8388736.f;
+  }
+  if (K == QK_FP8) {
+    // The code's byte at the top of a word, then its sign, exponent and mantissa into a float's fields:
+    // 2^(e−127) · 1.m (or, e = 0, the subnormal m · 2^−149), 2^−120 of E4M3's value.
+    const unsigned int x = __byte_perm(word_of(v, k >> 2), 0u, 0x0444 | ((k & 3) << 12));
+    return __uint_as_float((x & 0x80000000u) | ((x >> 4) & 0x07f00000u)) * 0x1p120f;
+  }
   const unsigned int nib = (word_of(v, k >> 3) >> (4 * (k & 7))) & 15;
-  if (K == QK_FP4) return e2m1_value(nib);
-  return (float)(nib >= 8 ? (int)nib - 16 : (int)nib);
+  if (K == QK_FP4) return __uint_as_float(((nib & 8u) << 28) | ((nib & 7u) << 22)) * 0x1p126f;  // as FP8's
+  return __uint_as_float(0x4B000000u | (nib ^ 8u)) - 8388616.f;  // 2^23 + (code + 8)
 }
 
 // Plain weights in the model dtype, as a code kind beside QK_*: the fused decode kernels take either.
@@ -334,6 +348,9 @@ __device__ __forceinline__ float q_weight(const uint4& v, int k) {
 template <int K>
 struct Codes {
   static constexpr int PER = K == QK_T ? 16 / (int)sizeof(T) : (K == QK_INT8 || K == QK_FP8) ? 16 : 32;
+  // Loads a lane has in flight in the fused kernels: as many weights as GEMV_UNROLL plain loads hold, so
+  // that the denser codes take fewer registers (more warps an SM) rather than more weights a warp.
+  static constexpr int UNROLL = GEMV_UNROLL * (16 / (int)sizeof(T)) / PER > 0 ? GEMV_UNROLL * (16 / (int)sizeof(T)) / PER : 1;
 };
 
 // Weight k of a 16-byte load of kind K as a float (a code value for the quantized kinds).
@@ -393,22 +410,34 @@ __device__ __forceinline__ float e2m1_round(float x) {
 // One row of a layer's input rounded as its format says (mode: QIN_*), by the whole block (every thread must
 // call it). Writes the rounded values in units of the input's scale (so a GEMV's output carries it), or,
 // with `dequantize`, the values themselves (for a GEMM on dequantized weights); int8_token writes the row's
-// scale to *row_scale (when given). y may be x: each thread writes only what it read.
-__device__ void round_input_row(T* yr, float* row_scale, const T* xr, const float* prequant, const float* smoother,
+// scale to *row_scale (when given). y may be x: each thread writes only what it read. C: inputs a load, V
+// (16 bytes: the GEMVs' inputs, cols a multiple of 32 and rows 16-byte aligned) or 1 (any row).
+template <int C>
+__device__ __forceinline__ void round_input_row(T* yr, float* row_scale, const T* xr, const float* prequant, const float* smoother,
                                 int mode, float scale, int cols, int dequantize) {
-  // SmoothQuant divides by its smoother where ModelOpt multiplies by a pre-quant scale: each as its reference.
-  auto in = [&](int i) {
-    const float v = prequant != nullptr ? tof(xr[i]) * prequant[i] : tof(xr[i]);
-    return smoother != nullptr ? v / smoother[i] : v;
+  // C inputs from i0, times prequant, over smoother: SmoothQuant divides by its smoother where ModelOpt
+  // multiplies by a pre-quant scale, each as its reference.
+  auto load = [&](int i0, float (&v)[C]) {
+    if (C == 1) {
+      v[0] = tof(xr[i0]);
+    } else {
+      const uint4 xv = *reinterpret_cast<const uint4*>(xr + i0);
+#pragma unroll
+      for (int k = 0; k < C; k++) v[k] = t_of(xv, k);
+    }
+#pragma unroll
+    for (int k = 0; k < C; k++) {
+      if (prequant != nullptr) v[k] *= prequant[i0 + k];
+      if (smoother != nullptr) v[k] /= smoother[i0 + k];
+    }
   };
   if (mode == QIN_FP4) {
     for (int b = threadIdx.x; b < cols / 16; b += blockDim.x) {
       float v[16], amax = 0.f;
 #pragma unroll
-      for (int k = 0; k < 16; k++) {
-        v[k] = in(16 * b + k);
-        amax = fmaxf(amax, fabsf(v[k]));
-      }
+      for (int j = 0; j < 16 / C; j++) load(16 * b + j * C, *reinterpret_cast<float(*)[C]>(v + j * C));
+#pragma unroll
+      for (int k = 0; k < 16; k++) amax = fmaxf(amax, fabsf(v[k]));
       const float d = e4m3_round(amax / 6.f / scale);
       const float effective = d * scale;
 #pragma unroll
@@ -419,26 +448,43 @@ __device__ void round_input_row(T* yr, float* row_scale, const T* xr, const floa
     }
     return;
   }
+  const int n = cols / C;
   // The int8 roundings take the reference's float64 product or quotient, so a code never flips against it:
   // int8 divides by the scale; int8_times multiplies by it (SmoothQuant's static scale_to_int); per token
   // multiplies by 127 / amax (a row of zeros: by 1) and gives amax / 127 as the row's scale.
   double mul = mode == QIN_INT8_TIMES ? (double)scale : 1.0 / (double)scale;
   if (mode == QIN_INT8_TOKEN) {
     float amax = 0.f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) amax = fmaxf(amax, fabsf(in(i)));
+    for (int c = threadIdx.x; c < n; c += blockDim.x) {
+      float v[C];
+      load(c * C, v);
+#pragma unroll
+      for (int k = 0; k < C; k++) amax = fmaxf(amax, fabsf(v[k]));
+    }
     amax = block_max(amax);
     mul = amax > 0.f ? 127.0 / (double)amax : 1.0;
     if (threadIdx.x == 0 && row_scale != nullptr) *row_scale = (float)(1.0 / mul);
   }
-  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-    const float v = in(i);
-    float q;
-    if (mode == QIN_NONE) q = rnd(v);
-    else if (mode == QIN_FP8) q = e4m3_round(v / scale);
-    else if (mode == QIN_INT8) q = (float)fmin(127.0, fmax(-127.0, rint((double)v / (double)scale)));
-    else q = (float)fmin(127.0, fmax(-127.0, rint((double)v * mul)));
-    const float value = mode == QIN_FP8 ? q * scale : (float)(q / mul);  // what the code stands for
-    yr[i] = fromf(dequantize && mode != QIN_NONE ? value : q);
+  auto emit = [&](int i0, const float (&v)[C]) {
+#pragma unroll
+    for (int k = 0; k < C; k++) {
+      float q;
+      if (mode == QIN_NONE) q = rnd(v[k]);
+      else if (mode == QIN_FP8) q = e4m3_round(v[k] / scale);
+      else if (mode == QIN_INT8) q = (float)fmin(127.0, fmax(-127.0, rint((double)v[k] / (double)scale)));
+      else q = (float)fmin(127.0, fmax(-127.0, rint((double)v[k] * mul)));
+      const float value = mode == QIN_FP8 ? q * scale : (float)(q / mul);  // what the code stands for
+      yr[i0 + k] = fromf(dequantize && mode != QIN_NONE ? value : q);
+    }
+  };
+  // Two loads a thread in flight before either's values are written.
+  for (int c = threadIdx.x; c < n; c += 2 * blockDim.x) {
+    const int c2 = c + blockDim.x;
+    float a[C], b[C];
+    load(c * C, a);
+    if (c2 < n) load(c2 * C, b);
+    emit(c * C, a);
+    if (c2 < n) emit(c2 * C, b);
   }
 }
 
@@ -447,8 +493,8 @@ __device__ void round_input_row(T* yr, float* row_scale, const T* xr, const floa
 __device__ __forceinline__ void round_input_rows(T* xs, float* row_scale, const T* x, const QLinear& q, int rows,
                                                  int in) {
   for (int r = 0; r < rows; r++)
-    round_input_row(xs + (size_t)r * in, row_scale + r, x + (size_t)r * in, q.prequant, q.smoother, q.rounding,
-                    q.in_scale, in, 0);
+    round_input_row<16 / sizeof(T)>(xs + (size_t)r * in, row_scale + r, x + (size_t)r * in, q.prequant, q.smoother,
+                                    q.rounding, q.in_scale, in, 0);
   __syncthreads();
 }
 
@@ -458,8 +504,8 @@ extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, c
                                          const float* smoother, int mode, float scale, int cols, int dequantize) {
   pdl_enter();
   const size_t o = (size_t)blockIdx.x * cols;
-  round_input_row(out + o, dequantize ? nullptr : row_scale + blockIdx.x, x + o, prequant, smoother, mode, scale,
-                  cols, dequantize);
+  round_input_row<1>(out + o, dequantize ? nullptr : row_scale + blockIdx.x, x + o, prequant, smoother, mode, scale,
+                     cols, dequantize);
 }
 
 // y[r, o] = q.out_scale · row_scale[r] · scales[o] · Σ_i x'[r, i] · w[o, i] (+ bias[o]) for a decode step's
@@ -622,23 +668,39 @@ extern "C" __global__ void silu_mul(T* out, const T* fg, int inter, long n) {
 // second buffer, since the other blocks still read the first. Each rounds to T where the unfused ops do.
 
 
-// xs[r] = rmsnorm(residual[r] + delta[r]) · w for the step's rows (rows ≤ R), by the whole block (every row's
-// loads in flight together, one barrier for all the sums); residual_out[r] = the sum (block 0, when delta is
-// given). Ends with a barrier.
+// xs[r] = rmsnorm(residual[r] + delta[r]) · w for the step's rows (rows ≤ R), by the whole block, 16 bytes a
+// load (each thread's loads, every row's, issued before their sums are used: the kernel's opening is
+// latency, not bytes); residual_out[r] = the sum (block 0, when delta is given). Needs in · sizeof(T) a
+// multiple of 16. Ends with a barrier.
 template <int R>
 __device__ void norm_rows(T* xs, const T* residual, const T* delta, T* residual_out, const T* w, int rows, int in,
                           float eps) {
+  constexpr int V = 16 / sizeof(T);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int nvec = in / V;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  // The norm's weight, this thread's first load of it, for the second pass.
+  const uint4 w0 = threadIdx.x < nvec ? reinterpret_cast<const uint4*>(w)[threadIdx.x] : zero;
   float ss[R];
 #pragma unroll
   for (int r = 0; r < R; r++) {
     ss[r] = 0.f;
     if (R > 1 && r >= rows) continue;
-    for (int i = threadIdx.x; i < in; i += blockDim.x) {
-      const size_t at = (size_t)r * in + i;
-      const float v = delta ? rnd(tof(residual[at]) + tof(delta[at])) : tof(residual[at]);
-      xs[at] = fromf(v);
-      ss[r] += v * v;
+    const uint4* res = reinterpret_cast<const uint4*>(residual + (size_t)r * in);
+    const uint4* del = reinterpret_cast<const uint4*>(delta + (size_t)r * in);
+    for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+      const uint4 a = res[c];
+      const uint4 d = delta ? del[c] : zero;
+      uint4 sum;
+      T* e = reinterpret_cast<T*>(&sum);
+#pragma unroll
+      for (int k = 0; k < V; k++) {
+        const float v = delta ? rnd(t_of(a, k) + t_of(d, k)) : t_of(a, k);
+        e[k] = fromf(v);
+        ss[r] += v * v;
+      }
+      reinterpret_cast<uint4*>(xs + (size_t)r * in)[c] = sum;
+      if (delta && blockIdx.x == 0) reinterpret_cast<uint4*>(residual_out + (size_t)r * in)[c] = sum;
     }
     ss[r] = warp_sum(ss[r]);
   }
@@ -655,10 +717,14 @@ __device__ void norm_rows(T* xs, const T* residual, const T* delta, T* residual_
     for (int j = 0; j < nwarps; j++) t += part[r][j];
     const float inv = rsqrtf(t / in + eps);
     // Each thread rewrites the elements it wrote above: no barrier needed in between.
-    for (int i = threadIdx.x; i < in; i += blockDim.x) {
-      const size_t at = (size_t)r * in + i;
-      if (delta && blockIdx.x == 0) residual_out[at] = xs[at];
-      xs[at] = fromf(tof(w[i]) * rnd(tof(xs[at]) * inv));
+    uint4* row = reinterpret_cast<uint4*>(xs + (size_t)r * in);
+    for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+      const uint4 wv = c == threadIdx.x ? w0 : reinterpret_cast<const uint4*>(w)[c];
+      uint4 x = row[c];
+      T* e = reinterpret_cast<T*>(&x);
+#pragma unroll
+      for (int k = 0; k < V; k++) e[k] = fromf(t_of(wv, k) * rnd(tof(e[k]) * inv));
+      row[c] = x;
     }
   }
   __syncthreads();
@@ -684,13 +750,13 @@ __device__ __forceinline__ size_t row_bytes(int in) {
 // The first pass of pair_dot's weight loads for a warp's P rows, issued before the block normalises its
 // input (they do not depend on it), so that the norm's latency hides behind theirs.
 template <int P, int K>
-__device__ __forceinline__ void pair_prefetch(uint4 (&wv)[P][GEMV_UNROLL], const PairRows<P>& pr, int in,
+__device__ __forceinline__ void pair_prefetch(uint4 (&wv)[P][Codes<K>::UNROLL], const PairRows<P>& pr, int in,
                                               bool live) {
   const int lane = threadIdx.x & 31, nvec = live ? in / Codes<K>::PER : 0;
 #pragma unroll
   for (int p = 0; p < P; p++)
-    gemv_load(wv[p], reinterpret_cast<const uint4*>(pr.w[p] + (live ? pr.rows[p] : 0) * row_bytes<K>(in)), lane,
-              nvec);
+    gemv_load<Codes<K>::UNROLL>(
+        wv[p], reinterpret_cast<const uint4*>(pr.w[p] + (live ? pr.rows[p] : 0) * row_bytes<K>(in)), lane, nvec);
 }
 
 // acc[p][r] = Σ_i xs[p][r, i] · w_p[rows[p], i] for a warp's P weight rows (rows < R of the inputs), their
@@ -699,8 +765,8 @@ __device__ __forceinline__ void pair_prefetch(uint4 (&wv)[P][GEMV_UNROLL], const
 // of 16, in a multiple of 32 for the quantized kinds, and 16-byte aligned rows.
 template <int R, int P, int K>
 __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& pr, int rows, int in,
-                                         const uint4 (&first)[P][GEMV_UNROLL]) {
-  constexpr int PER = Codes<K>::PER;
+                                         const uint4 (&first)[P][Codes<K>::UNROLL]) {
+  constexpr int PER = Codes<K>::PER, U = Codes<K>::UNROLL;
   constexpr int XV = 16 / sizeof(T);
   const int lane = threadIdx.x & 31;
   const int nvec = in / PER;
@@ -708,9 +774,9 @@ __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& 
   for (int p = 0; p < P; p++)
 #pragma unroll
     for (int r = 0; r < R; r++) acc[p][r] = 0.f;
-  auto pass = [&](const uint4 (&wv)[P][GEMV_UNROLL], int v0) {
+  auto pass = [&](const uint4 (&wv)[P][U], int v0) {
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
+    for (int u = 0; u < U; u++) {
       const int v = v0 + 32 * u;
       if (v >= nvec) break;
 #pragma unroll
@@ -756,11 +822,11 @@ __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& 
     }
   };
   pass(first, lane);
-  for (int v0 = lane + 32 * GEMV_UNROLL; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
-    uint4 wv[P][GEMV_UNROLL];
+  for (int v0 = lane + 32 * U; v0 < nvec; v0 += 32 * U) {
+    uint4 wv[P][U];
 #pragma unroll
     for (int p = 0; p < P; p++)
-      gemv_load(wv[p], reinterpret_cast<const uint4*>(pr.w[p] + pr.rows[p] * row_bytes<K>(in)), v0, nvec);
+      gemv_load<U>(wv[p], reinterpret_cast<const uint4*>(pr.w[p] + pr.rows[p] * row_bytes<K>(in)), v0, nvec);
     pass(wv, v0);
   }
 #pragma unroll
@@ -781,7 +847,7 @@ __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, c
     pr.xs[p] = xs;
     pr.rows[p] = rows[p];
   }
-  uint4 first[P][GEMV_UNROLL];
+  uint4 first[P][Codes<QK_T>::UNROLL];
   pair_prefetch<P, QK_T>(first, pr, in, true);
   pair_dot<R, P, QK_T>(acc, pr, R, in, first);
 }
@@ -821,7 +887,7 @@ template <int R, int K>
 __device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], PairRows<2>& pr, float* row_scale, bool live,
                                                    int rows, const T* residual, const T* delta, T* residual_out,
                                                    const T* norm_w, int in, float eps) {
-  uint4 first[2][GEMV_UNROLL];
+  uint4 first[2][Codes<K>::UNROLL];
   pair_prefetch<2, K>(first, pr, in, live);
   pdl_enter();
   T* xs = reinterpret_cast<T*>(dynamic_shared());
@@ -834,12 +900,13 @@ __device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], PairRows<
       T* xb = xs + (size_t)rows * in;
       pr.xs[1] = xb;
       for (int r = 0; r < rows; r++)
-        round_input_row(xb + (size_t)r * in, row_scale + GEMV_MAX_ROWS + r, xs + (size_t)r * in, b->prequant,
+        round_input_row<16 / sizeof(T)>(xb + (size_t)r * in, row_scale + GEMV_MAX_ROWS + r, xs + (size_t)r * in, b->prequant,
                         b->smoother, b->rounding, b->in_scale, in, 0);
     }
     if (a->rounding >= 0) {
+      __syncthreads();  // the copy above read what this rounds in place, maybe by other threads' share
       for (int r = 0; r < rows; r++)
-        round_input_row(xs + (size_t)r * in, row_scale + r, xs + (size_t)r * in, a->prequant, a->smoother,
+        round_input_row<16 / sizeof(T)>(xs + (size_t)r * in, row_scale + r, xs + (size_t)r * in, a->prequant, a->smoother,
                         a->rounding, a->in_scale, in, 0);
     }
     __syncthreads();
