@@ -56,16 +56,18 @@ export function readEngineConfig(dir: string): EngineConfig {
  * This process's place among the engine's ranks: alone for a single-rank engine, else the rank kiln run's
  * launcher or mpirun started it as, joined to the others.
  */
-function parallelContext(dir: string, config: EngineConfig): ParallelContext {
+function parallelContext(dir: string, config: EngineConfig): ParallelContext & { localRank: number } {
   const mapping = Mapping.fromConfig(config.pretrained_config.mapping, path.join(dir, "config.json"));
   const env = rankEnv();
-  if (mapping.worldSize === 1 && (env === null || env.worldSize === 1)) return { mapping, rank: 0, comm: SOLO };
+  if (mapping.worldSize === 1 && (env === null || env.worldSize === 1)) {
+    return { mapping, rank: 0, localRank: 0, comm: SOLO };
+  }
   if (env === null) {
     throw new ConfigError(
       `${dir} was built for world_size ${mapping.worldSize} (tp_size ${mapping.tpSize} × pp_size ${mapping.ppSize} × cp_size ${mapping.cpSize}): run it with kiln run, which starts one process per rank, or under mpirun -n ${mapping.worldSize} (kiln serve and kiln eval take single-rank engines)`,
     );
   }
-  return { mapping, rank: env.rank, comm: joinWorld(env, mapping.worldSize, dir) };
+  return { mapping, rank: env.rank, localRank: env.localRank, comm: joinWorld(env, mapping.worldSize, dir) };
 }
 
 export async function loadEngine(dir: string): Promise<LoadedEngine> {
@@ -75,14 +77,21 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
     // Imported only here, so cpu users never load koffi or look for CUDA libraries.
     const { loadCudaBackend } = await import("../backends/cuda/load.js");
     const { CudaExecutor } = await import("../backends/cuda/executor.js");
-    const backend = loadCudaBackend(path.join(dir, "rank0.engine"), config);
-    const model = new DecoderModel(config.pretrained_config, backend);
+    const { CudaDevice } = await import("../backends/cuda/driver.js");
+    const cfg = config.pretrained_config;
+    const dims = decoderDims(cfg, parallel.mapping, parallel.rank);
+    // One GPU per local rank; where the host has fewer GPUs than ranks, ranks share them round-robin (their
+    // collectives then go through the host: see DecoderModel.graphCapturable).
+    const gpu = parallel.mapping.worldSize > 1 ? parallel.localRank % CudaDevice.count() : 0;
+    const logitsWidth = dims.vocabRows * parallel.mapping.tpSize;
+    const backend = loadCudaBackend(path.join(dir, `rank${parallel.rank}.engine`), config, { dims, logitsWidth, gpu });
+    const model = new DecoderModel(cfg, backend, parallel);
     return {
       dir,
       config,
       backend,
       model,
-      executor: new CudaExecutor(backend, model, config.pretrained_config.vocab_size),
+      executor: new CudaExecutor(backend, model, cfg.vocab_size),
     };
   }
   const file = EngineFile.open(path.join(dir, `rank${parallel.rank}.engine`), {

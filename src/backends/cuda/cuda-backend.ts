@@ -5,6 +5,7 @@
 export type { CudaDtype, CudaQuant, CudaTensor } from "./cuda-tensor.js";
 
 import type { BackendName } from "../../builder/build-config.js";
+import { decodeToFloat32, encodeFromFloat32 } from "../../checkpoint/dtype.js";
 import type {
   AttentionShape,
   Backend,
@@ -547,11 +548,27 @@ export class CudaBackend implements Backend<CudaTensor> {
     return out;
   }
 
+  /** Waits for the stream and copies `x` to the host as float32 (logits, or activations ranks exchange). */
   toHost(x: CudaTensor): Float32Array {
-    if (x.dtype !== "F32") throw new Error("only float32 tensors (logits) are copied to the host");
-    const out = new Float32Array(x.rows * x.cols);
     this.device.synchronize();
-    if (out.length > 0) this.device.download(out, x.ptr);
+    const n = x.rows * x.cols;
+    if (x.dtype === "F32") {
+      const out = new Float32Array(n);
+      if (n > 0) this.device.download(out, x.ptr);
+      return out;
+    }
+    const raw = new Uint8Array(n * BYTES[x.dtype]);
+    if (n > 0) this.device.download(raw, x.ptr);
+    return decodeToFloat32(raw, x.dtype);
+  }
+
+  /**
+   * Host values as a step tensor (in the step's arena, so it lives as long as what the model computes beside
+   * it): in the model dtype, or float32 for logits. Copied in stream order, after what the stream has queued.
+   */
+  fromHost(data: Float32Array, rows: number, cols: number, float32 = false): CudaTensor {
+    const out = this.alloc(rows, cols, float32 ? "F32" : this.dtype);
+    this.device.uploadInStreamOrder(out.ptr, float32 ? data : encodeFromFloat32(data, this.dtype));
     return out;
   }
 

@@ -88,6 +88,17 @@ export class CudaDevice {
 
   private static instances = new Map<number, CudaDevice>();
 
+  /** How many GPUs the driver sees (what a rank's GPU is chosen among). */
+  static count(): number {
+    const api = loadDriver();
+    const init = api.cuInit(0);
+    if (init !== 0) throw new CudaUnavailableError(`no usable NVIDIA GPU: cuInit failed (error ${init})`);
+    const count = [0];
+    const code = api.cuDeviceGetCount(count);
+    if (code !== 0) throw new CudaError(`cuDeviceGetCount failed (error ${code})`);
+    return count[0];
+  }
+
   /** The device's primary context, shared by everything in this process that uses GPU `ordinal`. */
   static open(ordinal = 0): CudaDevice {
     let d = CudaDevice.instances.get(ordinal);
@@ -160,6 +171,16 @@ export class CudaDevice {
   /** Copies the first `bytes` of a pinned host buffer (from allocHost) to the device, in stream order. */
   uploadAsync(dst: number, pinnedSrc: unknown, bytes: number): void {
     this.check(this.api.cuMemcpyHtoDAsync(dst, pinnedSrc, bytes, this.stream), "cuMemcpyHtoDAsync");
+  }
+
+  /**
+   * Copies ordinary (pageable) host memory to the device in stream order: the driver stages `src` before it
+   * returns, so `src` may be reused at once, and later launches on the stream see the data (a synchronous
+   * cuMemcpyHtoD would not order itself with this non-blocking stream).
+   */
+  uploadInStreamOrder(dst: number, src: ArrayBufferView): void {
+    if (src.byteLength === 0) return;
+    this.check(this.api.cuMemcpyHtoDAsync(dst, src, src.byteLength, this.stream), "cuMemcpyHtoDAsync");
   }
 
   downloadAsync(pinnedDst: unknown, src: number, bytes: number): void {

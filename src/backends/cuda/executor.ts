@@ -104,7 +104,9 @@ export class CudaExecutor implements StepExecutor {
     const pick = (logits: CudaTensor) =>
       mode === "greedy" ? this.be.launchGreedy(logits, this.vocab) : this.be.launchSample(logits, this.vocab);
     const n = step.tokenIds.length;
-    const bucket = GRAPHS && isDecodeStep(step) ? BUCKETS.find((b) => b >= n && b <= this.be.maxGraphRows) : undefined;
+    // A multi-rank model whose collectives go through the host runs every step eagerly (graphCapturable).
+    const graphs = GRAPHS && this.model.graphCapturable;
+    const bucket = graphs && isDecodeStep(step) ? BUCKETS.find((b) => b >= n && b <= this.be.maxGraphRows) : undefined;
     if (bucket === undefined) {
       this.eagerSteps++;
       pick(this.model.forward(step));

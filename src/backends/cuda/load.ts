@@ -5,14 +5,33 @@ import type { EngineConfig } from "../../builder/build-engine.js";
 import { EngineFile } from "../../builder/engine-file.js";
 import { dtypeFromName } from "../../checkpoint/dtype.js";
 import { EngineError } from "../../errors.js";
+import { type DecoderDims, decoderDims } from "../../models/decoder.js";
 import { ropeSpec } from "../../models/rope.js";
 import { companionName, scaleName } from "../../quantization/mode.js";
 import { CudaBackend, type CudaDtype, type CudaQuant, type CudaTensor } from "./cuda-backend.js";
 import { CudaDevice } from "./driver.js";
 import { decodeDescriptor, descriptorName, type QuantDescriptor } from "./weight-layout.js";
 
-export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaBackend {
-  const device = CudaDevice.open();
+/** Which rank file a backend is opened for, and on which GPU. */
+export interface CudaRankPlace {
+  /** The rank's share of the decoder (its layers, heads, vocabulary rows). */
+  dims: DecoderDims;
+  /** Width of the logits rows the rank returns: every tp rank's vocabulary rows side by side. */
+  logitsWidth: number;
+  /** The GPU's ordinal. */
+  gpu: number;
+}
+
+export function loadCudaBackend(
+  enginePath: string,
+  config: EngineConfig,
+  place: CudaRankPlace = {
+    dims: decoderDims(config.pretrained_config),
+    logitsWidth: decoderDims(config.pretrained_config).vocabRows,
+    gpu: 0,
+  },
+): CudaBackend {
+  const device = CudaDevice.open(place.gpu);
   const file = EngineFile.open(enginePath, { backend: "cuda", target: null });
   try {
     const built = file.header.target;
@@ -76,7 +95,7 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
       ? null
       : {
           kind: kvAlgo === "INT8" ? ("int8" as const) : ("fp8" as const),
-          scales: Float32Array.from({ length: m.num_hidden_layers }, (_, l) => {
+          scales: Float32Array.from({ length: place.dims.layers.length }, (_, l) => {
             const name = `transformer.layers.${l}.attention.kv_cache_scaling_factor`;
             const v =
               sectionDtype.get(name) === "F32" ? new Float32Array(file.read(name).slice().buffer)[0] : Number.NaN;
@@ -97,7 +116,9 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
         maxBlocksPerSeq: Math.ceil(b.max_seq_len / b.tokens_per_block),
         hidden: m.hidden_size,
         widestRow: Math.max(qkv, 2 * m.intermediate_size),
-        vocab: weights.get("lm_head.weight")?.rows ?? m.vocab_size,
+        // A tp rank's logits come back from its group as every rank's rows side by side, and a pipeline
+        // stage without lm_head receives the last stage's.
+        vocab: Math.max(weights.get("lm_head.weight")?.rows ?? 0, place.logitsWidth),
         logitRows: b.gather_context_logits ? Math.max(b.max_num_tokens, maxSeqs) : maxSeqs,
         maxSeqLen: b.max_seq_len,
         numHeads: m.num_attention_heads,

@@ -1,0 +1,115 @@
+// Multi-rank runs on the cuda backend: `kiln run` on a cuda engine split by tp and pp starts one process per
+// rank, each on GPU (local rank mod the GPUs there are), and the ranks' logits and greedy ids equal the
+// single-rank cuda run's (which test-gpu/e2e.test.ts holds to transformers). Where ranks share a GPU (one
+// GPU here, or the emulator) their collectives go through the host and every step runs eagerly.
+
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { after, describe, test } from "node:test";
+import { buildEngine } from "../src/builder/build-engine.js";
+import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
+import { Mapping, type MappingSizes } from "../src/mapping.js";
+import { FIXTURES, loadReference, maxAbsDiff, tempDir } from "../test/helpers.js";
+import { flatLogits, layoutName, type RunJson, runJson, writePrompts } from "../test/rank-runs.js";
+
+const work = tempDir("kiln-gpu-ranks-");
+after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+/** A cuda engine of `fixture` split by `sizes`, gathering context logits. */
+async function cudaEngine(
+  fixture: string,
+  sizes: MappingSizes,
+  dtype: "float32" | "bfloat16" = "float32",
+): Promise<string> {
+  const tag = `${fixture}-${layoutName(sizes) || "single"}-${dtype}`;
+  const ckpt = path.join(work, `${tag}-ckpt`);
+  await convertHfCheckpoint({
+    modelDir: path.join(FIXTURES, fixture, "hf"),
+    outputDir: ckpt,
+    dtype,
+    mapping: new Mapping(sizes),
+  });
+  const engine = path.join(work, `${tag}-engine`);
+  await buildEngine({
+    checkpointDir: ckpt,
+    outputDir: engine,
+    backend: "cuda",
+    request: { gather_context_logits: true, max_batch_size: 4 },
+  });
+  return engine;
+}
+
+// qwen2_tied_gqa: 4 heads, 2 KV heads, 2 layers, tied lm_head and a qkv bias (the bias added by tp rank 0 only
+// where it is row-parallel). qwen2_untied_mqa: one KV head, which tp 2 repeats on both ranks, and 3 layers.
+for (const fixture of ["qwen2_tied_gqa", "qwen2_untied_mqa"]) {
+  describe(`cuda ${fixture}: split runs equal the single-rank cuda run`, async () => {
+    const prompts = writePrompts(
+      work,
+      fixture,
+      loadReference(fixture).prompts.map((p) => p.inputIds),
+    );
+    let single: RunJson | null = null;
+    const reference = async () => {
+      single ??= runJson(await cudaEngine(fixture, {}), prompts, work, `${fixture}-single`);
+      return single;
+    };
+    for (const sizes of [{ tpSize: 2 }, { ppSize: 2 }, { tpSize: 2, ppSize: 2 }] as MappingSizes[]) {
+      test(`float32 ${layoutName(sizes)}: context logits within 1e-3, greedy ids identical`, async () => {
+        const want = await reference();
+        const engine = await cudaEngine(fixture, sizes);
+        const world = new Mapping(sizes).worldSize;
+        for (let r = 0; r < world; r++) assert.ok(fs.existsSync(path.join(engine, `rank${r}.engine`)), `rank${r}`);
+        const got = runJson(engine, prompts, work, `${fixture}-${layoutName(sizes)}`);
+        assert.deepEqual(got.output_ids, want.output_ids);
+        const diff = maxAbsDiff(flatLogits(got), flatLogits(want));
+        console.log(`# cuda ${fixture} ${layoutName(sizes)}: max |Δlogit| vs one rank ${diff.toExponential(2)}`);
+        assert.ok(diff <= 1e-3, `max |Δlogit| ${diff}`);
+      });
+    }
+  });
+}
+
+// bfloat16: pipeline stages hand on the residual exactly (bfloat16 → float32 → bfloat16 is lossless), so pp 2
+// gives the single-rank bits. Under tp each rank's partial dense and proj outputs are rounded to bfloat16
+// before they are summed (as NCCL sums them), one more rounding than the single-rank GEMM: on these random
+// fixtures (logits up to ±6) that is measured against transformers' own bfloat16 noise (its bfloat16 run vs
+// its float32 run, reference_bf16.safetensors), which the split run must stay within.
+describe("cuda bfloat16 split runs", () => {
+  const fixture = "qwen2_tied_gqa";
+  const prompts = writePrompts(
+    work,
+    `${fixture}-bf16`,
+    loadReference(fixture).prompts.map((p) => p.inputIds),
+  );
+  let single: RunJson | null = null;
+  const reference = async () => {
+    single ??= runJson(await cudaEngine(fixture, {}, "bfloat16"), prompts, work, "bf16-single");
+    return single;
+  };
+
+  test("pp2: the single-rank run's logits and greedy ids, bit for bit", async () => {
+    const want = await reference();
+    const got = runJson(await cudaEngine(fixture, { ppSize: 2 }, "bfloat16"), prompts, work, "bf16-pp2");
+    assert.deepEqual(got.output_ids, want.output_ids);
+    assert.equal(maxAbsDiff(flatLogits(got), flatLogits(want)), 0);
+  });
+
+  test("tp2-pp2: context logits within transformers' own bfloat16 noise of the single-rank run", async () => {
+    const want = await reference();
+    const got = runJson(await cudaEngine(fixture, { tpSize: 2, ppSize: 2 }, "bfloat16"), prompts, work, "bf16-4");
+    const ref = loadReference(fixture);
+    const rec = SafetensorsFile.open(path.join(FIXTURES, fixture, "reference_bf16.safetensors"));
+    const hfNoise = Math.max(
+      ...ref.prompts.map((p, i) => maxAbsDiff(rec.readFloat32(`prompt${i}.context_logits`), p.contextLogits)),
+    );
+    rec.close();
+    const diff = maxAbsDiff(flatLogits(got), flatLogits(want));
+    console.log(
+      `# cuda ${fixture} bfloat16 tp2-pp2: max |Δlogit| vs one rank ${diff.toExponential(2)}; transformers bf16 vs fp32 ${hfNoise.toExponential(2)}`,
+    );
+    assert.ok(diff > 0, "tp rounds its partial sums: the logits cannot be the single-rank bits");
+    assert.ok(diff <= hfNoise, `max |Δlogit| ${diff} > transformers' own bfloat16 noise ${hfNoise}`);
+  });
+});
