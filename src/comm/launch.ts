@@ -11,7 +11,14 @@ export function launchRanks(worldSize: number): Promise<number> {
   const commDir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-comm-"));
   const children = Array.from({ length: worldSize }, (_, rank) =>
     spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
-      env: { ...process.env, KILN_RANK: String(rank), KILN_WORLD_SIZE: String(worldSize), KILN_COMM_DIR: commDir },
+      env: {
+        ...process.env,
+        KILN_RANK: String(rank),
+        KILN_WORLD_SIZE: String(worldSize),
+        KILN_COMM_DIR: commDir,
+        // NVLink multicast (NVLS) can take a shared host's GPUs out of service: never on in a rank kiln starts.
+        NCCL_NVLS_ENABLE: "0",
+      },
       // Every rank computes the same tokens; rank 0 prints them. The others' errors are kept for a failure.
       stdio: rank === 0 ? "inherit" : ["ignore", "ignore", "pipe"],
     }),

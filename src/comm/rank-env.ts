@@ -1,6 +1,6 @@
 // Which rank this process is: set by kiln's own launcher (KILN_RANK, KILN_WORLD_SIZE, KILN_COMM_DIR) or by
-// OpenMPI's mpirun (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK, and a job id every
-// rank of the job shares).
+// OpenMPI's mpirun (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK and _LOCAL_SIZE,
+// and a job id every rank of the job shares).
 
 import os from "node:os";
 import path from "node:path";
@@ -13,6 +13,8 @@ export interface RankEnv {
   worldSize: number;
   /** The rank among this host's ranks: what picks its GPU. kiln's launcher starts every rank on one host. */
   localRank: number;
+  /** Ranks of this run on this host. */
+  localSize: number;
   /** Where the ranks of this run meet (every rank computes the same path). */
   commDir: string;
   /** Who started the ranks, for error messages. */
@@ -35,7 +37,8 @@ export function rankEnv(env: NodeJS.ProcessEnv = process.env): RankEnv | null {
   if (env.KILN_RANK !== undefined) {
     if (!env.KILN_COMM_DIR) throw new UsageError("KILN_RANK is set but KILN_COMM_DIR is not");
     const rank = int("KILN_RANK");
-    return { rank, worldSize: int("KILN_WORLD_SIZE"), localRank: rank, commDir: env.KILN_COMM_DIR, launcher: "kiln" };
+    const worldSize = int("KILN_WORLD_SIZE");
+    return { rank, worldSize, localRank: rank, localSize: worldSize, commDir: env.KILN_COMM_DIR, launcher: "kiln" };
   }
   if (env.OMPI_COMM_WORLD_RANK !== undefined) {
     const job = env.KILN_COMM_DIR ? undefined : mpiJobId(env);
@@ -47,6 +50,8 @@ export function rankEnv(env: NodeJS.ProcessEnv = process.env): RankEnv | null {
       rank,
       worldSize: int("OMPI_COMM_WORLD_SIZE"),
       localRank: env.OMPI_COMM_WORLD_LOCAL_RANK === undefined ? rank : int("OMPI_COMM_WORLD_LOCAL_RANK"),
+      localSize:
+        env.OMPI_COMM_WORLD_LOCAL_SIZE === undefined ? int("OMPI_COMM_WORLD_SIZE") : int("OMPI_COMM_WORLD_LOCAL_SIZE"),
       commDir: env.KILN_COMM_DIR ?? path.join(os.tmpdir(), `kiln-comm-${job}`),
       launcher: "mpirun",
     };

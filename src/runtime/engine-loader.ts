@@ -56,18 +56,22 @@ export function readEngineConfig(dir: string): EngineConfig {
  * This process's place among the engine's ranks: alone for a single-rank engine, else the rank kiln run's
  * launcher or mpirun started it as, joined to the others.
  */
-function parallelContext(dir: string, config: EngineConfig): ParallelContext & { localRank: number } {
+function parallelContext(
+  dir: string,
+  config: EngineConfig,
+): ParallelContext & { localRank: number; localSize: number } {
   const mapping = Mapping.fromConfig(config.pretrained_config.mapping, path.join(dir, "config.json"));
   const env = rankEnv();
   if (mapping.worldSize === 1 && (env === null || env.worldSize === 1)) {
-    return { mapping, rank: 0, localRank: 0, comm: SOLO };
+    return { mapping, rank: 0, localRank: 0, localSize: 1, comm: SOLO };
   }
   if (env === null) {
     throw new ConfigError(
       `${dir} was built for world_size ${mapping.worldSize} (tp_size ${mapping.tpSize} × pp_size ${mapping.ppSize} × cp_size ${mapping.cpSize}): run it with kiln run, which starts one process per rank, or under mpirun -n ${mapping.worldSize} (kiln serve and kiln eval take single-rank engines)`,
     );
   }
-  return { mapping, rank: env.rank, localRank: env.localRank, comm: joinWorld(env, mapping.worldSize, dir) };
+  const comm = joinWorld(env, mapping.worldSize, dir);
+  return { mapping, rank: env.rank, localRank: env.localRank, localSize: env.localSize, comm };
 }
 
 export async function loadEngine(dir: string): Promise<LoadedEngine> {
@@ -80,11 +84,22 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
     const { CudaDevice } = await import("../backends/cuda/driver.js");
     const cfg = config.pretrained_config;
     const dims = decoderDims(cfg, parallel.mapping, parallel.rank);
-    // One GPU per local rank; where the host has fewer GPUs than ranks, ranks share them round-robin (their
-    // collectives then go through the host: see DecoderModel.graphCapturable).
-    const gpu = parallel.mapping.worldSize > 1 ? parallel.localRank % CudaDevice.count() : 0;
-    const logitsWidth = dims.vocabRows * parallel.mapping.tpSize;
+    const { mapping, comm } = parallel;
+    // One GPU per local rank; where the host has fewer GPUs than ranks, ranks share them round-robin and their
+    // collectives go through the host (so their steps run eagerly: DecoderModel.graphCapturable).
+    const gpus = mapping.worldSize > 1 ? CudaDevice.count() : 1;
+    const gpu = parallel.localRank % gpus;
+    const logitsWidth = dims.vocabRows * mapping.tpSize;
     const backend = loadCudaBackend(path.join(dir, `rank${parallel.rank}.engine`), config, { dims, logitsWidth, gpu });
+    if (mapping.worldSize > 1) {
+      const { ncclCollectivesFor } = await import("../backends/cuda/nccl-collectives.js");
+      try {
+        backend.collectives = ncclCollectivesFor(backend, comm, mapping, { ranksOnHost: parallel.localSize, gpus });
+      } catch (e) {
+        backend.dispose();
+        throw e;
+      }
+    }
     const model = new DecoderModel(cfg, backend, parallel);
     return {
       dir,

@@ -15,6 +15,7 @@ import type {
   NormSpec,
   RopeSpec,
   StepInput,
+  TensorCollectives,
 } from "../backend.js";
 import { Cublas } from "./cublas.js";
 import {
@@ -88,6 +89,8 @@ export class CudaBackend implements Backend<CudaTensor> {
   private readonly attentionPartial: number;
   /** Per (row, head) of a split attention, how many of its chunks have finished. */
   private readonly attentionArrivals: number;
+  /** NCCL between ranks that have a GPU each (set by the loader before the model is made); null: the host. */
+  collectives: TensorCollectives<CudaTensor> | null = null;
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
   decodeTensorCores: DecodeTensorCores =
@@ -158,6 +161,8 @@ export class CudaBackend implements Backend<CudaTensor> {
     if (this.disposed) return;
     this.disposed = true;
     this.device.synchronize();
+    this.collectives?.dispose();
+    this.collectives = null;
     for (const w of this.weights.values()) this.device.free(w.ptr);
     this.weights.clear();
     for (const p of [
@@ -235,6 +240,11 @@ export class CudaBackend implements Backend<CudaTensor> {
     const t = { ptr: arena.base + arena.used, rows, cols, dtype };
     arena.used += bytes;
     return t;
+  }
+
+  /** A step tensor in the current arena (what collectives receive into); float32 or the model's dtype. */
+  stepTensor(rows: number, cols: number, float32: boolean): CudaTensor {
+    return this.alloc(rows, cols, float32 ? "F32" : this.dtype);
   }
 
   /** Whether the tensor-core attention kernels take this head size: half and bfloat16 engines, heads a multiple of 16 up to `most`. */
