@@ -1,12 +1,14 @@
 // Multi-rank runs on the cuda backend: `kiln run` on a cuda engine split by tp and pp starts one process per
 // rank, each on GPU (local rank mod the GPUs there are), and the ranks' logits and greedy ids equal the
-// single-rank cuda run's (which test-gpu/e2e.test.ts holds to transformers). Where ranks share a GPU (one
-// GPU here, or the emulator) their collectives go through the host and every step runs eagerly.
+// single-rank cuda run's (which test-gpu/e2e.test.ts holds to transformers). Ranks that share a GPU exchange
+// through the host and run every step eagerly; ranks with a GPU each exchange through NCCL and replay decode
+// steps as CUDA graphs (on the emulator: KILN_EMU_GPUS GPUs and its NCCL stand-in, test/cuda-emu/nccl.cpp).
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
+import { CudaDevice } from "../src/backends/cuda/driver.js";
 import { buildEngine } from "../src/builder/build-engine.js";
 import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
@@ -17,27 +19,40 @@ import { flatLogits, layoutName, type RunJson, runJson, writePrompts } from "../
 const work = tempDir("kiln-gpu-ranks-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
-/** A cuda engine of `fixture` split by `sizes`, gathering context logits. */
-async function cudaEngine(
+const built = new Map<string, Promise<string>>();
+
+/**
+ * A cuda engine of `fixture` split by `sizes` (built once), gathering context logits unless `gather` is false:
+ * an engine that gathers logits runs every step eagerly, one that does not replays decode steps as graphs.
+ */
+function cudaEngine(
   fixture: string,
   sizes: MappingSizes,
   dtype: "float32" | "bfloat16" = "float32",
+  gather = true,
 ): Promise<string> {
-  const tag = `${fixture}-${layoutName(sizes) || "single"}-${dtype}`;
-  const ckpt = path.join(work, `${tag}-ckpt`);
-  await convertHfCheckpoint({
-    modelDir: path.join(FIXTURES, fixture, "hf"),
-    outputDir: ckpt,
-    dtype,
-    mapping: new Mapping(sizes),
-  });
-  const engine = path.join(work, `${tag}-engine`);
-  await buildEngine({
-    checkpointDir: ckpt,
-    outputDir: engine,
-    backend: "cuda",
-    request: { gather_context_logits: true, max_batch_size: 4 },
-  });
+  const tag = `${fixture}-${layoutName(sizes) || "single"}-${dtype}${gather ? "" : "-greedy"}`;
+  let engine = built.get(tag);
+  if (!engine) {
+    engine = (async () => {
+      const ckpt = path.join(work, `${tag}-ckpt`);
+      await convertHfCheckpoint({
+        modelDir: path.join(FIXTURES, fixture, "hf"),
+        outputDir: ckpt,
+        dtype,
+        mapping: new Mapping(sizes),
+      });
+      const dir = path.join(work, `${tag}-engine`);
+      await buildEngine({
+        checkpointDir: ckpt,
+        outputDir: dir,
+        backend: "cuda",
+        request: { gather_context_logits: gather, max_batch_size: 4 },
+      });
+      return dir;
+    })();
+    built.set(tag, engine);
+  }
   return engine;
 }
 
@@ -70,6 +85,73 @@ for (const fixture of ["qwen2_tied_gqa", "qwen2_untied_mqa"]) {
     }
   });
 }
+
+const device = CudaDevice.open();
+const emulated = device.name.startsWith("kiln CUDA emulator");
+const gpus = CudaDevice.count();
+
+describe("ranks with a GPU each exchange through NCCL, and decode steps replay CUDA graphs", () => {
+  const fixture = "qwen2_tied_gqa";
+  const prompts = writePrompts(
+    work,
+    `${fixture}-nccl`,
+    loadReference(fixture).prompts.map((p) => p.inputIds),
+  );
+  // NCCL or a one-line refusal, never host staging; graph statistics on rank 0's stderr.
+  const env = { KILN_COLLECTIVES: "nccl", KILN_CUDA_GRAPH_STATS: "1", ...(emulated ? { KILN_EMU_GPUS: "4" } : {}) };
+  let single: { logits: RunJson; greedy: RunJson } | null = null;
+  const reference = async () => {
+    single ??= {
+      logits: runJson(await cudaEngine(fixture, {}), prompts, work, "nccl-single"),
+      greedy: runJson(await cudaEngine(fixture, {}, "float32", false), prompts, work, "nccl-single-greedy"),
+    };
+    return single;
+  };
+  for (const sizes of [{ tpSize: 2 }, { ppSize: 2 }, { tpSize: 2, ppSize: 2 }] as MappingSizes[]) {
+    const world = new Mapping(sizes).worldSize;
+    const name = layoutName(sizes);
+    // Said in the test's name and the TAP output: a machine of one GPU cannot give two ranks a GPU each.
+    const skip = !emulated && gpus < world ? `needs ${world} GPUs; this machine has ${gpus}` : false;
+    test(`float32 ${name} over NCCL: logits within 1e-3; greedy ids identical, decode steps replayed as graphs`, {
+      skip,
+    }, async () => {
+      const want = await reference();
+      const got = runJson(await cudaEngine(fixture, sizes), prompts, work, `nccl-${name}`, env);
+      assert.deepEqual(got.output_ids, want.logits.output_ids);
+      const diff = maxAbsDiff(flatLogits(got), flatLogits(want.logits));
+      console.log(`# cuda NCCL ${name}: max |Δlogit| vs one rank ${diff.toExponential(2)}`);
+      assert.ok(diff <= 1e-3, `max |Δlogit| ${diff}`);
+      const greedy = runJson(await cudaEngine(fixture, sizes, "float32", false), prompts, work, `nccl-${name}-g`, env);
+      assert.deepEqual(greedy.output_ids, want.greedy.output_ids);
+      assert.deepEqual(greedy.output_ids, want.logits.output_ids);
+      const replays = Number(/(\d+) graph replays/.exec(greedy.stderr ?? "")?.[1]);
+      console.log(`# cuda NCCL ${name}, engine without logits: ${greedy.stderr?.trim()}`);
+      assert.ok(replays > 0, `decode steps replayed no graph: ${greedy.stderr}`);
+    });
+  }
+
+  test("KILN_COLLECTIVES=nccl with more ranks than GPUs is refused in one line", async () => {
+    const engine = await cudaEngine(fixture, { tpSize: 2 });
+    const { spawnSync } = await import("node:child_process");
+    const { KILN } = await import("../test/rank-runs.js");
+    const r = spawnSync(
+      process.execPath,
+      [KILN, "run", "--engine_dir", engine, "--input_file", prompts, "--max_output_len", "2"],
+      {
+        encoding: "utf8",
+        env: {
+          ...process.env,
+          KILN_COLLECTIVES: "nccl",
+          KILN_EMU_GPUS: "1",
+          CUDA_VISIBLE_DEVICES: emulated ? undefined : "0",
+        },
+      },
+    );
+    assert.notEqual(r.status, 0);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, /KILN_COLLECTIVES=nccl: 2 ranks on this host but 1 GPU: NCCL needs a GPU per rank/);
+  });
+});
 
 // bfloat16: pipeline stages hand on the residual exactly (bfloat16 → float32 → bfloat16 is lossless), so pp 2
 // gives the single-rank bits. Under tp each rank's partial dense and proj outputs are rounded to bfloat16

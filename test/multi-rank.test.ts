@@ -196,6 +196,26 @@ describe("uneven pipeline, KV heads repeated, mpirun", async () => {
     assert.match(r.stderr, /mpirun -n 2.*world_size 3/);
   });
 
+  test("ranks that fail make kiln run fail, saying why once", () => {
+    const r = spawnSync(
+      process.execPath,
+      [
+        KILN,
+        "run",
+        "--engine_dir",
+        path.join(work, "five-pp3-engine"),
+        "--input_file",
+        path.join(work, "none.json"),
+        "--max_output_len",
+        "2",
+      ],
+      { encoding: "utf8", env: { ...process.env, KILN_RANK: undefined, OMPI_COMM_WORLD_RANK: undefined } },
+    );
+    assert.equal(r.status, 1, r.stderr);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, /none\.json/);
+  });
+
   test("a split engine loaded in-process without ranks says how to start them", async () => {
     await assert.rejects(
       LLM.load(path.join(work, "five-pp3-engine")),

@@ -14,6 +14,8 @@ export const NEW_TOKENS = 6;
 export interface RunJson {
   output_ids: number[][][];
   context_logits: number[][][];
+  /** What rank 0 said on stderr (not part of the JSON file). */
+  stderr?: string;
 }
 
 export function writePrompts(dir: string, tag: string, prompts: number[][]): string {
@@ -39,8 +41,8 @@ export function kilnRun(
     { encoding: "utf8", env: { ...process.env, KILN_RANK: undefined, OMPI_COMM_WORLD_RANK: undefined, ...env } },
   );
   assert.equal(r.status, 0, r.stderr);
-  if (out) return JSON.parse(fs.readFileSync(out, "utf8"));
-  return { output_ids: [], context_logits: [] };
+  if (out) return { ...JSON.parse(fs.readFileSync(out, "utf8")), stderr: r.stderr };
+  return { output_ids: [], context_logits: [], stderr: r.stderr };
 }
 
 /** `kiln run … --output_json <dir>/<tag>.json`, read back. */

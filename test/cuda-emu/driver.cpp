@@ -390,13 +390,21 @@ int cuGetErrorString(int error, const char** str) {
   return OK;
 }
 
+// KILN_EMU_GPUS=n makes the driver report n GPUs (default 1), so that ranks that would each have a GPU of
+// their own (and exchange through NCCL, test/cuda-emu/nccl.cpp) can be tested; every one is this process's.
+int emu_gpus() {
+  const char* v = std::getenv("KILN_EMU_GPUS");
+  const int n = v ? std::atoi(v) : 1;
+  return n >= 1 && n <= 8 ? n : 1;
+}
+
 int cuDeviceGetCount(int* count) {
-  *count = 1;
+  *count = emu_gpus();
   return OK;
 }
 int cuDeviceGet(int* device, int ordinal) {
-  if (ordinal != 0) return INVALID_VALUE;
-  *device = 0;
+  if (ordinal < 0 || ordinal >= emu_gpus()) return INVALID_VALUE;
+  *device = ordinal;
   return OK;
 }
 int cuDeviceGetAttribute(int* value, int attrib, int) {
