@@ -11,7 +11,7 @@ import { CPU_TARGET } from "../builder/build-engine.js";
 import { EngineFile } from "../builder/engine-file.js";
 import { readJson } from "../checkpoint/convert-hf.js";
 import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
-import { SOLO } from "../comm/communicator.js";
+import { type Communicator, SOLO } from "../comm/communicator.js";
 import { joinWorld, rankEnv } from "../comm/rank-env.js";
 import { ConfigError } from "../errors.js";
 import { Mapping } from "../mapping.js";
@@ -27,6 +27,8 @@ export interface LoadedEngine {
   // biome-ignore lint/suspicious/noExplicitAny: as above
   model: DecoderModel<any>;
   executor: StepExecutor;
+  /** How this rank reaches the engine's other ranks (SOLO for a single-rank engine). */
+  comm: Communicator;
 }
 
 /** Runs each step eagerly through the model; the cpu backend's executor. */
@@ -90,7 +92,9 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
     const gpus = mapping.worldSize > 1 ? CudaDevice.count() : 1;
     const gpu = parallel.localRank % gpus;
     const logitsWidth = dims.vocabRows * mapping.tpSize;
-    const backend = loadCudaBackend(path.join(dir, `rank${parallel.rank}.engine`), config, { dims, logitsWidth, gpu });
+    const ranksOnGpu = Math.ceil(parallel.localSize / gpus);
+    const place = { dims, logitsWidth, gpu, ranksOnGpu };
+    const backend = loadCudaBackend(path.join(dir, `rank${parallel.rank}.engine`), config, place);
     if (mapping.worldSize > 1) {
       const { ncclCollectivesFor } = await import("../backends/cuda/nccl-collectives.js");
       try {
@@ -107,6 +111,7 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
       backend,
       model,
       executor: new CudaExecutor(backend, model, cfg.vocab_size),
+      comm,
     };
   }
   const file = EngineFile.open(path.join(dir, `rank${parallel.rank}.engine`), {
@@ -126,5 +131,6 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
   const { weights, kvCache } = loaded;
   const backend = new CpuBackend(weights, kvCache);
   const model = new DecoderModel(config.pretrained_config, backend, parallel);
-  return { dir, config, backend, model, executor: eagerExecutor(backend, model, config.pretrained_config.vocab_size) };
+  const executor = eagerExecutor(backend, model, config.pretrained_config.vocab_size);
+  return { dir, config, backend, model, executor, comm: parallel.comm };
 }

@@ -196,9 +196,15 @@ export class CudaBackend implements Backend<CudaTensor> {
     return this.kvQuant ? this.kvQuant.scales[layer] : 1;
   }
 
-  /** 90% of the GPU memory still free once weights and activations are allocated (TensorRT-LLM's default). */
+  /** Ranks of this run on this GPU (more than one only where ranks outnumber the host's GPUs). */
+  ranksOnGpu = 1;
+
+  /**
+   * 90% of the GPU memory still free once weights and activations are allocated (TensorRT-LLM's default), shared
+   * evenly by the ranks on this GPU.
+   */
   kvBudgetBytes(): number {
-    return 0.9 * this.device.memInfo().free;
+    return (0.9 * this.device.memInfo().free) / this.ranksOnGpu;
   }
 
   weight(name: string): CudaTensor {

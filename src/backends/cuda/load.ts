@@ -20,6 +20,8 @@ export interface CudaRankPlace {
   logitsWidth: number;
   /** The GPU's ordinal. */
   gpu: number;
+  /** Ranks of this host on that GPU, which share its free memory for their KV caches. */
+  ranksOnGpu: number;
 }
 
 export function loadCudaBackend(
@@ -29,6 +31,7 @@ export function loadCudaBackend(
     dims: decoderDims(config.pretrained_config),
     logitsWidth: decoderDims(config.pretrained_config).vocabRows,
     gpu: 0,
+    ranksOnGpu: 1,
   },
 ): CudaBackend {
   const device = CudaDevice.open(place.gpu);
@@ -105,7 +108,7 @@ export function loadCudaBackend(
         };
     const maxSeqs = b.max_batch_size * b.max_beam_width;
     const qkv = (m.num_attention_heads + 2 * m.num_key_value_heads) * m.head_size;
-    return new CudaBackend(
+    const backend = new CudaBackend(
       device,
       module,
       weights,
@@ -116,9 +119,12 @@ export function loadCudaBackend(
         maxBlocksPerSeq: Math.ceil(b.max_seq_len / b.tokens_per_block),
         hidden: m.hidden_size,
         widestRow: Math.max(qkv, 2 * m.intermediate_size),
-        // A tp rank's logits come back from its group as every rank's rows side by side, and a pipeline
-        // stage without lm_head receives the last stage's.
-        vocab: Math.max(weights.get("lm_head.weight")?.rows ?? 0, place.logitsWidth),
+        // Float32 logits columns the last layer's arena holds at once: lm_head's rows, and for a split engine
+        // also the whole rows ranks exchange (tp's gathered shares and their side-by-side copy; what a stage
+        // without lm_head receives).
+        vocab:
+          (weights.get("lm_head.weight")?.rows ?? 0) +
+          (place.logitsWidth > place.dims.vocabRows || !place.dims.lastStage ? 2 * place.logitsWidth : 0),
         logitRows: b.gather_context_logits ? Math.max(b.max_num_tokens, maxSeqs) : maxSeqs,
         maxSeqLen: b.max_seq_len,
         numHeads: m.num_attention_heads,
@@ -127,6 +133,8 @@ export function loadCudaBackend(
       ropeSpec(m).invFreq,
       kvQuant,
     );
+    backend.ranksOnGpu = place.ranksOnGpu;
+    return backend;
   } finally {
     file.close();
   }
