@@ -14,7 +14,7 @@ import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { Mapping, type MappingSizes } from "../src/mapping.js";
 import { FIXTURES, loadReference, maxAbsDiff, tempDir } from "../test/helpers.js";
-import { flatLogits, layoutName, type RunJson, runJson, writePrompts } from "../test/rank-runs.js";
+import { flatLogits, kilnRun, layoutName, type RunJson, runJson, writePrompts } from "../test/rank-runs.js";
 
 const work = tempDir("kiln-gpu-ranks-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -47,7 +47,7 @@ function cudaEngine(
         checkpointDir: ckpt,
         outputDir: dir,
         backend: "cuda",
-        request: { gather_context_logits: gather, max_batch_size: 4 },
+        request: { gather_context_logits: gather, max_batch_size: 4, max_beam_width: 2 },
       });
       return dir;
     })();
@@ -130,6 +130,24 @@ describe("ranks with a GPU each exchange through NCCL, and decode steps replay C
       assert.ok(replays > 0, `decode steps replayed no graph: ${greedy.stderr}`);
     });
   }
+
+  test("sampling (drawn on the GPUs, in replayed graphs) and beam search over NCCL tp2-pp2 choose what one rank chooses", {
+    skip: !emulated && gpus < 4 ? `needs 4 GPUs; this machine has ${gpus}` : false,
+  }, async () => {
+    const one = await cudaEngine(fixture, {}, "float32", false);
+    const split = await cudaEngine(fixture, { tpSize: 2, ppSize: 2 }, "float32", false);
+    for (const flags of [
+      ["--temperature", "0.9", "--top_k", "0", "--top_p", "0.9", "--random_seed", "5"],
+      ["--num_beams", "2"],
+    ]) {
+      const tag = flags.join("").replace(/\W/g, "");
+      const a = path.join(work, `nccl-flags-${tag}-a.json`);
+      const b = path.join(work, `nccl-flags-${tag}-b.json`);
+      const want = kilnRun(one, prompts, a, ["--output_json", a, ...flags]);
+      const got = kilnRun(split, prompts, b, ["--output_json", b, ...flags], env);
+      assert.deepEqual(got.output_ids, want.output_ids, flags.join(" "));
+    }
+  });
 
   test("KILN_COLLECTIVES=nccl with more ranks than GPUs is refused in one line", async () => {
     const engine = await cudaEngine(fixture, { tpSize: 2 });
