@@ -28,6 +28,15 @@ export PATH=/tmp/bin:$PATH
 [ -f dist/bench/bench.js ] || node node_modules/typescript/bin/tsc -p tsconfig.json
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
 work=/tmp/kiln-bench
+# NCCL (test-gpu/nccl.test.ts, multi-rank runs) comes with PyTorch's wheels (nvidia-nccl-*) unless the system
+# has it; kiln dlopens libnccl.so.2, so its folder goes on the loader's path. NVLink multicast stays off.
+export NCCL_NVLS_ENABLE=0
+nccl_lib=system
+if ! ldconfig -p 2>/dev/null | grep libnccl.so.2 > /dev/null; then
+  nccl_lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))" 2>/dev/null || true)
+  [ -f "$nccl_lib/libnccl.so.2" ] || nccl_lib=$(find /usr /opt /root /home -name libnccl.so.2 2>/dev/null | head -1 | xargs -r dirname)
+  if [ -n "$nccl_lib" ]; then export LD_LIBRARY_PATH="$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; else nccl_lib="not found"; fi
+fi
 for stage in "$@"; do
 case "$stage" in
   refs)
@@ -99,14 +108,7 @@ case "$stage" in
     node dist/bench/bench.js --work "$work" --quick --moe --out "$OUT/moe.json"
     ;;
   nccl)
-    # NCCL comes with PyTorch's wheels (nvidia-nccl-*) unless the system has it; kiln dlopens libnccl.so.2.
-    export NCCL_NVLS_ENABLE=0
-    if ! ldconfig -p | grep -q libnccl.so.2; then
-      nccl_lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))" 2>/dev/null || true)
-      [ -f "$nccl_lib/libnccl.so.2" ] || nccl_lib=$(dirname "$(find / -name libnccl.so.2 -not -path '/proc/*' 2>/dev/null | head -1)")
-      export LD_LIBRARY_PATH="$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    fi
-    echo "libnccl: ${nccl_lib:-system}; GPUs: $(nvidia-smi -L 2>/dev/null | wc -l)" | tee "$OUT/test-gpu-nccl.txt"
+    echo "libnccl: $nccl_lib; GPUs: $(nvidia-smi -L 2>/dev/null | wc -l)" | tee "$OUT/test-gpu-nccl.txt"
     timeout "${TESTS_TIMEOUT:-600}" node --test --test-reporter=tap --test-concurrency=1 dist/test-gpu/nccl.test.js \
       dist/test-gpu/multi-rank.test.js >> "$OUT/test-gpu-nccl.txt" 2>&1 || true
     grep -E '^# (pass|fail|skipped)|^ *not ok|# SKIP|^# \\# cuda' "$OUT/test-gpu-nccl.txt" || tail -12 "$OUT/test-gpu-nccl.txt"
