@@ -15,10 +15,11 @@
 #   bash bench/gpu-session.sh perplexity-fast  the same, every case at once, perplexity only (no decode timing)
 #   bash bench/gpu-session.sh ops-test    the GPU op-parity tests alone                   → $OUT/test-gpu-ops.txt
 #   bash bench/gpu-session.sh moe         kiln bench --quick --moe (Qwen2-MoE-shaped)      → $OUT/moe.json
+#   bash bench/gpu-session.sh nccl        NCCL on one GPU and the multi-rank cuda runs (test-gpu/nccl, multi-rank) → $OUT/test-gpu-nccl.txt
 # Several stages run in one call in the order given: bash bench/gpu-session.sh refs tests decode
 # Before the call, `git rev-parse --short HEAD > .device/commit` here: the results then name the commit measured.
 set -euo pipefail
-[ $# -gt 0 ] || { echo "which stage: refs, tests, decode, formats, perplexity or moe" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "which stage: refs, tests, decode, formats, perplexity, moe or nccl" >&2; exit 2; }
 OUT=${OUT:?"set OUT to the folder that comes back"}
 xz -dc .device/node.xz > /tmp/node && chmod +x /tmp/node && mkdir -p /tmp/bin && ln -sf /tmp/node /tmp/bin/node
 export PATH=/tmp/bin:$PATH
@@ -27,6 +28,15 @@ export PATH=/tmp/bin:$PATH
 [ -f dist/bench/bench.js ] || node node_modules/typescript/bin/tsc -p tsconfig.json
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
 work=/tmp/kiln-bench
+# NCCL (test-gpu/nccl.test.ts, multi-rank runs) comes with PyTorch's wheels (nvidia-nccl-*) unless the system
+# has it; kiln dlopens libnccl.so.2, so its folder goes on the loader's path. NVLink multicast stays off.
+export NCCL_NVLS_ENABLE=0
+nccl_lib=system
+if ! ldconfig -p 2>/dev/null | grep libnccl.so.2 > /dev/null; then
+  nccl_lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))" 2>/dev/null || true)
+  [ -f "$nccl_lib/libnccl.so.2" ] || nccl_lib=$(find /usr /opt /root /home -name libnccl.so.2 2>/dev/null | head -1 | xargs -r dirname)
+  if [ -n "$nccl_lib" ]; then export LD_LIBRARY_PATH="$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; else nccl_lib="not found"; fi
+fi
 for stage in "$@"; do
 case "$stage" in
   refs)
@@ -98,8 +108,14 @@ case "$stage" in
   moe)
     node dist/bench/bench.js --work "$work" --quick --moe --out "$OUT/moe.json"
     ;;
+  nccl)
+    echo "libnccl: $nccl_lib; GPUs: $(nvidia-smi -L 2>/dev/null | wc -l)" | tee "$OUT/test-gpu-nccl.txt"
+    timeout "${TESTS_TIMEOUT:-600}" node --test --test-reporter=tap --test-concurrency=1 dist/test-gpu/nccl.test.js \
+      dist/test-gpu/multi-rank.test.js >> "$OUT/test-gpu-nccl.txt" 2>&1 || true
+    grep -E '^# (pass|fail|skipped)|^ *not ok|# SKIP|^# \\# cuda' "$OUT/test-gpu-nccl.txt" || tail -12 "$OUT/test-gpu-nccl.txt"
+    ;;
   *)
-    echo "unknown stage $stage: refs, tests, decode, formats, perplexity or moe" >&2
+    echo "unknown stage $stage: refs, tests, decode, formats, perplexity, moe or nccl" >&2
     exit 2
     ;;
 esac

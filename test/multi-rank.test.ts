@@ -12,18 +12,20 @@ import { type ConvertOptions, convertHfCheckpoint } from "../src/checkpoint/conv
 import { SafetensorsFile, writeSafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { Mapping, type MappingSizes } from "../src/mapping.js";
 import { LLM } from "../src/runtime/llm.js";
-import { FIXTURE_NAMES, FIXTURES, loadReference, maxAbsDiff, ROOT, tempDir } from "./helpers.js";
+import { FIXTURE_NAMES, FIXTURES, loadReference, maxAbsDiff, tempDir } from "./helpers.js";
+import {
+  flatLogits,
+  KILN,
+  layoutName,
+  NEW_TOKENS,
+  type RunJson,
+  kilnRun as runKiln,
+  runJson as runRankJson,
+  writePrompts as writeRankPrompts,
+} from "./rank-runs.js";
 
 const work = tempDir("kiln-ranks-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
-
-const KILN = path.join(ROOT, "bin", "kiln");
-const NEW_TOKENS = 6;
-
-interface RunJson {
-  output_ids: number[][][];
-  context_logits: number[][][];
-}
 
 type Quantization = Pick<ConvertOptions, "weightOnlyBits" | "gptq" | "smoothquant" | "int8KvCache">;
 
@@ -41,32 +43,10 @@ async function engineFor(modelDir: string, tag: string, sizes: MappingSizes, qua
   return engine;
 }
 
-function writePrompts(tag: string, prompts: number[][]): string {
-  const file = path.join(work, `${tag}-prompts.json`);
-  fs.writeFileSync(file, JSON.stringify(prompts));
-  return file;
-}
-
-/** `kiln run` as a user types it; the launcher starts the ranks. */
-function kilnRun(engine: string, prompts: string, out: string, ...extra: string[]): RunJson {
-  const r = spawnSync(
-    process.execPath,
-    [KILN, "run", "--engine_dir", engine, "--input_file", prompts, "--max_output_len", `${NEW_TOKENS}`, ...extra],
-    { encoding: "utf8", env: { ...process.env, KILN_RANK: undefined, OMPI_COMM_WORLD_RANK: undefined } },
-  );
-  assert.equal(r.status, 0, r.stderr);
-  if (out) return JSON.parse(fs.readFileSync(out, "utf8"));
-  return { output_ids: [], context_logits: [] };
-}
-
-function runJson(engine: string, prompts: string, tag: string): RunJson {
-  const out = path.join(work, `${tag}.json`);
-  return kilnRun(engine, prompts, out, "--output_json", out);
-}
-
-function flatLogits(r: RunJson): Float32Array {
-  return Float32Array.from(r.context_logits.flat(2));
-}
+const writePrompts = (tag: string, prompts: number[][]) => writeRankPrompts(work, tag, prompts);
+const runJson = (engine: string, prompts: string, tag: string) => runRankJson(engine, prompts, work, tag);
+const kilnRun = (engine: string, prompts: string, out: string, ...extra: string[]) =>
+  runKiln(engine, prompts, out, extra);
 
 /** The layouts each fixture's heads and layers allow: tp 2 and 4, pp 2 and 3, cp 2, and tp 2 × pp 2. */
 function layouts(cfg: { num_attention_heads: number; num_hidden_layers: number }): MappingSizes[] {
@@ -81,10 +61,7 @@ function layouts(cfg: { num_attention_heads: number; num_hidden_layers: number }
   return all.filter((s) => cfg.num_attention_heads % (s.tpSize ?? 1) === 0 && cfg.num_hidden_layers >= (s.ppSize ?? 1));
 }
 
-const name = (s: MappingSizes) =>
-  Object.entries(s)
-    .map(([k, v]) => `${k.replace("Size", "")}${v}`)
-    .join("-");
+const name = layoutName;
 
 for (const fixture of FIXTURE_NAMES) {
   describe(`${fixture}: split runs equal the single-rank run`, async () => {
@@ -219,6 +196,26 @@ describe("uneven pipeline, KV heads repeated, mpirun", async () => {
     assert.match(r.stderr, /mpirun -n 2.*world_size 3/);
   });
 
+  test("ranks that fail make kiln run fail, saying why once", () => {
+    const r = spawnSync(
+      process.execPath,
+      [
+        KILN,
+        "run",
+        "--engine_dir",
+        path.join(work, "five-pp3-engine"),
+        "--input_file",
+        path.join(work, "none.json"),
+        "--max_output_len",
+        "2",
+      ],
+      { encoding: "utf8", env: { ...process.env, KILN_RANK: undefined, OMPI_COMM_WORLD_RANK: undefined } },
+    );
+    assert.equal(r.status, 1, r.stderr);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, /none\.json/);
+  });
+
   test("a split engine loaded in-process without ranks says how to start them", async () => {
     await assert.rejects(
       LLM.load(path.join(work, "five-pp3-engine")),
@@ -226,15 +223,15 @@ describe("uneven pipeline, KV heads repeated, mpirun", async () => {
     );
   });
 
-  test("a split checkpoint does not build for cuda, naming the world size", async () => {
+  test("a context-parallel checkpoint does not build for cuda, naming cp_size", async () => {
     await assert.rejects(
       buildEngine({
-        checkpointDir: path.join(work, "five-pp3-ckpt"),
+        checkpointDir: path.join(work, "five-tp4-cp2-ckpt"),
         outputDir: path.join(work, "never"),
         backend: "cuda",
         request: {},
       }),
-      /world_size 3: the cuda backend builds single-rank engines only/,
+      /cp_size 2: the cuda backend splits engines by tp and pp only/,
     );
     assert.ok(!fs.existsSync(path.join(work, "never")));
   });

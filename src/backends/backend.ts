@@ -93,8 +93,28 @@ export interface MoeSpec {
   sharedInter: number;
 }
 
+/**
+ * Collectives on a backend's own tensors, for backends whose ranks exchange without the host (NCCL on GPUs).
+ * Like Communicator's calls, each is collective: every member of `group` (world ranks) makes the same call in
+ * the same order. Shapes are given where the host-staged implementation needs them.
+ */
+export interface TensorCollectives<T> {
+  /** Whether the calls may be recorded into a CUDA graph (they enqueue on the backend's stream). */
+  readonly capturable: boolean;
+  /** The elementwise sum over the group of [rows, cols] activations in the model's dtype. */
+  allReduce(x: T, group: readonly number[], cols: number): T;
+  /** Float32 [rows, cols] shares (logits) laid side by side in group order: [rows, group.length × cols]. */
+  allGatherColumns(x: T, group: readonly number[], rows: number, cols: number): T;
+  send(x: T, to: number, group: readonly number[]): void;
+  /** What `from` sent: [rows, cols] in the model's dtype, or float32 (logits). */
+  recv(from: number, group: readonly number[], rows: number, cols: number, float32: boolean): T;
+  dispose(): void;
+}
+
 export interface Backend<T> {
   readonly name: BackendName;
+  /** Device-side collectives, when this backend's ranks have them; else the model stages through the host. */
+  readonly collectives?: TensorCollectives<T> | null;
   /** Frees everything the backend holds (weights, KV cache, workspaces); it is unusable afterwards. */
   dispose(): void;
   weight(name: string): T;
@@ -159,8 +179,11 @@ export interface Backend<T> {
   /** The rows of x whose logits the step wants (step.logitRows). */
   gatherRows(x: T, step: StepInput): T;
   toHost(x: T): Float32Array;
-  /** A float32 host array as a tensor: how ranks' exchanged activations come back (backends that run ranks). */
-  fromHost?(data: Float32Array, rows: number, cols: number): T;
+  /**
+   * A float32 host array as a tensor: how ranks' exchanged activations (in the model's dtype) and logits
+   * (`float32`, as linear's float32Out) come back, for backends that run ranks.
+   */
+  fromHost?(data: Float32Array, rows: number, cols: number, float32?: boolean): T;
   /** Per row of float32 logits: the first index of the maximum over [0, vocab) and its log-softmax. */
   greedy(logits: T, vocab: number): { tokens: Int32Array; logProbs: Float32Array };
 }

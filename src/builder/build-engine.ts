@@ -1,5 +1,5 @@
-// kiln build: a unified checkpoint → an engine dir (config.json + rank0.engine) for one backend, with the
-// weights already in the layout that backend's kernels read.
+// kiln build: a unified checkpoint → an engine dir (config.json + one rank{N}.engine per rank) for one
+// backend, with the weights already in the layout that backend's kernels read.
 
 import fs from "node:fs";
 import path from "node:path";
@@ -85,9 +85,10 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
       );
     }
   }
-  if (opts.backend === "cuda" && mapping.worldSize > 1) {
+  if (opts.backend === "cuda" && mapping.cpSize > 1) {
+    // The cuda ops read the step beginStep packed, not a context-parallel rank's own chunk of it.
     throw new ConfigError(
-      `mapping world_size ${mapping.worldSize}: the cuda backend builds single-rank engines only so far; build with --backend cpu`,
+      `mapping cp_size ${mapping.cpSize}: the cuda backend splits engines by tp and pp only so far; build with --backend cpu`,
     );
   }
   const files = new Map<number, SafetensorsFile>();
@@ -104,7 +105,7 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
       }
       const file = files.get(fileRank)!;
       const dims = decoderDims(model, mapping, rank);
-      const weights = opts.backend === "cpu" ? cpuSections(model, file, dims) : cudaWeightSections(model, file);
+      const weights = opts.backend === "cpu" ? cpuSections(model, file, dims) : cudaWeightSections(model, file, dims);
       const memory = planMemory(
         model,
         dims,

@@ -14,7 +14,7 @@ import { dtypeFromName } from "../checkpoint/dtype.js";
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import type { SafetensorsFile } from "../checkpoint/safetensors.js";
 import { CheckpointError, ConfigError } from "../errors.js";
-import { decoderTensorShapes } from "../models/decoder.js";
+import { type DecoderDims, decoderDims, decoderTensorShapes } from "../models/decoder.js";
 import { layerQuant, moduleOfWeight } from "../quantization/layer-plan.js";
 import { companionName, scaleName } from "../quantization/mode.js";
 import { isModelOptAlgo, type ModelOptAlgo } from "../quantization/modelopt-formats.js";
@@ -39,11 +39,20 @@ export const CUDA_QUANT_ALGOS = [
 ] as const;
 const WEIGHT_ONLY = new Set<string | null>(["W8A16", "W4A16", "W4A16_GPTQ"]);
 
-export function cudaWeightSections(cfg: PretrainedConfig, file: SafetensorsFile): PlannedSection[] {
+/** One rank's sections (`dims`: its stage's layers, numbered from 0 in its file, and its tp share of each). */
+export function cudaWeightSections(
+  cfg: PretrainedConfig,
+  file: SafetensorsFile,
+  dims: DecoderDims = decoderDims(cfg),
+): PlannedSection[] {
   const dtype = dtypeFromName(cfg.dtype);
-  const shapes = decoderTensorShapes(cfg);
+  const shapes = decoderTensorShapes(cfg, dims);
   const algoOf = (weight: string) => {
-    const module = moduleOfWeight(weight);
+    // MIXED_PRECISION names layers by their global index; a later pipeline stage's file numbers them from 0.
+    const module = moduleOfWeight(weight)?.replace(
+      /^transformer\.layers\.(\d+)\./,
+      (_, i) => `transformer.layers.${dims.layers[Number(i)]}.`,
+    );
     return module ? (layerQuant(cfg.quantization, module)?.quant_algo ?? null) : null;
   };
   const out: PlannedSection[] = [];

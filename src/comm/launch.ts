@@ -11,20 +11,32 @@ export function launchRanks(worldSize: number): Promise<number> {
   const commDir = fs.mkdtempSync(path.join(os.tmpdir(), "kiln-comm-"));
   const children = Array.from({ length: worldSize }, (_, rank) =>
     spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
-      env: { ...process.env, KILN_RANK: String(rank), KILN_WORLD_SIZE: String(worldSize), KILN_COMM_DIR: commDir },
-      // Every rank computes the same tokens; rank 0 prints them. The others' errors are kept for a failure.
-      stdio: rank === 0 ? "inherit" : ["ignore", "ignore", "pipe"],
+      env: {
+        ...process.env,
+        KILN_RANK: String(rank),
+        KILN_WORLD_SIZE: String(worldSize),
+        KILN_COMM_DIR: commDir,
+        // NVLink multicast (NVLS) can take a shared host's GPUs out of service: never on in a rank kiln starts.
+        NCCL_NVLS_ENABLE: "0",
+      },
+      // Every rank computes the same tokens; rank 0 prints them and its stderr passes through. The others'
+      // errors are kept for a failure.
+      stdio: rank === 0 ? ["inherit", "inherit", "pipe"] : ["ignore", "ignore", "pipe"],
     }),
   );
   const stderr = children.map(() => [] as Buffer[]);
   children.forEach((c, rank) => {
-    c.stderr?.on("data", (d: Buffer) => stderr[rank].push(d));
+    c.stderr?.on("data", (d: Buffer) => {
+      stderr[rank].push(d);
+      if (rank === 0) process.stderr.write(d);
+    });
   });
   return new Promise((resolve) => {
     let running = worldSize;
     let failure: { rank: number; code: number } | null = null;
     children.forEach((c, rank) => {
-      c.on("exit", (code, signal) => {
+      // "close": the rank has exited and its stderr has all been read.
+      c.on("close", (code, signal) => {
         running--;
         if (code !== 0 && !failure) {
           failure = { rank, code: code ?? (signal === "SIGKILL" ? 137 : 1) };
@@ -33,8 +45,14 @@ export function launchRanks(worldSize: number): Promise<number> {
         }
         if (running > 0) return;
         fs.rmSync(commDir, { recursive: true, force: true });
-        // Rank 0 has said why on its own stderr; another rank that failed first says it here.
-        if (failure && failure.rank !== 0) process.stderr.write(Buffer.concat(stderr[failure.rank]));
+        // Another rank that failed first says why here, but not what rank 0 has said already (every rank
+        // refuses bad input alike).
+        if (failure && failure.rank !== 0) {
+          const said = new Set(Buffer.concat(stderr[0]).toString().split("\n"));
+          const why = Buffer.concat(stderr[failure.rank]).toString().split("\n");
+          const news = why.filter((line) => line !== "" && !said.has(line));
+          if (news.length > 0) process.stderr.write(`${news.join("\n")}\n`);
+        }
         resolve(failure ? failure.code : 0);
       });
     });

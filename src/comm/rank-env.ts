@@ -1,5 +1,6 @@
 // Which rank this process is: set by kiln's own launcher (KILN_RANK, KILN_WORLD_SIZE, KILN_COMM_DIR) or by
-// OpenMPI's mpirun (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, and a job id every rank of the job shares).
+// OpenMPI's mpirun (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK and _LOCAL_SIZE,
+// and a job id every rank of the job shares).
 
 import os from "node:os";
 import path from "node:path";
@@ -10,6 +11,10 @@ import { FifoCommunicator } from "./fifo-comm.js";
 export interface RankEnv {
   rank: number;
   worldSize: number;
+  /** The rank among this host's ranks: what picks its GPU. kiln's launcher starts every rank on one host. */
+  localRank: number;
+  /** Ranks of this run on this host. */
+  localSize: number;
   /** Where the ranks of this run meet (every rank computes the same path). */
   commDir: string;
   /** Who started the ranks, for error messages. */
@@ -31,16 +36,22 @@ export function rankEnv(env: NodeJS.ProcessEnv = process.env): RankEnv | null {
   };
   if (env.KILN_RANK !== undefined) {
     if (!env.KILN_COMM_DIR) throw new UsageError("KILN_RANK is set but KILN_COMM_DIR is not");
-    return { rank: int("KILN_RANK"), worldSize: int("KILN_WORLD_SIZE"), commDir: env.KILN_COMM_DIR, launcher: "kiln" };
+    const rank = int("KILN_RANK");
+    const worldSize = int("KILN_WORLD_SIZE");
+    return { rank, worldSize, localRank: rank, localSize: worldSize, commDir: env.KILN_COMM_DIR, launcher: "kiln" };
   }
   if (env.OMPI_COMM_WORLD_RANK !== undefined) {
     const job = env.KILN_COMM_DIR ? undefined : mpiJobId(env);
     if (!env.KILN_COMM_DIR && !job) {
       throw new UsageError("under mpirun: no OpenMPI job id found to meet the other ranks by; set KILN_COMM_DIR");
     }
+    const rank = int("OMPI_COMM_WORLD_RANK");
     return {
-      rank: int("OMPI_COMM_WORLD_RANK"),
+      rank,
       worldSize: int("OMPI_COMM_WORLD_SIZE"),
+      localRank: env.OMPI_COMM_WORLD_LOCAL_RANK === undefined ? rank : int("OMPI_COMM_WORLD_LOCAL_RANK"),
+      localSize:
+        env.OMPI_COMM_WORLD_LOCAL_SIZE === undefined ? int("OMPI_COMM_WORLD_SIZE") : int("OMPI_COMM_WORLD_LOCAL_SIZE"),
       commDir: env.KILN_COMM_DIR ?? path.join(os.tmpdir(), `kiln-comm-${job}`),
       launcher: "mpirun",
     };

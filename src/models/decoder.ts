@@ -1,12 +1,21 @@
 // The llama/qwen2 decoder as backend ops: embedding → N × (attention + gated MLP, pre-norm, residual) →
 // final norm → lm_head. Written once; every backend runs it.
 
-import type { AttentionShape, Backend, GatedMlp, MoeSpec, RopeSpec, StepInput } from "../backends/backend.js";
+import type {
+  AttentionShape,
+  Backend,
+  GatedMlp,
+  MoeSpec,
+  RopeSpec,
+  StepInput,
+  TensorCollectives,
+} from "../backends/backend.js";
 import type { PretrainedConfig } from "../checkpoint/pretrained-config.js";
 import { type Communicator, SOLO } from "../comm/communicator.js";
 import { EngineError } from "../errors.js";
 import { Mapping } from "../mapping.js";
 import { type ContextSplit, splitContext } from "./context-split.js";
+import { HostStagedCollectives } from "./host-collectives.js";
 import { isMoeLayer, MOE_NORMALIZATION, moeOf } from "./moe.js";
 import { ropeSpec } from "./rope.js";
 
@@ -125,6 +134,9 @@ export class DecoderModel<T> {
   private readonly tpGroup: number[];
   private readonly ppGroup: number[];
   private readonly cpGroup: number[];
+  /** How tp and pp ranks exchange tensors: the backend's own collectives where it has them, else the host. */
+  private readonly collectives: TensorCollectives<T>;
+  private readonly hostStaged: HostStagedCollectives<T>;
 
   constructor(
     readonly cfg: PretrainedConfig,
@@ -139,6 +151,8 @@ export class DecoderModel<T> {
     this.tpGroup = mapping.tpGroup(rank);
     this.ppGroup = mapping.ppGroup(rank);
     this.cpGroup = mapping.cpGroup(rank);
+    this.hostStaged = new HostStagedCollectives(be, parallel.comm);
+    this.collectives = be.collectives ?? this.hostStaged;
   }
 
   /** This rank's attention heads. */
@@ -149,6 +163,14 @@ export class DecoderModel<T> {
   /** Layers whose keys and values this rank caches: its pipeline stage's. */
   get numLayers(): number {
     return this.dims.layers.length;
+  }
+
+  /**
+   * Whether a forward pass may be recorded into a CUDA graph: only when it makes no host-staged collectives,
+   * whose copies to the host and blocking pipe I/O a capture can neither hold nor wait for.
+   */
+  get graphCapturable(): boolean {
+    return this.par.mapping.worldSize === 1 || this.collectives.capturable;
   }
 
   /** Width of a logits row: the vocabulary, padded to a multiple of tp_size. */
@@ -171,7 +193,8 @@ export class DecoderModel<T> {
   forward(step: StepInput): T {
     const be = this.be;
     const eps = this.cfg.norm_epsilon;
-    const { mapping, comm } = this.par;
+    const { mapping } = this.par;
+    const coll = this.collectives;
     const { ppRank, cpRank } = mapping.coords(this.par.rank);
     be.beginStep(step);
     const cp = mapping.cpSize > 1 ? splitContext(step, cpRank, mapping.cpSize) : null;
@@ -179,7 +202,7 @@ export class DecoderModel<T> {
     const H = this.cfg.hidden_size;
     let residual = this.dims.firstStage
       ? be.embed(this.w("transformer.vocab_embedding.weight"), own)
-      : this.fromHost(comm.recv(this.ppGroup[ppRank - 1]), own.tokenIds.length, H);
+      : coll.recv(this.ppGroup[ppRank - 1], this.ppGroup, own.tokenIds.length, H, false);
     const L = this.dims.layers.length;
     // The residual stream, and the last block's output not yet added to it (each block's norm adds it first).
     let stream = { residual, pending: null as T | null };
@@ -198,18 +221,15 @@ export class DecoderModel<T> {
     be.beginLayer(L);
     const rows = step.logitRows.length;
     if (!this.dims.lastStage) {
-      comm.send(be.toHost(residual), this.ppGroup[ppRank + 1]);
-      return this.fromHost(comm.recv(this.ppGroup[mapping.ppSize - 1]), rows, this.logitsWidth);
+      coll.send(residual, this.ppGroup[ppRank + 1], this.ppGroup);
+      return coll.recv(this.ppGroup[mapping.ppSize - 1], this.ppGroup, rows, this.logitsWidth, true);
     }
     const all = cp ? this.gatherContext(residual, H, step, cp) : residual;
     // Only the rows whose logits are wanted go through the final norm and the (large) lm_head.
     const last = be.rmsNorm(be.gatherRows(all, step), this.w("transformer.ln_f.weight"), eps);
     let logits = be.linear(last, this.w("lm_head.weight"), null, true);
-    if (mapping.tpSize > 1) {
-      const shares = comm.allGather(be.toHost(logits), this.tpGroup);
-      logits = this.fromHost(concatColumns(shares, rows, this.dims.vocabRows), rows, this.logitsWidth);
-    }
-    for (const earlier of this.ppGroup.slice(0, -1)) comm.send(be.toHost(logits), earlier);
+    if (mapping.tpSize > 1) logits = coll.allGatherColumns(logits, this.tpGroup, rows, this.dims.vocabRows);
+    for (const earlier of this.ppGroup.slice(0, -1)) coll.send(logits, earlier, this.ppGroup);
     return logits;
   }
 
@@ -276,7 +296,7 @@ export class DecoderModel<T> {
     mine.forEach((r, i) => {
       picked.set(out.subarray(r * cols, (r + 1) * cols), i * cols);
     });
-    return this.fromHost(picked, mine.length, cols);
+    return this.hostStaged.fromHost(picked, mine.length, cols, false);
   }
 
   /** A row-parallel linear (dense, proj): each tp rank's partial product, summed; the bias added once. */
@@ -290,8 +310,7 @@ export class DecoderModel<T> {
 
   /** The tp group's [rows, hidden] partial outputs summed, every rank getting the same bits. */
   private sumOverTp(partial: T): T {
-    const sum = this.par.comm.allReduce(this.be.toHost(partial), this.tpGroup);
-    return this.fromHost(sum, sum.length / this.cfg.hidden_size, this.cfg.hidden_size);
+    return this.collectives.allReduce(partial, this.tpGroup, this.cfg.hidden_size);
   }
 
   /** A mixture-of-experts layer: this rank's experts and shared-expert share, summed over the tp group. */
@@ -327,14 +346,7 @@ export class DecoderModel<T> {
         out.set(p.subarray(i * cols, (i + 1) * cols), r * cols);
       });
     });
-    return this.fromHost(out, total, cols);
-  }
-
-  private fromHost(data: Float32Array, rows: number, cols: number): T {
-    if (!this.be.fromHost) {
-      throw new EngineError(`the ${this.be.name} backend runs single-rank engines only (this engine's world_size > 1)`);
-    }
-    return this.be.fromHost(data, rows, cols);
+    return this.hostStaged.fromHost(out, total, cols, false);
   }
 
   /** silu(fc(x)) · gate(x); one GEMM when the engine holds fc and gate fused (`mlp.fc_gate`). */
@@ -361,14 +373,4 @@ export class DecoderModel<T> {
     if (!mlp.gate) return be.siluMulHalves(be.linear(x, mlp.fc, mlp.fcBias));
     return be.siluMul(be.linear(x, mlp.fc, mlp.fcBias), be.linear(x, mlp.gate, mlp.gateBias));
   }
-}
-
-/** Row-major [rows, width] shares laid side by side into [rows, shares × width]. */
-function concatColumns(shares: Float32Array[], rows: number, width: number): Float32Array {
-  const total = shares.length * width;
-  const out = new Float32Array(rows * total);
-  shares.forEach((s, k) => {
-    for (let r = 0; r < rows; r++) out.set(s.subarray(r * width, (r + 1) * width), r * total + k * width);
-  });
-  return out;
 }

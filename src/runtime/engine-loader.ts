@@ -11,7 +11,7 @@ import { CPU_TARGET } from "../builder/build-engine.js";
 import { EngineFile } from "../builder/engine-file.js";
 import { readJson } from "../checkpoint/convert-hf.js";
 import { parsePretrainedConfig } from "../checkpoint/pretrained-config.js";
-import { SOLO } from "../comm/communicator.js";
+import { type Communicator, SOLO } from "../comm/communicator.js";
 import { joinWorld, rankEnv } from "../comm/rank-env.js";
 import { ConfigError } from "../errors.js";
 import { Mapping } from "../mapping.js";
@@ -27,6 +27,8 @@ export interface LoadedEngine {
   // biome-ignore lint/suspicious/noExplicitAny: as above
   model: DecoderModel<any>;
   executor: StepExecutor;
+  /** How this rank reaches the engine's other ranks (SOLO for a single-rank engine). */
+  comm: Communicator;
 }
 
 /** Runs each step eagerly through the model; the cpu backend's executor. */
@@ -56,16 +58,22 @@ export function readEngineConfig(dir: string): EngineConfig {
  * This process's place among the engine's ranks: alone for a single-rank engine, else the rank kiln run's
  * launcher or mpirun started it as, joined to the others.
  */
-function parallelContext(dir: string, config: EngineConfig): ParallelContext {
+function parallelContext(
+  dir: string,
+  config: EngineConfig,
+): ParallelContext & { localRank: number; localSize: number } {
   const mapping = Mapping.fromConfig(config.pretrained_config.mapping, path.join(dir, "config.json"));
   const env = rankEnv();
-  if (mapping.worldSize === 1 && (env === null || env.worldSize === 1)) return { mapping, rank: 0, comm: SOLO };
+  if (mapping.worldSize === 1 && (env === null || env.worldSize === 1)) {
+    return { mapping, rank: 0, localRank: 0, localSize: 1, comm: SOLO };
+  }
   if (env === null) {
     throw new ConfigError(
       `${dir} was built for world_size ${mapping.worldSize} (tp_size ${mapping.tpSize} × pp_size ${mapping.ppSize} × cp_size ${mapping.cpSize}): run it with kiln run, which starts one process per rank, or under mpirun -n ${mapping.worldSize} (kiln serve and kiln eval take single-rank engines)`,
     );
   }
-  return { mapping, rank: env.rank, comm: joinWorld(env, mapping.worldSize, dir) };
+  const comm = joinWorld(env, mapping.worldSize, dir);
+  return { mapping, rank: env.rank, localRank: env.localRank, localSize: env.localSize, comm };
 }
 
 export async function loadEngine(dir: string): Promise<LoadedEngine> {
@@ -75,14 +83,35 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
     // Imported only here, so cpu users never load koffi or look for CUDA libraries.
     const { loadCudaBackend } = await import("../backends/cuda/load.js");
     const { CudaExecutor } = await import("../backends/cuda/executor.js");
-    const backend = loadCudaBackend(path.join(dir, "rank0.engine"), config);
-    const model = new DecoderModel(config.pretrained_config, backend);
+    const { CudaDevice } = await import("../backends/cuda/driver.js");
+    const cfg = config.pretrained_config;
+    const dims = decoderDims(cfg, parallel.mapping, parallel.rank);
+    const { mapping, comm } = parallel;
+    // One GPU per local rank; where the host has fewer GPUs than ranks, ranks share them round-robin and their
+    // collectives go through the host (so their steps run eagerly: DecoderModel.graphCapturable).
+    const gpus = mapping.worldSize > 1 ? CudaDevice.count() : 1;
+    const gpu = parallel.localRank % gpus;
+    const logitsWidth = dims.vocabRows * mapping.tpSize;
+    const ranksOnGpu = Math.ceil(parallel.localSize / gpus);
+    const place = { dims, logitsWidth, gpu, ranksOnGpu };
+    const backend = loadCudaBackend(path.join(dir, `rank${parallel.rank}.engine`), config, place);
+    if (mapping.worldSize > 1) {
+      const { ncclCollectivesFor } = await import("../backends/cuda/nccl-collectives.js");
+      try {
+        backend.collectives = ncclCollectivesFor(backend, comm, mapping, { ranksOnHost: parallel.localSize, gpus });
+      } catch (e) {
+        backend.dispose();
+        throw e;
+      }
+    }
+    const model = new DecoderModel(cfg, backend, parallel);
     return {
       dir,
       config,
       backend,
       model,
-      executor: new CudaExecutor(backend, model, config.pretrained_config.vocab_size),
+      executor: new CudaExecutor(backend, model, cfg.vocab_size),
+      comm,
     };
   }
   const file = EngineFile.open(path.join(dir, `rank${parallel.rank}.engine`), {
@@ -102,5 +131,6 @@ export async function loadEngine(dir: string): Promise<LoadedEngine> {
   const { weights, kvCache } = loaded;
   const backend = new CpuBackend(weights, kvCache);
   const model = new DecoderModel(config.pretrained_config, backend, parallel);
-  return { dir, config, backend, model, executor: eagerExecutor(backend, model, config.pretrained_config.vocab_size) };
+  const executor = eagerExecutor(backend, model, config.pretrained_config.vocab_size);
+  return { dir, config, backend, model, executor, comm: parallel.comm };
 }

@@ -66,7 +66,13 @@ export class LLM {
     const blockBytes = model.numLayers * 2 * tpb * numKvHeads * headSize * engine.backend.kvBytesPerValue;
     const wanted = opts.kvCacheTokens ?? b.max_batch_size * b.max_beam_width * b.max_seq_len;
     const budget = opts.kvCacheTokens !== undefined ? Number.POSITIVE_INFINITY : engine.backend.kvBudgetBytes();
-    const numBlocks = Math.max(1, Math.min(Math.ceil(wanted / tpb), Math.floor(budget / blockBytes)));
+    const fits = Math.max(1, Math.min(Math.ceil(wanted / tpb), Math.floor(budget / blockBytes)));
+    // Ranks schedule alike only over pools of one size: each takes the smallest any rank can hold (pipeline
+    // stages hold different numbers of layers; ranks sharing a GPU find different memory free).
+    const { comm } = engine;
+    const everyone = Array.from({ length: comm.worldSize }, (_, r) => r);
+    const numBlocks =
+      comm.worldSize > 1 ? Math.min(...comm.allGather(Float32Array.of(fits), everyone).map((n) => n[0])) : fits;
     const reuse = b.use_paged_context_fmha && !continuous && !b.gather_context_logits;
     this.blocks = new BlockManager(numBlocks, tpb, reuse);
     engine.backend.allocateKvCache({

@@ -390,13 +390,21 @@ int cuGetErrorString(int error, const char** str) {
   return OK;
 }
 
+// KILN_EMU_GPUS=n makes the driver report n GPUs (default 1), so that ranks that would each have a GPU of
+// their own (and exchange through NCCL, test/cuda-emu/nccl.cpp) can be tested; every one is this process's.
+int emu_gpus() {
+  const char* v = std::getenv("KILN_EMU_GPUS");
+  const int n = v ? std::atoi(v) : 1;
+  return n >= 1 && n <= 8 ? n : 1;
+}
+
 int cuDeviceGetCount(int* count) {
-  *count = 1;
+  *count = emu_gpus();
   return OK;
 }
 int cuDeviceGet(int* device, int ordinal) {
-  if (ordinal != 0) return INVALID_VALUE;
-  *device = 0;
+  if (ordinal < 0 || ordinal >= emu_gpus()) return INVALID_VALUE;
+  *device = ordinal;
   return OK;
 }
 int cuDeviceGetAttribute(int* value, int attrib, int) {
@@ -484,6 +492,37 @@ int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, void*) {
   emu::enqueue([=] { std::memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, bytes); });
   return OK;
 }
+// CUDA_MEMCPY2D as the driver lays it out; only device-to-device copies are emulated.
+struct Memcpy2D {
+  size_t srcXInBytes, srcY;
+  int srcMemoryType;
+  const void* srcHost;
+  uint64_t srcDevice;
+  void* srcArray;
+  size_t srcPitch;
+  size_t dstXInBytes, dstY;
+  int dstMemoryType;
+  void* dstHost;
+  uint64_t dstDevice;
+  void* dstArray;
+  size_t dstPitch;
+  size_t WidthInBytes, Height;
+};
+static_assert(sizeof(Memcpy2D) == 128, "CUDA_MEMCPY2D is 128 bytes");
+
+int cuMemcpy2DAsync_v2(const Memcpy2D* c, void*) {
+  constexpr int DEVICE = 2;
+  if (!c || c->srcMemoryType != DEVICE || c->dstMemoryType != DEVICE) return INVALID_VALUE;
+  if (c->WidthInBytes > c->srcPitch || c->WidthInBytes > c->dstPitch) return INVALID_VALUE;
+  const Memcpy2D k = *c;
+  emu::enqueue([k] {
+    auto* src = (const char*)(uintptr_t)k.srcDevice + k.srcY * k.srcPitch + k.srcXInBytes;
+    auto* dst = (char*)(uintptr_t)k.dstDevice + k.dstY * k.dstPitch + k.dstXInBytes;
+    for (size_t r = 0; r < k.Height; r++) std::memmove(dst + r * k.dstPitch, src + r * k.srcPitch, k.WidthInBytes);
+  });
+  return OK;
+}
+
 int cuMemsetD8Async(uint64_t dst, unsigned char value, size_t n, void*) {
   emu::enqueue([=] { std::memset((void*)(uintptr_t)dst, value, n); });
   return OK;

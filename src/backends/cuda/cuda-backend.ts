@@ -5,6 +5,7 @@
 export type { CudaDtype, CudaQuant, CudaTensor } from "./cuda-tensor.js";
 
 import type { BackendName } from "../../builder/build-config.js";
+import { decodeToFloat32, encodeFromFloat32 } from "../../checkpoint/dtype.js";
 import type {
   AttentionShape,
   Backend,
@@ -15,6 +16,7 @@ import type {
   NormSpec,
   RopeSpec,
   StepInput,
+  TensorCollectives,
 } from "../backend.js";
 import { Cublas } from "./cublas.js";
 import {
@@ -89,6 +91,8 @@ export class CudaBackend implements Backend<CudaTensor> {
   private readonly attentionPartial: number;
   /** Per (row, head) of a split attention, how many of its chunks have finished. */
   private readonly attentionArrivals: number;
+  /** NCCL between ranks that have a GPU each (set by the loader before the model is made); null: the host. */
+  collectives: TensorCollectives<CudaTensor> | null = null;
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
   decodeTensorCores: DecodeTensorCores =
@@ -168,6 +172,8 @@ export class CudaBackend implements Backend<CudaTensor> {
     if (this.disposed) return;
     this.disposed = true;
     this.device.synchronize();
+    this.collectives?.dispose();
+    this.collectives = null;
     for (const w of this.weights.values()) this.device.free(w.ptr);
     this.weights.clear();
     for (const p of [
@@ -202,9 +208,15 @@ export class CudaBackend implements Backend<CudaTensor> {
     return this.kvQuant ? this.kvQuant.scales[layer] : 1;
   }
 
-  /** 90% of the GPU memory still free once weights and activations are allocated (TensorRT-LLM's default). */
+  /** Ranks of this run on this GPU (more than one only where ranks outnumber the host's GPUs). */
+  ranksOnGpu = 1;
+
+  /**
+   * 90% of the GPU memory still free once weights and activations are allocated (TensorRT-LLM's default), shared
+   * evenly by the ranks on this GPU.
+   */
   kvBudgetBytes(): number {
-    return 0.9 * this.device.memInfo().free;
+    return (0.9 * this.device.memInfo().free) / this.ranksOnGpu;
   }
 
   weight(name: string): CudaTensor {
@@ -246,6 +258,11 @@ export class CudaBackend implements Backend<CudaTensor> {
     const t = { ptr: arena.base + arena.used, rows, cols, dtype };
     arena.used += bytes;
     return t;
+  }
+
+  /** A step tensor in the current arena (what collectives receive into); float32 or the model's dtype. */
+  stepTensor(rows: number, cols: number, float32: boolean): CudaTensor {
+    return this.alloc(rows, cols, float32 ? "F32" : this.dtype);
   }
 
   /** Whether the tensor-core attention kernels take this head size: half and bfloat16 engines, heads a multiple of 16 up to `most`. */
@@ -571,11 +588,27 @@ export class CudaBackend implements Backend<CudaTensor> {
     return out;
   }
 
+  /** Waits for the stream and copies `x` to the host as float32 (logits, or activations ranks exchange). */
   toHost(x: CudaTensor): Float32Array {
-    if (x.dtype !== "F32") throw new Error("only float32 tensors (logits) are copied to the host");
-    const out = new Float32Array(x.rows * x.cols);
     this.device.synchronize();
-    if (out.length > 0) this.device.download(out, x.ptr);
+    const n = x.rows * x.cols;
+    if (x.dtype === "F32") {
+      const out = new Float32Array(n);
+      if (n > 0) this.device.download(out, x.ptr);
+      return out;
+    }
+    const raw = new Uint8Array(n * BYTES[x.dtype]);
+    if (n > 0) this.device.download(raw, x.ptr);
+    return decodeToFloat32(raw, x.dtype);
+  }
+
+  /**
+   * Host values as a step tensor (in the step's arena, so it lives as long as what the model computes beside
+   * it): in the model dtype, or float32 for logits. Copied in stream order, after what the stream has queued.
+   */
+  fromHost(data: Float32Array, rows: number, cols: number, float32 = false): CudaTensor {
+    const out = this.alloc(rows, cols, float32 ? "F32" : this.dtype);
+    this.device.uploadInStreamOrder(out.ptr, float32 ? data : encodeFromFloat32(data, this.dtype));
     return out;
   }
 

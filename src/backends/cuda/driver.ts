@@ -19,6 +19,8 @@ const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
 const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 const MAX_ARGS = 32;
+const CU_MEMORYTYPE_DEVICE = 2;
+const CUDA_MEMCPY2D_BYTES = 128;
 
 export class CudaDevice {
   readonly api: DriverApi;
@@ -36,6 +38,8 @@ export class CudaDevice {
   readonly pdl: boolean;
   private readonly launchConfig: unknown;
   private readonly launchView: DataView;
+  private readonly copy2D: unknown;
+  private readonly copy2DView: DataView;
 
   private constructor(readonly ordinal: number) {
     this.api = loadDriver();
@@ -84,9 +88,23 @@ export class CudaDevice {
     this.launchView.setUint32(48, 1, true);
     this.launchView.setUint32(56, 6, true);
     this.launchView.setInt32(64, 1, true);
+    this.copy2D = koffi.alloc("uint8_t", CUDA_MEMCPY2D_BYTES);
+    this.copy2DView = new DataView(koffi.view(this.copy2D, CUDA_MEMCPY2D_BYTES));
+    new Uint8Array(this.copy2DView.buffer, this.copy2DView.byteOffset, CUDA_MEMCPY2D_BYTES).fill(0);
   }
 
   private static instances = new Map<number, CudaDevice>();
+
+  /** How many GPUs the driver sees (what a rank's GPU is chosen among). */
+  static count(): number {
+    const api = loadDriver();
+    const init = api.cuInit(0);
+    if (init !== 0) throw new CudaUnavailableError(`no usable NVIDIA GPU: cuInit failed (error ${init})`);
+    const count = [0];
+    const code = api.cuDeviceGetCount(count);
+    if (code !== 0) throw new CudaError(`cuDeviceGetCount failed (error ${code})`);
+    return count[0];
+  }
 
   /** The device's primary context, shared by everything in this process that uses GPU `ordinal`. */
   static open(ordinal = 0): CudaDevice {
@@ -162,12 +180,45 @@ export class CudaDevice {
     this.check(this.api.cuMemcpyHtoDAsync(dst, pinnedSrc, bytes, this.stream), "cuMemcpyHtoDAsync");
   }
 
+  /**
+   * Copies ordinary (pageable) host memory to the device in stream order: the driver stages `src` before it
+   * returns, so `src` may be reused at once, and later launches on the stream see the data (a synchronous
+   * cuMemcpyHtoD would not order itself with this non-blocking stream).
+   */
+  uploadInStreamOrder(dst: number, src: ArrayBufferView): void {
+    if (src.byteLength === 0) return;
+    this.check(this.api.cuMemcpyHtoDAsync(dst, src, src.byteLength, this.stream), "cuMemcpyHtoDAsync");
+  }
+
   downloadAsync(pinnedDst: unknown, src: number, bytes: number): void {
     this.check(this.api.cuMemcpyDtoHAsync(pinnedDst, src, bytes, this.stream), "cuMemcpyDtoHAsync");
   }
 
   copyAsync(dst: number, src: number, bytes: number): void {
     this.check(this.api.cuMemcpyDtoDAsync(dst, src, bytes, this.stream), "cuMemcpyDtoDAsync");
+  }
+
+  /**
+   * Copies `height` rows of `widthBytes` from device memory to device memory, each row `srcPitch` bytes after
+   * the last in the source and `dstPitch` in the destination, in stream order (graph-capturable).
+   */
+  copy2DAsync(dst: number, dstPitch: number, src: number, srcPitch: number, widthBytes: number, height: number): void {
+    if (widthBytes === 0 || height === 0) return;
+    // CUDA_MEMCPY2D: src (x, y, memory type, host, device, array, pitch), the same for dst, width, height.
+    const v = this.copy2DView;
+    v.setBigUint64(0, 0n, true);
+    v.setBigUint64(8, 0n, true);
+    v.setUint32(16, CU_MEMORYTYPE_DEVICE, true);
+    v.setBigUint64(32, BigInt(src), true);
+    v.setBigUint64(48, BigInt(srcPitch), true);
+    v.setBigUint64(56, 0n, true);
+    v.setBigUint64(64, 0n, true);
+    v.setUint32(72, CU_MEMORYTYPE_DEVICE, true);
+    v.setBigUint64(88, BigInt(dst), true);
+    v.setBigUint64(104, BigInt(dstPitch), true);
+    v.setBigUint64(112, BigInt(widthBytes), true);
+    v.setBigUint64(120, BigInt(height), true);
+    this.check(this.api.cuMemcpy2DAsync(this.copy2D, this.stream), "cuMemcpy2DAsync");
   }
 
   memsetAsync(dst: number, byte: number, bytes: number): void {

@@ -10,6 +10,8 @@ import type { CudaBackend, CudaTensor } from "./cuda-backend.js";
 const BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 /** KILN_CUDA_GRAPHS=0 runs every step eagerly (for profilers that follow kernel launches). */
 const GRAPHS = process.env.KILN_CUDA_GRAPHS !== "0";
+/** KILN_CUDA_GRAPH_STATS=1 says on stderr, as the process exits, how many steps replayed a graph. */
+const GRAPH_STATS = process.env.KILN_CUDA_GRAPH_STATS === "1";
 
 /** A decode step padded to `bucket` rows and sequences: padding rows write no cache and attend to nothing. */
 export function padDecodeStep(step: StepInput, bucket: number): StepInput {
@@ -65,7 +67,13 @@ export class CudaExecutor implements StepExecutor {
     private readonly be: CudaBackend,
     private readonly model: DecoderModel<CudaTensor>,
     private readonly vocab: number,
-  ) {}
+  ) {
+    if (GRAPH_STATS) {
+      process.once("exit", () =>
+        process.stderr.write(`kiln cuda steps: ${this.replays} graph replays, ${this.eagerSteps} eager\n`),
+      );
+    }
+  }
 
   /** GPU milliseconds per replay of a captured bucket's graph, timed with events over `iters` replays. */
   timeGraph(bucket: number, iters: number): number | null {
@@ -104,7 +112,9 @@ export class CudaExecutor implements StepExecutor {
     const pick = (logits: CudaTensor) =>
       mode === "greedy" ? this.be.launchGreedy(logits, this.vocab) : this.be.launchSample(logits, this.vocab);
     const n = step.tokenIds.length;
-    const bucket = GRAPHS && isDecodeStep(step) ? BUCKETS.find((b) => b >= n && b <= this.be.maxGraphRows) : undefined;
+    // A multi-rank model whose collectives go through the host runs every step eagerly (graphCapturable).
+    const graphs = GRAPHS && this.model.graphCapturable;
+    const bucket = graphs && isDecodeStep(step) ? BUCKETS.find((b) => b >= n && b <= this.be.maxGraphRows) : undefined;
     if (bucket === undefined) {
       this.eagerSteps++;
       pick(this.model.forward(step));

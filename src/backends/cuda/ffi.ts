@@ -1,4 +1,5 @@
-// The CUDA libraries kiln calls through koffi, loaded at run time: the driver (libcuda), NVRTC and cuBLAS.
+// The CUDA libraries kiln calls through koffi, loaded at run time: the driver (libcuda), NVRTC and cuBLAS
+// (NCCL: nccl.ts).
 // A missing library or GPU is one clear CudaUnavailableError, never a crash.
 
 import koffi, { type LibraryHandle } from "koffi";
@@ -57,6 +58,7 @@ function driverApi(lib: LibraryHandle) {
     cuMemcpyHtoDAsync: f("int cuMemcpyHtoDAsync_v2(uint64_t dst, void *src, size_t bytes, CUstream stream)"),
     cuMemcpyDtoHAsync: f("int cuMemcpyDtoHAsync_v2(void *dst, uint64_t src, size_t bytes, CUstream stream)"),
     cuMemcpyDtoDAsync: f("int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, CUstream stream)"),
+    cuMemcpy2DAsync: f("int cuMemcpy2DAsync_v2(const void *copy, CUstream stream)"),
     cuMemsetD8Async: f("int cuMemsetD8Async(uint64_t dst, uint8_t value, size_t n, CUstream stream)"),
     cuStreamCreate: f("int cuStreamCreate(_Out_ CUstream *stream, unsigned int flags)"),
     cuStreamSynchronize: f("int cuStreamSynchronize(CUstream stream)"),

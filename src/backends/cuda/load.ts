@@ -5,14 +5,36 @@ import type { EngineConfig } from "../../builder/build-engine.js";
 import { EngineFile } from "../../builder/engine-file.js";
 import { dtypeFromName } from "../../checkpoint/dtype.js";
 import { EngineError } from "../../errors.js";
+import { type DecoderDims, decoderDims } from "../../models/decoder.js";
 import { ropeSpec } from "../../models/rope.js";
 import { companionName, scaleName } from "../../quantization/mode.js";
 import { CudaBackend, type CudaDtype, type CudaQuant, type CudaTensor } from "./cuda-backend.js";
 import { CudaDevice } from "./driver.js";
 import { decodeDescriptor, descriptorName, type QuantDescriptor } from "./weight-layout.js";
 
-export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaBackend {
-  const device = CudaDevice.open();
+/** Which rank file a backend is opened for, and on which GPU. */
+export interface CudaRankPlace {
+  /** The rank's share of the decoder (its layers, heads, vocabulary rows). */
+  dims: DecoderDims;
+  /** Width of the logits rows the rank returns: every tp rank's vocabulary rows side by side. */
+  logitsWidth: number;
+  /** The GPU's ordinal. */
+  gpu: number;
+  /** Ranks of this host on that GPU, which share its free memory for their KV caches. */
+  ranksOnGpu: number;
+}
+
+export function loadCudaBackend(
+  enginePath: string,
+  config: EngineConfig,
+  place: CudaRankPlace = {
+    dims: decoderDims(config.pretrained_config),
+    logitsWidth: decoderDims(config.pretrained_config).vocabRows,
+    gpu: 0,
+    ranksOnGpu: 1,
+  },
+): CudaBackend {
+  const device = CudaDevice.open(place.gpu);
   const file = EngineFile.open(enginePath, { backend: "cuda", target: null });
   try {
     const built = file.header.target;
@@ -76,7 +98,7 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
       ? null
       : {
           kind: kvAlgo === "INT8" ? ("int8" as const) : ("fp8" as const),
-          scales: Float32Array.from({ length: m.num_hidden_layers }, (_, l) => {
+          scales: Float32Array.from({ length: place.dims.layers.length }, (_, l) => {
             const name = `transformer.layers.${l}.attention.kv_cache_scaling_factor`;
             const v =
               sectionDtype.get(name) === "F32" ? new Float32Array(file.read(name).slice().buffer)[0] : Number.NaN;
@@ -86,7 +108,7 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
         };
     const maxSeqs = b.max_batch_size * b.max_beam_width;
     const qkv = (m.num_attention_heads + 2 * m.num_key_value_heads) * m.head_size;
-    return new CudaBackend(
+    const backend = new CudaBackend(
       device,
       module,
       weights,
@@ -97,7 +119,12 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
         maxBlocksPerSeq: Math.ceil(b.max_seq_len / b.tokens_per_block),
         hidden: m.hidden_size,
         widestRow: Math.max(qkv, 2 * m.intermediate_size),
-        vocab: weights.get("lm_head.weight")?.rows ?? m.vocab_size,
+        // Float32 logits columns the last layer's arena holds at once: lm_head's rows, and for a split engine
+        // also the whole rows ranks exchange (tp's gathered shares and their side-by-side copy; what a stage
+        // without lm_head receives).
+        vocab:
+          (weights.get("lm_head.weight")?.rows ?? 0) +
+          (place.logitsWidth > place.dims.vocabRows || !place.dims.lastStage ? 2 * place.logitsWidth : 0),
         logitRows: b.gather_context_logits ? Math.max(b.max_num_tokens, maxSeqs) : maxSeqs,
         maxSeqLen: b.max_seq_len,
         numHeads: m.num_attention_heads,
@@ -106,6 +133,8 @@ export function loadCudaBackend(enginePath: string, config: EngineConfig): CudaB
       ropeSpec(m).invFreq,
       kvQuant,
     );
+    backend.ranksOnGpu = place.ranksOnGpu;
+    return backend;
   } finally {
     file.close();
   }

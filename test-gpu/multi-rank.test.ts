@@ -1,0 +1,216 @@
+// Multi-rank runs on the cuda backend: `kiln run` on a cuda engine split by tp and pp starts one process per
+// rank, each on GPU (local rank mod the GPUs there are), and the ranks' logits and greedy ids equal the
+// single-rank cuda run's (which test-gpu/e2e.test.ts holds to transformers). Ranks that share a GPU exchange
+// through the host and run every step eagerly; ranks with a GPU each exchange through NCCL and replay decode
+// steps as CUDA graphs (on the emulator: KILN_EMU_GPUS GPUs and its NCCL stand-in, test/cuda-emu/nccl.cpp).
+
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { after, describe, test } from "node:test";
+import { CudaDevice } from "../src/backends/cuda/driver.js";
+import { buildEngine } from "../src/builder/build-engine.js";
+import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
+import { Mapping, type MappingSizes } from "../src/mapping.js";
+import { FIXTURES, loadReference, maxAbsDiff, tempDir } from "../test/helpers.js";
+import { flatLogits, kilnRun, layoutName, type RunJson, runJson, writePrompts } from "../test/rank-runs.js";
+
+const work = tempDir("kiln-gpu-ranks-");
+after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+const built = new Map<string, Promise<string>>();
+
+/**
+ * A cuda engine of `fixture` split by `sizes` (built once), gathering context logits unless `gather` is false:
+ * an engine that gathers logits runs every step eagerly, one that does not replays decode steps as graphs.
+ */
+function cudaEngine(
+  fixture: string,
+  sizes: MappingSizes,
+  dtype: "float32" | "bfloat16" = "float32",
+  gather = true,
+): Promise<string> {
+  const tag = `${fixture}-${layoutName(sizes) || "single"}-${dtype}${gather ? "" : "-greedy"}`;
+  let engine = built.get(tag);
+  if (!engine) {
+    engine = (async () => {
+      const ckpt = path.join(work, `${tag}-ckpt`);
+      await convertHfCheckpoint({
+        modelDir: path.join(FIXTURES, fixture, "hf"),
+        outputDir: ckpt,
+        dtype,
+        mapping: new Mapping(sizes),
+      });
+      const dir = path.join(work, `${tag}-engine`);
+      await buildEngine({
+        checkpointDir: ckpt,
+        outputDir: dir,
+        backend: "cuda",
+        request: { gather_context_logits: gather, max_batch_size: 4, max_beam_width: 2 },
+      });
+      return dir;
+    })();
+    built.set(tag, engine);
+  }
+  return engine;
+}
+
+// qwen2_tied_gqa: 4 heads, 2 KV heads, 2 layers, tied lm_head and a qkv bias (the bias added by tp rank 0 only
+// where it is row-parallel). qwen2_untied_mqa: one KV head, which tp 2 repeats on both ranks, and 3 layers.
+for (const fixture of ["qwen2_tied_gqa", "qwen2_untied_mqa"]) {
+  describe(`cuda ${fixture}: split runs equal the single-rank cuda run`, async () => {
+    const prompts = writePrompts(
+      work,
+      fixture,
+      loadReference(fixture).prompts.map((p) => p.inputIds),
+    );
+    let single: RunJson | null = null;
+    const reference = async () => {
+      single ??= runJson(await cudaEngine(fixture, {}), prompts, work, `${fixture}-single`);
+      return single;
+    };
+    for (const sizes of [{ tpSize: 2 }, { ppSize: 2 }, { tpSize: 2, ppSize: 2 }] as MappingSizes[]) {
+      test(`float32 ${layoutName(sizes)}: context logits within 1e-3, greedy ids identical`, async () => {
+        const want = await reference();
+        const engine = await cudaEngine(fixture, sizes);
+        const world = new Mapping(sizes).worldSize;
+        for (let r = 0; r < world; r++) assert.ok(fs.existsSync(path.join(engine, `rank${r}.engine`)), `rank${r}`);
+        const got = runJson(engine, prompts, work, `${fixture}-${layoutName(sizes)}`);
+        assert.deepEqual(got.output_ids, want.output_ids);
+        const diff = maxAbsDiff(flatLogits(got), flatLogits(want));
+        console.log(`# cuda ${fixture} ${layoutName(sizes)}: max |Δlogit| vs one rank ${diff.toExponential(2)}`);
+        assert.ok(diff <= 1e-3, `max |Δlogit| ${diff}`);
+      });
+    }
+  });
+}
+
+const device = CudaDevice.open();
+const emulated = device.name.startsWith("kiln CUDA emulator");
+const gpus = CudaDevice.count();
+
+describe("ranks with a GPU each exchange through NCCL, and decode steps replay CUDA graphs", () => {
+  const fixture = "qwen2_tied_gqa";
+  const prompts = writePrompts(
+    work,
+    `${fixture}-nccl`,
+    loadReference(fixture).prompts.map((p) => p.inputIds),
+  );
+  // NCCL or a one-line refusal, never host staging; graph statistics on rank 0's stderr.
+  const env = { KILN_COLLECTIVES: "nccl", KILN_CUDA_GRAPH_STATS: "1", ...(emulated ? { KILN_EMU_GPUS: "4" } : {}) };
+  let single: { logits: RunJson; greedy: RunJson } | null = null;
+  const reference = async () => {
+    single ??= {
+      logits: runJson(await cudaEngine(fixture, {}), prompts, work, "nccl-single"),
+      greedy: runJson(await cudaEngine(fixture, {}, "float32", false), prompts, work, "nccl-single-greedy"),
+    };
+    return single;
+  };
+  for (const sizes of [{ tpSize: 2 }, { ppSize: 2 }, { tpSize: 2, ppSize: 2 }] as MappingSizes[]) {
+    const world = new Mapping(sizes).worldSize;
+    const name = layoutName(sizes);
+    // Said in the test's name and the TAP output: a machine of one GPU cannot give two ranks a GPU each.
+    const skip = !emulated && gpus < world ? `needs ${world} GPUs; this machine has ${gpus}` : false;
+    test(`float32 ${name} over NCCL: logits within 1e-3; greedy ids identical, decode steps replayed as graphs`, {
+      skip,
+    }, async () => {
+      const want = await reference();
+      const got = runJson(await cudaEngine(fixture, sizes), prompts, work, `nccl-${name}`, env);
+      assert.deepEqual(got.output_ids, want.logits.output_ids);
+      const diff = maxAbsDiff(flatLogits(got), flatLogits(want.logits));
+      console.log(`# cuda NCCL ${name}: max |Δlogit| vs one rank ${diff.toExponential(2)}`);
+      assert.ok(diff <= 1e-3, `max |Δlogit| ${diff}`);
+      const greedy = runJson(await cudaEngine(fixture, sizes, "float32", false), prompts, work, `nccl-${name}-g`, env);
+      assert.deepEqual(greedy.output_ids, want.greedy.output_ids);
+      assert.deepEqual(greedy.output_ids, want.logits.output_ids);
+      const stats = /kiln cuda steps: (\d+) graph replays.*/.exec(greedy.stderr ?? "");
+      const replays = Number(stats?.[1]);
+      console.log(`# cuda NCCL ${name}, engine without logits: ${stats?.[0]}`);
+      assert.ok(replays > 0, `decode steps replayed no graph: ${greedy.stderr}`);
+    });
+  }
+
+  test("sampling (drawn on the GPUs, in replayed graphs) and beam search over NCCL tp2-pp2 choose what one rank chooses", {
+    skip: !emulated && gpus < 4 ? `needs 4 GPUs; this machine has ${gpus}` : false,
+  }, async () => {
+    const one = await cudaEngine(fixture, {}, "float32", false);
+    const split = await cudaEngine(fixture, { tpSize: 2, ppSize: 2 }, "float32", false);
+    for (const flags of [
+      ["--temperature", "0.9", "--top_k", "0", "--top_p", "0.9", "--random_seed", "5"],
+      ["--num_beams", "2"],
+    ]) {
+      const tag = flags.join("").replace(/\W/g, "");
+      const a = path.join(work, `nccl-flags-${tag}-a.json`);
+      const b = path.join(work, `nccl-flags-${tag}-b.json`);
+      const want = kilnRun(one, prompts, a, ["--output_json", a, ...flags]);
+      const got = kilnRun(split, prompts, b, ["--output_json", b, ...flags], env);
+      assert.deepEqual(got.output_ids, want.output_ids, flags.join(" "));
+    }
+  });
+
+  test("KILN_COLLECTIVES=nccl with more ranks than GPUs is refused in one line", async () => {
+    const engine = await cudaEngine(fixture, { tpSize: 2 });
+    const { spawnSync } = await import("node:child_process");
+    const { KILN } = await import("../test/rank-runs.js");
+    const r = spawnSync(
+      process.execPath,
+      [KILN, "run", "--engine_dir", engine, "--input_file", prompts, "--max_output_len", "2"],
+      {
+        encoding: "utf8",
+        env: {
+          ...process.env,
+          KILN_COLLECTIVES: "nccl",
+          KILN_EMU_GPUS: "1",
+          CUDA_VISIBLE_DEVICES: emulated ? undefined : "0",
+        },
+      },
+    );
+    assert.notEqual(r.status, 0);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, /KILN_COLLECTIVES=nccl: 2 ranks on this host but 1 GPU: NCCL needs a GPU per rank/);
+  });
+});
+
+// bfloat16: pipeline stages hand on the residual exactly (bfloat16 → float32 → bfloat16 is lossless), so pp 2
+// gives the single-rank bits. Under tp each rank's partial dense and proj outputs are rounded to bfloat16
+// before they are summed (as NCCL sums them), one more rounding than the single-rank GEMM: on these random
+// fixtures (logits up to ±6) that is measured against transformers' own bfloat16 noise (its bfloat16 run vs
+// its float32 run, reference_bf16.safetensors), which the split run must stay within.
+describe("cuda bfloat16 split runs", () => {
+  const fixture = "qwen2_tied_gqa";
+  const prompts = writePrompts(
+    work,
+    `${fixture}-bf16`,
+    loadReference(fixture).prompts.map((p) => p.inputIds),
+  );
+  let single: RunJson | null = null;
+  const reference = async () => {
+    single ??= runJson(await cudaEngine(fixture, {}, "bfloat16"), prompts, work, "bf16-single");
+    return single;
+  };
+
+  test("pp2: the single-rank run's logits and greedy ids, bit for bit", async () => {
+    const want = await reference();
+    const got = runJson(await cudaEngine(fixture, { ppSize: 2 }, "bfloat16"), prompts, work, "bf16-pp2");
+    assert.deepEqual(got.output_ids, want.output_ids);
+    assert.equal(maxAbsDiff(flatLogits(got), flatLogits(want)), 0);
+  });
+
+  test("tp2-pp2: context logits within transformers' own bfloat16 noise of the single-rank run", async () => {
+    const want = await reference();
+    const got = runJson(await cudaEngine(fixture, { tpSize: 2, ppSize: 2 }, "bfloat16"), prompts, work, "bf16-4");
+    const ref = loadReference(fixture);
+    const rec = SafetensorsFile.open(path.join(FIXTURES, fixture, "reference_bf16.safetensors"));
+    const hfNoise = Math.max(
+      ...ref.prompts.map((p, i) => maxAbsDiff(rec.readFloat32(`prompt${i}.context_logits`), p.contextLogits)),
+    );
+    rec.close();
+    const diff = maxAbsDiff(flatLogits(got), flatLogits(want));
+    console.log(
+      `# cuda ${fixture} bfloat16 tp2-pp2: max |Δlogit| vs one rank ${diff.toExponential(2)}; transformers bf16 vs fp32 ${hfNoise.toExponential(2)}`,
+    );
+    assert.ok(diff > 0, "tp rounds its partial sums: the logits cannot be the single-rank bits");
+    assert.ok(diff <= hfNoise, `max |Δlogit| ${diff} > transformers' own bfloat16 noise ${hfNoise}`);
+  });
+});
