@@ -74,7 +74,8 @@ export class FusedDecode {
       Math.ceil(pairs / 8),
       { out, next, residual, delta, norm },
       [
-        ptr(this.weightArg(qkv)),
+        ptr(qkv.ptr),
+        ptr(this.qlinearOf(qkv)),
         ptr(bias ? bias.ptr : 0),
         ptr(rows.positions),
         ptr(rows.slots),
@@ -113,8 +114,10 @@ export class FusedDecode {
       Math.ceil(inter / 8),
       { out, next, residual, delta, norm },
       [
-        ptr(this.weightArg(fc)),
-        ptr(this.weightArg(gate ?? fc)),
+        ptr(fc.ptr),
+        ptr((gate ?? fc).ptr),
+        ptr(this.qlinearOf(fc)),
+        ptr(this.qlinearOf(gate ?? fc)),
         i32(gate ? 0 : inter),
         bias(mlp.fcBias),
         bias(gate ? mlp.gateBias : mlp.fcBias),
@@ -131,9 +134,9 @@ export class FusedDecode {
     return w.quant ? (`${name}_q_${w.quant.kind}_1` as KernelName) : kernelForRows(name, rows);
   }
 
-  /** A plain weight's pointer, or a quantized layer's QLinear. */
-  private weightArg(w: CudaTensor): number {
-    return w.quant ? this.ctx.qlinear(w) : w.ptr;
+  /** A quantized layer's QLinear (0 for a plain weight). */
+  private qlinearOf(w: CudaTensor): number {
+    return w.quant ? this.ctx.qlinear(w) : 0;
   }
 
   /**

@@ -72,6 +72,7 @@ export function quantizedLinear(
         ptr(out.ptr),
         i32(float32Out ? 1 : 0),
         ptr(x.ptr),
+        ptr(w.ptr),
         ptr(ctx.qlinear(w)),
         i32(x.rows),
         i32(x.cols),

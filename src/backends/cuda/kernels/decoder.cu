@@ -517,14 +517,14 @@ extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, c
 // Needs in a multiple of 32 and 16-byte aligned x rows. grid = ceil(out · ksplit / 8), 256 threads. R and rows
 // as gemv_rows takes them.
 template <int R, int K>
-__device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, const QLinear& q, int rows, int in,
-                                            int out, const T* bias, int ksplit) {
+__device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, const unsigned char* w, const QLinear& q,
+                                            int rows, int in, int out, const T* bias, int ksplit) {
   const int gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int o = gw / ksplit, lane = threadIdx.x & 31;
   const bool live = o < out;
   constexpr int PER = Codes<K>::PER;
   constexpr int XV = 16 / sizeof(T);  // x values in one 16-byte load
-  const uint4* wrow = reinterpret_cast<const uint4*>(q.w + (size_t)(live ? o : 0) * (PER == 16 ? in : in / 2));
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)(live ? o : 0) * (PER == 16 ? in : in / 2));
   const int nvec = in / PER;
   int begin, end;
   split_range(nvec, gw % ksplit, ksplit, begin, end);
@@ -580,8 +580,11 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
       }
     }
   };
-  // The format's input rounding, while the first weight loads are in flight.
+  // With the first weight loads in flight: the layer's output scale for this row, and the format's rounding
+  // of the input.
+  float channel = 1.f;
   auto prologue = [&]() {
+    channel = (!grouped && q.scales != nullptr && live ? q.scales[o] : 1.f) * q.out_scale;
     if (q.rounding < 0) return;
     T* xs = reinterpret_cast<T*>(dynamic_shared());
     round_input_rows(xs, row_scale, x, q, rows, in);
@@ -589,7 +592,6 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
   };
   gemv_stream(wrow, begin + lane, end, pass, prologue);
   if (!split_sum<R>(acc, ksplit) || !live) return;
-  const float channel = (!grouped && q.scales != nullptr ? q.scales[o] : 1.f) * q.out_scale;
   const float b = bias != nullptr ? tof(bias[o]) : 0.f;
 #pragma unroll
   for (int r = 0; r < R; r++) {
@@ -602,18 +604,19 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
 
 // One kernel a weight kind, so that each gets the registers its own decoding needs. Dynamic shared memory:
 // rows · in values of T where the layer rounds its input.
-#define GEMV_Q_ARGS y, y_f32, x, *q, rows, in, out, bias, ksplit
+#define GEMV_Q_ARGS y, y_f32, x, w, *q, rows, in, out, bias, ksplit
 #define GEMV_Q_KERNEL(NAME, K)                                                                                   \
   extern "C" __global__ void __launch_bounds__(256)                                                             \
-  NAME(void* y, int y_f32, const T* x, const QLinear* q, int rows, int in, int out, const T* bias, int ksplit) { \
+  NAME(void* y, int y_f32, const T* x, const unsigned char* w, const QLinear* q, int rows, int in, int out,     \
+       const T* bias, int ksplit) {                                                                              \
     if (rows <= 2) gemv_q_rows<2, K>(GEMV_Q_ARGS);                                                               \
     else if (rows <= 4) gemv_q_rows<4, K>(GEMV_Q_ARGS);                                                          \
     else gemv_q_rows<8, K>(GEMV_Q_ARGS);                                                                         \
   }                                                                                                              \
   /* The one-row step's kernel, as gemv_1 is gemv's (same arguments; rows is 1). */                             \
   extern "C" __global__ void __launch_bounds__(256)                                                             \
-  NAME##_1(void* y, int y_f32, const T* x, const QLinear* q, int rows, int in, int out, const T* bias,          \
-           int ksplit) {                                                                                         \
+  NAME##_1(void* y, int y_f32, const T* x, const unsigned char* w, const QLinear* q, int rows, int in, int out, \
+           const T* bias, int ksplit) {                                                                          \
     gemv_q_rows<1, K>(GEMV_Q_ARGS);                                                                              \
   }
 
@@ -739,7 +742,44 @@ struct PairRows {
   const QLinear* q[P];  // null for QK_T
   const T* xs[P];
   int rows[P];
+  // The quantized layers' per-row output scale (channel scale · out_scale) and whether the row's int8_token
+  // scale multiplies it too: read with the first weights, so their latency hides behind the norm's.
+  float out_scale[P];
+  bool per_token[P];
 };
+
+// The group scales and zeros (group-wise int4) or the two E4M3 block codes (NVFP4) a lane's U loads of P
+// rows need: loaded beside the weights (as soon as their addresses are known), not after them.
+template <int P, int U>
+struct LoadScales {
+  float gs[P][U], gz[P][U];
+  unsigned int blocks[P][U];
+};
+
+template <int P, int K>
+__device__ __forceinline__ void load_scales(LoadScales<P, Codes<K>::UNROLL>& sc, const PairRows<P>& pr, int v0,
+                                            int nvec, int in) {
+  constexpr int U = Codes<K>::UNROLL;
+#pragma unroll
+  for (int p = 0; p < P; p++) {
+    const QLinear* q = pr.q[p];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int v = min(v0 + 32 * u, nvec - 1);
+      if (K == QK_INT4) {
+        const int groups = q->groups;
+        const size_t at = groups > 0 ? (size_t)pr.rows[p] * groups + v / (nvec / groups) : 0;
+        sc.gs[p][u] = groups > 0 ? q->scales[at] : 0.f;
+        sc.gz[p][u] = groups > 0 && q->zeros != nullptr ? q->zeros[at] : 0.f;
+      }
+      if (K == QK_FP4) {
+        // A load's 32 weights span blocks 2v and 2v + 1 of the row: two adjacent bytes.
+        const unsigned char* b = q->blocks + ((size_t)pr.rows[p] * in) / 16 + 2 * (size_t)v;
+        sc.blocks[p][u] = b[0] | (unsigned int)b[1] << 8;
+      }
+    }
+  }
+}
 
 // Bytes of a weight row of `in` values of kind K.
 template <int K>
@@ -765,7 +805,8 @@ __device__ __forceinline__ void pair_prefetch(uint4 (&wv)[P][Codes<K>::UNROLL], 
 // of 16, in a multiple of 32 for the quantized kinds, and 16-byte aligned rows.
 template <int R, int P, int K>
 __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& pr, int rows, int in,
-                                         const uint4 (&first)[P][Codes<K>::UNROLL]) {
+                                         const uint4 (&first)[P][Codes<K>::UNROLL],
+                                         const LoadScales<P, Codes<K>::UNROLL>& first_scales) {
   constexpr int PER = Codes<K>::PER, U = Codes<K>::UNROLL;
   constexpr int XV = 16 / sizeof(T);
   const int lane = threadIdx.x & 31;
@@ -774,7 +815,7 @@ __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& 
   for (int p = 0; p < P; p++)
 #pragma unroll
     for (int r = 0; r < R; r++) acc[p][r] = 0.f;
-  auto pass = [&](const uint4 (&wv)[P][U], int v0) {
+  auto pass = [&](const uint4 (&wv)[P][U], const LoadScales<P, U>& sc, int v0) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int v = v0 + 32 * u;
@@ -783,6 +824,7 @@ __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& 
       for (int p = 0; p < P; p++) {
         const QLinear* q = pr.q[p];
         const bool grouped = K == QK_INT4 && q->groups > 0;
+        const bool zeros = grouped && q->zeros != nullptr;
         float dot[R], sum[R];
 #pragma unroll
         for (int r = 0; r < R; r++) dot[r] = sum[r] = 0.f;
@@ -792,7 +834,7 @@ __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& 
 #pragma unroll
           for (int k = 0; k < XV; k++) wf[k] = code_at<K>(wv[p][u], j * XV + k);
           if (K == QK_FP4) {
-            const float bs = e4m3_value(q->blocks[((size_t)pr.rows[p] * in + (size_t)v * PER + j * XV) / 16]);
+            const float bs = e4m3_value((sc.blocks[p][u] >> (8 * ((j * XV) / 16))) & 255);
 #pragma unroll
             for (int k = 0; k < XV; k++) wf[k] *= bs;
           }
@@ -804,16 +846,13 @@ __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& 
             for (int k = 0; k < XV; k++) {
               const float xk = t_of(xv, k);
               dot[r] += wf[k] * xk;
-              if (grouped && q->zeros != nullptr) sum[r] += xk;
+              if (zeros) sum[r] += xk;
             }
           }
         }
         if (grouped) {
-          const int g = v / (nvec / q->groups);
-          const float gs = q->scales[(size_t)pr.rows[p] * q->groups + g];
-          const float gz = q->zeros != nullptr ? q->zeros[(size_t)pr.rows[p] * q->groups + g] : 0.f;
 #pragma unroll
-          for (int r = 0; r < R; r++) acc[p][r] += gs * dot[r] + gz * sum[r];
+          for (int r = 0; r < R; r++) acc[p][r] += sc.gs[p][u] * dot[r] + sc.gz[p][u] * sum[r];
         } else {
 #pragma unroll
           for (int r = 0; r < R; r++) acc[p][r] += dot[r];
@@ -821,13 +860,15 @@ __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& 
       }
     }
   };
-  pass(first, lane);
+  pass(first, first_scales, lane);
   for (int v0 = lane + 32 * U; v0 < nvec; v0 += 32 * U) {
     uint4 wv[P][U];
 #pragma unroll
     for (int p = 0; p < P; p++)
       gemv_load<U>(wv[p], reinterpret_cast<const uint4*>(pr.w[p] + pr.rows[p] * row_bytes<K>(in)), v0, nvec);
-    pass(wv, v0);
+    LoadScales<P, U> sc;
+    if (K == QK_INT4 || K == QK_FP4) load_scales<P, K>(sc, pr, v0, nvec, in);
+    pass(wv, sc, v0);
   }
 #pragma unroll
   for (int p = 0; p < P; p++)
@@ -849,7 +890,8 @@ __device__ __forceinline__ void gemv_pair_dot(float (&acc)[P][R], const T* xs, c
   }
   uint4 first[P][Codes<QK_T>::UNROLL];
   pair_prefetch<P, QK_T>(first, pr, in, true);
-  pair_dot<R, P, QK_T>(acc, pr, R, in, first);
+  LoadScales<P, Codes<QK_T>::UNROLL> none;
+  pair_dot<R, P, QK_T>(acc, pr, R, in, first, none);
 }
 
 // Whether two quantized layers round their input alike (then they share one rounded copy).
@@ -869,11 +911,9 @@ __device__ __forceinline__ float pair_value(const float (&acc)[2][R], int p, int
   for (int k = 0; k < R; k++)
     if (k == r) a = acc[p][k];
   if (K != QK_T) {
-    const QLinear* q = pr.q[p];
-    const bool grouped = K == QK_INT4 && q->groups > 0;
-    a *= (!grouped && q->scales != nullptr ? q->scales[pr.rows[p]] : 1.f) * q->out_scale;
+    a *= pr.out_scale[p];
     const int slot = p == 1 && same_input(pr.q[0], pr.q[1]) ? 0 : p;  // the shared copy's scales are p 0's
-    if (q->rounding == QIN_INT8_TOKEN) a *= row_scale[slot * GEMV_MAX_ROWS + r];
+    if (pr.per_token[p]) a *= row_scale[slot * GEMV_MAX_ROWS + r];
   }
   a = rnd(a);
   return bias != nullptr ? rnd(a + tof(bias[bias_row])) : a;
@@ -889,6 +929,18 @@ __device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], PairRows<
                                                    const T* norm_w, int in, float eps) {
   uint4 first[2][Codes<K>::UNROLL];
   pair_prefetch<2, K>(first, pr, in, live);
+  LoadScales<2, Codes<K>::UNROLL> first_scales;
+  if (K != QK_T) {
+    const int nvec = in / Codes<K>::PER;
+    if (live && (K == QK_INT4 || K == QK_FP4)) load_scales<2, K>(first_scales, pr, threadIdx.x & 31, nvec, in);
+#pragma unroll
+    for (int p = 0; p < 2; p++) {
+      const QLinear* q = pr.q[p];
+      const bool grouped = K == QK_INT4 && q->groups > 0;
+      pr.out_scale[p] = (!grouped && q->scales != nullptr && live ? q->scales[pr.rows[p]] : 1.f) * q->out_scale;
+      pr.per_token[p] = q->rounding == QIN_INT8_TOKEN;
+    }
+  }
   pdl_enter();
   T* xs = reinterpret_cast<T*>(dynamic_shared());
   norm_rows<R>(xs, residual, delta, residual_out, norm_w, rows, in, eps);
@@ -912,19 +964,19 @@ __device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], PairRows<
     __syncthreads();
   }
   if (!live) return false;
-  pair_dot<R, 2, K>(acc, pr, rows, in, first);
+  pair_dot<R, 2, K>(acc, pr, rows, in, first, first_scales);
   return true;
 }
 
-// The two weights of a fused kernel's pair: plain rows (w of T) or quantized layers (qa, qb).
-template <int K>
-__device__ __forceinline__ PairRows<2> pair_of(const void* w, const QLinear* qa, const QLinear* qb, int row_a,
-                                               int row_b) {
+// The two weights of a fused kernel's pair: w and w_b (plain weights of T, or quantized codes; kernel
+// arguments, so that the first loads wait on nothing), and for quantized ones their layers qa and qb.
+__device__ __forceinline__ PairRows<2> pair_of(const void* w, const void* w_b, const QLinear* qa, const QLinear* qb,
+                                               int row_a, int row_b) {
   PairRows<2> pr;
   pr.q[0] = qa;
   pr.q[1] = qb;
-  pr.w[0] = K == QK_T ? reinterpret_cast<const unsigned char*>(w) : qa->w;
-  pr.w[1] = K == QK_T ? reinterpret_cast<const unsigned char*>(w) : qb->w;
+  pr.w[0] = reinterpret_cast<const unsigned char*>(w);
+  pr.w[1] = reinterpret_cast<const unsigned char*>(w_b);
   pr.rows[0] = row_a;
   pr.rows[1] = row_b;
   return pr;
@@ -936,7 +988,7 @@ __device__ __forceinline__ PairRows<2> pair_of(const void* w, const QLinear* qa,
 // grid = ceil(heads · head/2 / 8), 256 threads, dynamic shared memory as norm_then_pair_dot says.
 template <int R, int K>
 __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, const T* delta, const T* norm_w,
-                                   float eps, const T* w, const QLinear* q, const T* bias, const int* positions,
+                                   float eps, const void* w, const QLinear* q, const T* bias, const int* positions,
                                    const int* slots, KV* kcache, KV* vcache, float kv_scale, const float* inv_freq,
                                    int rows, int in, int num_heads, int num_kv, int head, int rotary) {
   const int heads = num_heads + 2 * num_kv;
@@ -945,7 +997,7 @@ __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, c
   const int h = pair / (head / 2), p = pair % (head / 2), rh = rotary / 2;
   const int da = p < rh ? p : rotary + (p - rh);
   const int db = p < rh ? p + rh : rotary + (p - rh) + (head - rotary) / 2;
-  PairRows<2> pr = pair_of<K>(w, q, q, h * head + da, h * head + db);
+  PairRows<2> pr = pair_of(w, w, q, q, h * head + da, h * head + db);
   __shared__ float row_scale[2 * GEMV_MAX_ROWS];
   float acc[2][R];
   if (!norm_then_pair_dot<R, K>(acc, pr, row_scale, live, rows, residual, delta, residual_out, norm_w, in, eps))
@@ -980,11 +1032,12 @@ __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, c
 // their biases. grid = ceil(inter / 8), 256 threads, dynamic shared memory as norm_then_pair_dot says.
 template <int R, int K>
 __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, const T* delta, const T* norm_w,
-                                    float eps, const T* w, const QLinear* qa, const QLinear* qb, int b_row,
+                                    float eps, const void* w, const void* w_b, const QLinear* qa, const QLinear* qb,
+                                    int b_row,
                                     const T* bias_a, const T* bias_b, int rows, int in, int inter) {
   const int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const bool live = i < inter;
-  PairRows<2> pr = pair_of<K>(w, qa, qb, i, b_row + i);
+  PairRows<2> pr = pair_of(w, w_b, qa, qb, i, b_row + i);
   __shared__ float row_scale[2 * GEMV_MAX_ROWS];
   float acc[2][R];
   if (!norm_then_pair_dot<R, K>(acc, pr, row_scale, live, rows, residual, delta, residual_out, norm_w, in, eps))
@@ -998,7 +1051,7 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
 
 // The kernels of each weight kind: steps of 2–8 rows (compiled for 2, 4 and 8, rows rounding up) and a
 // one-row build (`_1`, in the registers one row needs, as gemv_1 is gemv's). w is the weight (plain) or its
-// QLinear (quantized); for the MLP, w_b is the gate's QLinear (plain: unused).
+// codes, q its QLinear (plain: null); for the MLP, w_b and qb are the gate's (a fused [fc | gate]: w and qa).
 #define FUSED_ROWS(CALL, K)      \
   if (rows <= 2) CALL(2, K);     \
   else if (rows <= 4) CALL(4, K); \
@@ -1006,19 +1059,18 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
 
 #define QKV_PARAMS                                                                                              \
   T *qkv, T *residual_out, const T *residual, const T *delta, const T *norm_w, float eps, const void *w,        \
-      const T *bias, const int *positions, const int *slots, KV *kcache, KV *vcache, float kv_scale,            \
+      const QLinear *q, const T *bias, const int *positions, const int *slots, KV *kcache, KV *vcache, float kv_scale,            \
       const float *inv_freq, int rows, int in, int num_heads, int num_kv, int head, int rotary
 #define QKV_CALL(R, K)                                                                                          \
-  norm_qkv_rope_rows<R, K>(qkv, residual_out, residual, delta, norm_w, eps, reinterpret_cast<const T*>(w),      \
-                           reinterpret_cast<const QLinear*>(w), bias, positions, slots, kcache, vcache,         \
-                           kv_scale, inv_freq, rows, in, num_heads, num_kv, head, rotary)
+  norm_qkv_rope_rows<R, K>(qkv, residual_out, residual, delta, norm_w, eps, w, q, bias, positions, slots, kcache, \
+                           vcache, kv_scale, inv_freq, rows, in, num_heads, num_kv, head, rotary)
 #define MLP_PARAMS                                                                                              \
   T *out, T *residual_out, const T *residual, const T *delta, const T *norm_w, float eps, const void *w,        \
-      const void *w_b, int b_row, const T *bias_a, const T *bias_b, int rows, int in, int inter
+      const void *w_b, const QLinear *qa, const QLinear *qb, int b_row, const T *bias_a, const T *bias_b, int rows, \
+      int in, int inter
 #define MLP_CALL(R, K)                                                                                          \
-  norm_gated_mlp_rows<R, K>(out, residual_out, residual, delta, norm_w, eps, reinterpret_cast<const T*>(w),     \
-                            reinterpret_cast<const QLinear*>(w), reinterpret_cast<const QLinear*>(w_b), b_row,  \
-                            bias_a, bias_b, rows, in, inter)
+  norm_gated_mlp_rows<R, K>(out, residual_out, residual, delta, norm_w, eps, w, w_b, qa, qb, b_row, bias_a,     \
+                            bias_b, rows, in, inter)
 
 #define FUSED_KERNELS_OF(SUFFIX, K)                                                                             \
   extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX(QKV_PARAMS) { FUSED_ROWS(QKV_CALL, K); } \
