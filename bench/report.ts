@@ -17,6 +17,7 @@ const optional = <T>(file: string): T | null =>
   fs.existsSync(path.join(dir, file)) ? (JSON.parse(fs.readFileSync(path.join(dir, file), "utf8")) as T) : null;
 type Run = Record<string, number | string>;
 interface OpTimes {
+  kiln_commit?: string;
   copy_tb_per_s: number;
   context: number;
   ops: { op: string; us: number; roofline_us: number }[];
@@ -66,7 +67,7 @@ function previousRun(): string[] {
 function opTable(): string[] {
   if (!ops) return [];
   return [
-    `## Where a batch-1 decode step goes (\`node dist/bench/decode-ops.js\`, each op alone, context ${ops.context})`,
+    `## Where a batch-1 decode step goes (\`node dist/bench/decode-ops.js\`, each op alone, context ${ops.context}, commit ${ops.kiln_commit ?? "?"})`,
     "",
     "Each op over eight layers' worth of random weights (more than the L2 holds) in one CUDA graph, timed with",
     "events; the roofline is the bytes it must read at the copy bandwidth measured in the same run",
@@ -80,6 +81,18 @@ function opTable(): string[] {
       (o) => `| ${o.op} | ${fmt(o.us, 2)} | ${fmt(o.roofline_us, 2)} | ${fmt((100 * o.roofline_us) / o.us)}% |`,
     ),
     "",
+    ...wideAttention(),
+  ];
+}
+
+/** Decode attention of a nano-vllm-sized step, on CUDA cores and on tensor cores. */
+function wideAttention(): string[] {
+  const [cores, tc] = ["decode-ops-wide-h200.json", "decode-ops-wide-tc-h200.json"].map((f) => optional<OpTimes>(f));
+  const us = (t: OpTimes | null) => t?.ops.find((o) => o.op.startsWith("attention"))?.us ?? Number.NaN;
+  if (!cores || !tc) return [];
+  return [
+    `A 256-row decode step at context 1000 (the nano-vllm workload's; commit ${cores.kiln_commit ?? "?"}): attention takes ${fmt(us(cores), 1)} µs a layer on CUDA cores ([decode-ops-wide-h200.json](decode-ops-wide-h200.json)) and ${fmt(us(tc), 1)} µs on tensor cores (\`attention_decode_tc\`, [decode-ops-wide-tc-h200.json](decode-ops-wide-tc-h200.json)), which such steps take since commit 3b8954a.`,
+    "",
   ];
 }
 
@@ -91,7 +104,7 @@ function quantizedTable(): string[] {
   return [
     "## Quantized engines (`kiln bench --quick --qformat Q`, stand-in statistics, 32-sequence nano-vllm workload)",
     "",
-    "[cuda-quantized-quick.json](cuda-quantized-quick.json). Speed-ups over bf16 in the same configuration.",
+    `[cuda-quantized-quick.json](cuda-quantized-quick.json), commit ${base.kiln_commit ?? "?"}. Speed-ups over bf16 in the same configuration. Where an int8_wo step goes, by Nsight Compute: [ncu-decode-int8wo-h200.txt](ncu-decode-int8wo-h200.txt).`,
     "",
     "| qformat | batch-1 decode | × bf16 | GPU ms a step | nano-vllm (32 sequences) | × bf16 |",
     "| --- | --- | --- | --- | --- | --- |",
