@@ -508,6 +508,40 @@ extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, c
                      cols, dequantize);
 }
 
+// One 16-byte load of codes of kind K (load v of its row) against the step's rows of x (rows ≤ R, rows of
+// `in` values): dot[r] = Σ w · x, and, with `zeros`, sum[r] = Σ x (for GPTQ's group zeros). blocks: NVFP4's
+// two E4M3 block codes of the load's 32 weights (the first 16 in the low byte).
+template <int R, int K>
+__device__ __forceinline__ void load_dot(float (&dot)[R], float (&sum)[R], const uint4& wv, const T* x, int in,
+                                         int rows, int v, bool zeros, unsigned int blocks) {
+  constexpr int PER = Codes<K>::PER;
+  constexpr int XV = 16 / sizeof(T);  // x values in one 16-byte load
+#pragma unroll
+  for (int r = 0; r < R; r++) dot[r] = sum[r] = 0.f;
+#pragma unroll
+  for (int j = 0; j < PER / XV; j++) {
+    float wf[XV];
+#pragma unroll
+    for (int k = 0; k < XV; k++) wf[k] = code_at<K>(wv, j * XV + k);
+    if (K == QK_FP4) {
+      const float bs = e4m3_value((blocks >> (8 * ((j * XV) / 16))) & 255);
+#pragma unroll
+      for (int k = 0; k < XV; k++) wf[k] *= bs;
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      if (R > 1 && r >= rows) break;
+      const uint4 xv = reinterpret_cast<const uint4*>(x + (size_t)r * in + (size_t)v * PER)[j];
+#pragma unroll
+      for (int k = 0; k < XV; k++) {
+        const float xk = t_of(xv, k);
+        dot[r] += wf[k] * xk;
+        if (zeros) sum[r] += xk;
+      }
+    }
+  }
+}
+
 // y[r, o] = q.out_scale · row_scale[r] · scales[o] · Σ_i x'[r, i] · w[o, i] (+ bias[o]) for a decode step's
 // rows, w decoded from its codes as it streams (one warp an output row, GEMV_UNROLL 16-byte loads in flight
 // per lane; only registers: the loaded words are read by shifts, never through their address), x' the
@@ -523,7 +557,6 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
   const int o = gw / ksplit, lane = threadIdx.x & 31;
   const bool live = o < out;
   constexpr int PER = Codes<K>::PER;
-  constexpr int XV = 16 / sizeof(T);  // x values in one 16-byte load
   const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)(live ? o : 0) * (PER == 16 ? in : in / 2));
   const int nvec = in / PER;
   int begin, end;
@@ -542,32 +575,13 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
       if (v >= end) break;
-      // dot: Σ w·x over the load (each half of an FP4 load under its own block scale); sum: Σ x, for zeros.
-      float dot[R], sum[R];
-#pragma unroll
-      for (int r = 0; r < R; r++) dot[r] = sum[r] = 0.f;
-#pragma unroll
-      for (int j = 0; j < PER / XV; j++) {
-        float wf[XV];
-#pragma unroll
-        for (int k = 0; k < XV; k++) wf[k] = q_weight<K>(wv[u], j * XV + k);
-        if (K == QK_FP4) {
-          const float bs = e4m3_value(q.blocks[((size_t)o * in + (size_t)v * PER + j * XV) / 16]);
-#pragma unroll
-          for (int k = 0; k < XV; k++) wf[k] *= bs;
-        }
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-          if (R > 1 && r >= rows) break;
-          const uint4 xv = reinterpret_cast<const uint4*>(x + (size_t)r * in + (size_t)v * PER)[j];
-#pragma unroll
-          for (int k = 0; k < XV; k++) {
-            const float xk = t_of(xv, k);
-            dot[r] += wf[k] * xk;
-            if (grouped && q.zeros != nullptr) sum[r] += xk;
-          }
-        }
+      unsigned int blocks = 0;
+      if (K == QK_FP4) {
+        const unsigned char* b = q.blocks + ((size_t)o * in) / 16 + 2 * (size_t)v;
+        blocks = b[0] | (unsigned int)b[1] << 8;
       }
+      float dot[R], sum[R];
+      load_dot<R, K>(dot, sum, wv[u], x, in, rows, v, grouped && q.zeros != nullptr, blocks);
       if (grouped) {
         const int g = v / loadsPerGroup;
         const float gs = q.scales[(size_t)o * q.groups + g];
@@ -808,7 +822,6 @@ __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& 
                                          const uint4 (&first)[P][Codes<K>::UNROLL],
                                          const LoadScales<P, Codes<K>::UNROLL>& first_scales) {
   constexpr int PER = Codes<K>::PER, U = Codes<K>::UNROLL;
-  constexpr int XV = 16 / sizeof(T);
   const int lane = threadIdx.x & 31;
   const int nvec = in / PER;
 #pragma unroll
@@ -824,32 +837,9 @@ __device__ __forceinline__ void pair_dot(float (&acc)[P][R], const PairRows<P>& 
       for (int p = 0; p < P; p++) {
         const QLinear* q = pr.q[p];
         const bool grouped = K == QK_INT4 && q->groups > 0;
-        const bool zeros = grouped && q->zeros != nullptr;
         float dot[R], sum[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) dot[r] = sum[r] = 0.f;
-#pragma unroll
-        for (int j = 0; j < PER / XV; j++) {
-          float wf[XV];
-#pragma unroll
-          for (int k = 0; k < XV; k++) wf[k] = code_at<K>(wv[p][u], j * XV + k);
-          if (K == QK_FP4) {
-            const float bs = e4m3_value((sc.blocks[p][u] >> (8 * ((j * XV) / 16))) & 255);
-#pragma unroll
-            for (int k = 0; k < XV; k++) wf[k] *= bs;
-          }
-#pragma unroll
-          for (int r = 0; r < R; r++) {
-            if (R > 1 && r >= rows) break;
-            const uint4 xv = reinterpret_cast<const uint4*>(pr.xs[p] + (size_t)r * in + (size_t)v * PER)[j];
-#pragma unroll
-            for (int k = 0; k < XV; k++) {
-              const float xk = t_of(xv, k);
-              dot[r] += wf[k] * xk;
-              if (zeros) sum[r] += xk;
-            }
-          }
-        }
+        load_dot<R, K>(dot, sum, wv[p][u], pr.xs[p], in, rows, v, grouped && q->zeros != nullptr,
+                       K == QK_FP4 ? sc.blocks[p][u] : 0u);
         if (grouped) {
 #pragma unroll
           for (int r = 0; r < R; r++) acc[p][r] += sc.gs[p][u] * dot[r] + sc.gz[p][u] * sum[r];
