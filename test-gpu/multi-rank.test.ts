@@ -11,7 +11,6 @@ import { after, describe, test } from "node:test";
 import { CudaDevice } from "../src/backends/cuda/driver.js";
 import { buildEngine } from "../src/builder/build-engine.js";
 import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
-import { SafetensorsFile } from "../src/checkpoint/safetensors.js";
 import { Mapping, type MappingSizes } from "../src/mapping.js";
 import { FIXTURES, loadReference, maxAbsDiff, tempDir } from "../test/helpers.js";
 import { flatLogits, kilnRun, layoutName, type RunJson, runJson, writePrompts } from "../test/rank-runs.js";
@@ -173,10 +172,10 @@ describe("ranks with a GPU each exchange through NCCL, and decode steps replay C
 });
 
 // bfloat16: pipeline stages hand on the residual exactly (bfloat16 → float32 → bfloat16 is lossless), so pp 2
-// gives the single-rank bits. Under tp each rank's partial dense and proj outputs are rounded to bfloat16
-// before they are summed (as NCCL sums them), one more rounding than the single-rank GEMM: on these random
-// fixtures (logits up to ±6) that is measured against transformers' own bfloat16 noise (its bfloat16 run vs
-// its float32 run, reference_bf16.safetensors), which the split run must stay within.
+// gives the single-rank bits. Under tp each rank's partial dense and proj sums stay float32 until they are
+// summed and rounded once, as the single-rank GEMM rounds them; only the float32 order of the sums differs
+// (rounding each partial to bfloat16 first had put tp 2 × pp 2 6.9e-2 from the single rank on this fixture,
+// on an H200 and on the emulator). The issue's bound for split runs is 2e-2.
 describe("cuda bfloat16 split runs", () => {
   const fixture = "qwen2_tied_gqa";
   const prompts = writePrompts(
@@ -197,20 +196,12 @@ describe("cuda bfloat16 split runs", () => {
     assert.equal(maxAbsDiff(flatLogits(got), flatLogits(want)), 0);
   });
 
-  test("tp2-pp2: context logits within transformers' own bfloat16 noise of the single-rank run", async () => {
+  test("tp2-pp2: context logits within 2e-2 of the single-rank run, greedy ids identical", async () => {
     const want = await reference();
     const got = runJson(await cudaEngine(fixture, { tpSize: 2, ppSize: 2 }, "bfloat16"), prompts, work, "bf16-4");
-    const ref = loadReference(fixture);
-    const rec = SafetensorsFile.open(path.join(FIXTURES, fixture, "reference_bf16.safetensors"));
-    const hfNoise = Math.max(
-      ...ref.prompts.map((p, i) => maxAbsDiff(rec.readFloat32(`prompt${i}.context_logits`), p.contextLogits)),
-    );
-    rec.close();
     const diff = maxAbsDiff(flatLogits(got), flatLogits(want));
-    console.log(
-      `# cuda ${fixture} bfloat16 tp2-pp2: max |Δlogit| vs one rank ${diff.toExponential(2)}; transformers bf16 vs fp32 ${hfNoise.toExponential(2)}`,
-    );
-    assert.ok(diff > 0, "tp rounds its partial sums: the logits cannot be the single-rank bits");
-    assert.ok(diff <= hfNoise, `max |Δlogit| ${diff} > transformers' own bfloat16 noise ${hfNoise}`);
+    console.log(`# cuda ${fixture} bfloat16 tp2-pp2: max |Δlogit| vs one rank ${diff.toExponential(2)}`);
+    assert.ok(diff <= 2e-2, `max |Δlogit| ${diff} > 2e-2`);
+    assert.deepEqual(got.output_ids, want.output_ids);
   });
 });

@@ -101,8 +101,8 @@ export interface MoeSpec {
 export interface TensorCollectives<T> {
   /** Whether the calls may be recorded into a CUDA graph (they enqueue on the backend's stream). */
   readonly capturable: boolean;
-  /** The elementwise sum over the group of [rows, cols] activations in the model's dtype. */
-  allReduce(x: T, group: readonly number[], cols: number): T;
+  /** The elementwise sum over the group of [rows, cols] activations, float32 or in the model's dtype (the sum likewise). */
+  allReduce(x: T, group: readonly number[], cols: number, float32: boolean): T;
   /** Float32 [rows, cols] shares (logits) laid side by side in group order: [rows, group.length × cols]. */
   allGatherColumns(x: T, group: readonly number[], rows: number, cols: number): T;
   send(x: T, to: number, group: readonly number[]): void;
@@ -117,6 +117,11 @@ export interface Backend<T> {
   readonly collectives?: TensorCollectives<T> | null;
   /** Frees everything the backend holds (weights, KV cache, workspaces); it is unusable afterwards. */
   dispose(): void;
+  /**
+   * A linear layer's float32 sums (linear(…, float32Out)) as the layer's output: in the model dtype, rounded
+   * as a linear rounds its sums, plus its bias. What tp ranks apply to their summed partial products.
+   */
+  finishLinear(sums: T, bias: T | null): T;
   weight(name: string): T;
   hasWeight(name: string): boolean;
   allocateKvCache(spec: KvCacheSpec): void;

@@ -304,13 +304,15 @@ export class DecoderModel<T> {
     const be = this.be;
     const bias = this.bias(`${linear}.bias`);
     if (this.par.mapping.tpSize === 1) return be.linear(x, this.w(`${linear}.weight`), bias);
-    const tpRank = this.par.mapping.coords(this.par.rank).tpRank;
-    return this.sumOverTp(be.linear(x, this.w(`${linear}.weight`), tpRank === 0 ? bias : null));
+    // The ranks' partial products summed in float32 and rounded once, as one rank's linear rounds its sums:
+    // rounding each partial to a 16-bit dtype first put bfloat16 tp runs 7e-2 from the single rank's logits.
+    const partial = be.linear(x, this.w(`${linear}.weight`), null, true);
+    return be.finishLinear(this.sumOverTp(partial, true), bias);
   }
 
   /** The tp group's [rows, hidden] partial outputs summed, every rank getting the same bits. */
-  private sumOverTp(partial: T): T {
-    return this.collectives.allReduce(partial, this.tpGroup, this.cfg.hidden_size);
+  private sumOverTp(partial: T, float32 = false): T {
+    return this.collectives.allReduce(partial, this.tpGroup, this.cfg.hidden_size, float32);
   }
 
   /** A mixture-of-experts layer: this rank's experts and shared-expert share, summed over the tp group. */

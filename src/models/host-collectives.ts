@@ -14,9 +14,9 @@ export class HostStagedCollectives<T> implements TensorCollectives<T> {
     private readonly comm: Communicator,
   ) {}
 
-  allReduce(x: T, group: readonly number[], cols: number): T {
+  allReduce(x: T, group: readonly number[], cols: number, float32: boolean): T {
     const sum = this.comm.allReduce(this.be.toHost(x), group);
-    return this.fromHost(sum, sum.length / cols, cols, false);
+    return this.fromHost(sum, sum.length / cols, cols, float32);
   }
 
   allGatherColumns(x: T, group: readonly number[], rows: number, cols: number): T {

@@ -298,6 +298,14 @@ export class CpuBackend implements Backend<CpuTensor> {
     return x.data;
   }
 
+  /** Float32 throughout: only the bias to add. */
+  finishLinear(sums: CpuTensor, bias: CpuTensor | null): CpuTensor {
+    if (!bias) return sums;
+    const out = cpuTensor(sums.rows, sums.cols, sums.data.slice());
+    for (let r = 0; r < sums.rows; r++) for (let c = 0; c < sums.cols; c++) out.data[r * sums.cols + c] += bias.data[c];
+    return out;
+  }
+
   fromHost(data: Float32Array, rows: number, cols: number): CpuTensor {
     return cpuTensor(rows, cols, data);
   }

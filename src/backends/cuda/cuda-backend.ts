@@ -589,6 +589,19 @@ export class CudaBackend implements Backend<CudaTensor> {
   }
 
   /** Waits for the stream and copies `x` to the host as float32 (logits, or activations ranks exchange). */
+  finishLinear(sums: CudaTensor, bias: CudaTensor | null): CudaTensor {
+    const out = this.alloc(sums.rows, sums.cols);
+    if (sums.rows > 0) {
+      this.device.launch(
+        this.fn("finish_linear"),
+        [sums.rows],
+        [256],
+        [ptr(out.ptr), ptr(sums.ptr), ptr(bias ? bias.ptr : 0), i32(sums.cols)],
+      );
+    }
+    return out;
+  }
+
   toHost(x: CudaTensor): Float32Array {
     this.device.synchronize();
     const n = x.rows * x.cols;

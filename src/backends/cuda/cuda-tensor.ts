@@ -61,6 +61,7 @@ export const KERNELS = [
   "add_rmsnorm",
   "add_inplace",
   "add_bias",
+  "finish_linear",
   "silu_mul",
   "rope_cache",
   "attention",

@@ -145,6 +145,15 @@ extern "C" __global__ void add_inplace(T* x, const T* y, long n) {
     x[i] = fromf(tof(x[i]) + tof(y[i]));
 }
 
+// out[r, c] = x[r, c] (float32 sums) in T, plus b[c] (when given), rounded as a GEMV and add_bias round
+// them; grid = rows.
+extern "C" __global__ void finish_linear(T* out, const float* x, const T* b, int cols) {
+  pdl_enter();
+  const size_t o = (size_t)blockIdx.x * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x)
+    out[o + c] = b != nullptr ? fromf(rnd(x[o + c]) + tof(b[c])) : fromf(x[o + c]);
+}
+
 // x[r, c] += b[c]; grid = rows.
 extern "C" __global__ void add_bias(T* x, const T* b, int cols) {
   pdl_enter();
