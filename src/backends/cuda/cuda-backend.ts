@@ -18,6 +18,7 @@ import type {
   StepInput,
   TensorCollectives,
 } from "../backend.js";
+import { AttentionLaunch, type DecodeTensorCores } from "./attention-launch.js";
 import { Cublas } from "./cublas.js";
 import {
   DTYPE_BYTES as BYTES,
@@ -41,24 +42,6 @@ import { StepBuffer, type StepLayout } from "./step-buffer.js";
 
 /** ARGMAX_SPLIT in decoder.cu: blocks that share one logits row in the greedy choice. */
 const ARGMAX_SPLIT = 128;
-/** ATT_CHUNK in decoder.cu: keys per block of the split (flash-decoding) attention. */
-const ATTENTION_CHUNK = 256;
-/** ATT_WARPS in decoder.cu: warps of one attention block, each walking every 16th group of four keys. */
-const ATTENTION_WARPS = 16;
-/** FMHA_WARPS and FMHA_HEAD_MAX in decoder.cu: warps of a context attention tile, its largest head. */
-const FMHA_WARPS = 4;
-const FMHA_HEAD_MAX = 128;
-/** KILN_CUDA_FMHA=0 runs prompt chunks through the CUDA-core attention kernel (to measure what the tiles gain). */
-const FMHA = process.env.KILN_CUDA_FMHA !== "0";
-/** DEC_HEAD_MAX in decoder.cu: the largest head attention_decode_tc takes. */
-const DECODE_TC_HEAD_MAX = 64;
-
-/**
- * Decode attention on tensor cores (attention_decode_tc): "wide" for steps whose (row, KV head) blocks fill the
- * GPU (the default: a 256-row step at context 1000 took 87 µs a layer on an H200 against 422 µs on CUDA
- * cores), "always" for every decode step (op tests, and batch-1 A/B runs), "off" (KILN_CUDA_DECODE_TC=0).
- */
-export type DecodeTensorCores = "off" | "wide" | "always";
 
 export interface CudaLimits {
   maxRows: number;
@@ -88,15 +71,12 @@ export class CudaBackend implements Backend<CudaTensor> {
   private kv: { k: number[]; v: number[]; spec: KvCacheSpec } | null = null;
   private readonly invFreq: number;
   private readonly greedyOut: number;
-  private readonly attentionPartial: number;
-  /** Per (row, head) of a split attention, how many of its chunks have finished. */
-  private readonly attentionArrivals: number;
+  /** The attention kernels' choice and launch (attention-launch.ts). */
+  private readonly attentionLaunch: AttentionLaunch;
   /** NCCL between ranks that have a GPU each (set by the loader before the model is made); null: the host. */
   collectives: TensorCollectives<CudaTensor> | null = null;
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
-  decodeTensorCores: DecodeTensorCores =
-    ({ "0": "off", always: "always" } as const)[process.env.KILN_CUDA_DECODE_TC ?? ""] ?? "wide";
   private readonly argmaxPartial: number;
   private readonly fused: FusedDecode;
   /** Where a quantized weight is dequantized for steps too wide for the GEMV (ptr 0: none yet). */
@@ -159,11 +139,24 @@ export class CudaBackend implements Backend<CudaTensor> {
     device.upload(this.invFreq, invFreq);
     this.greedyOut = device.alloc(limits.maxRows * 8);
     this.argmaxPartial = device.alloc(limits.logitRows * ARGMAX_SPLIT * 3 * 4);
-    const maxChunks = Math.ceil(limits.maxSeqLen / ATTENTION_CHUNK);
-    this.attentionPartial = device.alloc(limits.maxSeqs * limits.numHeads * maxChunks * (limits.headSize + 2) * 4);
-    // Zero once: attention_split leaves its counters at zero after every launch.
-    this.attentionArrivals = device.alloc(limits.maxSeqs * limits.numHeads * 4);
-    device.memsetAsync(this.attentionArrivals, 0, limits.maxSeqs * limits.numHeads * 4);
+    this.attentionLaunch = new AttentionLaunch(
+      {
+        device,
+        dtype,
+        fn: (name) => this.fn(name),
+        alloc: (rows, cols) => this.alloc(rows, cols),
+        step: () => this.step!,
+        stepPtr: (offset) => this.stepPtr(offset),
+        kvLayer: (layer) => ({
+          k: this.kv!.k[layer],
+          v: this.kv!.v[layer],
+          scale: this.kvScale(layer),
+          tokensPerBlock: this.kv!.spec.tokensPerBlock,
+        }),
+        graphMode: () => this.graphMode,
+      },
+      limits,
+    );
   }
 
   private disposed = false;
@@ -182,14 +175,13 @@ export class CudaBackend implements Backend<CudaTensor> {
       this.invFreq,
       this.greedyOut,
       this.argmaxPartial,
-      this.attentionPartial,
-      this.attentionArrivals,
       ...(this.woScratch.ptr ? [this.woScratch.ptr] : []),
       ...this.qlinears.values(),
     ]) {
       this.device.free(p);
     }
     this.kv = null;
+    this.attentionLaunch.dispose();
     this.cublas.dispose();
     this.stepBuffer.dispose();
     this.device.unloadModule(this.module);
@@ -263,18 +255,6 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** A step tensor in the current arena (what collectives receive into); float32 or the model's dtype. */
   stepTensor(rows: number, cols: number, float32: boolean): CudaTensor {
     return this.alloc(rows, cols, float32 ? "F32" : this.dtype);
-  }
-
-  /** Whether the tensor-core attention kernels take this head size: half and bfloat16 engines, heads a multiple of 16 up to `most`. */
-  private tensorCoreHead(headSize: number, most: number): boolean {
-    return this.dtype !== "F32" && headSize % 16 === 0 && headSize <= most;
-  }
-
-  /** Whether a decode step of `rows` rows takes attention_decode_tc (see DecodeTensorCores). */
-  private decodeTensorCoresFor(rows: number, shape: AttentionShape): boolean {
-    const fits = this.tensorCoreHead(shape.headSize, DECODE_TC_HEAD_MAX) && shape.numHeads / shape.numKvHeads <= 16;
-    if (!fits || this.decodeTensorCores === "off") return false;
-    return this.decodeTensorCores === "always" || rows * shape.numKvHeads >= 2 * this.device.multiprocessors;
   }
 
   private fn(name: KernelName): unknown {
@@ -472,54 +452,16 @@ export class CudaBackend implements Backend<CudaTensor> {
   }
 
   attention(layer: number, qkv: CudaTensor, _step: StepInput, shape: AttentionShape): CudaTensor {
-    const s = this.step!;
-    const kv = this.kv!;
-    const out = this.alloc(qkv.rows, shape.numHeads * shape.headSize);
-    // What every attention kernel reads: the layer's cache, then the block tables and the heads' shape.
-    const cache = [ptr(kv.k[layer]), ptr(kv.v[layer]), f32(this.kvScale(layer))];
-    const tables = [
-      ptr(this.stepPtr(s.blockTables)),
-      i32(this.limits.maxBlocksPerSeq),
-      i32(shape.numHeads),
-      i32(shape.numKvHeads),
-      i32(shape.headSize),
-      i32(kv.spec.tokensPerBlock),
-      f32(1 / Math.sqrt(shape.headSize)),
-    ];
-    if (s.hasContext && FMHA && this.tensorCoreHead(shape.headSize, FMHA_HEAD_MAX) && !this.graphMode) {
-      // Prompt chunks: tiles of a sequence's rows on tensor cores, each key and value staged once for the tile.
-      const args = [ptr(out.ptr), ptr(qkv.ptr), ...cache, ptr(this.stepPtr(s.fmhaTiles)), ...tables];
-      this.device.launch(this.fn("attention_fmha"), [s.numFmhaTiles, shape.numHeads], [32 * FMHA_WARPS], args);
-      return out;
-    }
-    // What both decode attention kernels read after their output pointer.
-    const inputs = [ptr(qkv.ptr), ...cache, ptr(this.stepPtr(s.rowSeq)), ptr(this.stepPtr(s.positions)), ...tables];
-    if (this.decodeTensorCoresFor(qkv.rows, shape)) {
-      this.device.launch(
-        this.fn("attention_decode_tc"),
-        [qkv.rows, shape.numKvHeads],
-        [128],
-        [ptr(out.ptr), ...inputs],
-      );
-      return out;
-    }
-    const block: [number] = [32 * ATTENTION_WARPS];
-    // Few rows over long contexts (decode): split each (row, head) over the sequence so the GPU fills up.
-    // Where a block a (row, head) already fills it (two 512-thread blocks an SM), the split would only add
-    // blocks, most of them past their row's context under a graph, whose chunks cover max_seq_len.
-    const chunks = Math.ceil((this.graphMode ? this.limits.maxSeqLen : s.maxVisible) / ATTENTION_CHUNK);
-    const fillsGpu = qkv.rows * shape.numHeads >= 2 * this.device.multiprocessors;
-    if (qkv.rows <= this.limits.maxSeqs && chunks > 1 && !fillsGpu) {
-      this.device.launch(this.fn("attention_split"), [qkv.rows, shape.numHeads, chunks], block, [
-        ptr(out.ptr),
-        ptr(this.attentionPartial),
-        ptr(this.attentionArrivals),
-        ...inputs,
-      ]);
-    } else {
-      this.device.launch(this.fn("attention"), [qkv.rows * shape.numHeads], block, [ptr(out.ptr), ...inputs]);
-    }
-    return out;
+    return this.attentionLaunch.attention(layer, qkv, shape);
+  }
+
+  /** Which decode attention kernel wide steps take (attention-launch.ts); op tests set "always". */
+  get decodeTensorCores(): DecodeTensorCores {
+    return this.attentionLaunch.decodeTensorCores;
+  }
+
+  set decodeTensorCores(mode: DecodeTensorCores) {
+    this.attentionLaunch.decodeTensorCores = mode;
   }
 
   siluMul(a: CudaTensor, b: CudaTensor): CudaTensor {
