@@ -401,7 +401,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     let p = this.qlinears.get(w.ptr);
     if (p === undefined) {
       if (this.graphMode) throw new Error("a quantized layer first used inside a CUDA graph capture");
-      const bytes = encodeQLinear(w.ptr, w.quant!);
+      const bytes = encodeQLinear(w.quant!);
       p = this.device.alloc(bytes.byteLength);
       this.device.upload(p, bytes);
       this.qlinears.set(w.ptr, p);
@@ -530,20 +530,14 @@ export class CudaBackend implements Backend<CudaTensor> {
     return out;
   }
 
-  /** Waits for the stream and copies `x` to the host as float32 (logits, or activations ranks exchange). */
   finishLinear(sums: CudaTensor, bias: CudaTensor | null): CudaTensor {
     const out = this.alloc(sums.rows, sums.cols);
-    if (sums.rows > 0) {
-      this.device.launch(
-        this.fn("finish_linear"),
-        [sums.rows],
-        [256],
-        [ptr(out.ptr), ptr(sums.ptr), ptr(bias ? bias.ptr : 0), i32(sums.cols)],
-      );
-    }
+    const args = [ptr(out.ptr), ptr(sums.ptr), ptr(bias ? bias.ptr : 0), i32(sums.cols)];
+    this.device.launch(this.fn("finish_linear"), [sums.rows], [256], args);
     return out;
   }
 
+  /** Waits for the stream and copies `x` to the host as float32 (logits, or activations ranks exchange). */
   toHost(x: CudaTensor): Float32Array {
     this.device.synchronize();
     const n = x.rows * x.cols;

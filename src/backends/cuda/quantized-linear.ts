@@ -17,26 +17,27 @@ import { f32, i32, ptr } from "./driver.js";
 import { INPUT_ROUNDINGS, QUANT_KINDS } from "./weight-layout.js";
 
 /** sizeof(QLinear) in decoder.cu. */
-const QLINEAR_BYTES = 64;
+const QLINEAR_BYTES = 56;
 
 /**
- * decoder.cu's QLinear for a quantized layer: the device pointers of its codes and scales, its input
- * rounding (-1: none) and the scale its GEMV's sums are multiplied by (the input's unit, the weight scale
- * and alpha; int8_times' scale multiplies the input, so its unit is 1 / scale; per token, the row's own).
+ * decoder.cu's QLinear for a quantized layer: the device pointers of its scales, its input rounding (-1:
+ * none) and the scale its GEMV's sums are multiplied by (the input's unit, the weight scale and alpha;
+ * int8_times' scale multiplies the input, so its unit is 1 / scale; per token, the row's own). The codes'
+ * pointer goes to the kernels as an argument of its own.
  */
-export function encodeQLinear(weightPtr: number, q: CudaQuant): Uint8Array {
+export function encodeQLinear(q: CudaQuant): Uint8Array {
   const bytes = new Uint8Array(QLINEAR_BYTES);
   const v = new DataView(bytes.buffer);
-  const pointers = [weightPtr, q.scales, q.zeros, q.blocks, q.input?.prequant ?? 0, q.input?.smoother ?? 0];
+  const pointers = [q.scales, q.zeros, q.blocks, q.input?.prequant ?? 0, q.input?.smoother ?? 0];
   pointers.forEach((p, i) => {
     v.setBigUint64(8 * i, BigInt(p), true);
   });
   const r = q.input?.rounding;
   const inputUnit = !q.input || r === "int8_token" ? 1 : r === "int8_times" ? 1 / q.input.scale : q.input.scale;
-  v.setInt32(48, q.groups, true);
-  v.setInt32(52, q.input ? INPUT_ROUNDINGS.indexOf(q.input.rounding) : -1, true);
-  v.setFloat32(56, q.input?.scale ?? 1, true);
-  v.setFloat32(60, inputUnit * q.weightScale * q.alpha, true);
+  v.setInt32(40, q.groups, true);
+  v.setInt32(44, q.input ? INPUT_ROUNDINGS.indexOf(q.input.rounding) : -1, true);
+  v.setFloat32(48, q.input?.scale ?? 1, true);
+  v.setFloat32(52, inputUnit * q.weightScale * q.alpha, true);
   return bytes;
 }
 

@@ -329,8 +329,8 @@ __device__ __forceinline__ float t_of(const uint4& v, int k) {
 
 // Weight k (0 ≤ k < per load) of a 16-byte load of kind K, as a float code value. k is a compile-time
 // constant in every caller, so the shifts and selectors are too. No integer-to-float conversions (a quarter
-// of the ALUs' rate on Hopper, which made a batch-1 int8 GEMV as slow as bf16's): the integers go through
-// the 2^23 magic number, FP8 and FP4 through their bits placed in a float's and an exact power-of-two
+// of the ALUs' rate on Hopper; taking them out sped the fp8 and int4 engines' batch-1 steps by about a tenth
+// on an H200, int8_wo's not): the integers go through the 2^23 magic number, FP8 and FP4 through their bits placed in a float's and an exact power-of-two
 // product. (E4M3's NaN codes, which kiln's quantizers never write, decode as ±480.)
 template <int K>
 __device__ __forceinline__ float q_weight(const uint4& v, int k) {
@@ -359,7 +359,7 @@ struct Codes {
   static constexpr int PER = K == QK_T ? 16 / (int)sizeof(T) : (K == QK_INT8 || K == QK_FP8) ? 16 : 32;
   // Loads a lane has in flight in the fused kernels: as many weights as GEMV_UNROLL plain loads hold, so
   // that the denser codes take fewer registers (more warps an SM) rather than more weights a warp.
-  static constexpr int UNROLL = GEMV_UNROLL * (16 / (int)sizeof(T)) / PER > 0 ? GEMV_UNROLL * (16 / (int)sizeof(T)) / PER : 1;
+  static constexpr int UNROLL = (GEMV_UNROLL * (16 / (int)sizeof(T)) + PER - 1) / PER;
 };
 
 // Weight k of a 16-byte load of kind K as a float (a code value for the quantized kinds).
@@ -370,11 +370,11 @@ __device__ __forceinline__ float code_at(const uint4& v, int k) {
 }
 
 // A quantized linear layer as its kernels read it, one per layer in device memory (built at load by
-// backends/cuda/quantized-linear.ts, which writes this layout): the codes [out, ·], their scales, and what the
-// format does to the layer's input. y = out_scale · row_scale[r] · channel scale · Σ input'(x) · w', where
+// backends/cuda/quantized-linear.ts, which writes this layout): the scales of its codes (whose pointer the
+// kernels take as an argument, so that their first loads wait on nothing), and what the format does to the
+// layer's input. y = out_scale · row_scale[r] · channel scale · Σ input'(x) · w', where
 // input' is x (times prequant, over smoother) rounded as `rounding` says (QIN_*, or -1: used as it is).
 struct QLinear {
-  const unsigned char* w;
   const float* scales;  // per channel [out], or group-wise int4 (groups > 0) per group [out, groups]; or null
   const float* zeros;   // GPTQ's group zeros [out, groups], or null
   const unsigned char* blocks;  // NVFP4: the E4M3 scale code of every 16 weights [out, in/16]
@@ -497,8 +497,8 @@ __device__ __forceinline__ void round_input_row(T* yr, float* row_scale, const T
   }
 }
 
-// The rows of a GEMV's input as the layer's format rounds them, into shared memory at xs (rows · in values),
-// and int8_token's row scales into row_scale; ends with a barrier. Every thread must call it.
+// The rows of a layer's input x (rows · in values) as its format rounds them, into xs (shared memory; x
+// itself is fine), and int8_token's row scales into row_scale; ends with a barrier. Every thread must call it.
 __device__ __forceinline__ void round_input_rows(T* xs, float* row_scale, const T* x, const QLinear& q, int rows,
                                                  int in) {
   for (int r = 0; r < rows; r++)
@@ -950,17 +950,10 @@ __device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], PairRows<
     if (!same_input(a, b) && b->rounding >= 0) {
       T* xb = xs + (size_t)rows * in;
       pr.xs[1] = xb;
-      for (int r = 0; r < rows; r++)
-        round_input_row<16 / sizeof(T)>(xb + (size_t)r * in, row_scale + GEMV_MAX_ROWS + r, xs + (size_t)r * in, b->prequant,
-                        b->smoother, b->rounding, b->in_scale, in, 0);
+      // Its closing barrier also keeps a's rounding in place below from rewriting what this copy reads.
+      round_input_rows(xb, row_scale + GEMV_MAX_ROWS, xs, *b, rows, in);
     }
-    if (a->rounding >= 0) {
-      __syncthreads();  // the copy above read what this rounds in place, maybe by other threads' share
-      for (int r = 0; r < rows; r++)
-        round_input_row<16 / sizeof(T)>(xs + (size_t)r * in, row_scale + r, xs + (size_t)r * in, a->prequant, a->smoother,
-                        a->rounding, a->in_scale, in, 0);
-    }
-    __syncthreads();
+    if (a->rounding >= 0) round_input_rows(xs, row_scale, xs, *a, rows, in);
   }
   if (!live) return false;
   pair_dot<R, 2, K>(acc, pr, rows, in, first, first_scales);
