@@ -9,11 +9,17 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
 import { CudaDevice } from "../src/backends/cuda/driver.js";
-import { buildEngine } from "../src/builder/build-engine.js";
-import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
 import { Mapping, type MappingSizes } from "../src/mapping.js";
 import { FIXTURES, loadReference, maxAbsDiff, tempDir } from "../test/helpers.js";
-import { flatLogits, kilnRun, layoutName, type RunJson, runJson, writePrompts } from "../test/rank-runs.js";
+import {
+  flatLogits,
+  kilnRun,
+  layoutName,
+  type RunJson,
+  runJson,
+  splitEngine,
+  writePrompts,
+} from "../test/rank-runs.js";
 
 const work = tempDir("kiln-gpu-ranks-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -33,23 +39,15 @@ function cudaEngine(
   const tag = `${fixture}-${layoutName(sizes) || "single"}-${dtype}${gather ? "" : "-greedy"}`;
   let engine = built.get(tag);
   if (!engine) {
-    engine = (async () => {
-      const ckpt = path.join(work, `${tag}-ckpt`);
-      await convertHfCheckpoint({
-        modelDir: path.join(FIXTURES, fixture, "hf"),
-        outputDir: ckpt,
-        dtype,
-        mapping: new Mapping(sizes),
-      });
-      const dir = path.join(work, `${tag}-engine`);
-      await buildEngine({
-        checkpointDir: ckpt,
-        outputDir: dir,
-        backend: "cuda",
-        request: { gather_context_logits: gather, max_batch_size: 4, max_beam_width: 2 },
-      });
-      return dir;
-    })();
+    engine = splitEngine({
+      modelDir: path.join(FIXTURES, fixture, "hf"),
+      dir: work,
+      tag,
+      sizes,
+      backend: "cuda",
+      dtype,
+      gatherContextLogits: gather,
+    });
     built.set(tag, engine);
   }
   return engine;

@@ -8,9 +8,9 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
 import { buildEngine } from "../src/builder/build-engine.js";
-import { type ConvertOptions, convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import type { ConvertOptions } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile, writeSafetensorsFile } from "../src/checkpoint/safetensors.js";
-import { Mapping, type MappingSizes } from "../src/mapping.js";
+import type { MappingSizes } from "../src/mapping.js";
 import { LLM } from "../src/runtime/llm.js";
 import { FIXTURE_NAMES, FIXTURES, loadReference, maxAbsDiff, tempDir } from "./helpers.js";
 import {
@@ -21,6 +21,7 @@ import {
   type RunJson,
   kilnRun as runKiln,
   runJson as runRankJson,
+  splitEngine,
   writePrompts as writeRankPrompts,
 } from "./rank-runs.js";
 
@@ -30,17 +31,17 @@ after(() => fs.rmSync(work, { recursive: true, force: true }));
 type Quantization = Pick<ConvertOptions, "weightOnlyBits" | "gptq" | "smoothquant" | "int8KvCache">;
 
 /** Converts `modelDir` split by `sizes` and builds a cpu engine that gathers context logits. */
-async function engineFor(modelDir: string, tag: string, sizes: MappingSizes, quant: Quantization = {}) {
-  const ckpt = path.join(work, `${tag}-ckpt`);
-  await convertHfCheckpoint({ modelDir, outputDir: ckpt, dtype: "float32", mapping: new Mapping(sizes), ...quant });
-  const engine = path.join(work, `${tag}-engine`);
-  await buildEngine({
-    checkpointDir: ckpt,
-    outputDir: engine,
+function engineFor(modelDir: string, tag: string, sizes: MappingSizes, quant: Quantization = {}): Promise<string> {
+  return splitEngine({
+    modelDir,
+    dir: work,
+    tag,
+    sizes,
     backend: "cpu",
-    request: { gather_context_logits: true, max_batch_size: 4, max_beam_width: 2 },
+    dtype: "float32",
+    gatherContextLogits: true,
+    convert: quant,
   });
-  return engine;
 }
 
 const writePrompts = (tag: string, prompts: number[][]) => writeRankPrompts(work, tag, prompts);

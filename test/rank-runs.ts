@@ -5,7 +5,10 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import type { MappingSizes } from "../src/mapping.js";
+import type { BackendName } from "../src/builder/build-config.js";
+import { buildEngine } from "../src/builder/build-engine.js";
+import { type ConvertOptions, convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import { Mapping, type MappingSizes } from "../src/mapping.js";
 import { ROOT } from "./helpers.js";
 
 export const KILN = path.join(ROOT, "bin", "kiln");
@@ -43,6 +46,38 @@ export function kilnRun(
   assert.equal(r.status, 0, r.stderr);
   if (out) return { ...JSON.parse(fs.readFileSync(out, "utf8")), stderr: r.stderr };
   return { output_ids: [], context_logits: [], stderr: r.stderr };
+}
+
+/**
+ * Converts `modelDir` split by `sizes` into `dir` (with `convert`'s extra options) and builds `<tag>-engine`
+ * for `backend`, four requests of up to two beams; returns the engine dir.
+ */
+export async function splitEngine(o: {
+  modelDir: string;
+  dir: string;
+  tag: string;
+  sizes: MappingSizes;
+  backend: BackendName;
+  dtype: "float32" | "bfloat16";
+  gatherContextLogits: boolean;
+  convert?: Partial<ConvertOptions>;
+}): Promise<string> {
+  const ckpt = path.join(o.dir, `${o.tag}-ckpt`);
+  await convertHfCheckpoint({
+    modelDir: o.modelDir,
+    outputDir: ckpt,
+    dtype: o.dtype,
+    mapping: new Mapping(o.sizes),
+    ...o.convert,
+  });
+  const engine = path.join(o.dir, `${o.tag}-engine`);
+  await buildEngine({
+    checkpointDir: ckpt,
+    outputDir: engine,
+    backend: o.backend,
+    request: { gather_context_logits: o.gatherContextLogits, max_batch_size: 4, max_beam_width: 2 },
+  });
+  return engine;
 }
 
 /** `kiln run … --output_json <dir>/<tag>.json`, read back. */
