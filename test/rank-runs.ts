@@ -50,7 +50,7 @@ export function kilnRun(
 
 /**
  * Converts `modelDir` split by `sizes` into `dir` (with `convert`'s extra options) and builds `<tag>-engine`
- * for `backend`, four requests of up to two beams; returns the engine dir.
+ * for `backend`, four requests of up to two beams (or the limits `build` gives); returns the engine dir.
  */
 export async function splitEngine(o: {
   modelDir: string;
@@ -61,6 +61,7 @@ export async function splitEngine(o: {
   dtype: "float32" | "bfloat16";
   gatherContextLogits: boolean;
   convert?: Partial<ConvertOptions>;
+  build?: Record<string, unknown>;
 }): Promise<string> {
   const ckpt = path.join(o.dir, `${o.tag}-ckpt`);
   await convertHfCheckpoint({
@@ -75,7 +76,7 @@ export async function splitEngine(o: {
     checkpointDir: ckpt,
     outputDir: engine,
     backend: o.backend,
-    request: { gather_context_logits: o.gatherContextLogits, max_batch_size: 4, max_beam_width: 2 },
+    request: { gather_context_logits: o.gatherContextLogits, max_batch_size: 4, max_beam_width: 2, ...o.build },
   });
   return engine;
 }

@@ -1,9 +1,13 @@
-// kiln eval: perplexity of an engine over a text file, with sliding windows.
+// kiln eval: perplexity of an engine over a text file, with sliding windows. An engine of several ranks runs
+// one process per rank (started here, or by mpirun); each scores the same windows, rank 0 reports.
 
 import fs from "node:fs";
 import { Command } from "commander";
+import { launchRanks } from "../comm/launch.js";
+import { rankEnv } from "../comm/rank-env.js";
 import { UsageError } from "../errors.js";
 import { perplexity } from "../eval/perplexity.js";
+import { readEngineConfig } from "../runtime/engine-loader.js";
 import { LLM } from "../runtime/llm.js";
 import { TextTokenizer } from "../tokenizer/tokenizer.js";
 import { positiveInt } from "./flags.js";
@@ -19,6 +23,13 @@ export function evalCommand(): Command {
     .option("--max_tokens <n>", "score only the first n tokens of the dataset", positiveInt)
     .option("--output_json <file>", "write the result as JSON")
     .action(async (o) => {
+      const worldSize = readEngineConfig(o.engine_dir).pretrained_config.mapping.world_size;
+      const env = rankEnv();
+      if (worldSize > 1 && env === null) {
+        process.exitCode = await launchRanks(worldSize);
+        return;
+      }
+      const leader = (env?.rank ?? 0) === 0;
       let text: string;
       try {
         text = fs.readFileSync(o.dataset, "utf8");
@@ -31,6 +42,7 @@ export function evalCommand(): Command {
       if (o.max_tokens) ids = ids.slice(0, o.max_tokens);
       const window = o.max_input_len ?? llm.buildConfig.max_input_len;
       const r = perplexity(llm, ids, window, o.stride ?? Math.max(1, Math.floor(window / 2)));
+      if (!leader) return llm.dispose();
       console.log(
         `tokens scored ${r.tokensScored}, perplexity ${r.perplexity.toFixed(3)}, ${r.windows} windows in ${r.seconds.toFixed(1)} s`,
       );

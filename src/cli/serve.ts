@@ -1,8 +1,13 @@
 // kiln serve: an OpenAI-compatible HTTP server over one engine. SIGTERM and SIGINT drain: new requests get
-// 503, running ones finish, then the process exits 0.
+// 503, running ones finish, then the process exits 0. An engine of several ranks runs one process per rank
+// (started here, or by mpirun): rank 0 serves and leads, the others step in lockstep with it
+// (runtime/lockstep.ts).
 
 import path from "node:path";
 import { Command } from "commander";
+import { launchRanks } from "../comm/launch.js";
+import { rankEnv } from "../comm/rank-env.js";
+import { readEngineConfig } from "../runtime/engine-loader.js";
 import { LLM } from "../runtime/llm.js";
 import { createServer } from "../server/app.js";
 import { TextTokenizer } from "../tokenizer/tokenizer.js";
@@ -19,14 +24,32 @@ export function serveCommand(): Command {
     .option("--served_model_name <name>", "the model name clients send (default: the engine dir's name)")
     .option("--max_queue_size <n>", "requests waiting for the engine before new ones get 429", positiveInt, 1024)
     .action(async (o) => {
+      const worldSize = readEngineConfig(o.engine_dir).pretrained_config.mapping.world_size;
+      const env = rankEnv();
+      if (worldSize > 1 && env === null) {
+        process.exitCode = await launchRanks(worldSize, { drainOnSignal: true });
+        return;
+      }
+      if ((env?.rank ?? 0) !== 0) {
+        // Ctrl-C reaches every rank; rank 0 drains, then stops this one.
+        process.on("SIGINT", () => {});
+        const follower = await LLM.load(o.engine_dir);
+        follower.followLeader();
+        follower.dispose();
+        return;
+      }
       const llm = await LLM.load(o.engine_dir);
+      llm.lead();
       const tok = TextTokenizer.load(o.tokenizer_dir ?? o.engine_dir);
       const modelName = o.served_model_name ?? path.basename(path.resolve(o.engine_dir));
       const server = createServer(llm, tok, { modelName, apiKey: o.api_key, maxQueue: o.max_queue_size });
       const address = await server.app.listen({ host: o.host, port: o.port });
       console.error(`kiln: serving ${modelName} on ${address} (OpenAI API under /v1)`);
       await new Promise<void>((resolve) => {
+        let stopping = false;
         const stop = async () => {
+          if (stopping) return;
+          stopping = true;
           console.error("kiln: draining: finishing running requests, refusing new ones");
           await server.drain();
           resolve();

@@ -69,7 +69,7 @@ function parallelContext(
   }
   if (env === null) {
     throw new ConfigError(
-      `${dir} was built for world_size ${mapping.worldSize} (tp_size ${mapping.tpSize} × pp_size ${mapping.ppSize} × cp_size ${mapping.cpSize}): run it with kiln run, which starts one process per rank, or under mpirun -n ${mapping.worldSize} (kiln serve and kiln eval take single-rank engines)`,
+      `${dir} was built for world_size ${mapping.worldSize} (tp_size ${mapping.tpSize} × pp_size ${mapping.ppSize} × cp_size ${mapping.cpSize}): run it with kiln run, serve or eval, which start one process per rank, or under mpirun -n ${mapping.worldSize}`,
     );
   }
   const comm = joinWorld(env, mapping.worldSize, dir);

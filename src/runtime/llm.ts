@@ -1,10 +1,12 @@
 // The library API: load an engine, submit requests, step the engine (schedule → run → postprocess), and
 // read results as a batch, as a stream of tokens, or abort a request midway.
 
+import type { Communicator } from "../comm/communicator.js";
 import { KilnError, LimitError } from "../errors.js";
 import { BeamSearch } from "./beam-search.js";
 import { BlockManager } from "./block-manager.js";
 import { type LoadedEngine, loadEngine } from "./engine-loader.js";
+import { LockstepLeader, nextLockstepMessage } from "./lockstep.js";
 import { ModelRunner } from "./model-runner.js";
 import { type GenerationParams, Request } from "./request.js";
 import { checkRequest } from "./request-limits.js";
@@ -52,6 +54,11 @@ export class LLM {
   private readonly blocks: BlockManager;
   private readonly runner: ModelRunner;
   private nextId = 0;
+  /** Rank 0 of a served multi-rank engine: tells the other ranks what each step runs (see lockstep.ts). */
+  private lockstep: LockstepLeader | null = null;
+  private stepping = false;
+  /** Aborts asked for during a step, done when it ends, where the other ranks can replay them. */
+  private abortsAfterStep: Request[] = [];
 
   private constructor(
     readonly engine: LoadedEngine,
@@ -105,6 +112,8 @@ export class LLM {
 
   /** Frees the engine's memory (on a GPU, every device allocation); the LLM is unusable afterwards. */
   dispose(): void {
+    this.lockstep?.stop();
+    this.lockstep = null;
     for (const r of [...this.scheduler.running, ...this.scheduler.waiting]) this.abort(r);
     this.engine.executor.dispose();
   }
@@ -168,12 +177,21 @@ export class LLM {
     const request = new Request(seq.id, promptIds, params, seq);
     request.rngs.set(seq, new Rng(params.sampling.seed));
     this.scheduler.add(request);
+    this.lockstep?.record({ submit: request.id, promptIds: [...promptIds], opts });
     return request;
   }
 
-  /** Stops a request now and frees its KV blocks; what it generated so far stays readable. */
+  /**
+   * Stops a request and frees its KV blocks; what it generated so far stays readable. Asked for during a step
+   * (from a progress callback), it happens as the step ends.
+   */
   abort(request: Request): void {
     if (request.status === "finished") return;
+    if (this.stepping) {
+      this.abortsAfterStep.push(request);
+      return;
+    }
+    this.lockstep?.record({ abort: request.id });
     for (const seq of request.seqs) {
       seq.finishReason = "aborted";
       request.finished.push(finishSampled(seq));
@@ -186,8 +204,57 @@ export class LLM {
     return this.scheduler.hasWork;
   }
 
+  /**
+   * Makes this rank 0 of a multi-rank engine the one that drives the others: they run `followLeader`, and
+   * every submit, abort and step here is replayed there. For a server, whose requests reach rank 0 alone.
+   * `comm`: how the others are reached (the engine's own communicator unless a test pairs two engines).
+   */
+  lead(comm: Communicator = this.engine.comm): void {
+    if (comm.rank !== 0) throw new Error(`rank ${comm.rank} cannot lead: rank 0 does`);
+    if (comm.worldSize > 1) this.lockstep = new LockstepLeader(comm);
+  }
+
+  /**
+   * The other ranks' side of `lead`: replays rank 0's submits and aborts and steps with it, until rank 0 is
+   * disposed. Blocks this process meanwhile. `onSubmit` sees each request replayed.
+   */
+  followLeader(opts: { comm?: Communicator; onSubmit?: (request: Request) => void } = {}): void {
+    const comm = opts.comm ?? this.engine.comm;
+    const live = new Map<number, Request>();
+    for (let m = nextLockstepMessage(comm); !m.stop; m = nextLockstepMessage(comm)) {
+      for (const change of m.changes) {
+        if ("submit" in change) {
+          const request = this.submit(change.promptIds, change.opts);
+          if (request.id !== change.submit) {
+            throw new KilnError(
+              `rank ${comm.rank}: request ${request.id} here is request ${change.submit} on rank 0: the ranks have diverged`,
+            );
+          }
+          live.set(request.id, request);
+          opts.onSubmit?.(request);
+        } else {
+          const request = live.get(change.abort);
+          if (request) this.abort(request);
+        }
+      }
+      this.step();
+      for (const [id, request] of live) if (request.status === "finished") live.delete(id);
+    }
+  }
+
   /** One engine step: schedule, run the model, then sample or advance the beams of each request. */
   step(): void {
+    this.lockstep?.beforeStep();
+    this.stepping = true;
+    try {
+      this.runStep();
+    } finally {
+      this.stepping = false;
+      for (const request of this.abortsAfterStep.splice(0)) this.abort(request);
+    }
+  }
+
+  private runStep(): void {
     const { batch, copies } = this.scheduler.schedule();
     if (batch.length === 0) return;
     if (copies.length > 0) this.engine.backend.copyKvBlocks(copies);
