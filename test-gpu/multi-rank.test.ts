@@ -20,6 +20,7 @@ import {
   splitEngine,
   writePrompts,
 } from "../test/rank-runs.js";
+import { answer, type Completion, type Served, serve, servingPids, stopServers } from "../test/serve-runs.js";
 
 const work = tempDir("kiln-gpu-ranks-");
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -201,5 +202,29 @@ describe("cuda bfloat16 split runs", () => {
     console.log(`# cuda ${fixture} bfloat16 tp2-pp2: max |Δlogit| vs one rank ${diff.toExponential(2)}`);
     assert.ok(diff <= 2e-2, `max |Δlogit| ${diff} > 2e-2`);
     assert.deepEqual(got.output_ids, want.output_ids);
+  });
+});
+
+// kiln serve on a split cuda engine: rank 0 serves, the others step in lockstep (runtime/lockstep.ts). Ranks
+// that share the GPU exchange through the host; with a GPU each (or on the emulator), through NCCL.
+describe("kiln serve on a cuda engine split tp 2", () => {
+  after(stopServers);
+  test("answers as the single-rank cuda server: greedy, seeded sampling, streamed; drains on SIGTERM", async () => {
+    const fixture = "qwen2_tied_gqa";
+    const env = emulated ? { KILN_EMU_GPUS: "2" } : {};
+    const split = await cudaEngine(fixture, { tpSize: 2 }, "float32", false);
+    const [one, two] = await Promise.all([serve(await cudaEngine(fixture, {}, "float32", false)), serve(split, env)]);
+    const bodies: Completion[] = [
+      { model: "m", prompt: "The jury said", max_tokens: 10, temperature: 0 },
+      { model: "m", prompt: "It was a", max_tokens: 8, temperature: 0.9, seed: 7, n: 2 },
+      { model: "m", prompt: "Once upon", max_tokens: 10, temperature: 0, stream: true },
+    ];
+    const ask = (s: Served) => Promise.all(bodies.map((b) => answer(s.client, b)));
+    const [want, got] = await Promise.all([ask(one), ask(two)]);
+    assert.deepEqual(got, want);
+    two.proc.kill("SIGTERM");
+    one.proc.kill("SIGTERM");
+    assert.equal(await two.exited, 0, two.log());
+    assert.deepEqual(servingPids(split), [], "no rank left running");
   });
 });

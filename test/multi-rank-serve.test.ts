@@ -4,13 +4,13 @@
 // sampling, stop strings and streams broken off, whose aborts the ranks must replay at the same step.
 
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import OpenAI from "openai";
 import { FIXTURES, fixtureEngine, tempDir } from "./helpers.js";
 import { KILN, splitEngine } from "./rank-runs.js";
+import { answer, type Completion, type Served, serve, servingPids, stopServers } from "./serve-runs.js";
 
 const work = tempDir("kiln-serve-ranks-");
 const MODEL = path.join(FIXTURES, "qwen2_tied_gqa", "hf");
@@ -18,51 +18,6 @@ const MODEL = path.join(FIXTURES, "qwen2_tied_gqa", "hf");
 const T = { timeout: 120_000 };
 const LIMITS = { max_batch_size: 4, max_input_len: 128, max_seq_len: 192 };
 
-interface Served {
-  proc: ChildProcess;
-  client: OpenAI;
-  exited: Promise<number | null>;
-  log: () => string;
-}
-
-/**
- * `kiln serve` on `engine` at a free port, once it says where it listens; in a process group of its own, as a
- * terminal would start it, so that a test can signal the group and the cleanup can end every rank.
- */
-async function serve(engine: string): Promise<Served> {
-  const proc = spawn(
-    process.execPath,
-    [KILN, "serve", "--engine_dir", engine, "--port", "0", "--served_model_name", "m"],
-    {
-      stdio: ["ignore", "ignore", "pipe"],
-      detached: true,
-      env: { ...process.env, KILN_RANK: undefined, OMPI_COMM_WORLD_RANK: undefined },
-    },
-  );
-  started.push(proc);
-  let log = "";
-  const exited = new Promise<number | null>((resolve) => proc.on("exit", (code) => resolve(code)));
-  const url = await new Promise<string>((resolve, reject) => {
-    proc.stderr?.on("data", (d) => {
-      log += d;
-      const m = /on (http:\/\/\S+)/.exec(log);
-      if (m) resolve(m[1]);
-    });
-    exited.then(() => reject(new Error(`kiln serve exited early: ${log}`)));
-  });
-  return { proc, exited, log: () => log, client: new OpenAI({ baseURL: `${url}/v1`, apiKey: "none", maxRetries: 0 }) };
-}
-
-/** The pids of the processes running `kiln serve` on `engine` (the launcher and its ranks). */
-function servingPids(engine: string): number[] {
-  const ps = spawnSync("ps", ["-eo", "pid=,args="], { encoding: "utf8" }).stdout;
-  return ps
-    .split("\n")
-    .filter((line) => line.includes(" serve ") && line.includes(engine))
-    .map((line) => Number(line.trim().split(/\s+/)[0]));
-}
-
-const started: ChildProcess[] = [];
 let single: Served;
 let split: Served;
 let splitEngineDir: string;
@@ -83,23 +38,9 @@ before(async () => {
 });
 
 after(async () => {
-  for (const p of started) if (p.exitCode === null) process.kill(-(p.pid as number), "SIGKILL");
+  stopServers();
   fs.rmSync(work, { recursive: true, force: true });
 });
-
-type Completion = Parameters<OpenAI["completions"]["create"]>[0];
-
-/** The texts and finish reasons a request gets, whole or streamed. */
-async function answer(client: OpenAI, body: Completion): Promise<string[]> {
-  if (body.stream) {
-    const texts: string[] = [];
-    const stream = await client.completions.create({ ...body, stream: true });
-    for await (const chunk of stream) for (const c of chunk.choices) texts[c.index] = (texts[c.index] ?? "") + c.text;
-    return texts;
-  }
-  const r = await client.completions.create({ ...body, stream: false });
-  return r.choices.map((c) => `${c.text} [${c.finish_reason}]`);
-}
 
 /** The same requests, sent together, to both servers. */
 async function bothAnswer(bodies: Completion[]): Promise<[string[][], string[][]]> {
