@@ -167,7 +167,8 @@ export class CudaBackend implements Backend<CudaTensor> {
     this.device.synchronize();
     this.collectives?.dispose();
     this.collectives = null;
-    for (const w of this.weights.values()) this.device.free(w.ptr);
+    // Sections with equal contents may share one buffer (load.ts): each freed once.
+    for (const ptr of new Set([...this.weights.values()].map((w) => w.ptr))) this.device.free(ptr);
     this.weights.clear();
     for (const p of [
       ...this.kvPointers(),

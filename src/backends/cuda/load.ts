@@ -12,6 +12,9 @@ import { CudaBackend, type CudaDtype, type CudaQuant, type CudaTensor } from "./
 import { CudaDevice } from "./driver.js";
 import { decodeDescriptor, descriptorName, type QuantDescriptor } from "./weight-layout.js";
 
+/** Sections that transform a quantized layer's input (see quantOf), shared between layers when equal. */
+const INPUT_TRANSFORMS = [".prequant_scaling_factor", ".smoother"];
+
 /** Which rank file a backend is opened for, and on which GPU. */
 export interface CudaRankPlace {
   /** The rank's share of the decoder (its layers, heads, vocabulary rows). */
@@ -59,6 +62,7 @@ export function loadCudaBackend(
     const descriptors = new Map<string, QuantDescriptor>();
     const sectionDtype = new Map(file.header.sections.map((s) => [s.name, s.dtype]));
     const codeSections = new Set<string>();
+    const sharedInputs = new Map<string, number>();
     for (const s of file.header.sections) {
       if (s.name.startsWith("kernels.")) continue;
       const bytes = file.read(s.name);
@@ -72,8 +76,17 @@ export function loadCudaBackend(
           `${enginePath}: section "${s.name}" is ${s.dtype}; cuda engines hold F32, F16, BF16 and quantized codes (I8, U8, F8_E4M3)`,
         );
       }
-      const p = device.alloc(bytes.byteLength);
-      device.upload(p, bytes);
+      // A layer pair's input transforms are often one vector stored twice (AWQ's pre-quant scale of fc and
+      // gate, which share an input): one buffer, so that the fused MLP sees one input and rounds it once.
+      const key = INPUT_TRANSFORMS.some((t) => s.name.endsWith(t))
+        ? `${s.dtype}:${Buffer.from(bytes).toString("base64")}`
+        : null;
+      let p = key ? sharedInputs.get(key) : undefined;
+      if (p === undefined) {
+        p = device.alloc(bytes.byteLength);
+        device.upload(p, bytes);
+        if (key) sharedInputs.set(key, p);
+      }
       const [rows, cols] =
         s.shape.length === 1 ? [1, s.shape[0]] : [s.shape[0], s.shape.slice(1).reduce((x, y) => x * y, 1)];
       weights.set(s.name, { ptr: p, rows, cols, dtype: codes ? dtype : (s.dtype as CudaDtype) });
