@@ -55,6 +55,10 @@ export function compileKernels(
   const arch = target.replace(/^sm_/, "");
   const common = [`-I${INCLUDE}`, "--std=c++17", "-default-device", "-lineinfo"];
   for (const [k, v] of Object.entries(defines)) common.push(`-D${k}=${v}`);
+  // An A/B switch for bench runs: ptxas's register ceiling (its default trades registers for occupancy,
+  // and spilled some quantized GEMVs' prefetched weights in nvcc's reports).
+  const maxRegs = process.env.KILN_CUDA_MAXRREG;
+  if (maxRegs) common.push(`--maxrregcount=${Number(maxRegs)}`);
   if (!fs.existsSync(INCLUDE))
     throw new KernelCompileError(`${INCLUDE}: CUDA headers not found; set KILN_CUDA_INCLUDE_DIR`);
   return cachedCompile([source, name, target, compilerIdentity(), ...common], () => ({

@@ -416,57 +416,65 @@ __device__ __forceinline__ float e2m1_round(float x) {
   return x < 0.f ? -m : m;
 }
 
-// One row of a layer's input rounded as its format says (mode: QIN_*), by the whole block (every thread must
-// call it). Writes the rounded values in units of the input's scale (so a GEMV's output carries it), or,
-// with `dequantize`, the values themselves (for a GEMM on dequantized weights); int8_token writes the row's
-// scale to *row_scale (when given). y may be x: each thread writes only what it read. C: inputs a load, V
-// (16 bytes: the GEMVs' inputs, cols a multiple of 32 and rows 16-byte aligned) or 1 (any row).
+// a / b rounded to nearest, as IEEE division rounds it, for the finite, normal operands the input roundings
+// see (activations over scales), without the slow path of CUDA's division: a subroutine call, around which
+// the GEMVs' live registers (their prefetched weights) spilled to local memory. The same steps as its fast
+// path: the hardware reciprocal refined by one Newton step, then the quotient corrected by its remainder,
+// which an FMA computes exactly.
+__device__ __forceinline__ float div_rn(float a, float b) {
+  float r = __fdividef(1.f, b);
+  r = __fmaf_rn(__fmaf_rn(-b, r, 1.f), r, r);
+  const float q = a * r;
+  return __fmaf_rn(__fmaf_rn(-b, q, a), r, q);
+}
+
+// silu(a) = a / (1 + e^-a) with that division as IEEE rounds it (div_rn, kept to its range: a denominator past
+// 2^126 is scaled by 2^-64 first, exactly, and an infinite one gives a · 0, as a / inf does).
+__device__ __forceinline__ float silu(float a) {
+  const float d = 1.f + __expf(-a);
+  if (d < 0x1p126f) return div_rn(a, d);
+  return d == __int_as_float(0x7f800000) ? a * 0.f : div_rn(a, d * 0x1p-64f) * 0x1p-64f;
+}
+
+// C inputs of row xr from i0, times prequant, over smoother (when given): SmoothQuant divides by its
+// smoother where ModelOpt multiplies by a pre-quant scale, each as its reference. C: 1, or the T values of a
+// 16-byte load.
 template <int C>
-__device__ __forceinline__ void round_input_row(T* yr, float* row_scale, const T* xr, const float* prequant, const float* smoother,
-                                int mode, float scale, int cols, int dequantize) {
-  // C inputs from i0, times prequant, over smoother: SmoothQuant divides by its smoother where ModelOpt
-  // multiplies by a pre-quant scale, each as its reference.
-  auto load = [&](int i0, float (&v)[C]) {
-    if (C == 1) {
-      v[0] = tof(xr[i0]);
-    } else {
-      const uint4 xv = *reinterpret_cast<const uint4*>(xr + i0);
+__device__ __forceinline__ void load_input(float (&v)[C], const T* xr, int i0, const float* prequant,
+                                           const float* smoother) {
+  if (C == 1) {
+    v[0] = tof(xr[i0]);
+  } else {
+    const uint4 xv = *reinterpret_cast<const uint4*>(xr + i0);
 #pragma unroll
-      for (int k = 0; k < C; k++) v[k] = t_of(xv, k);
-    }
-#pragma unroll
-    for (int k = 0; k < C; k++) {
-      if (prequant != nullptr) v[k] *= prequant[i0 + k];
-      if (smoother != nullptr) v[k] /= smoother[i0 + k];
-    }
-  };
-  if (mode == QIN_FP4) {
-    for (int b = threadIdx.x; b < cols / 16; b += blockDim.x) {
-      float v[16], amax = 0.f;
-#pragma unroll
-      for (int j = 0; j < 16 / C; j++) load(16 * b + j * C, *reinterpret_cast<float(*)[C]>(v + j * C));
-#pragma unroll
-      for (int k = 0; k < 16; k++) amax = fmaxf(amax, fabsf(v[k]));
-      const float d = e4m3_round(amax / 6.f / scale);
-      const float effective = d * scale;
-#pragma unroll
-      for (int k = 0; k < 16; k++) {
-        const float q = effective == 0.f ? 0.f : e2m1_round(v[k] / effective);
-        yr[16 * b + k] = fromf(dequantize ? q * effective : q * d);
-      }
-    }
-    return;
+    for (int k = 0; k < C; k++) v[k] = t_of(xv, k);
   }
+  if (prequant != nullptr) {
+#pragma unroll
+    for (int k = 0; k < C; k++) v[k] *= prequant[i0 + k];
+  }
+  if (smoother != nullptr) {
+#pragma unroll
+    for (int k = 0; k < C; k++) v[k] = div_rn(v[k], smoother[i0 + k]);
+  }
+}
+
+// round_input_row for one rounding MODE, known at compile time: each mode's code alone, with no other mode's
+// branches (or their divisions, whose slow paths are subroutine calls) predicated beside it, which had made
+// the GEMVs' code large enough to stall on instruction fetches and spill registers. FP4 is round_fp4_row's.
+template <int C, int MODE>
+__device__ __forceinline__ void round_row_as(T* yr, float* row_scale, const T* xr, const float* prequant,
+                                             const float* smoother, float scale, int cols, int dequantize) {
   const int n = cols / C;
   // The int8 roundings take the reference's float64 product or quotient, so a code never flips against it:
   // int8 divides by the scale; int8_times multiplies by it (SmoothQuant's static scale_to_int); per token
   // multiplies by 127 / amax (a row of zeros: by 1) and gives amax / 127 as the row's scale.
-  double mul = mode == QIN_INT8_TIMES ? (double)scale : 1.0 / (double)scale;
-  if (mode == QIN_INT8_TOKEN) {
+  double mul = MODE == QIN_INT8_TIMES ? (double)scale : MODE == QIN_INT8 ? 1.0 / (double)scale : 1.0;
+  if (MODE == QIN_INT8_TOKEN) {
     float amax = 0.f;
     for (int c = threadIdx.x; c < n; c += blockDim.x) {
       float v[C];
-      load(c * C, v);
+      load_input<C>(v, xr, c * C, prequant, smoother);
 #pragma unroll
       for (int k = 0; k < C; k++) amax = fmaxf(amax, fabsf(v[k]));
     }
@@ -477,32 +485,100 @@ __device__ __forceinline__ void round_input_row(T* yr, float* row_scale, const T
   auto emit = [&](int i0, const float (&v)[C]) {
 #pragma unroll
     for (int k = 0; k < C; k++) {
-      float q;
-      if (mode == QIN_NONE) q = rnd(v[k]);
-      else if (mode == QIN_FP8) q = e4m3_round(v[k] / scale);
-      else if (mode == QIN_INT8) q = (float)fmin(127.0, fmax(-127.0, rint((double)v[k] / (double)scale)));
-      else q = (float)fmin(127.0, fmax(-127.0, rint((double)v[k] * mul)));
-      const float value = mode == QIN_FP8 ? q * scale : (float)(q / mul);  // what the code stands for
-      yr[i0 + k] = fromf(dequantize && mode != QIN_NONE ? value : q);
+      float out;  // the code, or with `dequantize` what it stands for
+      if (MODE == QIN_NONE) {
+        out = rnd(v[k]);
+      } else if (MODE == QIN_FP8) {
+        out = e4m3_round(div_rn(v[k], scale));
+        if (dequantize) out *= scale;
+      } else {
+        const double q =
+            fmin(127.0, fmax(-127.0, rint(MODE == QIN_INT8 ? (double)v[k] / (double)scale : (double)v[k] * mul)));
+        out = dequantize ? (float)(q / mul) : (float)q;
+      }
+      yr[i0 + k] = fromf(out);
     }
   };
   // Two loads a thread in flight before either's values are written.
   for (int c = threadIdx.x; c < n; c += 2 * blockDim.x) {
     const int c2 = c + blockDim.x;
     float a[C], b[C];
-    load(c * C, a);
-    if (c2 < n) load(c2 * C, b);
+    load_input<C>(a, xr, c * C, prequant, smoother);
+    if (c2 < n) load_input<C>(b, xr, c2 * C, prequant, smoother);
     emit(c * C, a);
     if (c2 < n) emit(c2 * C, b);
   }
 }
 
+// NVFP4's input rounding: E2M1 per 16 inputs under an E4M3 block scale relative to the global `scale`.
+template <int C>
+__device__ __forceinline__ void round_fp4_row(T* yr, const T* xr, const float* prequant, const float* smoother,
+                                              float scale, int cols, int dequantize) {
+  for (int b = threadIdx.x; b < cols / 16; b += blockDim.x) {
+    float v[16], amax = 0.f;
+#pragma unroll
+    for (int j = 0; j < 16 / C; j++) {
+      float part[C];
+      load_input<C>(part, xr, 16 * b + j * C, prequant, smoother);
+#pragma unroll
+      for (int k = 0; k < C; k++) v[j * C + k] = part[k];
+    }
+#pragma unroll
+    for (int k = 0; k < 16; k++) amax = fmaxf(amax, fabsf(v[k]));
+    const float d = e4m3_round(div_rn(div_rn(amax, 6.f), scale));
+    const float effective = d * scale;
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+      const float q = effective == 0.f ? 0.f : e2m1_round(div_rn(v[k], effective));
+      yr[16 * b + k] = fromf(dequantize ? q * effective : q * d);
+    }
+  }
+}
+
+// One row of a layer's input rounded as its format says (mode: QIN_*), by the whole block (every thread must
+// call it). Writes the rounded values in units of the input's scale (so a GEMV's output carries it), or,
+// with `dequantize`, the values themselves (for a GEMM on dequantized weights); int8_token writes the row's
+// scale to *row_scale (when given). y may be x: each thread writes only what it read. C: inputs a load, V
+// (16 bytes: the GEMVs' inputs, cols a multiple of 32 and rows 16-byte aligned) or 1 (any row). K: the
+// weight kind whose GEMV rounds (its formats' roundings alone are compiled in: FP8 for E4M3 codes, the int8
+// roundings for int8 codes, FP4 for E2M1, none or FP8 for int4, as backends/cuda/load.ts requires), or -1
+// for every rounding.
+template <int C, int K = -1>
+__device__ __forceinline__ void round_input_row(T* yr, float* row_scale, const T* xr, const float* prequant,
+                                                const float* smoother, int mode, float scale, int cols,
+                                                int dequantize) {
+  constexpr bool any = K < 0, int8 = any || K == QK_INT8;
+  switch (mode) {
+    case QIN_NONE:
+      if (any || K == QK_INT4)
+        round_row_as<C, QIN_NONE>(yr, row_scale, xr, prequant, smoother, scale, cols, dequantize);
+      return;
+    case QIN_FP8:
+      if (any || K == QK_FP8 || K == QK_INT4)
+        round_row_as<C, QIN_FP8>(yr, row_scale, xr, prequant, smoother, scale, cols, dequantize);
+      return;
+    case QIN_INT8:
+      if (int8) round_row_as<C, QIN_INT8>(yr, row_scale, xr, prequant, smoother, scale, cols, dequantize);
+      return;
+    case QIN_INT8_TOKEN:
+      if (int8) round_row_as<C, QIN_INT8_TOKEN>(yr, row_scale, xr, prequant, smoother, scale, cols, dequantize);
+      return;
+    case QIN_INT8_TIMES:
+      if (int8) round_row_as<C, QIN_INT8_TIMES>(yr, row_scale, xr, prequant, smoother, scale, cols, dequantize);
+      return;
+    case QIN_FP4:
+      if (any || K == QK_FP4) round_fp4_row<C>(yr, xr, prequant, smoother, scale, cols, dequantize);
+      return;
+  }
+}
+
 // The rows of a layer's input x (rows · in values) as its format rounds them, into xs (shared memory; x
 // itself is fine), and int8_token's row scales into row_scale; ends with a barrier. Every thread must call it.
+template <int K>
 __device__ __forceinline__ void round_input_rows(T* xs, float* row_scale, const T* x, const QLinear& q, int rows,
                                                  int in) {
   for (int r = 0; r < rows; r++)
-    round_input_row<16 / sizeof(T)>(xs + (size_t)r * in, row_scale + r, x + (size_t)r * in, q.prequant, q.smoother,
+    round_input_row<16 / sizeof(T), K>(xs + (size_t)r * in, row_scale + r, x + (size_t)r * in, q.prequant, q.smoother,
                                     q.rounding, q.in_scale, in, 0);
   __syncthreads();
 }
@@ -610,7 +686,7 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
     channel = (!grouped && q.scales != nullptr && live ? q.scales[o] : 1.f) * q.out_scale;
     if (q.rounding < 0) return;
     T* xs = reinterpret_cast<T*>(dynamic_shared());
-    round_input_rows(xs, row_scale, x, q, rows, in);
+    round_input_rows<K>(xs, row_scale, x, q, rows, in);
     x = xs;
   };
   gemv_stream(wrow, begin + lane, end, pass, prologue);
@@ -741,7 +817,7 @@ __device__ void norm_rows(T* xs, const T* residual, const T* delta, T* residual_
     if (R > 1 && r >= rows) break;
     float t = 0.f;
     for (int j = 0; j < nwarps; j++) t += part[r][j];
-    const float inv = rsqrtf(t / in + eps);
+    const float inv = rsqrtf(div_rn(t, (float)in) + eps);
     // Each thread rewrites the elements it wrote above: no barrier needed in between.
     uint4* row = reinterpret_cast<uint4*>(xs + (size_t)r * in);
     for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
@@ -951,9 +1027,9 @@ __device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], PairRows<
       T* xb = xs + (size_t)rows * in;
       pr.xs[1] = xb;
       // Its closing barrier also keeps a's rounding in place below from rewriting what this copy reads.
-      round_input_rows(xb, row_scale + GEMV_MAX_ROWS, xs, *b, rows, in);
+      round_input_rows<K>(xb, row_scale + GEMV_MAX_ROWS, xs, *b, rows, in);
     }
-    if (a->rounding >= 0) round_input_rows(xs, row_scale, xs, *a, rows, in);
+    if (a->rounding >= 0) round_input_rows<K>(xs, row_scale, xs, *a, rows, in);
   }
   if (!live) return false;
   pair_dot<R, 2, K>(acc, pr, rows, in, first, first_scales);
@@ -1038,7 +1114,7 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
   if (r >= rows) return;
   const float a = pair_value<R, K>(acc, 0, r, pr, row_scale, bias_a, pr.rows[0]);
   const float b = pair_value<R, K>(acc, 1, r, pr, row_scale, bias_b, pr.rows[1]);
-  out[(size_t)r * inter + i] = fromf(rnd(a / (1.f + __expf(-a))) * b);
+  out[(size_t)r * inter + i] = fromf(rnd(silu(a)) * b);
 }
 
 // The kernels of each weight kind: steps of 2–8 rows (compiled for 2, 4 and 8, rows rounding up) and a
