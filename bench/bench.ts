@@ -4,8 +4,12 @@
 // measured by scripts/bench_hf.py in the same run, when given).
 //
 // kiln bench --work DIR --out bench/results/cuda-bf16.json [--hf hf.json] [--quick]
-// (or node dist/bench/bench.js with the same flags)
+// (or node dist/bench/bench.js with the same flags). With --tp_size/--pp_size the engine is split and runs one
+// process per rank, a GPU each (kiln's launcher, as kiln run starts them): each rank runs the same workload,
+// rank 0 times it and writes the results, with the GPU count and `nvidia-smi topo -m`. --shape 7b takes
+// Qwen2.5-7B's shape instead.
 
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -14,10 +18,13 @@ import { CudaDevice } from "../src/backends/cuda/driver.js";
 import type { CudaExecutor } from "../src/backends/cuda/executor.js";
 import { buildEngine } from "../src/builder/build-engine.js";
 import { convertHfCheckpoint } from "../src/checkpoint/convert-hf.js";
+import { launchRanks } from "../src/comm/launch.js";
+import { rankEnv } from "../src/comm/rank-env.js";
+import { Mapping } from "../src/mapping.js";
 import type { Activations } from "../src/quantization/calibration.js";
 import type { KvCacheDtype, QFormat } from "../src/quantization/quantize-plan.js";
 import { LLM } from "../src/runtime/llm.js";
-import { QWEN2_MOE_SMALL, QWEN25_05B, type Qwen2Shape, writeRandomQwen2 } from "./random-model.js";
+import { QWEN2_MOE_SMALL, QWEN25_7B, QWEN25_05B, type Qwen2Shape, writeRandomQwen2 } from "./random-model.js";
 
 export interface BenchOptions {
   /** Where the random model, checkpoint and engine go. */
@@ -34,6 +41,20 @@ export interface BenchOptions {
   kvCacheDtype?: KvCacheDtype;
   /** The Qwen2-MoE-shaped model (QWEN2_MOE_SMALL) instead of Qwen2.5-0.5B's. */
   moe?: boolean;
+  /** Qwen2.5-7B's shape instead of Qwen2.5-0.5B's. */
+  shape?: "0.5b" | "7b";
+  /** Split the engine for tensor and pipeline parallelism: one process per rank, a GPU each. */
+  tpSize?: number;
+  ppSize?: number;
+}
+
+/** What `nvidia-smi topo -m` says of how this machine's GPUs connect (or why it cannot say). */
+function gpuTopology(): string {
+  try {
+    return execFileSync("nvidia-smi", ["topo", "-m"], { encoding: "utf8" }).trim();
+  } catch (e) {
+    return `unavailable (${(e as Error).message.split("\n")[0]})`;
+  }
 }
 
 /**
@@ -86,13 +107,36 @@ function run(llm: LLM, prompts: number[][], maxNew: number | number[]): { second
   return { seconds, outputTokens };
 }
 
-export async function runBench(args: BenchOptions): Promise<Record<string, number | string>> {
+export async function runBench(args: BenchOptions): Promise<Record<string, number | string> | null> {
   const work = args.work ?? "/tmp/kiln-bench";
-  const device = CudaDevice.open();
-  const shape = args.moe ? QWEN2_MOE_SMALL : QWEN25_05B;
-  const hfDir = path.join(work, args.moe ? "hf-moe" : "hf");
-  const ckpt = path.join(work, "ckpt");
-  const engine = path.join(work, "engine");
+  const shape = args.moe ? QWEN2_MOE_SMALL : args.shape === "7b" ? QWEN25_7B : QWEN25_05B;
+  const mapping = new Mapping({ tpSize: args.tpSize ?? 1, ppSize: args.ppSize ?? 1 });
+  const layout = mapping.worldSize > 1 ? `-tp${mapping.tpSize}-pp${mapping.ppSize}` : "";
+  const hfDir = path.join(work, args.moe ? "hf-moe" : args.shape === "7b" ? "hf-7b" : "hf");
+  const ckpt = path.join(work, `ckpt${layout}`);
+  const engine = path.join(work, `engine${layout}`);
+  const rank = rankEnv();
+  if (rank === null) {
+    await prepareEngine(args, shape, mapping, hfDir, ckpt, engine);
+    // A split engine: this process becomes the launcher of one process per rank, each running this command.
+    if (mapping.worldSize > 1) {
+      const code = await launchRanks(mapping.worldSize);
+      if (code !== 0) throw new Error(`bench ranks failed (exit code ${code})`);
+      return null;
+    }
+  }
+  return measure(args, shape, mapping, engine, rank?.localRank ?? 0);
+}
+
+/** The random model, its checkpoint (split by `mapping`) and the cuda engine, built for the bench's limits. */
+async function prepareEngine(
+  args: BenchOptions,
+  shape: Qwen2Shape,
+  mapping: Mapping,
+  hfDir: string,
+  ckpt: string,
+  engine: string,
+): Promise<void> {
   if (!fs.existsSync(path.join(hfDir, "model.safetensors"))) writeRandomQwen2(hfDir, shape);
   const quantized = (args.qformat && args.qformat !== "full_prec") || args.kvCacheDtype;
   await convertHfCheckpoint({
@@ -100,6 +144,7 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
     outputDir: ckpt,
     dtype: "bfloat16",
     overwrite: true,
+    mapping,
     ...(quantized && {
       quantize: {
         qformat: args.qformat ?? "full_prec",
@@ -111,7 +156,6 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
       activations: standInActivations(shape),
     }),
   });
-  const before = device.memInfo();
   await buildEngine({
     checkpointDir: ckpt,
     outputDir: engine,
@@ -119,12 +163,39 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
     overwrite: true,
     request: { max_batch_size: 256, max_seq_len: 2304, max_input_len: 1024, max_num_tokens: 8192 },
   });
+}
+
+/**
+ * The bench's workload on `engine`, by every rank alike; rank 0's timings are the results (null on the other
+ * ranks). GPU memory is the local GPU's (`gpu`): each rank's share on a split engine.
+ */
+async function measure(
+  args: BenchOptions,
+  shape: Qwen2Shape,
+  mapping: Mapping,
+  engine: string,
+  gpu: number,
+): Promise<Record<string, number | string> | null> {
+  const device = CudaDevice.open(gpu % CudaDevice.count());
+  const before = device.memInfo();
   const llm = await LLM.load(engine);
+  const leader = llm.engine.comm.rank === 0;
+  const shapeName = args.moe
+    ? "Qwen2-MoE design at Qwen2.5-0.5B's size (60 experts, top 4, shared expert)"
+    : shape === QWEN25_7B
+      ? "Qwen2.5-7B shape"
+      : "Qwen2.5-0.5B shape";
   const results: Record<string, number | string> = {
     device: device.name,
     // The commit measured, where the caller says (bench/gpu-session.sh reads it from .device/commit).
     ...(process.env.KILN_COMMIT && { kiln_commit: process.env.KILN_COMMIT }),
-    model: `${args.moe ? "Qwen2-MoE design at Qwen2.5-0.5B's size (60 experts, top 4, shared expert)" : "Qwen2.5-0.5B shape"}, random bf16 weights${args.qformat ? `, ${args.qformat}` : ""}${args.kvCacheDtype ? `, ${args.kvCacheDtype} KV cache` : ""}`,
+    model: `${shapeName}, random bf16 weights${args.qformat ? `, ${args.qformat}` : ""}${args.kvCacheDtype ? `, ${args.kvCacheDtype} KV cache` : ""}`,
+    ...(mapping.worldSize > 1 && {
+      tp_size: mapping.tpSize,
+      pp_size: mapping.ppSize,
+      gpus: CudaDevice.count(),
+      topology: leader ? gpuTopology() : "",
+    }),
   };
 
   // Batch-1 decode, input 128, output 128: decode steps only (the first token is the prefill's).
@@ -169,9 +240,10 @@ export async function runBench(args: BenchOptions): Promise<Record<string, numbe
     results.speedup_batch1_vs_hf =
       (results.batch1_decode_tokens_per_s as number) / results.hf_batch1_decode_tokens_per_s;
   }
+  llm.dispose();
+  if (!leader) return null;
   console.log(JSON.stringify(results, null, 2));
   if (args.out) fs.writeFileSync(args.out, `${JSON.stringify(results, null, 2)}\n`);
-  llm.dispose();
   return results;
 }
 
@@ -186,11 +258,18 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
       qformat: { type: "string" },
       kv_cache_dtype: { type: "string" },
       moe: { type: "boolean" },
+      shape: { type: "string" },
+      tp_size: { type: "string" },
+      pp_size: { type: "string" },
     },
   });
-  const { kv_cache_dtype, ...rest } = values;
+  const { kv_cache_dtype, tp_size, pp_size, shape, ...rest } = values;
+  if (shape !== undefined && shape !== "0.5b" && shape !== "7b") throw new Error(`--shape ${shape}: 0.5b or 7b`);
   await runBench({
     ...rest,
+    shape,
+    tpSize: tp_size === undefined ? undefined : Number(tp_size),
+    ppSize: pp_size === undefined ? undefined : Number(pp_size),
     qformat: values.qformat as BenchOptions["qformat"],
     kvCacheDtype: kv_cache_dtype as BenchOptions["kvCacheDtype"],
   });

@@ -16,6 +16,7 @@
 #   bash bench/gpu-session.sh ops-test    the GPU op-parity tests alone                   → $OUT/test-gpu-ops.txt
 #   bash bench/gpu-session.sh moe         kiln bench --quick --moe (Qwen2-MoE-shaped)      → $OUT/moe.json
 #   bash bench/gpu-session.sh nccl        NCCL on one GPU and the multi-rank cuda runs (test-gpu/nccl, multi-rank) → $OUT/test-gpu-nccl.txt
+#   bash bench/gpu-session.sh multi-gpu   kiln bench at tp 1, 2, 4 and pp 2 (those the GPUs allow) on Qwen2.5-0.5B's and 7B's shapes, scaling → $OUT/multi-gpu.{json,md}
 # Several stages run in one call in the order given: bash bench/gpu-session.sh refs tests decode
 # Before the call, `git rev-parse --short HEAD > .device/commit` here: the results then name the commit measured.
 set -euo pipefail
@@ -114,8 +115,23 @@ case "$stage" in
       dist/test-gpu/multi-rank.test.js >> "$OUT/test-gpu-nccl.txt" 2>&1 || true
     grep -E '^# (pass|fail|skipped)|^ *not ok|# SKIP|^# \\# cuda' "$OUT/test-gpu-nccl.txt" || tail -12 "$OUT/test-gpu-nccl.txt"
     ;;
+  multi-gpu)
+    gpus=$(nvidia-smi -L | wc -l)
+    runs=()
+    for shape in 0.5b 7b; do
+      for layout in "1 1" "2 1" "4 1" "1 2"; do
+        read -r tp pp <<< "$layout"
+        [ $((tp * pp)) -le "$gpus" ] || continue
+        f=/tmp/multi-$shape-tp$tp-pp$pp.json
+        if [ "$tp$pp" = 11 ]; then split=""; else split="--tp_size $tp --pp_size $pp"; fi
+        timeout "${MULTI_TIMEOUT:-900}" node dist/bench/bench.js --work /tmp/kiln-multi --shape $shape $split --out $f > /dev/null \
+          && runs+=("$f") || echo "multi-gpu: $shape tp $tp pp $pp failed"
+      done
+    done
+    node dist/bench/scaling.js --out "$OUT/multi-gpu" "${runs[@]}"
+    ;;
   *)
-    echo "unknown stage $stage: refs, tests, decode, formats, perplexity, moe or nccl" >&2
+    echo "unknown stage $stage: refs, tests, decode, formats, perplexity, moe, nccl or multi-gpu" >&2
     exit 2
     ;;
 esac

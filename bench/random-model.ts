@@ -13,11 +13,24 @@ export interface Qwen2Shape {
   heads: number;
   kvHeads: number;
   inter: number;
+  /** An lm_head of its own rather than the embedding's transpose (Qwen2.5-7B's); default tied. */
+  untied?: boolean;
   /** Qwen2-MoE: every layer routes through `experts` experts, top `topK`, with a gated shared expert. */
   moe?: { experts: number; topK: number; expertInter: number; sharedInter: number };
 }
 
 export const QWEN25_05B: Qwen2Shape = { vocab: 151936, hidden: 896, layers: 24, heads: 14, kvHeads: 2, inter: 4864 };
+
+/** Qwen2.5-7B-Instruct's shape: ~7.6 B parameters, 15.2 GB in bf16. */
+export const QWEN25_7B: Qwen2Shape = {
+  vocab: 152064,
+  hidden: 3584,
+  layers: 28,
+  heads: 28,
+  kvHeads: 4,
+  inter: 18944,
+  untied: true,
+};
 
 /**
  * Qwen2-MoE's layer design (Qwen1.5-MoE-A2.7B: 60 experts, top 4, a shared expert four experts wide) at
@@ -54,7 +67,7 @@ export function writeRandomQwen2(dir: string, s: Qwen2Shape, seed = 1): void {
     max_position_embeddings: 32768,
     rms_norm_eps: 1e-6,
     rope_theta: 1000000.0,
-    tie_word_embeddings: true,
+    tie_word_embeddings: !s.untied,
     torch_dtype: "bfloat16",
     use_sliding_window: false,
     bos_token_id: 151643,
@@ -92,6 +105,7 @@ export function writeRandomQwen2(dir: string, s: Qwen2Shape, seed = 1): void {
     }
   }
   specs.push({ name: "model.norm.weight", shape: [s.hidden], scale: 0 });
+  if (s.untied) specs.push({ name: "lm_head.weight", shape: [s.vocab, s.hidden], scale: 0.02 });
   const writer = new SafetensorsWriter(
     path.join(dir, "model.safetensors"),
     specs.map((t) => ({ name: t.name, dtype: "BF16" as const, shape: t.shape })),

@@ -4,10 +4,11 @@
 import { Command, Option } from "commander";
 import { UsageError } from "../errors.js";
 import { KV_CACHE_DTYPES, QFORMATS } from "../quantization/quantize-plan.js";
+import { positiveInt } from "./flags.js";
 
 export function benchCommand(): Command {
   return new Command("bench")
-    .description("benchmark the cuda backend on a random model of Qwen2.5-0.5B's shape (GPU machine)")
+    .description("benchmark the cuda backend on a random model of Qwen2.5-0.5B's (or 7B's) shape (GPU machine)")
     .option("--work <dir>", "where the random model, checkpoint and engine go", "/tmp/kiln-bench")
     .option("--out <file>", "write the results as JSON")
     .option("--hf <file>", "merge the transformers baseline that scripts/bench_hf.py wrote in the same run")
@@ -19,6 +20,13 @@ export function benchCommand(): Command {
       ).choices(QFORMATS),
     )
     .addOption(new Option("--kv_cache_dtype <d>", "a quantized KV cache; default bf16").choices(KV_CACHE_DTYPES))
+    .addOption(
+      new Option("--shape <s>", "the random model's shape: Qwen2.5-0.5B's or Qwen2.5-7B's")
+        .choices(["0.5b", "7b"])
+        .default("0.5b"),
+    )
+    .option("--tp_size <n>", "split the engine for tensor parallelism: one process and GPU per rank", positiveInt, 1)
+    .option("--pp_size <n>", "split the engine into pipeline stages: one process and GPU per rank", positiveInt, 1)
     .option(
       "--moe",
       "a random Qwen2-MoE-shaped model instead (60 experts, top 4, shared expert; ~2.7 B parameters)",
@@ -41,6 +49,9 @@ export function benchCommand(): Command {
         qformat: o.qformat,
         kvCacheDtype: o.kv_cache_dtype,
         moe: o.moe,
+        shape: o.shape,
+        tpSize: o.tp_size,
+        ppSize: o.pp_size,
       });
     });
 }
