@@ -416,16 +416,19 @@ __device__ __forceinline__ float e2m1_round(float x) {
   return x < 0.f ? -m : m;
 }
 
-// a / b rounded to nearest, as IEEE division rounds it, for the finite, normal operands the input roundings
-// see (activations over scales), without the slow path of CUDA's division: a subroutine call, around which
-// the GEMVs' live registers (their prefetched weights) spilled to local memory. The same steps as its fast
-// path: the hardware reciprocal refined by one Newton step, then the quotient corrected by its remainder,
-// which an FMA computes exactly.
+// a / b rounded to nearest, as IEEE division rounds it, for the finite, nonzero divisors the input roundings,
+// the norm and silu see, without the slow path of CUDA's division: a subroutine call, around which the
+// GEMVs' live registers (their prefetched weights) spilled to local memory. The quotient is taken in double
+// from a reciprocal refined twice by Newton's method (relative error near 2^-52), then rounded to float:
+// exactly a / b's float, since the quotient of two floats is never a float midpoint nor within 2^-49
+// (relative) of one. (One float Newton step and a remainder correction, CUDA's fast path as I had read it,
+// misrounded now and then: per-token SmoothQuant drifted from the cpu on an H200.)
 __device__ __forceinline__ float div_rn(float a, float b) {
-  float r = __fdividef(1.f, b);
-  r = __fmaf_rn(__fmaf_rn(-b, r, 1.f), r, r);
-  const float q = a * r;
-  return __fmaf_rn(__fmaf_rn(-b, q, a), r, q);
+  const double d = b;
+  double y = __fdividef(1.f, b);
+  y = fma(fma(-d, y, 1.0), y, y);
+  y = fma(fma(-d, y, 1.0), y, y);
+  return (float)((double)a * y);
 }
 
 // silu(a) = a / (1 + e^-a) with that division as IEEE rounds it (div_rn, kept to its range: a denominator past
