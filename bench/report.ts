@@ -104,14 +104,14 @@ function quantizedTable(): string[] {
   return [
     "## Quantized engines (`kiln bench --quick --qformat Q`, stand-in statistics, 32-sequence nano-vllm workload)",
     "",
-    `[cuda-quantized-quick.json](cuda-quantized-quick.json), commit ${base.kiln_commit ?? "?"}. Speed-ups over bf16 in the same configuration. Where an int8_wo step goes, by Nsight Compute: [ncu-decode-int8wo-h200.txt](ncu-decode-int8wo-h200.txt).`,
+    `[cuda-quantized-quick.json](cuda-quantized-quick.json); each row names the commit it was measured at. Speed-ups over bf16 in the same configuration. Where an int8_wo step goes, by Nsight Compute: [ncu-decode-int8wo-h200.txt](ncu-decode-int8wo-h200.txt); int4_awq's kernels' occupancy, stalls and spills: [ncu-int4awq-sections-h200.txt](ncu-int4awq-sections-h200.txt).`,
     "",
-    "| qformat | batch-1 decode | × bf16 | GPU ms a step | nano-vllm (32 sequences) | × bf16 |",
-    "| --- | --- | --- | --- | --- | --- |",
+    "| qformat | batch-1 decode | × bf16 | GPU ms a step | nano-vllm (32 sequences) | × bf16 | commit |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
     ...Object.entries(q).map(([name, x]) => {
       const d = rate(x, "batch1_decode_tokens_per_s");
       const w = rate(x, "nanovllm_output_tokens_per_s");
-      return `| ${name} | ${fmt(d)} tokens/s | ${fmt(d / rate(base, "batch1_decode_tokens_per_s"), 2)}× | ${fmt(rate(x, "batch1_gpu_ms_per_step"), 3)} | ${fmt(w)} tokens/s | ${fmt(w / rate(base, "nanovllm_output_tokens_per_s"), 2)}× |`;
+      return `| ${name} | ${fmt(d)} tokens/s | ${fmt(d / rate(base, "batch1_decode_tokens_per_s"), 2)}× | ${fmt(rate(x, "batch1_gpu_ms_per_step"), 3)} | ${fmt(w)} tokens/s | ${fmt(w / rate(base, "nanovllm_output_tokens_per_s"), 2)}× | ${x.kiln_commit ?? "?"} |`;
     }),
     "",
   ];

@@ -421,8 +421,8 @@ __device__ __forceinline__ float e2m1_round(float x) {
 // GEMVs' live registers (their prefetched weights) spilled to local memory. The quotient is taken in double
 // from a reciprocal refined twice by Newton's method (relative error near 2^-52), then rounded to float:
 // exactly a / b's float, since the quotient of two floats is never a float midpoint nor within 2^-49
-// (relative) of one. (One float Newton step and a remainder correction, CUDA's fast path as I had read it,
-// misrounded now and then: per-token SmoothQuant drifted from the cpu on an H200.)
+// (relative) of one. (A float imitation of CUDA's fast path, one Newton step and a remainder correction,
+// carries no such proof.)
 __device__ __forceinline__ float div_rn(float a, float b) {
   const double d = b;
   double y = __fdividef(1.f, b);
