@@ -1,4 +1,4 @@
-// Multi-rank runs on the cuda backend: `kiln run` on a cuda engine split by tp and pp starts one process per
+// Multi-rank runs on the cuda backend: `kiln run` on a cuda engine split by tp, pp and cp starts one process per
 // rank, each on GPU (local rank mod the GPUs there are), and the ranks' logits and greedy ids equal the
 // single-rank cuda run's (which test-gpu/e2e.test.ts holds to transformers). Ranks that share a GPU exchange
 // through the host and run every step eagerly; ranks with a GPU each exchange through NCCL and replay decode
@@ -68,7 +68,16 @@ for (const fixture of ["qwen2_tied_gqa", "qwen2_untied_mqa"]) {
       single ??= runJson(await cudaEngine(fixture, {}), prompts, work, `${fixture}-single`);
       return single;
     };
-    for (const sizes of [{ tpSize: 2 }, { ppSize: 2 }, { tpSize: 2, ppSize: 2 }] as MappingSizes[]) {
+    // cp: each rank embeds, projects and runs the MLP on its chunk of the step; attention gathers every
+    // chunk's q/k/v through the host and runs over the whole step (models/decoder.ts).
+    const layouts: MappingSizes[] = [
+      { tpSize: 2 },
+      { ppSize: 2 },
+      { tpSize: 2, ppSize: 2 },
+      { cpSize: 2 },
+      { tpSize: 2, cpSize: 2 },
+    ];
+    for (const sizes of layouts) {
       test(`float32 ${layoutName(sizes)}: context logits within 1e-3, greedy ids identical`, async () => {
         const want = await reference();
         const engine = await cudaEngine(fixture, sizes);

@@ -7,7 +7,6 @@ import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { buildEngine } from "../src/builder/build-engine.js";
 import type { ConvertOptions } from "../src/checkpoint/convert-hf.js";
 import { SafetensorsFile, writeSafetensorsFile } from "../src/checkpoint/safetensors.js";
 import type { MappingSizes } from "../src/mapping.js";
@@ -222,19 +221,6 @@ describe("uneven pipeline, KV heads repeated, mpirun", async () => {
       LLM.load(path.join(work, "five-pp3-engine")),
       /world_size 3 \(tp_size 1 × pp_size 3 × cp_size 1\): run it with kiln run/,
     );
-  });
-
-  test("a context-parallel checkpoint does not build for cuda, naming cp_size", async () => {
-    await assert.rejects(
-      buildEngine({
-        checkpointDir: path.join(work, "five-tp4-cp2-ckpt"),
-        outputDir: path.join(work, "never"),
-        backend: "cuda",
-        request: {},
-      }),
-      /cp_size 2: the cuda backend splits engines by tp and pp only/,
-    );
-    assert.ok(!fs.existsSync(path.join(work, "never")));
   });
 });
 

@@ -134,6 +134,12 @@ export interface Backend<T> {
   /** Makes the step's metadata (tokens, positions, slots, block tables) available to the ops that follow. */
   beginStep(step: StepInput): void;
   /**
+   * Within a step, makes another step's metadata the one the ops that follow read, keeping the step's
+   * tensors (context parallelism embeds a rank's own chunk of the step). For backends whose ops read
+   * metadata beginStep stored rather than the step they are given.
+   */
+  useStep?(step: StepInput): void;
+  /**
    * Layer `layer` starts (num_layers: the final norm and lm_head). What a layer computes is dead two layers
    * on, so a backend may recycle activation memory by layer parity.
    */

@@ -85,12 +85,6 @@ export async function buildEngine(opts: BuildOptions): Promise<EngineConfig> {
       );
     }
   }
-  if (opts.backend === "cuda" && mapping.cpSize > 1) {
-    // The cuda ops read the step beginStep packed, not a context-parallel rank's own chunk of it.
-    throw new ConfigError(
-      `mapping cp_size ${mapping.cpSize}: the cuda backend splits engines by tp and pp only so far; build with --backend cpu`,
-    );
-  }
   const files = new Map<number, SafetensorsFile>();
   try {
     // One engine per rank; context-parallel ranks read the same rank file as their (tp, pp) position.

@@ -170,7 +170,8 @@ export class DecoderModel<T> {
    * whose copies to the host and blocking pipe I/O a capture can neither hold nor wait for.
    */
   get graphCapturable(): boolean {
-    return this.par.mapping.worldSize === 1 || this.collectives.capturable;
+    // Context parallelism gathers its chunks through the host in every layer.
+    return this.par.mapping.worldSize === 1 || (this.collectives.capturable && this.par.mapping.cpSize === 1);
   }
 
   /** Width of a logits row: the vocabulary, padded to a multiple of tp_size. */
@@ -201,7 +202,7 @@ export class DecoderModel<T> {
     const own = cp?.local ?? step;
     const H = this.cfg.hidden_size;
     let residual = this.dims.firstStage
-      ? be.embed(this.w("transformer.vocab_embedding.weight"), own)
+      ? this.embed(own, step)
       : coll.recv(this.ppGroup[ppRank - 1], this.ppGroup, own.tokenIds.length, H, false);
     const L = this.dims.layers.length;
     // The residual stream, and the last block's output not yet added to it (each block's norm adds it first).
@@ -231,6 +232,19 @@ export class DecoderModel<T> {
     if (mapping.tpSize > 1) logits = coll.allGatherColumns(logits, this.tpGroup, rows, this.dims.vocabRows);
     for (const earlier of this.ppGroup.slice(0, -1)) coll.send(logits, earlier, this.ppGroup);
     return logits;
+  }
+
+  /**
+   * The embeddings of `own`'s tokens: the step's, or under cp this rank's chunk of it (the only op that reads
+   * the chunk's metadata; every later one takes the full step's or none).
+   */
+  private embed(own: StepInput, step: StepInput): T {
+    const table = this.w("transformer.vocab_embedding.weight");
+    if (own === step || !this.be.useStep) return this.be.embed(table, own);
+    this.be.useStep(own);
+    const rows = this.be.embed(table, own);
+    this.be.useStep(step);
+    return rows;
   }
 
   /**

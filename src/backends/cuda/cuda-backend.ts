@@ -272,6 +272,13 @@ export class CudaBackend implements Backend<CudaTensor> {
     this.stepBuffer.upload();
   }
 
+  useStep(step: StepInput): void {
+    // The pinned buffer may still be on its way to the device: let the copy land before packing anew.
+    this.device.synchronize();
+    this.step = this.stepBuffer.pack(step);
+    this.stepBuffer.upload();
+  }
+
   /**
    * Lays the step's metadata out in pinned memory (host work only) and resets the arena. A graph replay
    * copies the same pinned buffer again, so packing is all a replayed step needs.
