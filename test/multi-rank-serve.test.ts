@@ -10,7 +10,15 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { FIXTURES, fixtureEngine, tempDir } from "./helpers.js";
 import { KILN, splitEngine } from "./rank-runs.js";
-import { answer, type Completion, type Served, serve, servingPids, stopServers } from "./serve-runs.js";
+import {
+  answer,
+  type Completion,
+  type Served,
+  serve,
+  serveUnderMpirun,
+  servingPids,
+  stopServers,
+} from "./serve-runs.js";
 
 const work = tempDir("kiln-serve-ranks-");
 const MODEL = path.join(FIXTURES, "qwen2_tied_gqa", "hf");
@@ -134,6 +142,26 @@ describe("kiln serve over four ranks (tp 2 × pp 2)", () => {
       assert.deepEqual(servingPids(splitEngineDir), [], "no rank left running");
     });
   }
+});
+
+describe("kiln serve under mpirun", () => {
+  test(
+    "with OpenMPI's rank variables, rank 0 serves and the others follow: the single-rank server's answers",
+    T,
+    async () => {
+      const { rank0, ranks } = await serveUnderMpirun(splitEngineDir, 4);
+      const bodies: Completion[] = [
+        { model: "m", prompt: "The jury said", max_tokens: 12, temperature: 0 },
+        { model: "m", prompt: "It was a", max_tokens: 10, temperature: 0.9, seed: 5, stream: true },
+      ];
+      const ask = (s: Served) => Promise.all(bodies.map((b) => answer(s.client, b)));
+      const [want, got] = await Promise.all([ask(single), ask(rank0)]);
+      assert.deepEqual(got, want);
+      // mpirun stops a job by signalling every rank: rank 0, idle, drains at once and exits 0.
+      for (const p of ranks) p.kill("SIGTERM");
+      assert.equal(await rank0.exited, 0, rank0.log());
+    },
+  );
 });
 
 describe("kiln eval over four ranks", () => {

@@ -21,6 +21,26 @@ const started: ChildProcess[] = [];
  * adds to (or, with undefined, removes from) this process's environment.
  */
 export async function serve(engine: string, env: NodeJS.ProcessEnv = {}): Promise<Served> {
+  return listening(start(engine, env));
+}
+
+/**
+ * `kiln serve` on `engine` as `mpirun -n world` starts it: one process per rank with OpenMPI's rank
+ * variables, each its own; rank 0's once it listens, and every rank's process.
+ */
+export async function serveUnderMpirun(
+  engine: string,
+  world: number,
+): Promise<{ rank0: Served; ranks: ChildProcess[] }> {
+  const job = {
+    OMPI_COMM_WORLD_SIZE: String(world),
+    OMPI_MCA_ess_base_jobid: `kiln-serve-${process.pid}-${Date.now()}`,
+  };
+  const ranks = Array.from({ length: world }, (_, r) => start(engine, { ...job, OMPI_COMM_WORLD_RANK: String(r) }));
+  return { rank0: await listening(ranks[0]), ranks };
+}
+
+function start(engine: string, env: NodeJS.ProcessEnv): ChildProcess {
   const proc = spawn(
     process.execPath,
     [KILN, "serve", "--engine_dir", engine, "--port", "0", "--served_model_name", "m"],
@@ -31,6 +51,10 @@ export async function serve(engine: string, env: NodeJS.ProcessEnv = {}): Promis
     },
   );
   started.push(proc);
+  return proc;
+}
+
+async function listening(proc: ChildProcess): Promise<Served> {
   let log = "";
   const exited = new Promise<number | null>((resolve) => proc.on("exit", (code) => resolve(code)));
   const url = await new Promise<string>((resolve, reject) => {
