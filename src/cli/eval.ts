@@ -3,14 +3,12 @@
 
 import fs from "node:fs";
 import { Command } from "commander";
-import { launchRanks } from "../comm/launch.js";
-import { rankEnv } from "../comm/rank-env.js";
 import { UsageError } from "../errors.js";
 import { perplexity } from "../eval/perplexity.js";
-import { readEngineConfig } from "../runtime/engine-loader.js";
 import { LLM } from "../runtime/llm.js";
 import { TextTokenizer } from "../tokenizer/tokenizer.js";
 import { positiveInt } from "./flags.js";
+import { rankOrLaunch } from "./ranks.js";
 
 export function evalCommand(): Command {
   return new Command("eval")
@@ -23,13 +21,9 @@ export function evalCommand(): Command {
     .option("--max_tokens <n>", "score only the first n tokens of the dataset", positiveInt)
     .option("--output_json <file>", "write the result as JSON")
     .action(async (o) => {
-      const worldSize = readEngineConfig(o.engine_dir).pretrained_config.mapping.world_size;
-      const env = rankEnv();
-      if (worldSize > 1 && env === null) {
-        process.exitCode = await launchRanks(worldSize);
-        return;
-      }
-      const leader = (env?.rank ?? 0) === 0;
+      const rank = await rankOrLaunch(o.engine_dir);
+      if (rank === null) return;
+      const leader = rank === 0;
       let text: string;
       try {
         text = fs.readFileSync(o.dataset, "utf8");

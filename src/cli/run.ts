@@ -3,14 +3,12 @@
 
 import fs from "node:fs";
 import { Command } from "commander";
-import { launchRanks } from "../comm/launch.js";
-import { rankEnv } from "../comm/rank-env.js";
 import { UsageError } from "../errors.js";
-import { readEngineConfig } from "../runtime/engine-loader.js";
 import { type GenerateOptions, type GenerationOutput, isFailure, LLM } from "../runtime/llm.js";
 import { StreamDecoder, TextTokenizer } from "../tokenizer/tokenizer.js";
 import { finiteNumber, nonNegativeInt, nonNegativeNumber, positiveInt, positiveNumber, unitInterval } from "./flags.js";
 import { type Prompt, readInputFile } from "./inputs.js";
+import { rankOrLaunch } from "./ranks.js";
 import { writeRunOutputs } from "./run-outputs.js";
 
 function tokenizerFor(dir: string, needed: boolean): TextTokenizer | null {
@@ -71,15 +69,10 @@ export function runCommand(): Command {
     )
     .action(async (o) => {
       if (!!o.input_text === !!o.input_file) throw new UsageError("give exactly one of --input_text and --input_file");
-      const worldSize = readEngineConfig(o.engine_dir).pretrained_config.mapping.world_size;
-      const env = rankEnv();
-      if (worldSize > 1 && env === null) {
-        // Started by hand: become the launcher of one process per rank, each running this same command.
-        process.exitCode = await launchRanks(worldSize);
-        return;
-      }
+      const rank = await rankOrLaunch(o.engine_dir);
+      if (rank === null) return;
       // Every rank computes the same tokens; rank 0 prints them and writes the output files.
-      const leader = (env?.rank ?? 0) === 0;
+      const leader = rank === 0;
       const prompts: Prompt[] = o.input_text
         ? o.input_text.map((text: string) => ({ text }))
         : readInputFile(o.input_file);

@@ -5,13 +5,11 @@
 
 import path from "node:path";
 import { Command } from "commander";
-import { launchRanks } from "../comm/launch.js";
-import { rankEnv } from "../comm/rank-env.js";
-import { readEngineConfig } from "../runtime/engine-loader.js";
 import { LLM } from "../runtime/llm.js";
 import { createServer } from "../server/app.js";
 import { TextTokenizer } from "../tokenizer/tokenizer.js";
 import { nonNegativeInt, positiveInt } from "./flags.js";
+import { rankOrLaunch } from "./ranks.js";
 
 export function serveCommand(): Command {
   return new Command("serve")
@@ -24,13 +22,9 @@ export function serveCommand(): Command {
     .option("--served_model_name <name>", "the model name clients send (default: the engine dir's name)")
     .option("--max_queue_size <n>", "requests waiting for the engine before new ones get 429", positiveInt, 1024)
     .action(async (o) => {
-      const worldSize = readEngineConfig(o.engine_dir).pretrained_config.mapping.world_size;
-      const env = rankEnv();
-      if (worldSize > 1 && env === null) {
-        process.exitCode = await launchRanks(worldSize, { drainOnSignal: true });
-        return;
-      }
-      if ((env?.rank ?? 0) !== 0) {
+      const rank = await rankOrLaunch(o.engine_dir, { drainOnSignal: true });
+      if (rank === null) return;
+      if (rank !== 0) {
         // Ctrl-C reaches every rank; rank 0 drains, then stops this one.
         process.on("SIGINT", () => {});
         const follower = await LLM.load(o.engine_dir);
