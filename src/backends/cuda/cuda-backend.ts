@@ -39,9 +39,7 @@ import { FUSED_KERNELS, FusedDecode, fusedSharedBytes } from "./fused-decode.js"
 import { moeLayer } from "./moe-layer.js";
 import { addBias, encodeQLinear, quantizedLinear } from "./quantized-linear.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
-
-/** ARGMAX_SPLIT in decoder.cu: blocks that share one logits row in the greedy choice. */
-const ARGMAX_SPLIT = 128;
+import { TokenChoiceLaunch } from "./token-choice-launch.js";
 
 export interface CudaLimits {
   maxRows: number;
@@ -70,14 +68,14 @@ export class CudaBackend implements Backend<CudaTensor> {
   private step: StepLayout | null = null;
   private kv: { k: number[]; v: number[]; spec: KvCacheSpec } | null = null;
   private readonly invFreq: number;
-  private readonly greedyOut: number;
+  /** Greedy and sampled token choices on the GPU (token-choice-launch.ts). */
+  private readonly tokenChoice: TokenChoiceLaunch;
   /** The attention kernels' choice and launch (attention-launch.ts). */
   private readonly attentionLaunch: AttentionLaunch;
   /** NCCL between ranks that have a GPU each (set by the loader before the model is made); null: the host. */
   collectives: TensorCollectives<CudaTensor> | null = null;
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode = false;
-  private readonly argmaxPartial: number;
   private readonly fused: FusedDecode;
   /** Where a quantized weight is dequantized for steps too wide for the GEMV (ptr 0: none yet). */
   private woScratch = { ptr: 0, elements: 0 };
@@ -137,8 +135,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     this.stepBuffer = new StepBuffer(device, limits);
     this.invFreq = device.alloc(invFreq.byteLength);
     device.upload(this.invFreq, invFreq);
-    this.greedyOut = device.alloc(limits.maxRows * 8);
-    this.argmaxPartial = device.alloc(limits.logitRows * ARGMAX_SPLIT * 3 * 4);
+    this.tokenChoice = new TokenChoiceLaunch(device, (name) => this.fn(name), limits.maxRows, limits.logitRows);
     this.attentionLaunch = new AttentionLaunch(
       {
         device,
@@ -174,8 +171,6 @@ export class CudaBackend implements Backend<CudaTensor> {
       ...this.kvPointers(),
       ...this.arenas.map((a) => a.base),
       this.invFreq,
-      this.greedyOut,
-      this.argmaxPartial,
       ...(this.woScratch.ptr ? [this.woScratch.ptr] : []),
       ...this.qlinears.values(),
     ]) {
@@ -183,6 +178,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     }
     this.kv = null;
     this.attentionLaunch.dispose();
+    this.tokenChoice.dispose();
     this.cublas.dispose();
     this.stepBuffer.dispose();
     this.device.unloadModule(this.module);
@@ -293,27 +289,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Enqueues a draw for every logits row with the step's per-row sampling parameters (graph-capturable). */
   launchSample(logits: CudaTensor, vocab: number): void {
     const s = this.step!;
-    const n = s.numLogitRows;
-    if (n === 0) return;
-    const at = (k: number) => ptr(this.stepPtr(s.sampling + k * n));
-    this.device.launch(
-      this.fn("sample_rows"),
-      [n],
-      [1024],
-      [
-        ptr(this.greedyOut),
-        ptr(this.greedyOut + this.limits.maxRows * 4),
-        ptr(logits.ptr),
-        i32(vocab),
-        i32(logits.cols),
-        at(0),
-        at(1),
-        at(2),
-        at(3),
-        at(4),
-        at(5),
-      ],
-    );
+    this.tokenChoice.launchSample(logits, vocab, s.numLogitRows, (k) => this.stepPtr(s.sampling + k * s.numLogitRows));
   }
 
   beginLayer(layer: number): void {
@@ -576,31 +552,12 @@ export class CudaBackend implements Backend<CudaTensor> {
 
   /** Enqueues the greedy choice of every logits row (graph-capturable: no synchronisation). */
   launchGreedy(logits: CudaTensor, vocab: number): void {
-    if (logits.rows === 0) return;
-    this.device.launch(
-      this.fn("argmax_partial"),
-      [logits.rows, ARGMAX_SPLIT],
-      [256],
-      [ptr(this.argmaxPartial), ptr(logits.ptr), i32(vocab), i32(logits.cols)],
-    );
-    this.device.launch(
-      this.fn("argmax_final"),
-      [logits.rows],
-      [32],
-      [ptr(this.greedyOut), ptr(this.greedyOut + this.limits.maxRows * 4), ptr(this.argmaxPartial)],
-    );
+    this.tokenChoice.launchGreedy(logits, vocab);
   }
 
-  /** Waits for the stream and reads the greedy choices of the first `rows` rows. */
+  /** Waits for the stream and reads the greedy (or sampled) choices of the first `rows` rows. */
   readGreedy(rows: number): { tokens: Int32Array; logProbs: Float32Array } {
-    this.device.synchronize();
-    const tokens = new Int32Array(rows);
-    const logProbs = new Float32Array(rows);
-    if (rows > 0) {
-      this.device.download(tokens, this.greedyOut);
-      this.device.download(logProbs, this.greedyOut + this.limits.maxRows * 4);
-    }
-    return { tokens, logProbs };
+    return this.tokenChoice.read(rows);
   }
 
   get maxGraphRows(): number {
