@@ -12,7 +12,7 @@ import { compileKernels } from "../src/backends/cuda/nvrtc.js";
 import { cudaWeightOnlyLayout } from "../src/backends/cuda/weight-layout.js";
 import { decodeToFloat32, encodeFromFloat32 } from "../src/checkpoint/dtype.js";
 import { decodeE2M1 } from "../src/quantization/fp4.js";
-import { decodeE4M3 } from "../src/quantization/fp8.js";
+import { decodeE4M3, encodeE4M3 } from "../src/quantization/fp8.js";
 import { packGptq, quantizeGroupsRtn } from "../src/quantization/gptq.js";
 import { quantizeWeightOnly } from "../src/quantization/weight-only.js";
 
@@ -411,6 +411,54 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           const e = relErr(got, cpu.linear(xcpu, cpuTensor(out, inDim, dense), null, true).data);
           assert.ok(e < tol, `${label}, ${rows} rows: relative error ${e.toExponential(2)}`);
         }
+      }
+    });
+
+    test("fp8 layers' wide steps through cuBLASLt's FP8 GEMM (KILN_CUDA_FP8_GEMM=1): alpha · Σ e4m3(x / s) · w, worked out here", () => {
+      const [inDim, out] = [H, 48];
+      let s = 11;
+      const next = () => {
+        s = (s * 1103515245 + 12345) % 2 ** 31;
+        return s;
+      };
+      const codes = Uint8Array.from({ length: out * inDim }, () => (next() % 0x7f) | (next() & 0x80));
+      const wp = device.alloc(codes.byteLength);
+      device.upload(wp, codes);
+      const [inScale, weightScale, alpha] = [0.05, 0.37, 0.75];
+      const w: CudaTensor = {
+        ptr: wp,
+        rows: out,
+        cols: inDim,
+        dtype,
+        quant: {
+          ...WEIGHT_ONLY,
+          kind: "fp8",
+          weightScale,
+          alpha,
+          input: { rounding: "fp8", prequant: 0, smoother: 0, scale: inScale },
+        },
+      };
+      const saved = process.env.KILN_CUDA_FP8_GEMM;
+      process.env.KILN_CUDA_FP8_GEMM = "1";
+      const lt = new CudaBackend(device, module, new Map([["w", w]]), dtype, cudaLimits, invFreq);
+      if (saved === undefined) delete process.env.KILN_CUDA_FP8_GEMM;
+      else process.env.KILN_CUDA_FP8_GEMM = saved;
+      assert.ok(lt.takesFp8Gemm, "an fp8 layer under KILN_CUDA_FP8_GEMM=1 gets cuBLASLt");
+      for (const rows of [9, 33]) {
+        const [xc, xcpu] = upload(rand(rows * inDim), rows, inDim);
+        lt.beginStep(decode);
+        const got = download(lt.linear(xc, w, null, true));
+        // The input's E4M3 codes as the GEMV and the cpu round it (x / s to the nearest E4M3), then exact sums.
+        const xq = xcpu.data.map((v) => decodeE4M3(encodeE4M3(Math.fround(v / inScale))));
+        const want = new Float32Array(rows * out);
+        for (let r = 0; r < rows; r++)
+          for (let o = 0; o < out; o++) {
+            let acc = 0;
+            for (let i = 0; i < inDim; i++) acc += xq[r * inDim + i] * decodeE4M3(codes[o * inDim + i]);
+            want[r * out + o] = acc * inScale * weightScale * alpha;
+          }
+        const e = relErr(got, want);
+        assert.ok(e < 1e-5, `${rows} rows: relative error ${e.toExponential(2)}`);
       }
     });
 

@@ -20,6 +20,7 @@ import type {
 } from "../backend.js";
 import { AttentionLaunch, type DecodeTensorCores } from "./attention-launch.js";
 import { Cublas } from "./cublas.js";
+import { CublasLt } from "./cublas-lt.js";
 import {
   DTYPE_BYTES as BYTES,
   CUBLAS_TYPE,
@@ -37,7 +38,7 @@ import {
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
 import { FUSED_KERNELS, FusedDecode, fusedSharedBytes } from "./fused-decode.js";
 import { moeLayer } from "./moe-layer.js";
-import { addBias, encodeQLinear, quantizedLinear } from "./quantized-linear.js";
+import { addBias, encodeQLinear, fp8Gemmable, quantizedLinear } from "./quantized-linear.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
 import { TokenChoiceLaunch } from "./token-choice-launch.js";
 
@@ -61,6 +62,7 @@ export class CudaBackend implements Backend<CudaTensor> {
   readonly name: BackendName = "cuda";
   private readonly fns = new Map<KernelName, unknown>();
   private readonly cublas: Cublas;
+  private readonly cublasLt: CublasLt | null;
   /** Activation memory: [0] lives for the step (embedding, residual), [1] and [2] alternate by layer. */
   private readonly arenas: { base: number; size: number; used: number }[];
   private arena: { base: number; size: number; used: number };
@@ -108,6 +110,13 @@ export class CudaBackend implements Backend<CudaTensor> {
     // One dequantized weight-only weight at a time, sized at load for the engine's largest: graphs keep its address.
     this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => (w.quant ? w.rows * w.cols : 0))));
     this.cublas = new Cublas(device);
+    // FP8 tensor-core GEMMs for wide steps of fp8 layers instead of dequantizing: off unless KILN_CUDA_FP8_GEMM=1
+    // (read as an engine loads), until measured on a GPU.
+    this.cublasLt =
+      process.env.KILN_CUDA_FP8_GEMM === "1" &&
+      [...weights.values()].some((w) => w.quant && fp8Gemmable(w.quant, w.cols))
+        ? new CublasLt(device)
+        : null;
     this.launcher = {
       device,
       dtype,
@@ -116,6 +125,7 @@ export class CudaBackend implements Backend<CudaTensor> {
       qlinear: (w) => this.qlinear(w),
       alloc: (rows, cols, d) => this.alloc(rows, cols, d),
       scratch: (elements) => this.ensureWoScratch(elements),
+      cublasLt: this.cublasLt,
     };
     this.fused = new FusedDecode({
       ...this.launcher,
@@ -180,6 +190,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     this.attentionLaunch.dispose();
     this.tokenChoice.dispose();
     this.cublas.dispose();
+    this.cublasLt?.dispose();
     this.stepBuffer.dispose();
     this.device.unloadModule(this.module);
   }
@@ -558,6 +569,11 @@ export class CudaBackend implements Backend<CudaTensor> {
   /** Waits for the stream and reads the greedy (or sampled) choices of the first `rows` rows. */
   readGreedy(rows: number): { tokens: Int32Array; logProbs: Float32Array } {
     return this.tokenChoice.read(rows);
+  }
+
+  /** Whether wide steps of this engine's fp8 layers take cuBLASLt's FP8 GEMM (KILN_CUDA_FP8_GEMM=1). */
+  get takesFp8Gemm(): boolean {
+    return this.cublasLt !== null;
   }
 
   get maxGraphRows(): number {

@@ -2,6 +2,7 @@
 // pointers, the kernels of decoder.cu, and the launch context an op module works through.
 
 import { CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F, type Cublas } from "./cublas.js";
+import type { CublasLt } from "./cublas-lt.js";
 import type { CudaDevice } from "./driver.js";
 import type { InputRounding, QuantKind } from "./weight-layout.js";
 
@@ -84,6 +85,7 @@ export const KERNELS = [
   "gemv_q_fp4_1",
   "dequant_q",
   "quantize_rows",
+  "quantize_rows_fp8",
   "silu_mul_pair",
   "norm_qkv_rope",
   "norm_qkv_rope_1",
@@ -127,4 +129,6 @@ export interface QuantizedLaunch {
   alloc(rows: number, cols: number, dtype?: CudaDtype): CudaTensor;
   /** A scratch buffer of at least `elements` model-dtype values, at the same address for every step. */
   scratch(elements: number): number;
+  /** FP8 tensor-core GEMMs for wide steps of FP8 layers, where the backend takes them (cublas-lt.ts). */
+  cublasLt: CublasLt | null;
 }

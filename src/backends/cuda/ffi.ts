@@ -1,5 +1,5 @@
-// The CUDA libraries kiln calls through koffi, loaded at run time: the driver (libcuda), NVRTC and cuBLAS
-// (NCCL: nccl.ts).
+// The CUDA libraries kiln calls through koffi, loaded at run time: the driver (libcuda), NVRTC, cuBLAS and
+// cuBLASLt (NCCL: nccl.ts).
 // A missing library or GPU is one clear CudaUnavailableError, never a crash.
 
 import koffi, { type LibraryHandle } from "koffi";
@@ -19,6 +19,8 @@ export const CUgraph = opaque("CUgraph");
 export const CUgraphExec = opaque("CUgraphExec");
 export const nvrtcProgram = opaque("nvrtcProgram");
 export const cublasHandle = opaque("cublasHandle_t");
+export const cublasLtHandle = opaque("cublasLtHandle_t");
+export const cublasLtObject = opaque("cublasLtObject_t");
 
 function open(candidates: readonly string[], what: string): LibraryHandle {
   const errors: string[] = [];
@@ -118,13 +120,46 @@ function cublasApi(lib: LibraryHandle) {
   };
 }
 
+// cuBLASLt's matmul for the FP8 GEMMs (cublas-lt.ts): descriptors, layouts, a heuristic's algorithm.
+function cublasLtApi(lib: LibraryHandle) {
+  const f = (sig: string) => lib.func(sig);
+  return {
+    cublasLtCreate: f("int cublasLtCreate(_Out_ cublasLtHandle_t *handle)"),
+    cublasLtDestroy: f("int cublasLtDestroy(cublasLtHandle_t handle)"),
+    cublasLtMatmulDescCreate: f(
+      "int cublasLtMatmulDescCreate(_Out_ cublasLtObject_t *desc, int computeType, int scaleType)",
+    ),
+    cublasLtMatmulDescDestroy: f("int cublasLtMatmulDescDestroy(cublasLtObject_t desc)"),
+    cublasLtMatmulDescSetAttribute: f(
+      "int cublasLtMatmulDescSetAttribute(cublasLtObject_t desc, int attr, const void *buf, size_t size)",
+    ),
+    cublasLtMatrixLayoutCreate: f(
+      "int cublasLtMatrixLayoutCreate(_Out_ cublasLtObject_t *layout, int type, uint64_t rows, uint64_t cols, int64_t ld)",
+    ),
+    cublasLtMatrixLayoutDestroy: f("int cublasLtMatrixLayoutDestroy(cublasLtObject_t layout)"),
+    cublasLtMatmulPreferenceCreate: f("int cublasLtMatmulPreferenceCreate(_Out_ cublasLtObject_t *pref)"),
+    cublasLtMatmulPreferenceDestroy: f("int cublasLtMatmulPreferenceDestroy(cublasLtObject_t pref)"),
+    cublasLtMatmulPreferenceSetAttribute: f(
+      "int cublasLtMatmulPreferenceSetAttribute(cublasLtObject_t pref, int attr, const void *buf, size_t size)",
+    ),
+    cublasLtMatmulAlgoGetHeuristic: f(
+      "int cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtObject_t desc, cublasLtObject_t a, cublasLtObject_t b, cublasLtObject_t c, cublasLtObject_t d, cublasLtObject_t pref, int requested, _Out_ uint8_t *results, _Out_ int *returned)",
+    ),
+    cublasLtMatmul: f(
+      "int cublasLtMatmul(cublasLtHandle_t handle, cublasLtObject_t desc, const float *alpha, uint64_t A, cublasLtObject_t aDesc, uint64_t B, cublasLtObject_t bDesc, const float *beta, uint64_t C, cublasLtObject_t cDesc, uint64_t D, cublasLtObject_t dDesc, const uint8_t *algo, uint64_t workspace, size_t workspaceBytes, CUstream stream)",
+    ),
+  };
+}
+
 export type DriverApi = ReturnType<typeof driverApi>;
 export type NvrtcApi = ReturnType<typeof nvrtcApi>;
 export type CublasApi = ReturnType<typeof cublasApi>;
+export type CublasLtApi = ReturnType<typeof cublasLtApi>;
 
 let driver: DriverApi | null = null;
 let nvrtc: NvrtcApi | null = null;
 let cublas: CublasApi | null = null;
+let cublasLt: CublasLtApi | null = null;
 
 // Loaded once per process: a library handle is process-wide state in the C world anyway.
 export function loadDriver(): DriverApi {
@@ -144,4 +179,14 @@ export function loadCublas(): CublasApi {
     open([`${CUDA_LIB}/libcublas.so`, "libcublas.so", "libcublas.so.13", "libcublas.so.12"], "cuBLAS (libcublas.so)"),
   );
   return cublas;
+}
+
+export function loadCublasLt(): CublasLtApi {
+  cublasLt ??= cublasLtApi(
+    open(
+      [`${CUDA_LIB}/libcublasLt.so`, "libcublasLt.so", "libcublasLt.so.13", "libcublasLt.so.12"],
+      "cuBLASLt (libcublasLt.so)",
+    ),
+  );
+  return cublasLt;
 }

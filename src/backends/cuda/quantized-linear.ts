@@ -85,6 +85,21 @@ export function quantizedLinear(
     );
     return out;
   }
+  if (ctx.cublasLt && fp8Gemmable(q, x.cols)) {
+    // E4M3 codes of the input and the weight straight into an FP8 tensor-core GEMM, every scale in alpha.
+    const codes = ctx.alloc(x.rows, Math.ceil(x.cols / DTYPE_BYTES[ctx.dtype]));
+    const scale = q.input!.scale;
+    ctx.device.launch(
+      ctx.fn("quantize_rows_fp8"),
+      [x.rows],
+      [256],
+      [ptr(codes.ptr), ptr(x.ptr), f32(scale), i32(x.cols)],
+    );
+    const alpha = scale * q.weightScale * q.alpha;
+    ctx.cublasLt.fp8Linear(out.ptr, CUBLAS_TYPE[out.dtype], codes.ptr, w.ptr, x.rows, x.cols, w.rows, alpha);
+    addBias(ctx, out, bias, float32Out);
+    return out;
+  }
   // The GEMM path takes the inputs rounded and dequantized.
   let input = x;
   if (q.input) {
@@ -128,6 +143,26 @@ export function quantizedLinear(
   );
   addBias(ctx, out, bias, float32Out);
   return out;
+}
+
+/**
+ * Whether a layer can take cuBLASLt's FP8 GEMM: E4M3 weights under one per-tensor scale, an input rounded to
+ * E4M3 under a static scale with no pre-quant scale or smoother (kiln quantize's fp8), rows of a multiple
+ * of 16 bytes.
+ */
+export function fp8Gemmable(q: CudaQuant, inDim: number): boolean {
+  const input = q.input;
+  return (
+    q.kind === "fp8" &&
+    input?.rounding === "fp8" &&
+    !input.prequant &&
+    !input.smoother &&
+    !q.scales &&
+    !q.zeros &&
+    !q.blocks &&
+    q.groups === 0 &&
+    inDim % 16 === 0
+  );
 }
 
 /** out[r, c] += bias[c] after a GEMM (the GEMVs add it themselves); model-dtype outputs only. */

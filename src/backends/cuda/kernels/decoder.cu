@@ -596,6 +596,15 @@ extern "C" __global__ void quantize_rows(T* out, float* row_scale, const T* x, c
                      cols, dequantize);
 }
 
+// The FP8 GEMM's input (backends/cuda/cublas-lt.ts): each value's E4M3 code of x / scale, rounded as
+// round_row_as<QIN_FP8> rounds it; one block a row.
+extern "C" __global__ void quantize_rows_fp8(unsigned char* out, const T* x, float scale, int cols) {
+  pdl_enter();
+  const size_t o = (size_t)blockIdx.x * cols;
+  for (int i = threadIdx.x; i < cols; i += blockDim.x)
+    out[o + i] = __nv_cvt_float_to_fp8(div_rn(tof(x[o + i]), scale), __NV_SATFINITE, __NV_E4M3);
+}
+
 // One 16-byte load of codes of kind K (load v of its row) against the step's rows of x (rows ≤ R, rows of
 // `in` values): dot[r] = Σ w · x, and, with `zeros`, sum[r] = Σ x (for GPTQ's group zeros). blocks: NVFP4's
 // two E4M3 block codes of the load's 32 weights (the first 16 in the low byte).

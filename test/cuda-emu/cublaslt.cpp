@@ -1,0 +1,143 @@
+// A CPU stand-in for libcublasLt.so: the matmul kiln's FP8 GEMMs take (backends/cuda/cublas-lt.ts), column-major,
+// op(A) transposed or not, E4M3, float32, float16 or bfloat16 operands, float32 accumulation, in stream order.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "emu.h"
+
+namespace {
+
+enum : int { R_32F = 0, R_16F = 2, R_16BF = 14, R_8F_E4M3 = 28 };
+enum : int { DESC_TRANSA = 3, DESC_TRANSB = 4 };
+
+struct Desc {
+  int transa = 0, transb = 0;
+};
+struct Layout {
+  int type;
+  uint64_t rows, cols;
+  int64_t ld;
+};
+
+bool supported(int type) { return type == R_32F || type == R_16F || type == R_16BF || type == R_8F_E4M3; }
+
+float load(const void* base, size_t i, int type) {
+  switch (type) {
+    case R_32F: return static_cast<const float*>(base)[i];
+    case R_16F: return __half2float(static_cast<const __half*>(base)[i]);
+    case R_8F_E4M3: {
+      __nv_fp8_e4m3 v;
+      v.__x = static_cast<const unsigned char*>(base)[i];
+      return static_cast<float>(v);
+    }
+    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
+  }
+}
+
+void store(void* base, size_t i, int type, float v) {
+  switch (type) {
+    case R_32F: static_cast<float*>(base)[i] = v; break;
+    case R_16F: static_cast<__half*>(base)[i] = __float2half_rn(v); break;
+    default: static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(v);
+  }
+}
+
+int handle_token;
+int pref_token;
+
+}  // namespace
+
+extern "C" {
+
+int cublasLtCreate(void** handle) {
+  *handle = &handle_token;
+  return 0;
+}
+int cublasLtDestroy(void*) { return 0; }
+
+int cublasLtMatmulDescCreate(void** desc, int computeType, int scaleType) {
+  if (computeType != 68 || scaleType != R_32F) return 7;
+  *desc = new Desc();
+  return 0;
+}
+int cublasLtMatmulDescDestroy(void* desc) {
+  delete static_cast<Desc*>(desc);
+  return 0;
+}
+int cublasLtMatmulDescSetAttribute(void* desc, int attr, const void* buf, size_t size) {
+  auto* d = static_cast<Desc*>(desc);
+  if (size != 4) return 7;
+  int v;
+  std::memcpy(&v, buf, 4);
+  if (attr == DESC_TRANSA) d->transa = v;
+  else if (attr == DESC_TRANSB) d->transb = v;
+  else return 7;
+  return 0;
+}
+
+int cublasLtMatrixLayoutCreate(void** layout, int type, uint64_t rows, uint64_t cols, int64_t ld) {
+  if (!supported(type)) return 7;
+  *layout = new Layout{type, rows, cols, ld};
+  return 0;
+}
+int cublasLtMatrixLayoutDestroy(void* layout) {
+  delete static_cast<Layout*>(layout);
+  return 0;
+}
+
+int cublasLtMatmulPreferenceCreate(void** pref) {
+  *pref = &pref_token;
+  return 0;
+}
+int cublasLtMatmulPreferenceDestroy(void*) { return 0; }
+int cublasLtMatmulPreferenceSetAttribute(void*, int, const void*, size_t) { return 0; }
+
+// One "algorithm": the heuristic result is zeros, and the matmul below is the only one.
+int cublasLtMatmulAlgoGetHeuristic(void*, void*, void*, void*, void*, void*, void*, int requested,
+                                   unsigned char* results, int* returned) {
+  if (requested < 1) return 7;
+  std::memset(results, 0, 96);
+  *returned = 1;
+  return 0;
+}
+
+// D = α · op(A) · op(B) + β · C; D and C the same matrix (what kiln passes).
+int cublasLtMatmul(void*, void* desc, const float* alpha, uint64_t A, void* aDesc, uint64_t B, void* bDesc,
+                   const float* beta, uint64_t C, void*, uint64_t D, void* dDesc, const unsigned char*, uint64_t,
+                   size_t, void*) {
+  const Desc d = *static_cast<Desc*>(desc);
+  const Layout la = *static_cast<Layout*>(aDesc), lb = *static_cast<Layout*>(bDesc), ld = *static_cast<Layout*>(dDesc);
+  if (C != D || ld.type == R_8F_E4M3) return 7;
+  const int64_t m = d.transa ? la.cols : la.rows, k = d.transa ? la.rows : la.cols;
+  const int64_t n = d.transb ? lb.rows : lb.cols;
+  if ((d.transb ? lb.cols : lb.rows) != (uint64_t)k || ld.rows != (uint64_t)m || ld.cols != (uint64_t)n) return 7;
+  const float a = *alpha, b = *beta;
+  emu::enqueue([=] {
+    const void* pa = (const void*)(uintptr_t)A;
+    const void* pb = (const void*)(uintptr_t)B;
+    void* pd = (void*)(uintptr_t)D;
+    std::vector<float> ar((size_t)m * k), bc((size_t)n * k);
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t p = 0; p < k; p++)
+        ar[i * k + p] = load(pa, d.transa ? p + i * la.ld : i + p * la.ld, la.type);
+    for (int64_t j = 0; j < n; j++)
+      for (int64_t p = 0; p < k; p++)
+        bc[j * k + p] = load(pb, d.transb ? j + p * lb.ld : p + j * lb.ld, lb.type);
+    for (int64_t j = 0; j < n; j++)
+      for (int64_t i = 0; i < m; i++) {
+        float s = 0.f;
+        for (int64_t p = 0; p < k; p++) s += ar[i * k + p] * bc[j * k + p];
+        const size_t at = i + j * ld.ld;
+        store(pd, at, ld.type, b == 0.f ? a * s : a * s + b * load(pd, at, ld.type));
+      }
+  });
+  return 0;
+}
+
+}  // extern "C"
