@@ -1,35 +1,21 @@
 // A CPU stand-in for libcublas.so: cublasGemmEx in the column-major convention, float32 accumulation, in
 // stream order (so a captured graph replays it).
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cstdint>
 #include <vector>
 
 #include "emu.h"
+#include "gemm-types.h"
 
 namespace {
 
-enum : int { R_32F = 0, R_16F = 2, R_16BF = 14 };
+using emu::load;
+using emu::R_16BF;
+using emu::R_16F;
+using emu::R_32F;
+using emu::store;
 
 bool supported(int type) { return type == R_32F || type == R_16F || type == R_16BF; }
-
-float load(const void* base, size_t i, int type) {
-  switch (type) {
-    case R_32F: return static_cast<const float*>(base)[i];
-    case R_16F: return __half2float(static_cast<const __half*>(base)[i]);
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
-  }
-}
-
-void store(void* base, size_t i, int type, float v) {
-  switch (type) {
-    case R_32F: static_cast<float*>(base)[i] = v; break;
-    case R_16F: static_cast<__half*>(base)[i] = __float2half_rn(v); break;
-    default: static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(v);
-  }
-}
 
 int handle_token;
 

@@ -1,19 +1,22 @@
 // A CPU stand-in for libcublasLt.so: the matmul kiln's FP8 GEMMs take (backends/cuda/cublas-lt.ts), column-major,
 // op(A) transposed or not, E4M3, float32, float16 or bfloat16 operands, float32 accumulation, in stream order.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
-
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "emu.h"
+#include "gemm-types.h"
 
 namespace {
 
-enum : int { R_32F = 0, R_16F = 2, R_16BF = 14, R_8F_E4M3 = 28 };
+using emu::load;
+using emu::R_16BF;
+using emu::R_16F;
+using emu::R_32F;
+using emu::R_8F_E4M3;
+using emu::store;
+
 enum : int { DESC_TRANSA = 3, DESC_TRANSB = 4 };
 
 struct Desc {
@@ -26,27 +29,6 @@ struct Layout {
 };
 
 bool supported(int type) { return type == R_32F || type == R_16F || type == R_16BF || type == R_8F_E4M3; }
-
-float load(const void* base, size_t i, int type) {
-  switch (type) {
-    case R_32F: return static_cast<const float*>(base)[i];
-    case R_16F: return __half2float(static_cast<const __half*>(base)[i]);
-    case R_8F_E4M3: {
-      __nv_fp8_e4m3 v;
-      v.__x = static_cast<const unsigned char*>(base)[i];
-      return static_cast<float>(v);
-    }
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
-  }
-}
-
-void store(void* base, size_t i, int type, float v) {
-  switch (type) {
-    case R_32F: static_cast<float*>(base)[i] = v; break;
-    case R_16F: static_cast<__half*>(base)[i] = __float2half_rn(v); break;
-    default: static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(v);
-  }
-}
 
 int handle_token;
 int pref_token;
