@@ -16,7 +16,7 @@
 #   bash bench/gpu-session.sh ops-test    the GPU op-parity tests alone                   → $OUT/test-gpu-ops.txt
 #   bash bench/gpu-session.sh moe         kiln bench --quick --moe (Qwen2-MoE-shaped)      → $OUT/moe.json
 #   bash bench/gpu-session.sh nccl        NCCL on one GPU and the multi-rank cuda runs (test-gpu/nccl, multi-rank) → $OUT/test-gpu-nccl.txt
-#   bash bench/gpu-session.sh multi-gpu   kiln bench at tp 1, 2, 4 and pp 2 (those the GPUs allow) on Qwen2.5-0.5B's and 7B's shapes, scaling → $OUT/multi-gpu.{json,md}
+#   MULTI_SHAPE=0.5b|7b bash bench/gpu-session.sh multi-gpu   kiln bench at tp 1, 2, 4 and pp 2 (those the GPUs allow), scaling → $OUT/multi-gpu-<shape>.{json,md}
 # Several stages run in one call in the order given: bash bench/gpu-session.sh refs tests decode
 # Before the call, `git rev-parse --short HEAD > .device/commit` here: the results then name the commit measured.
 set -euo pipefail
@@ -118,19 +118,23 @@ case "$stage" in
     grep -E '^# (pass|fail|skipped)|^ *not ok|# SKIP|^# \\# cuda' "$OUT/test-gpu-nccl.txt" || tail -12 "$OUT/test-gpu-nccl.txt"
     ;;
   multi-gpu)
+    # One shape a call (MULTI_SHAPE: 0.5b, or 7b, whose converts and builds take minutes a layout), the
+    # layouts the GPUs allow of MULTI_LAYOUTS (tp x pp); each layout's checkpoint and engine are removed after
+    # its run (7B's are 15 GB each). The scaling table covers this call's runs; runs of several calls combine
+    # here with node dist/bench/scaling.js --out bench/results/multi-gpu FILE.json…
     gpus=$(nvidia-smi -L | wc -l)
+    shape=${MULTI_SHAPE:-0.5b}
     runs=()
-    for shape in 0.5b 7b; do
-      for layout in "1 1" "2 1" "4 1" "1 2"; do
-        read -r tp pp <<< "$layout"
-        [ $((tp * pp)) -le "$gpus" ] || continue
-        f=/tmp/multi-$shape-tp$tp-pp$pp.json
-        if [ "$tp$pp" = 11 ]; then split=""; else split="--tp_size $tp --pp_size $pp"; fi
-        timeout "${MULTI_TIMEOUT:-900}" node dist/bench/bench.js --work /tmp/kiln-multi --shape $shape $split --out $f > /dev/null \
-          && runs+=("$f") || echo "multi-gpu: $shape tp $tp pp $pp failed"
-      done
+    for layout in ${MULTI_LAYOUTS:-1x1 2x1 4x1 1x2}; do
+      tp=${layout%x*} pp=${layout#*x}
+      [ $((tp * pp)) -le "$gpus" ] || { echo "multi-gpu: tp $tp pp $pp needs $((tp * pp)) GPUs, $gpus here"; continue; }
+      f="$OUT/multi-$shape-tp$tp-pp$pp.json"
+      if [ "$tp$pp" = 11 ]; then split=""; else split="--tp_size $tp --pp_size $pp"; fi
+      timeout "${MULTI_TIMEOUT:-540}" node dist/bench/bench.js --work /tmp/kiln-multi --shape "$shape" $split --out "$f" > /dev/null \
+        && runs+=("$f") || echo "multi-gpu: $shape tp $tp pp $pp failed"
+      rm -rf /tmp/kiln-multi/ckpt* /tmp/kiln-multi/engine*
     done
-    node dist/bench/scaling.js --out "$OUT/multi-gpu" "${runs[@]}"
+    [ ${#runs[@]} -eq 0 ] || node dist/bench/scaling.js --out "$OUT/multi-gpu-$shape" "${runs[@]}"
     ;;
   *)
     echo "unknown stage $stage: refs, tests, decode, formats, perplexity, moe, nccl or multi-gpu" >&2
