@@ -29,7 +29,8 @@ export class CublasLt {
   private readonly api: CublasLtApi;
   private readonly handle: unknown;
   private readonly workspace: number;
-  private readonly plans = new Map<string, Plan>();
+  /** By shape; null where the heuristic found no algorithm (those shapes take the dequantizing path). */
+  private readonly plans = new Map<string, Plan | null>();
   private readonly zero = new Float32Array([0]);
 
   constructor(
@@ -46,6 +47,7 @@ export class CublasLt {
 
   dispose(): void {
     for (const p of this.plans.values()) {
+      if (!p) continue;
       this.api.cublasLtMatmulDescDestroy(p.desc);
       for (const l of p.layouts) this.api.cublasLtMatrixLayoutDestroy(l);
     }
@@ -58,7 +60,12 @@ export class CublasLt {
     if (code !== 0) throw new Error(`${what} failed with cuBLAS status ${code}`);
   }
 
-  /** y = alpha · x8 · w8ᵀ: x8 [rows, inDim] and w8 [outDim, inDim] E4M3, y of cudaDataType yType. */
+  /** Whether cuBLASLt has an FP8 algorithm for this shape (the first ask of a shape plans it). */
+  takes(rows: number, inDim: number, outDim: number, yType: number): boolean {
+    return this.plan(rows, inDim, outDim, yType) !== null;
+  }
+
+  /** y = alpha · x8 · w8ᵀ: x8 [rows, inDim] and w8 [outDim, inDim] E4M3, y of cudaDataType yType (a shape it takes). */
   fp8Linear(
     y: number,
     yType: number,
@@ -70,6 +77,7 @@ export class CublasLt {
     alpha: number,
   ): void {
     const plan = this.plan(rows, inDim, outDim, yType);
+    if (!plan) throw new Error(`cuBLASLt has no FP8 algorithm for ${rows}×${inDim}·${outDim}×${inDim}ᵀ`);
     const [a, b, d] = plan.layouts;
     const code = this.api.cublasLtMatmul(
       this.handle,
@@ -92,10 +100,10 @@ export class CublasLt {
     this.check(code, `cublasLtMatmul(FP8 ${rows}×${inDim}·${outDim}×${inDim}ᵀ)`);
   }
 
-  private plan(rows: number, inDim: number, outDim: number, yType: number): Plan {
+  private plan(rows: number, inDim: number, outDim: number, yType: number): Plan | null {
     const key = `${rows}:${inDim}:${outDim}:${yType}`;
     let plan = this.plans.get(key);
-    if (plan) return plan;
+    if (plan !== undefined) return plan;
     const out = [null];
     const made = (code: number, what: string) => {
       this.check(code, what);
@@ -131,8 +139,13 @@ export class CublasLt {
     const [a, b, d] = layouts;
     const code = this.api.cublasLtMatmulAlgoGetHeuristic(this.handle, desc, a, b, d, d, pref, 1, results, returned);
     this.api.cublasLtMatmulPreferenceDestroy(pref);
-    this.check(code, "cublasLtMatmulAlgoGetHeuristic");
-    if (returned[0] < 1) throw new Error(`cuBLASLt has no FP8 algorithm for ${rows}×${inDim}·${outDim}×${inDim}ᵀ`);
+    if (code !== 0 || returned[0] < 1) {
+      // No FP8 kernel for this shape (cuBLASLt says "not supported" that way): the caller dequantizes instead.
+      this.api.cublasLtMatmulDescDestroy(desc);
+      for (const l of layouts) this.api.cublasLtMatrixLayoutDestroy(l);
+      this.plans.set(key, null);
+      return null;
+    }
     plan = { desc, layouts, algo: results.subarray(0, 64) };
     this.plans.set(key, plan);
     return plan;

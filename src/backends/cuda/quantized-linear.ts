@@ -85,7 +85,7 @@ export function quantizedLinear(
     );
     return out;
   }
-  if (ctx.cublasLt && fp8Gemmable(q, x.cols)) {
+  if (ctx.cublasLt && fp8Gemmable(q, x.cols) && ctx.cublasLt.takes(x.rows, x.cols, w.rows, CUBLAS_TYPE[out.dtype])) {
     // E4M3 codes of the input and the weight straight into an FP8 tensor-core GEMM, every scale in alpha.
     const codes = ctx.alloc(x.rows, Math.ceil(x.cols / DTYPE_BYTES[ctx.dtype]));
     const scale = q.input!.scale;
