@@ -36,6 +36,11 @@ __device__ __forceinline__ float e4m3_value(unsigned int code) {
   return code & 0x80 ? -mag : mag;
 }
 
+// x's E4M3 code: rounded to nearest, saturating at ±448.
+__device__ __forceinline__ unsigned char e4m3_code(float x) {
+  return __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+}
+
 // E2M1: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives.
 __device__ __forceinline__ float e2m1_value(unsigned int code) {
   const unsigned int m = code & 7;
@@ -62,7 +67,7 @@ __device__ __forceinline__ float kv_get(KV v, float scale) { return (float)v * s
 #else
 typedef unsigned char KV;
 __device__ __forceinline__ KV kv_put(float x, float scale) {
-  return __nv_cvt_float_to_fp8(x / scale, __NV_SATFINITE, __NV_E4M3);
+  return e4m3_code(x / scale);
 }
 __device__ __forceinline__ float kv_get(KV v, float scale) { return e4m3_value(v) * scale; }
 #endif
@@ -405,7 +410,7 @@ __device__ __forceinline__ unsigned char* dynamic_shared() {
 #define QIN_INT8_TIMES 5
 
 __device__ __forceinline__ float e4m3_round(float x) {
-  return e4m3_value(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
+  return e4m3_value(e4m3_code(x));
 }
 
 // Round to nearest, ties to even, saturating at ±6, on E2M1's grid.
@@ -602,7 +607,7 @@ extern "C" __global__ void quantize_rows_fp8(unsigned char* out, const T* x, flo
   pdl_enter();
   const size_t o = (size_t)blockIdx.x * cols;
   for (int i = threadIdx.x; i < cols; i += blockDim.x)
-    out[o + i] = __nv_cvt_float_to_fp8(div_rn(tof(x[o + i]), scale), __NV_SATFINITE, __NV_E4M3);
+    out[o + i] = e4m3_code(div_rn(tof(x[o + i]), scale));
 }
 
 // One 16-byte load of codes of kind K (load v of its row) against the step's rows of x (rows ≤ R, rows of
@@ -769,7 +774,7 @@ extern "C" __global__ void silu_mul(T* out, const T* fg, int inter, long n) {
     const long r = e / inter, i = e % inter;
     const T* row = fg + r * 2 * inter;
     const float a = tof(row[i]);
-    const float s = rnd(a / (1.f + __expf(-a)));
+    const float s = rnd(silu(a));
     out[e] = fromf(s * tof(row[inter + i]));
   }
 }
@@ -1174,7 +1179,7 @@ extern "C" __global__ void silu_mul_pair(T* out, const T* a, const T* b, long n)
   pdl_enter();
   for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < n; e += (long)gridDim.x * blockDim.x) {
     const float v = tof(a[e]);
-    out[e] = fromf(rnd(v / (1.f + __expf(-v))) * tof(b[e]));
+    out[e] = fromf(rnd(silu(v)) * tof(b[e]));
   }
 }
 
@@ -1237,7 +1242,7 @@ moe_expert_act(T* act, const T* x, const T* fc, const int* experts, int first, i
   gemv_pair_dot<1, 2>(acc, x + (size_t)(rj / top_k) * hidden, fc, rows, hidden);
   if ((threadIdx.x & 31) == 0) {
     const float up = rnd(acc[0][0]), gate = rnd(acc[1][0]);
-    *out = fromf(rnd(gate / (1.f + __expf(-gate))) * up);
+    *out = fromf(rnd(silu(gate)) * up);
   }
 }
 
