@@ -3,7 +3,9 @@
 // replayed, timed with events. Beside each: the bytes it must read and the time that takes at the copy
 // bandwidth measured in the same run. Says where a decode step's time goes (kiln bench gives the whole step).
 //
-// node dist/bench/decode-ops.js [--context 128] [--rows 1] [--define KILN_GEMV_LOADS_AFTER_WAIT=1] [--out FILE.json]
+// node dist/bench/decode-ops.js [--context 128] [--rows 1] [--max_seq_len 2304] [--define KILN_GEMV_LOADS_AFTER_WAIT=1] [--out FILE.json]
+// (--max_seq_len: the engine's, which sizes a captured step's attention grid as in kiln bench's engine; every op
+// is captured as a decode step is, and "layer" times the five fused ops of a layer in their order.)
 // (--rows R: a wide step of R sequences, each at the context given, as the nano-vllm workload's: past
 // GEMV_MAX_ROWS rows the step takes cuBLAS and the unfused ops, which are then what is timed.)
 // (KILN_GEMV_KSPLIT=1 … in the environment forces every GEMV's split; KILN_CUDA_PDL=0 launches without PDL.)
@@ -20,6 +22,7 @@ import { QWEN25_05B } from "./random-model.js";
 const { values: args } = parseArgs({
   options: {
     context: { type: "string" },
+    max_seq_len: { type: "string" },
     rows: { type: "string" },
     replays: { type: "string" },
     out: { type: "string" },
@@ -78,6 +81,7 @@ weights.set("lm_head", randomBf16(V, H));
 const invFreq = new Float32Array(D / 2).map((_, i) => 1 / 1e6 ** ((2 * i) / D));
 const tokensPerBlock = 64;
 const blocksPerSeq = Math.ceil((context + 1) / tokensPerBlock);
+const maxSeqLen = Math.max(Number(args.max_seq_len ?? 2304), blocksPerSeq * tokensPerBlock);
 const be = new CudaBackend(
   device,
   module,
@@ -86,12 +90,12 @@ const be = new CudaBackend(
   {
     maxRows: Math.max(8, R),
     maxSeqs: Math.max(8, R),
-    maxBlocksPerSeq: blocksPerSeq,
+    maxBlocksPerSeq: Math.ceil(maxSeqLen / tokensPerBlock),
     hidden: H,
     widestRow: 2 * I,
     vocab: V,
     logitRows: Math.max(8, R),
-    maxSeqLen: blocksPerSeq * tokensPerBlock,
+    maxSeqLen,
     numHeads: heads,
     headSize: D,
   },
@@ -123,6 +127,8 @@ const w = (name: string, l: number) => weights.get(`${name}${l}`)!;
 
 /** µs per call of `op` (one call per layer copy, LAYERS copies in one graph, replayed). */
 function time(op: (l: number) => void): number {
+  // As the executor captures a decode step: launch shapes for every step the graph could replay.
+  be.graphMode = true;
   const graph = device.capture(() => {
     for (let l = 0; l < LAYERS; l++) {
       be.packStep(step);
@@ -130,6 +136,7 @@ function time(op: (l: number) => void): number {
       op(l);
     }
   });
+  be.graphMode = false;
   device.replay(graph);
   device.synchronize();
   const [a, b] = [device.createEvent(), device.createEvent()];
@@ -177,6 +184,17 @@ const ops: [string, number, (l: number) => void][] =
         ["fc|gate gemv (plain)", 2 * I * H * 2, (l) => be.linear(x, w("fc_gate", l), null)],
         ["proj gemv", H * I * 2, (l) => be.linear(act, w("proj", l), null)],
         ["lm_head gemv (float32 logits)", V * H * 2, () => be.linear(x, weights.get("lm_head")!, null, true)],
+        [
+          "layer (the five fused ops)",
+          (QKV * H + H * H + 3 * I * H) * 2 + kvBytes,
+          (l) => {
+            be.normQkvRope(x, delta, norm(l), w("qkv", l), w("qkv_bias", l), l, step, rope, shape);
+            be.attention(l, qkvOut, step, shape);
+            be.linear(x, w("dense", l), null);
+            be.normGatedMlp(x, delta, norm(l), { fc: w("fc_gate", l), fcBias: null, gate: null, gateBias: null });
+            be.linear(act, w("proj", l), null);
+          },
+        ],
       ]
     : [
         ["add_rmsnorm", act2(4 * H), (l) => be.addRmsNorm(x, delta, w("norm", l), 1e-6)],
@@ -211,6 +229,7 @@ const report = {
   ...(process.env.KILN_COMMIT && { kiln_commit: process.env.KILN_COMMIT }),
   copy_tb_per_s: copyTBs,
   context,
+  max_seq_len: maxSeqLen,
   rows: R,
   defines: extra,
   ops: results,

@@ -221,13 +221,19 @@ describe("quantized engines on the gpu: ModelOpt formats and KV caches", () => {
       let formatError = 0;
       let rowsOff = 0;
       let rowsAll = 0;
+      const offRows: string[] = [];
       gpu.forEach((o, i) => {
         const rows = [...o.contextLogits!, ...o.generationLogits!];
         const want = [...cpu[i].contextLogits!, ...cpu[i].generationLogits!];
+        const contextRows = o.contextLogits!.length;
         for (const [k, row] of rows.entries()) {
           const d = maxAbsDiff(row, want[k]);
           worst = Math.max(worst, d);
-          if (d > 1e-3) rowsOff++;
+          if (d > 1e-3) {
+            rowsOff++;
+            const at = k < contextRows ? `context ${k}` : `generation ${k - contextRows}`;
+            offRows.push(`prompt ${i} ${at}: ${d.toExponential(2)}`);
+          }
           rowsAll++;
         }
         formatError = Math.max(
@@ -243,6 +249,8 @@ describe("quantized engines on the gpu: ModelOpt formats and KV caches", () => {
       console.log(
         `# ${qformat}, cuda vs cpu: max |Δlogit| ${worst.toExponential(2)}, ${rowsOff} of ${rowsAll} rows past 1e-3 (the format's own error ${formatError.toExponential(2)})`,
       );
+      // Where they are says what moved them: a flipped code shows as a first row off, then the rows after it.
+      if (offRows.length > 0) console.log(`# ${qformat}, rows past 1e-3: ${offRows.join("; ")}`);
       assert.ok(
         rowsOff <= Math.max(1, rowsAll / 20),
         `${qformat}: ${rowsOff} of ${rowsAll} logits rows differ by more than 1e-3`,

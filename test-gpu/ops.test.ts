@@ -8,6 +8,7 @@ import { CpuBackend, type CpuTensor, cpuTensor } from "../src/backends/cpu/cpu-b
 import { CudaBackend, type CudaDtype, type CudaQuant, type CudaTensor } from "../src/backends/cuda/cuda-backend.js";
 import { CudaDevice } from "../src/backends/cuda/driver.js";
 import { kernelSource } from "../src/backends/cuda/engine-kernels.js";
+import { padDecodeStep } from "../src/backends/cuda/executor.js";
 import { compileKernels } from "../src/backends/cuda/nvrtc.js";
 import { cudaWeightOnlyLayout } from "../src/backends/cuda/weight-layout.js";
 import { decodeToFloat32, encodeFromFloat32 } from "../src/checkpoint/dtype.js";
@@ -246,6 +247,86 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
         }
         // Not disposed: that would unload the module the other tests share.
       }
+    });
+
+    test("decode attention split over the sequence (a graph's grid: chunks past every row's context), padding rows zero, equals the cpu", () => {
+      // Contexts of one chunk (written by its block alone), of exactly one, of two and of three chunks of 256
+      // keys, under a grid of max_seq_len's four; blocks of 16 tokens, each sequence's own; two padding rows.
+      const shape2 = { numHeads: 4, numKvHeads: 2, headSize: 64 };
+      const tpb = 16;
+      const lengths = [100, 256, 257, 700];
+      const perSeq = 48;
+      const spec2 = { numLayers: 1, numBlocks: lengths.length * perSeq, tokensPerBlock: tpb, ...shape2 };
+      const limits = {
+        ...cudaLimits,
+        maxRows: 1024,
+        maxSeqs: 8,
+        maxBlocksPerSeq: perSeq,
+        maxSeqLen: 1024,
+        numHeads: 4,
+        headSize: 64,
+      };
+      const invFreq2 = new Float32Array(32).map((_, i) => 1 / 10000 ** ((2 * i) / 64));
+      const cuda2 = new CudaBackend(device, module, new Map(), dtype, limits, invFreq2);
+      cuda2.decodeTensorCores = "off";
+      const cpu2 = new CpuBackend(new Map());
+      cuda2.allocateKvCache(spec2);
+      cpu2.allocateKvCache(spec2);
+      // Sequence s owns blocks [s·perSeq, (s+1)·perSeq), in reverse order to scatter them.
+      const tables = lengths.map((_, s) => Int32Array.from({ length: perSeq }, (_, i) => (s + 1) * perSeq - 1 - i));
+      const slotOf = (s: number, p: number) => tables[s][Math.floor(p / tpb)] * tpb + (p % tpb);
+      const width = (4 + 2 * 2) * 64;
+      const cacheKeys = (step: StepInput) => {
+        const rows = step.tokenIds.length;
+        const [qc, qcpu] = upload(rand(rows * width), rows, width);
+        for (const [be, q] of [
+          [cuda2, qc],
+          [cpu2, qcpu],
+        ] as const) {
+          // biome-ignore lint/suspicious/noExplicitAny: the same calls on both backends
+          const b = be as any;
+          b.beginStep(step);
+          b.ropeAndCacheKv(0, q, step, { invFreq: invFreq2, rotaryDim: 64 }, shape2, null);
+        }
+        return [qc, qcpu] as const;
+      };
+      for (const [s, n] of lengths.entries()) {
+        cacheKeys({
+          tokenIds: new Int32Array(n),
+          positions: Int32Array.from({ length: n }, (_, p) => p),
+          slotMapping: Int32Array.from({ length: n }, (_, p) => slotOf(s, p)),
+          seqs: [{ rowStart: 0, numNew: n, numCached: 0, blockTable: tables[s] }],
+          logitRows: Int32Array.from([n - 1]),
+        });
+      }
+      const decode2 = padDecodeStep(
+        {
+          tokenIds: new Int32Array(lengths.length),
+          positions: Int32Array.from(lengths),
+          slotMapping: Int32Array.from(lengths, (n, s) => slotOf(s, n)),
+          seqs: lengths.map((n, s) => ({ rowStart: s, numNew: 1, numCached: n, blockTable: tables[s] })),
+          logitRows: Int32Array.from(lengths, (_, s) => s),
+        },
+        lengths.length + 2,
+      );
+      const [qc, qcpu] = cacheKeys(decode2);
+      cuda2.graphMode = true; // the grid a captured decode step has: chunks for max_seq_len
+      let got: Float32Array;
+      try {
+        got = download(cuda2.attention(0, qc, decode2, shape2));
+      } finally {
+        cuda2.graphMode = false;
+      }
+      const want = cpu2.attention(0, qcpu, decode2, shape2).data;
+      const cols = 4 * 64;
+      for (const [s, n] of lengths.entries()) {
+        const e = relErr(got.subarray(s * cols, (s + 1) * cols), want.subarray(s * cols, (s + 1) * cols));
+        assert.ok(e < tol, `context ${n + 1}: relative error ${e.toExponential(2)} ≥ ${tol}`);
+      }
+      assert.ok(
+        got.subarray(lengths.length * cols).every((x) => x === 0),
+        "padding rows' attention is zero",
+      );
     });
 
     test("linear: 1–8 rows take the GEMV kernel, more rows cuBLAS; both equal the cpu, model-dtype and float32 out", () => {

@@ -100,8 +100,9 @@ __device__ float block_max(float v) { return block_reduce<true>(v); }
 
 // Programmatic dependent launch (Hopper): kiln launches its kernels so that each may start while the one
 // before it is finishing. pdl_enter waits until that kernel's writes are visible, then lets the next one
-// launch; every kernel calls it before it reads anything but the engine's weights (the GEMVs load their
-// first weights before it, which is the point), and before it writes anything.
+// launch; every kernel calls it before it reads anything but the engine's weights and the step's metadata
+// (no kernel writes those; the metadata's copy precedes the step's first kernel) and before it writes
+// anything. The GEMVs load their first weights before it, which is the point.
 __device__ __forceinline__ void pdl_enter() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -1429,9 +1430,10 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq, const int* row_pos,
           const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
-  pdl_enter();
   const int r = blockIdx.x / num_heads, h = blockIdx.x % num_heads;
-  const int seq = row_seq[r];
+  const int seq = row_seq[r];  // step metadata, copied before the step's first kernel: read before the wait
+  const int pos = row_pos[r];
+  pdl_enter();
   T* o = out + ((size_t)r * num_heads + h) * head;
   if (seq < 0) {
     for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(0.f);
@@ -1439,7 +1441,7 @@ attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_sca
   }
   __shared__ float ml[2], acc[MAX_HEAD];
   const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
-  attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, 0, row_pos[r] + 1, h / (num_heads / num_kv), num_kv,
+  attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, 0, pos + 1, h / (num_heads / num_kv), num_kv,
          head, tpb, scale, ml, acc);
   for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(acc[d] / ml[1]);
 }
@@ -1655,34 +1657,47 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
 // leaves most of the GPU idle on long contexts, so each (row, head) is also split into chunks of ATT_CHUNK
 // keys, each block writing a partial (max, sum, weighted values). The last block of a (row, head) to finish
 // merges the partials (the threadfence-reduction pattern: one launch, not two); `arrivals` counts them and is
-// left at zero for the next launch. grid = (rows, heads, chunks), block = 32 × ATT_WARPS; chunks past a row's
-// context write an empty partial and only count.
+// left at zero for the next launch. grid = (rows, heads, chunks), block = 32 × ATT_WARPS. A graph's grid
+// covers max_seq_len, so most chunks lie past their row's context: those return at once, uncounted, and a
+// row whose keys fit one chunk has that chunk write its output directly (no partial, counter or merge,
+// whose round trips through L2 had made a batch-1 step's attention the slowest op of its layer).
 #define ATT_CHUNK 256
 
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const KV* kcache, const KV* vcache,
                 float kv_scale, const int* row_seq, const int* row_pos, const int* block_tables, int max_blocks,
                 int num_heads, int num_kv, int head, int tpb, float scale) {
-  pdl_enter();
   const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z, chunks = gridDim.z;
-  float* mine = partial + ((size_t)r * num_heads + h) * chunks * (head + 2);
-  float* part = mine + (size_t)c * (head + 2);
+  // The step's metadata came by a copy before the step's first kernel, so it is read before the wait.
   const int seq = row_seq[r];
   const int visible = seq < 0 ? 0 : row_pos[r] + 1;
+  const int used = (visible + ATT_CHUNK - 1) / ATT_CHUNK;  // the chunks holding keys
+  pdl_enter();
+  T* o = out + ((size_t)r * num_heads + h) * head;
+  if (c >= max(used, 1)) return;
+  const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
   const int t_begin = c * ATT_CHUNK, t_end = min(visible, t_begin + ATT_CHUNK);
-  if (t_begin >= t_end) {
-    if (threadIdx.x == 0) part[0] = NEG_INF;  // an empty chunk: the merge skips it
-  } else {
-    const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
+  if (used <= 1) {
+    __shared__ float ml[2], acc[MAX_HEAD];
+    if (used == 0) {  // a padding row
+      for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(0.f);
+      return;
+    }
     attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end,
-           h / (num_heads / num_kv), num_kv, head, tpb, scale, part, part + 2);
+           h / (num_heads / num_kv), num_kv, head, tpb, scale, ml, acc);
+    for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(acc[d] / ml[1]);
+    return;
   }
+  float* mine = partial + ((size_t)r * num_heads + h) * chunks * (head + 2);
+  float* part = mine + (size_t)c * (head + 2);
+  attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end,
+         h / (num_heads / num_kv), num_kv, head, tpb, scale, part, part + 2);
   __shared__ int last;
   __threadfence();  // this block's partial is visible to the others before it is counted
   __syncthreads();
   if (threadIdx.x == 0) {
     unsigned* count = arrivals + (size_t)r * num_heads + h;
-    last = atomicAdd(count, 1u) == (unsigned)chunks - 1;
+    last = atomicAdd(count, 1u) == (unsigned)used - 1;
     if (last) *count = 0;
   }
   __syncthreads();
@@ -1690,13 +1705,11 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
   // Read through volatile: the other blocks' partials must come from memory, not a stale cache line.
   const volatile float* all = mine;
   float mall = NEG_INF;
-  for (int k = 0; k < chunks; k++) mall = fmaxf(mall, all[k * (head + 2)]);
-  T* o = out + ((size_t)r * num_heads + h) * head;
+  for (int k = 0; k < used; k++) mall = fmaxf(mall, all[k * (head + 2)]);
   for (int d = threadIdx.x; d < head; d += blockDim.x) {
     float num = 0.f, den = 0.f;
-    for (int k = 0; k < chunks; k++) {
+    for (int k = 0; k < used; k++) {
       const volatile float* p = all + k * (head + 2);
-      if (p[0] == NEG_INF) continue;
       const float w = __expf(p[0] - mall);
       num += p[2 + d] * w;
       den += p[1] * w;
