@@ -129,9 +129,11 @@ export class AttentionLaunch {
         ptr(this.partial),
         ptr(this.arrivals),
         ...inputs,
+        i32(s.decodeOnly ? 1 : 0),
       ]);
     } else {
-      device.launch(fn("attention"), [qkv.rows * shape.numHeads], block, [ptr(out.ptr), ...inputs]);
+      const args = [ptr(out.ptr), ...inputs, i32(s.decodeOnly ? 1 : 0)];
+      device.launch(fn("attention"), [qkv.rows * shape.numHeads], block, args);
     }
     return out;
   }
