@@ -1327,6 +1327,12 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
 #else
 #define ATT_MIN_BLOCKS 2
 #endif
+// KILN_ATT_EARLY=0 keeps decode attention's loads after its PDL wait (an A/B switch, as above).
+#if defined(KILN_ATT_EARLY) && !KILN_ATT_EARLY
+#define ATT_EARLY 0
+#else
+#define ATT_EARLY 1
+#endif
 #define MAX_HEAD 256
 
 // Online softmax of one query row and head over keys [t_begin, t_end) of its paged KV cache, by one block of
@@ -1470,7 +1476,7 @@ attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_sca
   const int pos = row_pos[r];
   // In a decode step every key before the row's position came from earlier steps: attend loads its first
   // ones before it waits.
-  const bool early = decode_only && seq >= 0;
+  const bool early = ATT_EARLY && decode_only && seq >= 0;
   if (!early) pdl_enter();
   T* o = out + ((size_t)r * num_heads + h) * head;
   if (seq < 0) {
@@ -1712,7 +1718,7 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
   const int used = (visible + ATT_CHUNK - 1) / ATT_CHUNK;  // the chunks holding keys
   // In a decode step every key before the row's position came from earlier steps: attend loads its first
   // ones before it waits.
-  const bool early = decode_only && c < used;
+  const bool early = ATT_EARLY && decode_only && c < used;
   if (!early) pdl_enter();
   T* o = out + ((size_t)r * num_heads + h) * head;
   if (c >= max(used, 1)) return;
