@@ -1327,11 +1327,17 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
 #else
 #define ATT_MIN_BLOCKS 2
 #endif
-// KILN_ATT_EARLY=0 keeps decode attention's loads after its PDL wait (an A/B switch, as above).
+// KILN_ATT_EARLY=0 keeps decode attention's loads after its PDL wait, KILN_ATT_PIPELINE=0 loads a group's keys
+// only once the one before is used (A/B switches, as above).
 #if defined(KILN_ATT_EARLY) && !KILN_ATT_EARLY
 #define ATT_EARLY 0
 #else
 #define ATT_EARLY 1
+#endif
+#if defined(KILN_ATT_PIPELINE) && !KILN_ATT_PIPELINE
+#define ATT_PIPELINE 0
+#else
+#define ATT_PIPELINE 1
 #endif
 #define MAX_HEAD 256
 
@@ -1373,7 +1379,8 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
     }
     pdl_enter();
   }
-  if (!loaded && t0 < t_end) load(t0);
+  if (ATT_PIPELINE && !loaded && t0 < t_end) load(t0);
+  loaded = loaded || ATT_PIPELINE;
   float qv[PL], acc[PL];
 #pragma unroll
   for (int j = 0; j < PL; j++) {
@@ -1384,6 +1391,8 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
   float m = NEG_INF, l = 0.f;
   for (; t0 < t_end; t0 += STRIDE) {
     float kc[4][PL], vc[4][PL], s[4];
+    if (!ATT_PIPELINE && !loaded) load(t0);
+    loaded = false;
 #pragma unroll
     for (int u = 0; u < 4; u++)
 #pragma unroll
@@ -1391,7 +1400,7 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
         kc[u][j] = kx[u][j];
         vc[u][j] = vx[u][j];
       }
-    if (t0 + STRIDE < t_end) load(t0 + STRIDE);
+    if (ATT_PIPELINE && t0 + STRIDE < t_end) load(t0 + STRIDE);
 #pragma unroll
     for (int u = 0; u < 4; u++) {
       s[u] = 0.f;
