@@ -129,11 +129,9 @@ export class AttentionLaunch {
         ptr(this.partial),
         ptr(this.arrivals),
         ...inputs,
-        i32(s.decodeOnly ? 1 : 0),
       ]);
     } else {
-      const args = [ptr(out.ptr), ...inputs, i32(s.decodeOnly ? 1 : 0)];
-      device.launch(fn("attention"), [qkv.rows * shape.numHeads], block, args);
+      device.launch(fn("attention"), [qkv.rows * shape.numHeads], block, [ptr(out.ptr), ...inputs]);
     }
     return out;
   }

@@ -19,9 +19,6 @@ export interface StepLayout {
   /** Whether some sequence brings more than one new row (a prompt chunk) and every row is a sequence's:
    * context attention's case. */
   hasContext: boolean;
-  /** Whether every sequence brings at most one new row (a decode step): then every key before a row's own
-   * position was written by an earlier step, and decode attention may load those before its PDL wait. */
-  decodeOnly: boolean;
   /** Where the per-row sampling parameters start (six arrays of numLogitRows). */
   sampling: number;
   rows: number;
@@ -104,7 +101,6 @@ export class StepBuffer {
       fmhaTiles,
       numFmhaTiles: tiles.length,
       hasContext,
-      decodeOnly: step.seqs.every((q) => q.numNew <= 1),
       sampling: fmhaTiles + 4 * tiles.length,
       rows,
       numLogitRows: n,

@@ -1319,45 +1319,29 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
 }
 
 #define ATT_WARPS 16
-// Blocks of the decode attention kernels an SM must hold (ptxas caps their registers to fit): 2 (64
-// registers, the pipelined loads spill a few words) unless KILN_ATT_MIN_BLOCKS says 1 (84, no spills), an
-// A/B switch for bench/decode-ops.ts's --define.
-#ifdef KILN_ATT_MIN_BLOCKS
-#define ATT_MIN_BLOCKS KILN_ATT_MIN_BLOCKS
-#else
-#define ATT_MIN_BLOCKS 2
-#endif
-// KILN_ATT_EARLY=0 keeps decode attention's loads after its PDL wait, KILN_ATT_PIPELINE=0 loads a group's keys
-// only once the one before is used (A/B switches, as above).
-#if defined(KILN_ATT_EARLY) && !KILN_ATT_EARLY
-#define ATT_EARLY 0
-#else
-#define ATT_EARLY 1
-#endif
-#if defined(KILN_ATT_PIPELINE) && !KILN_ATT_PIPELINE
-#define ATT_PIPELINE 0
-#else
-#define ATT_PIPELINE 1
-#endif
 #define MAX_HEAD 256
 
 // Online softmax of one query row and head over keys [t_begin, t_end) of its paged KV cache, by one block of
 // 32 × ATT_WARPS threads: each warp takes every ATT_WARPS-th group of four keys, lanes split the head
-// dimension (PL dims a lane), the group's keys and values all loaded before any is used, the next group's
-// loads in flight while this one's are used, and the warps' results are merged in shared memory. With
-// t_early ≥ 0 the caller has not yet made its PDL wait: keys before t_early (written by earlier steps) may
-// be loaded first, then attend_lanes waits (pdl_enter) before it reads q or any later key. On return (after
-// a barrier) ml[0] is the block's maximum score (−∞ when the range is empty), ml[1] the sum of
-// exp(score − max) and acc[d] the sum of exp(score − max) · v[d].
+// dimension (PL dims a lane), the group's keys and values all loaded before any is used, and the warps'
+// results are merged in shared memory. On return (after a barrier) ml[0] is the block's maximum score (−∞
+// when the range is empty), ml[1] the sum of exp(score − max) and acc[d] the sum of exp(score − max) · v[d].
 template <int PL>
 __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table,
-                             int t_begin, int t_end, int t_early, int kvh, int num_kv, int head, int tpb, float scale,
-                             float* ml, float* acc_out, float* sm, float* sl, float (*sacc)[MAX_HEAD]) {
+                             int t_begin, int t_end, int kvh, int num_kv, int head, int tpb, float scale, float* ml,
+                             float* acc_out, float* sm, float* sl, float (*sacc)[MAX_HEAD]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float qv[PL], acc[PL];
+#pragma unroll
+  for (int j = 0; j < PL; j++) {
+    const int d = lane + 32 * j;
+    qv[j] = d < head ? tof(q[d]) : 0.f;
+    acc[j] = 0.f;
+  }
+  float m = NEG_INF, l = 0.f;
   const int kv_stride = num_kv * head;
-  constexpr int STRIDE = ATT_WARPS * 4;
-  float kx[4][PL], vx[4][PL];
-  auto load = [&](int t0) {
+  for (int t0 = t_begin + warp * 4; t0 < t_end; t0 += ATT_WARPS * 4) {
+    float kx[4][PL], vx[4][PL], s[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) {
       const int t = min(t0 + u, t_end - 1);
@@ -1369,43 +1353,11 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
         vx[u][j] = d < head ? kv_get(vcache[base + d], kv_scale) : 0.f;
       }
     }
-  };
-  int t0 = t_begin + warp * 4;
-  bool loaded = false;
-  if (t_early >= 0) {
-    if (t0 < t_end && t0 + 4 <= t_early) {
-      load(t0);
-      loaded = true;
-    }
-    pdl_enter();
-  }
-  if (ATT_PIPELINE && !loaded && t0 < t_end) load(t0);
-  loaded = loaded || ATT_PIPELINE;
-  float qv[PL], acc[PL];
-#pragma unroll
-  for (int j = 0; j < PL; j++) {
-    const int d = lane + 32 * j;
-    qv[j] = d < head ? tof(q[d]) : 0.f;
-    acc[j] = 0.f;
-  }
-  float m = NEG_INF, l = 0.f;
-  for (; t0 < t_end; t0 += STRIDE) {
-    float kc[4][PL], vc[4][PL], s[4];
-    if (!ATT_PIPELINE && !loaded) load(t0);
-    loaded = false;
-#pragma unroll
-    for (int u = 0; u < 4; u++)
-#pragma unroll
-      for (int j = 0; j < PL; j++) {
-        kc[u][j] = kx[u][j];
-        vc[u][j] = vx[u][j];
-      }
-    if (ATT_PIPELINE && t0 + STRIDE < t_end) load(t0 + STRIDE);
 #pragma unroll
     for (int u = 0; u < 4; u++) {
       s[u] = 0.f;
 #pragma unroll
-      for (int j = 0; j < PL; j++) s[u] += qv[j] * kc[u][j];
+      for (int j = 0; j < PL; j++) s[u] += qv[j] * kx[u][j];
       s[u] = t0 + u < t_end ? warp_sum(s[u]) * scale : NEG_INF;
     }
     const float m2 = fmaxf(m, fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])));
@@ -1418,7 +1370,7 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
     for (int j = 0; j < PL; j++) {
       float a = acc[j] * correction;
 #pragma unroll
-      for (int u = 0; u < 4; u++) a += p[u] * vc[u][j];
+      for (int u = 0; u < 4; u++) a += p[u] * vx[u][j];
       acc[j] = a;
     }
     m = m2;
@@ -1453,14 +1405,13 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
 // the engine's size alone (KILN_HEAD_LANES), so that attention takes the registers that size needs; without
 // it (op tests) every size is compiled in.
 __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table, int t_begin,
-                       int t_end, int t_early, int kvh, int num_kv, int head, int tpb, float scale, float* ml,
-                       float* acc_out) {
+                       int t_end, int kvh, int num_kv, int head, int tpb, float scale, float* ml, float* acc_out) {
   // The warps' partial results, declared here once (in the template each head size would get its own).
   __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
   __shared__ float sacc[ATT_WARPS][MAX_HEAD];
 #define ATTEND(PL)                                                                                              \
-  attend_lanes<PL>(q, kcache, vcache, kv_scale, table, t_begin, t_end, t_early, kvh, num_kv, head, tpb, scale, ml,   \
-                   acc_out, sm, sl, sacc)
+  attend_lanes<PL>(q, kcache, vcache, kv_scale, table, t_begin, t_end, kvh, num_kv, head, tpb, scale, ml, acc_out, sm, \
+                   sl, sacc)
 #ifdef KILN_HEAD_LANES
   ATTEND(KILN_HEAD_LANES);
 #else
@@ -1476,17 +1427,13 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
 // padding), row_pos[r] its position (it sees keys 0..pos). grid = rows · num_heads, a row's heads adjacent so
 // that the heads sharing a KV head run together and read its keys and values from L2 after the first.
 // block = 32 × ATT_WARPS.
-extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS, ATT_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq, const int* row_pos,
-          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale,
-          int decode_only) {
+          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
   const int r = blockIdx.x / num_heads, h = blockIdx.x % num_heads;
   const int seq = row_seq[r];  // step metadata, copied before the step's first kernel: read before the wait
   const int pos = row_pos[r];
-  // In a decode step every key before the row's position came from earlier steps: attend loads its first
-  // ones before it waits.
-  const bool early = ATT_EARLY && decode_only && seq >= 0;
-  if (!early) pdl_enter();
+  pdl_enter();
   T* o = out + ((size_t)r * num_heads + h) * head;
   if (seq < 0) {
     for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(0.f);
@@ -1494,8 +1441,8 @@ attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_sca
   }
   __shared__ float ml[2], acc[MAX_HEAD];
   const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
-  attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, 0, pos + 1, early ? pos : -1,
-         h / (num_heads / num_kv), num_kv, head, tpb, scale, ml, acc);
+  attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, 0, pos + 1, h / (num_heads / num_kv), num_kv,
+         head, tpb, scale, ml, acc);
   for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(acc[d] / ml[1]);
 }
 
@@ -1716,19 +1663,16 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
 // whose round trips through L2 had made a batch-1 step's attention the slowest op of its layer).
 #define ATT_CHUNK 256
 
-extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS, ATT_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const KV* kcache, const KV* vcache,
                 float kv_scale, const int* row_seq, const int* row_pos, const int* block_tables, int max_blocks,
-                int num_heads, int num_kv, int head, int tpb, float scale, int decode_only) {
+                int num_heads, int num_kv, int head, int tpb, float scale) {
   const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z, chunks = gridDim.z;
   // The step's metadata came by a copy before the step's first kernel, so it is read before the wait.
   const int seq = row_seq[r];
   const int visible = seq < 0 ? 0 : row_pos[r] + 1;
   const int used = (visible + ATT_CHUNK - 1) / ATT_CHUNK;  // the chunks holding keys
-  // In a decode step every key before the row's position came from earlier steps: attend loads its first
-  // ones before it waits.
-  const bool early = ATT_EARLY && decode_only && c < used;
-  if (!early) pdl_enter();
+  pdl_enter();
   T* o = out + ((size_t)r * num_heads + h) * head;
   if (c >= max(used, 1)) return;
   const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
@@ -1740,14 +1684,14 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
       return;
     }
     attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end,
-           early ? visible - 1 : -1, h / (num_heads / num_kv), num_kv, head, tpb, scale, ml, acc);
+           h / (num_heads / num_kv), num_kv, head, tpb, scale, ml, acc);
     for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(acc[d] / ml[1]);
     return;
   }
   float* mine = partial + ((size_t)r * num_heads + h) * chunks * (head + 2);
   float* part = mine + (size_t)c * (head + 2);
   attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end,
-         early ? visible - 1 : -1, h / (num_heads / num_kv), num_kv, head, tpb, scale, part, part + 2);
+         h / (num_heads / num_kv), num_kv, head, tpb, scale, part, part + 2);
   __shared__ int last;
   __threadfence();  // this block's partial is visible to the others before it is counted
   __syncthreads();
