@@ -59,7 +59,7 @@ export function compileKernels(
   // and spilled some quantized GEMVs' prefetched weights in nvcc's reports).
   const maxRegs = process.env.KILN_CUDA_MAXRREG;
   if (maxRegs) common.push(`--maxrregcount=${Number(maxRegs)}`);
-  // Another, for kernel variants behind macros (KILN_CUDA_DEFINES="KILN_ATT_EARLY=0,KILN_ATT_MIN_BLOCKS=1").
+  // Another, for kernel variants behind macros (KILN_CUDA_DEFINES="KILN_GEMV_LOADS_AFTER_WAIT=1,NAME=V").
   for (const d of (process.env.KILN_CUDA_DEFINES ?? "").split(",").filter(Boolean)) common.push(`-D${d.trim()}`);
   if (!fs.existsSync(INCLUDE))
     throw new KernelCompileError(`${INCLUDE}: CUDA headers not found; set KILN_CUDA_INCLUDE_DIR`);
