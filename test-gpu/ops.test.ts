@@ -75,6 +75,30 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       device.download(bytes, t.ptr);
       return decodeToFloat32(bytes, t.dtype);
     };
+    /**
+     * A step's random qkv rows (`width` wide) uploaded, and on both backends the step begun and its keys and
+     * values roped into layer 0's cache: the qkv tensors, for attention after it.
+     */
+    const cacheStepKeys = (
+      backends: [CudaBackend, CpuBackend],
+      step: StepInput,
+      width: number,
+      shape2: { numHeads: number; numKvHeads: number; headSize: number },
+      invFreq2: Float32Array,
+    ): [CudaTensor, CpuTensor] => {
+      const rows = step.tokenIds.length;
+      const [qc, qcpu] = upload(rand(rows * width), rows, width);
+      for (const [be, q] of [
+        [backends[0], qc],
+        [backends[1], qcpu],
+      ] as const) {
+        // biome-ignore lint/suspicious/noExplicitAny: the same calls on both backends
+        const b = be as any;
+        b.beginStep(step);
+        b.ropeAndCacheKv(0, q, step, { invFreq: invFreq2, rotaryDim: shape2.headSize }, shape2, null);
+      }
+      return [qc, qcpu];
+    };
     /** Per-channel int8 or int4 of w [out, in], laid out for the GEMV, and the cpu backend's tensor of the same codes. */
     const uploadWeightOnly = (w: Float32Array, out: number, inDim: number, bits: 8 | 4): [CudaTensor, CpuTensor] => {
       const q = quantizeWeightOnly(w, out, inDim, bits);
@@ -229,17 +253,7 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
         ];
         const width = (heads2 + 2 * kv2) * D2;
         for (const [i, step] of steps.entries()) {
-          const rows = step.tokenIds.length;
-          const [qc, qcpu] = upload(rand(rows * width), rows, width);
-          for (const [be, q] of [
-            [cuda2, qc],
-            [cpu2, qcpu],
-          ] as const) {
-            // biome-ignore lint/suspicious/noExplicitAny: the same calls on both backends
-            const b = be as any;
-            b.beginStep(step);
-            b.ropeAndCacheKv(0, q, step, { invFreq: invFreq2, rotaryDim: D2 }, shape2, null);
-          }
+          const [qc, qcpu] = cacheStepKeys([cuda2, cpu2], step, width, shape2, invFreq2);
           const got = download(cuda2.attention(0, qc, step, shape2));
           const want = cpu2.attention(0, qcpu, step, shape2).data;
           const e = relErr(got, want);
@@ -276,20 +290,7 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       const tables = lengths.map((_, s) => Int32Array.from({ length: perSeq }, (_, i) => (s + 1) * perSeq - 1 - i));
       const slotOf = (s: number, p: number) => tables[s][Math.floor(p / tpb)] * tpb + (p % tpb);
       const width = (4 + 2 * 2) * 64;
-      const cacheKeys = (step: StepInput) => {
-        const rows = step.tokenIds.length;
-        const [qc, qcpu] = upload(rand(rows * width), rows, width);
-        for (const [be, q] of [
-          [cuda2, qc],
-          [cpu2, qcpu],
-        ] as const) {
-          // biome-ignore lint/suspicious/noExplicitAny: the same calls on both backends
-          const b = be as any;
-          b.beginStep(step);
-          b.ropeAndCacheKv(0, q, step, { invFreq: invFreq2, rotaryDim: 64 }, shape2, null);
-        }
-        return [qc, qcpu] as const;
-      };
+      const cacheKeys = (step: StepInput) => cacheStepKeys([cuda2, cpu2], step, width, shape2, invFreq2);
       for (const [s, n] of lengths.entries()) {
         cacheKeys({
           tokenIds: new Int32Array(n),

@@ -566,7 +566,7 @@ export class CudaBackend implements Backend<CudaTensor> {
     this.tokenChoice.launchGreedy(logits, vocab);
   }
 
-  /** Waits for the stream and reads the greedy (or sampled) choices of the first `rows` rows. */
+  /** Waits for the stream and reads the greedy (or sampled) choices of the last launch, which chose for `rows` rows. */
   readGreedy(rows: number): { tokens: Int32Array; logProbs: Float32Array } {
     return this.tokenChoice.read(rows);
   }

@@ -1,6 +1,7 @@
 // The next token of every logits row, chosen on the GPU: greedy (argmax_partial then argmax_final, the row
 // split over ARGMAX_SPLIT blocks) or drawn with each row's sampling parameters (sample_rows). Launches are
-// graph-capturable; `read` waits for the stream and copies the choices back.
+// graph-capturable and end with one asynchronous copy of the choices into pinned memory, so `read` only
+// waits for the stream (two synchronous copies from pageable memory after the wait had cost every step).
 
 import type { CudaTensor, KernelName } from "./cuda-tensor.js";
 import { type CudaDevice, i32, ptr } from "./driver.js";
@@ -9,8 +10,10 @@ import { type CudaDevice, i32, ptr } from "./driver.js";
 const ARGMAX_SPLIT = 128;
 
 export class TokenChoiceLaunch {
-  /** The chosen tokens [maxRows] then their log probs [maxRows]. */
+  /** A launch's `rows` chosen tokens, then their `rows` log probs. */
   private readonly out: number;
+  /** Where each launch copies `out` to (pinned host memory). */
+  private readonly host: { handle: unknown; buffer: ArrayBuffer };
   /** The greedy choice's per-block partial maxima. */
   private readonly partial: number;
 
@@ -21,11 +24,18 @@ export class TokenChoiceLaunch {
     logitRows: number,
   ) {
     this.out = device.alloc(maxRows * 8);
+    this.host = device.allocHost(maxRows * 8);
     this.partial = device.alloc(logitRows * ARGMAX_SPLIT * 3 * 4);
   }
 
-  private get logProbs(): number {
-    return this.out + this.maxRows * 4;
+  /** Where a launch of `rows` rows writes its log probs: right after its tokens, so one copy takes both. */
+  private logProbs(rows: number): number {
+    return this.out + rows * 4;
+  }
+
+  /** Enqueues the copy of a launch's choices to pinned memory, where `read` finds them. */
+  private copyOut(rows: number): void {
+    this.device.downloadAsync(this.host.handle, this.out, rows * 8);
   }
 
   /** Enqueues the greedy choice of every logits row. */
@@ -41,8 +51,9 @@ export class TokenChoiceLaunch {
       this.fn("argmax_final"),
       [logits.rows],
       [32],
-      [ptr(this.out), ptr(this.logProbs), ptr(this.partial)],
+      [ptr(this.out), ptr(this.logProbs(logits.rows)), ptr(this.partial)],
     );
+    this.copyOut(logits.rows);
   }
 
   /**
@@ -58,7 +69,7 @@ export class TokenChoiceLaunch {
       [1024],
       [
         ptr(this.out),
-        ptr(this.logProbs),
+        ptr(this.logProbs(rows)),
         ptr(logits.ptr),
         i32(vocab),
         i32(logits.cols),
@@ -70,22 +81,24 @@ export class TokenChoiceLaunch {
         at(5),
       ],
     );
+    this.copyOut(rows);
   }
 
-  /** Waits for the stream and reads the choices of the first `rows` rows. */
+  /**
+   * Waits for the stream and reads the choices of the last launch (or graph replay of one), which chose for
+   * `rows` rows: its log probs follow its tokens.
+   */
   read(rows: number): { tokens: Int32Array; logProbs: Float32Array } {
     this.device.synchronize();
-    const tokens = new Int32Array(rows);
-    const logProbs = new Float32Array(rows);
-    if (rows > 0) {
-      this.device.download(tokens, this.out);
-      this.device.download(logProbs, this.logProbs);
-    }
-    return { tokens, logProbs };
+    return {
+      tokens: new Int32Array(this.host.buffer, 0, rows).slice(),
+      logProbs: new Float32Array(this.host.buffer, rows * 4, rows).slice(),
+    };
   }
 
   dispose(): void {
     this.device.free(this.out);
+    this.device.freeHost(this.host.handle);
     this.device.free(this.partial);
   }
 }
