@@ -20,7 +20,7 @@ export class TokenChoiceLaunch {
   constructor(
     private readonly device: CudaDevice,
     private readonly fn: (name: KernelName) => unknown,
-    private readonly maxRows: number,
+    maxRows: number,
     logitRows: number,
   ) {
     this.out = device.alloc(maxRows * 8);
