@@ -8,8 +8,7 @@
 // is captured as a decode step is, and "layer" times the five fused ops of a layer in their order.)
 // (--rows R: a wide step of R sequences, each at the context given, as the nano-vllm workload's: past
 // GEMV_MAX_ROWS rows the step takes cuBLAS and the unfused ops, which are then what is timed.)
-// (KILN_GEMV_KSPLIT=1 … in the environment forces every GEMV's split; KILN_CUDA_PDL=0 launches without PDL;
-// KILN_CUDA_L2_PREFETCH=0 keeps attention from asking the L2 for the layer's later weights.)
+// (KILN_GEMV_KSPLIT=1 … in the environment forces every GEMV's split; KILN_CUDA_PDL=0 launches without PDL.)
 
 import fs from "node:fs";
 import { parseArgs } from "node:util";
@@ -17,7 +16,6 @@ import type { AttentionShape, StepInput } from "../src/backends/backend.js";
 import { CudaBackend, type CudaTensor } from "../src/backends/cuda/cuda-backend.js";
 import { CudaDevice } from "../src/backends/cuda/driver.js";
 import { engineDefines, kernelSource } from "../src/backends/cuda/engine-kernels.js";
-import { prefetchShare } from "../src/backends/cuda/l2-prefetch.js";
 import { compileKernels } from "../src/backends/cuda/nvrtc.js";
 import { QWEN25_05B } from "./random-model.js";
 
@@ -102,26 +100,6 @@ const be = new CudaBackend(
     headSize: D,
   },
   invFreq,
-);
-// The weights under their engine names, for the plan of what each layer's attention asks the L2 for
-// (KILN_CUDA_L2_PREFETCH=0 turns it off, as in an engine).
-const engineNames: [string, string][] = [
-  ["attention.dense.weight", "dense"],
-  ["post_layernorm.weight", "norm"],
-  ["mlp.fc.weight", "fc_gate"],
-  ["mlp.proj.weight", "proj"],
-  ["input_layernorm.weight", "norm"],
-  ["attention.qkv.weight", "qkv"],
-  ["attention.qkv.bias", "qkv_bias"],
-];
-be.prefetchWeights(
-  Array.from({ length: LAYERS }, (_, l) =>
-    engineNames.map(([name, key]) => {
-      const t = weights.get(`${key}${l}`)!;
-      return { name: `transformer.layers.${l}.${name}`, ptr: t.ptr, bytes: t.rows * t.cols * 2 };
-    }),
-  ).flat(),
-  LAYERS,
 );
 const shape: AttentionShape = { numHeads: heads, numKvHeads: kvHeads, headSize: D };
 be.allocateKvCache({ ...shape, numLayers: LAYERS, numBlocks: R * blocksPerSeq, tokensPerBlock });
@@ -254,7 +232,6 @@ const report = {
   max_seq_len: maxSeqLen,
   rows: R,
   defines: extra,
-  l2_prefetch_share: prefetchShare(),
   ops: results,
 };
 console.log(`copy bandwidth ${copyTBs.toFixed(2)} TB/s`);

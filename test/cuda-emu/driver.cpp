@@ -410,7 +410,6 @@ int cuDeviceGet(int* device, int ordinal) {
 int cuDeviceGetAttribute(int* value, int attrib, int) {
   switch (attrib) {
     case 16: *value = 132; break;  // multiprocessors, as an H100 SXM
-    case 38: *value = 50 << 20; break;  // L2 bytes, as an H100 SXM
     case 75: *value = 9; break;    // compute capability 9.0
     case 76: *value = 0; break;
     case 1: *value = 1024; break;  // max threads per block

@@ -39,8 +39,6 @@ export interface AttentionContext {
   kvLayer(layer: number): { k: number; v: number; scale: number; tokensPerBlock: number };
   /** Set while a CUDA graph is recorded: launch shapes must then fit every step the graph will replay. */
   graphMode(): boolean;
-  /** The weights a layer's decode attention asks the L2 for (l2-prefetch.ts): their table's address and count. */
-  prefetch(layer: number): { ptr: number; count: number };
 }
 
 export interface AttentionLimits {
@@ -113,17 +111,8 @@ export class AttentionLaunch {
       device.launch(fn("attention_fmha"), [s.numFmhaTiles, shape.numHeads], [32 * FMHA_WARPS], args);
       return out;
     }
-    // What every decode attention kernel reads after its output pointer.
-    const prefetch = this.ctx.prefetch(layer);
-    const inputs = [
-      ptr(qkv.ptr),
-      ...cache,
-      at(s.rowSeq),
-      at(s.positions),
-      ...tables,
-      ptr(prefetch.ptr),
-      i32(prefetch.count),
-    ];
+    // What both decode attention kernels read after their output pointer.
+    const inputs = [ptr(qkv.ptr), ...cache, at(s.rowSeq), at(s.positions), ...tables];
     if (this.decodeTensorCoresFor(qkv.rows, shape)) {
       device.launch(fn("attention_decode_tc"), [qkv.rows, shape.numKvHeads], [128], [ptr(out.ptr), ...inputs]);
       return out;

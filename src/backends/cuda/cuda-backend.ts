@@ -37,7 +37,6 @@ import {
 } from "./cuda-tensor.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
 import { FUSED_KERNELS, FusedDecode, fusedSharedBytes } from "./fused-decode.js";
-import { type DeviceSection, PrefetchTable, prefetchPlan, prefetchShare } from "./l2-prefetch.js";
 import { moeLayer } from "./moe-layer.js";
 import { addBias, encodeQLinear, fp8Gemmable, quantizedLinear } from "./quantized-linear.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
@@ -162,24 +161,12 @@ export class CudaBackend implements Backend<CudaTensor> {
           tokensPerBlock: this.kv!.spec.tokensPerBlock,
         }),
         graphMode: () => this.graphMode,
-        prefetch: (layer) => this.prefetchTable?.of(layer) ?? { ptr: 0, count: 0 },
       },
       limits,
     );
   }
 
   private disposed = false;
-  private prefetchTable: PrefetchTable | null = null;
-
-  /**
-   * Has each of the first numLayers layers' decode attention ask the L2 for the weights read after it
-   * (l2-prefetch.ts), within prefetchShare() of the L2; `sections` are the engine's weights in device memory.
-   */
-  prefetchWeights(sections: DeviceSection[], numLayers: number): void {
-    this.prefetchTable?.dispose();
-    const budget = Math.floor(this.device.l2Bytes * prefetchShare());
-    this.prefetchTable = budget > 0 ? new PrefetchTable(this.device, prefetchPlan(sections, numLayers, budget)) : null;
-  }
 
   dispose(): void {
     if (this.disposed) return;
@@ -200,7 +187,6 @@ export class CudaBackend implements Backend<CudaTensor> {
       this.device.free(p);
     }
     this.kv = null;
-    this.prefetchTable?.dispose();
     this.attentionLaunch.dispose();
     this.tokenChoice.dispose();
     this.cublas.dispose();

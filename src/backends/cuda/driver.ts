@@ -17,7 +17,6 @@ export const f32 = (v: number): KernelArg => ({ f32: v });
 const CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
 const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
 const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
-const CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE = 38;
 const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 const MAX_ARGS = 32;
 const CU_MEMORYTYPE_DEVICE = 2;
@@ -29,8 +28,6 @@ export class CudaDevice {
   readonly name: string;
   readonly computeCapability: [number, number];
   readonly multiprocessors: number;
-  /** Bytes of L2 cache. */
-  readonly l2Bytes: number;
   private readonly argStorage: unknown;
   private readonly argView: DataView;
   private readonly argPointers: unknown;
@@ -64,7 +61,6 @@ export class CudaDevice {
       attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
     ];
     this.multiprocessors = attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
-    this.l2Bytes = attr(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE);
     const nameBuf = new Uint8Array(128);
     this.check(a.cuDeviceGetName(nameBuf, 128, dev[0]), "cuDeviceGetName");
     this.name = Buffer.from(nameBuf).toString("utf8").replace(/\0.*$/s, "");

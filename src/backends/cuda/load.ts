@@ -10,7 +10,6 @@ import { ropeSpec } from "../../models/rope.js";
 import { companionName, scaleName } from "../../quantization/mode.js";
 import { CudaBackend, type CudaDtype, type CudaQuant, type CudaTensor } from "./cuda-backend.js";
 import { CudaDevice } from "./driver.js";
-import type { DeviceSection } from "./l2-prefetch.js";
 import { decodeDescriptor, descriptorName, type QuantDescriptor } from "./weight-layout.js";
 
 /** Sections that transform a quantized layer's input (see quantOf), shared between layers when equal. */
@@ -64,7 +63,6 @@ export function loadCudaBackend(
     const sectionDtype = new Map(file.header.sections.map((s) => [s.name, s.dtype]));
     const codeSections = new Set<string>();
     const sharedInputs = new Map<string, number>();
-    const onDevice: DeviceSection[] = [];
     for (const s of file.header.sections) {
       if (s.name.startsWith("kernels.")) continue;
       const bytes = file.read(s.name);
@@ -92,7 +90,6 @@ export function loadCudaBackend(
       const [rows, cols] =
         s.shape.length === 1 ? [1, s.shape[0]] : [s.shape[0], s.shape.slice(1).reduce((x, y) => x * y, 1)];
       weights.set(s.name, { ptr: p, rows, cols, dtype: codes ? dtype : (s.dtype as CudaDtype) });
-      onDevice.push({ name: s.name, ptr: p, bytes: bytes.byteLength });
       if (codes) codeSections.add(s.name);
     }
     for (const [name, t] of weights) {
@@ -150,7 +147,6 @@ export function loadCudaBackend(
       kvQuant,
     );
     backend.ranksOnGpu = place.ranksOnGpu;
-    backend.prefetchWeights(onDevice, place.dims.layers.length);
     return backend;
   } finally {
     file.close();

@@ -110,39 +110,6 @@ __device__ __forceinline__ void pdl_enter() {
 #endif
 }
 
-// Asks the L2 for weights that later kernels of the step will read (backends/cuda/l2-prefetch.ts): `ranges`
-// holds n (address, bytes) pairs, cut into L2_PIECE-byte pieces spread over every thread of the grid. A
-// batch-1 step's attention waits on latency while the memory system idles, so it asks for the rest of its
-// layer's weights before its own wait; the GEMVs after it then find them in the L2. A prefetch is a hint: it
-// changes no value. The emulator reads each piece's first and last word instead, so that a wrong range there
-// fails as a bad address would.
-#define L2_PIECE 16384
-__device__ __forceinline__ void l2_prefetch(const unsigned long long* ranges, int n) {
-  if (n == 0) return;
-  // Consecutive pieces go to consecutive blocks, so that every SM's copy engine takes a share.
-  const unsigned blocks = gridDim.x * gridDim.y * gridDim.z, nthreads = blocks * blockDim.x;
-  const unsigned me = threadIdx.x * blocks + (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-  unsigned first = 0;  // the grid-wide index of range i's first piece
-  for (int i = 0; i < n; i++) {
-    const unsigned long long base = ranges[2 * i], bytes = ranges[2 * i + 1];
-    const unsigned pieces = (unsigned)((bytes + L2_PIECE - 1) / L2_PIECE);
-    for (unsigned k = (me + nthreads - first % nthreads) % nthreads; k < pieces; k += nthreads) {
-      const unsigned long long at = base + (unsigned long long)k * L2_PIECE;
-      const unsigned size = (unsigned)min((unsigned long long)L2_PIECE, bytes - (unsigned long long)k * L2_PIECE);
-#ifdef KILN_EMULATED
-      volatile const unsigned char* p = reinterpret_cast<const unsigned char*>(at);
-      (void)p[0];
-      (void)p[size - 1];
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(at), "r"(size & ~15u) : "memory");
-#else
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(at));
-#endif
-    }
-    first += pieces;
-  }
-}
-
 // out[r] = table[ids[r]]; grid = rows.
 extern "C" __global__ void embed(T* out, const T* table, const int* ids, int hidden) {
   pdl_enter();
@@ -1462,12 +1429,10 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
 // block = 32 × ATT_WARPS.
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq, const int* row_pos,
-          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale,
-          const unsigned long long* prefetch, int prefetch_ranges) {
+          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
   const int r = blockIdx.x / num_heads, h = blockIdx.x % num_heads;
   const int seq = row_seq[r];  // step metadata, copied before the step's first kernel: read before the wait
   const int pos = row_pos[r];
-  l2_prefetch(prefetch, prefetch_ranges);
   pdl_enter();
   T* o = out + ((size_t)r * num_heads + h) * head;
   if (seq < 0) {
@@ -1701,14 +1666,12 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const KV* kcache, const KV* vcache,
                 float kv_scale, const int* row_seq, const int* row_pos, const int* block_tables, int max_blocks,
-                int num_heads, int num_kv, int head, int tpb, float scale, const unsigned long long* prefetch,
-                int prefetch_ranges) {
+                int num_heads, int num_kv, int head, int tpb, float scale) {
   const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z, chunks = gridDim.z;
   // The step's metadata came by a copy before the step's first kernel, so it is read before the wait.
   const int seq = row_seq[r];
   const int visible = seq < 0 ? 0 : row_pos[r] + 1;
   const int used = (visible + ATT_CHUNK - 1) / ATT_CHUNK;  // the chunks holding keys
-  l2_prefetch(prefetch, prefetch_ranges);
   pdl_enter();
   T* o = out + ((size_t)r * num_heads + h) * head;
   if (c >= max(used, 1)) return;
@@ -2144,8 +2107,7 @@ __device__ void decode_tc(T* out, const T* qkv, const KV* kcache, const KV* vcac
 extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
 attention_decode_tc(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq,
                     const int* row_pos, const int* block_tables, int max_blocks, int num_heads, int num_kv, int head,
-                    int tpb, float scale, const unsigned long long* prefetch, int prefetch_ranges) {
-  l2_prefetch(prefetch, prefetch_ranges);
+                    int tpb, float scale) {
   pdl_enter();
   decode_tc<DEC_HEAD_MAX>(out, qkv, kcache, vcache, kv_scale, row_seq, row_pos, block_tables, max_blocks, num_heads,
                           num_kv, head, tpb, scale);
