@@ -41,6 +41,10 @@ export const MAX_DYNAMIC_SHARED = 227 * 1024;
 export const GEMV_MAX_ROWS = 8;
 /** KILN_GEMV_KSPLIT=1|2|4|8 sets every GEMV's split (an A/B switch for measuring it; unset: by row length). */
 const FORCED_KSPLIT = ((v) => ([1, 2, 4, 8].includes(v) ? v : undefined))(Number(process.env.KILN_GEMV_KSPLIT));
+/** KILN_GEMV_Q_KSPLIT=1|2|4|8 sets the quantized GEMVs' split alone (the same A/B switch for them). */
+export const FORCED_Q_KSPLIT = ((v) => ([1, 2, 4, 8].includes(v) ? v : FORCED_KSPLIT))(
+  Number(process.env.KILN_GEMV_Q_KSPLIT),
+);
 /** GEMV_UNROLL in decoder.cu: 16-byte loads a lane has in flight. */
 const GEMV_UNROLL = 4;
 
@@ -49,9 +53,13 @@ const GEMV_UNROLL = 4;
  * (1, 2, 4 or 8), so that each warp makes one pass of its loads over its share of a long row (the
  * 0.5B model's down projection, 896 rows of 9.5 KB, would otherwise run 112 blocks on 132 SMs), and the grid.
  */
-export function gemvLaunch(outRows: number, rowBytes: number): { ksplit: number; blocks: number } {
+export function gemvLaunch(
+  outRows: number,
+  rowBytes: number,
+  forced = FORCED_KSPLIT,
+): { ksplit: number; blocks: number } {
   const passes = Math.ceil(rowBytes / 16 / (32 * GEMV_UNROLL));
-  const ksplit = FORCED_KSPLIT ?? (passes > 4 ? 8 : passes > 2 ? 4 : passes > 1 ? 2 : 1);
+  const ksplit = forced ?? (passes > 4 ? 8 : passes > 2 ? 4 : passes > 1 ? 2 : 1);
   return { ksplit, blocks: Math.ceil((outRows * ksplit) / 8) };
 }
 

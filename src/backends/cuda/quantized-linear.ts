@@ -7,6 +7,7 @@ import {
   type CudaQuant,
   type CudaTensor,
   DTYPE_BYTES,
+  FORCED_Q_KSPLIT,
   GEMV_MAX_ROWS,
   gemvLaunch,
   kernelForRows,
@@ -64,7 +65,7 @@ export function quantizedLinear(
   const shared = roundedInputBytes(ctx, q, x.rows, x.cols);
   if (x.rows <= GEMV_MAX_ROWS && x.cols % 32 === 0 && x.ptr % 16 === 0 && shared <= MAX_DYNAMIC_SHARED) {
     const codeBytes = q.kind === "int8" || q.kind === "fp8" ? 1 : 0.5;
-    const { ksplit, blocks } = gemvLaunch(w.rows, w.cols * codeBytes);
+    const { ksplit, blocks } = gemvLaunch(w.rows, w.cols * codeBytes, FORCED_Q_KSPLIT);
     ctx.device.launch(
       ctx.fn(kernelForRows(`gemv_q_${q.kind}`, x.rows)),
       [blocks],
