@@ -52,6 +52,7 @@ const GEMV_UNROLL = 4;
  * The GEMV kernels' launch for a weight of `outRows` rows of `rowBytes` bytes: ksplit warps an output row
  * (1, 2, 4 or 8), so that each warp makes one pass of its loads over its share of a long row (the
  * 0.5B model's down projection, 896 rows of 9.5 KB, would otherwise run 112 blocks on 132 SMs), and the grid.
+ * `forced`: a split an A/B switch sets instead (KILN_GEMV_KSPLIT; the quantized GEMVs pass KILN_GEMV_Q_KSPLIT's).
  */
 export function gemvLaunch(
   outRows: number,
