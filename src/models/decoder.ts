@@ -218,16 +218,25 @@ export class DecoderModel<T> {
         : this.mlpBlock(t, opened.residual, dense);
     }
     residual = stream.residual;
-    if (stream.pending) be.addInPlace(residual, stream.pending);
+    // Where every row of the step wants its logits (decode steps), no rows are gathered and the last block's
+    // output is added to the residual by the final norm itself: two launches fewer a step.
+    const everyRow = !cp && this.dims.lastStage && isEveryRow(step.logitRows, step.tokenIds.length);
+    const pending = stream.pending;
+    if (pending && !everyRow) be.addInPlace(residual, pending);
     be.beginLayer(L);
     const rows = step.logitRows.length;
     if (!this.dims.lastStage) {
       coll.send(residual, this.ppGroup[ppRank + 1], this.ppGroup);
       return coll.recv(this.ppGroup[mapping.ppSize - 1], this.ppGroup, rows, this.logitsWidth, true);
     }
+    const lnf = this.w("transformer.ln_f.weight");
     const all = cp ? this.gatherContext(residual, H, step, cp) : residual;
     // Only the rows whose logits are wanted go through the final norm and the (large) lm_head.
-    const last = be.rmsNorm(be.gatherRows(all, step), this.w("transformer.ln_f.weight"), eps);
+    const last = !everyRow
+      ? be.rmsNorm(be.gatherRows(all, step), lnf, eps)
+      : pending
+        ? be.addRmsNorm(residual, pending, lnf, eps)
+        : be.rmsNorm(residual, lnf, eps);
     let logits = be.linear(last, this.w("lm_head.weight"), null, true);
     if (mapping.tpSize > 1) logits = coll.allGatherColumns(logits, this.tpGroup, rows, this.dims.vocabRows);
     for (const earlier of this.ppGroup.slice(0, -1)) coll.send(logits, earlier, this.ppGroup);
@@ -389,4 +398,9 @@ export class DecoderModel<T> {
     if (!mlp.gate) return be.siluMulHalves(be.linear(x, mlp.fc, mlp.fcBias));
     return be.siluMul(be.linear(x, mlp.fc, mlp.fcBias), be.linear(x, mlp.gate, mlp.gateBias));
   }
+}
+
+/** Whether a step's logits rows are all of its rows, in order (0, 1, …, rows − 1). */
+function isEveryRow(logitRows: Int32Array, rows: number): boolean {
+  return logitRows.length === rows && logitRows.every((r, i) => r === i);
 }

@@ -44,6 +44,23 @@ export function engineDefines(
   };
 }
 
+/**
+ * KILN_CUDA_DEFINES="NAME=VALUE,…": more macros for decoder.cu at build time, for A/B runs of kernel variants
+ * (bench/decode-ops.ts takes the same as --define). Unset in normal use.
+ */
+function extraDefines(): Record<string, number> {
+  const spec = process.env.KILN_CUDA_DEFINES;
+  if (!spec) return {};
+  return Object.fromEntries(
+    spec.split(",").map((d) => {
+      const [k, v] = d.split("=");
+      if (!/^[A-Z_][A-Z0-9_]*$/.test(k) || !Number.isFinite(Number(v ?? 1)))
+        throw new Error(`KILN_CUDA_DEFINES: "${d}" is not NAME=NUMBER`);
+      return [k, Number(v ?? 1)];
+    }),
+  );
+}
+
 /** What this process compiled, by target, dtype, KV element and head lanes: a build of several engines compiles once. */
 const compiled = new Map<string, { target: string; cubin: Uint8Array; ptx: Uint8Array }>();
 
@@ -53,8 +70,8 @@ export function compileEngineKernels(
   headSize: number,
 ): { target: string; cubin: Uint8Array; ptx: Uint8Array } {
   const target = CudaDevice.open().target;
-  const defines = engineDefines(dtype, kv, headSize);
-  const key = `${target}:${Object.values(defines).join(":")}`;
+  const defines = { ...engineDefines(dtype, kv, headSize), ...extraDefines() };
+  const key = `${target}:${Object.entries(defines).join(":")}`;
   let k = compiled.get(key);
   if (!k) {
     const { cubin, ptx } = compileKernels(kernelSource(), "decoder.cu", target, defines);

@@ -1,5 +1,5 @@
-// The next token of every logits row, chosen on the GPU: greedy (argmax_partial then argmax_final, the row
-// split over ARGMAX_SPLIT blocks) or drawn with each row's sampling parameters (sample_rows). Launches are
+// The next token of every logits row, chosen on the GPU: greedy (argmax_rows, the row split over
+// ARGMAX_SPLIT blocks, the last of them merging) or drawn with each row's sampling parameters (sample_rows). Launches are
 // graph-capturable and end with one asynchronous copy of the choices into pinned memory, so `read` only
 // waits for the stream (two synchronous copies from pageable memory after the wait had cost every step).
 
@@ -14,8 +14,9 @@ export class TokenChoiceLaunch {
   private readonly out: number;
   /** Where each launch copies `out` to (pinned host memory). */
   private readonly host: { handle: unknown; buffer: ArrayBuffer };
-  /** The greedy choice's per-block partial maxima. */
+  /** The greedy choice's per-block partial maxima, and its per-row counters of blocks done (kept at zero). */
   private readonly partial: number;
+  private readonly arrivals: number;
 
   constructor(
     private readonly device: CudaDevice,
@@ -26,6 +27,8 @@ export class TokenChoiceLaunch {
     this.out = device.alloc(maxRows * 8);
     this.host = device.allocHost(maxRows * 8);
     this.partial = device.alloc(logitRows * ARGMAX_SPLIT * 3 * 4);
+    this.arrivals = device.alloc(logitRows * 4);
+    device.memsetAsync(this.arrivals, 0, logitRows * 4);
   }
 
   /** Where a launch of `rows` rows writes its log probs: right after its tokens, so one copy takes both. */
@@ -42,16 +45,18 @@ export class TokenChoiceLaunch {
   launchGreedy(logits: CudaTensor, vocab: number): void {
     if (logits.rows === 0) return;
     this.device.launch(
-      this.fn("argmax_partial"),
+      this.fn("argmax_rows"),
       [logits.rows, ARGMAX_SPLIT],
       [256],
-      [ptr(this.partial), ptr(logits.ptr), i32(vocab), i32(logits.cols)],
-    );
-    this.device.launch(
-      this.fn("argmax_final"),
-      [logits.rows],
-      [32],
-      [ptr(this.out), ptr(this.logProbs(logits.rows)), ptr(this.partial)],
+      [
+        ptr(this.out),
+        ptr(this.logProbs(logits.rows)),
+        ptr(this.partial),
+        ptr(this.arrivals),
+        ptr(logits.ptr),
+        i32(vocab),
+        i32(logits.cols),
+      ],
     );
     this.copyOut(logits.rows);
   }
@@ -100,5 +105,6 @@ export class TokenChoiceLaunch {
     this.device.free(this.out);
     this.device.freeHost(this.host.handle);
     this.device.free(this.partial);
+    this.device.free(this.arrivals);
   }
 }

@@ -172,7 +172,9 @@ extern "C" __global__ void add_bias(T* x, const T* b, int cols) {
 // of x accumulated in float from the same loaded weights. Needs in · sizeof(T) a multiple of 16 and 16-byte
 // aligned rows (the caller checks). y is float32 when y_f32 (logits), else T. grid = ceil(out · ksplit / 8), 256 threads.
 #define GEMV_MAX_ROWS 8
+#ifndef GEMV_UNROLL  // (overridable for A/B runs; cuda-tensor.ts sizes the split for 4)
 #define GEMV_UNROLL 4
+#endif
 
 // U (GEMV_UNROLL unless said) 16-byte loads of a weight row in flight per lane before any is used.
 template <int U = GEMV_UNROLL>
@@ -1158,16 +1160,24 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
   norm_gated_mlp_rows<R, K>(out, residual_out, residual, delta, norm_w, eps, w, w_b, qa, qb, b_row, bias_a,     \
                             bias_b, rows, in, inter)
 
+// Blocks an SM must hold of a one-row fused kernel (ptxas then keeps its registers to 65536 / (256 · that)):
+// the 0.5B model's MLP is 608 blocks, more than 132 SMs hold at four blocks each (63 registers a thread),
+// so the last 80 had waited for the first to finish. KILN_FUSED_MIN_BLOCKS overrides it (an A/B switch).
+#ifndef KILN_FUSED_MIN_BLOCKS
+#define KILN_FUSED_MIN_BLOCKS 1
+#endif
+#define FUSED_1_BOUNDS __launch_bounds__(256, KILN_FUSED_MIN_BLOCKS)
+
 #define FUSED_KERNELS_OF(SUFFIX, K)                                                                             \
   extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX(QKV_PARAMS) { FUSED_ROWS(QKV_CALL, K); } \
-  extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
+  extern "C" __global__ void FUSED_1_BOUNDS norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
   extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX(MLP_PARAMS) { FUSED_ROWS(MLP_CALL, K); } \
-  extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
+  extern "C" __global__ void FUSED_1_BOUNDS norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
 // The quantized kinds' fusions come for one row alone (batch-1 decode, where launches cost the most): their
 // decoding made each multi-row instance a minute of compile time. Wider decode steps take the quantized GEMV.
 #define FUSED_KERNELS_Q(SUFFIX, K)                                                                              \
-  extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
-  extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
+  extern "C" __global__ void FUSED_1_BOUNDS norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
+  extern "C" __global__ void FUSED_1_BOUNDS norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
 
 FUSED_KERNELS_OF(, QK_T)
 FUSED_KERNELS_Q(_q_int8, QK_INT8)
@@ -1319,10 +1329,14 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
 }
 
 #define ATT_WARPS 16
+// Keys a warp loads together before using any (overridable for A/B runs).
+#ifndef ATT_GROUP
+#define ATT_GROUP 4
+#endif
 #define MAX_HEAD 256
 
 // Online softmax of one query row and head over keys [t_begin, t_end) of its paged KV cache, by one block of
-// 32 × ATT_WARPS threads: each warp takes every ATT_WARPS-th group of four keys, lanes split the head
+// 32 × ATT_WARPS threads: each warp takes every ATT_WARPS-th group of ATT_GROUP keys, lanes split the head
 // dimension (PL dims a lane), the group's keys and values all loaded before any is used, and the warps'
 // results are merged in shared memory. On return (after a barrier) ml[0] is the block's maximum score (−∞
 // when the range is empty), ml[1] the sum of exp(score − max) and acc[d] the sum of exp(score − max) · v[d].
@@ -1340,10 +1354,10 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
   }
   float m = NEG_INF, l = 0.f;
   const int kv_stride = num_kv * head;
-  for (int t0 = t_begin + warp * 4; t0 < t_end; t0 += ATT_WARPS * 4) {
-    float kx[4][PL], vx[4][PL], s[4];
+  for (int t0 = t_begin + warp * ATT_GROUP; t0 < t_end; t0 += ATT_WARPS * ATT_GROUP) {
+    float kx[ATT_GROUP][PL], vx[ATT_GROUP][PL], s[ATT_GROUP];
 #pragma unroll
-    for (int u = 0; u < 4; u++) {
+    for (int u = 0; u < ATT_GROUP; u++) {
       const int t = min(t0 + u, t_end - 1);
       const size_t base = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
 #pragma unroll
@@ -1353,24 +1367,28 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
         vx[u][j] = d < head ? kv_get(vcache[base + d], kv_scale) : 0.f;
       }
     }
+    float m2 = m;
 #pragma unroll
-    for (int u = 0; u < 4; u++) {
+    for (int u = 0; u < ATT_GROUP; u++) {
       s[u] = 0.f;
 #pragma unroll
       for (int j = 0; j < PL; j++) s[u] += qv[j] * kx[u][j];
       s[u] = t0 + u < t_end ? warp_sum(s[u]) * scale : NEG_INF;
+      m2 = fmaxf(m2, s[u]);
     }
-    const float m2 = fmaxf(m, fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])));
     const float correction = __expf(m - m2);
-    float p[4];
+    float p[ATT_GROUP];
+    l *= correction;
 #pragma unroll
-    for (int u = 0; u < 4; u++) p[u] = __expf(s[u] - m2);
-    l = l * correction + p[0] + p[1] + p[2] + p[3];
+    for (int u = 0; u < ATT_GROUP; u++) {
+      p[u] = __expf(s[u] - m2);
+      l += p[u];
+    }
 #pragma unroll
     for (int j = 0; j < PL; j++) {
       float a = acc[j] * correction;
 #pragma unroll
-      for (int u = 0; u < 4; u++) a += p[u] * vx[u][j];
+      for (int u = 0; u < ATT_GROUP; u++) a += p[u] * vx[u][j];
       acc[j] = a;
     }
     m = m2;
@@ -1453,9 +1471,10 @@ extern "C" __global__ void gather_rows(T* out, const T* x, const int* rows, int 
   for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)blockIdx.x * cols + c] = src[c];
 }
 
-// Greedy choice per logits row, in two stages so that a 152k-entry row is read by many blocks at once.
-// Stage 1, grid (rows, ARGMAX_SPLIT): each block's slice gives its maximum (first index on ties) and the sum
-// of exp(x − that maximum). Stage 2, grid rows: merges the slices into the token and its log-softmax.
+// Greedy choice per logits row, in one launch of grid (rows, ARGMAX_SPLIT) so that a 152k-entry row is read
+// by many blocks at once: each block's slice gives its maximum (first index on ties) and the sum of
+// exp(x − that maximum); the last block of a row to finish merges the slices into the token and its
+// log-softmax (the threadfence-reduction pattern, as attention_split merges: one launch, not two).
 #define ARGMAX_SPLIT 128
 
 // (best, sum of exp(x − best), first index of best) of two parts, merged: the running state of the greedy
@@ -1485,7 +1504,9 @@ __device__ __forceinline__ ArgmaxState argmax_warp(ArgmaxState s) {
 
 // Each thread reads eight values at a time, all loads in flight before the maximum and the exponentials
 // (no chain of exponentials through the loop); the block's threads merge by shuffles, then across warps.
-extern "C" __global__ void argmax_partial(float* partial, const float* logits, int vocab, int stride) {
+// `arrivals` (one counter a row) is left at zero for the next launch.
+extern "C" __global__ void argmax_rows(int* tokens, float* logprobs, float* partial, unsigned* arrivals,
+                                       const float* logits, int vocab, int stride) {
   pdl_enter();
   const float* row = logits + (size_t)blockIdx.x * stride;
   const int per = (vocab + ARGMAX_SPLIT - 1) / ARGMAX_SPLIT;
@@ -1514,29 +1535,34 @@ extern "C" __global__ void argmax_partial(float* partial, const float* logits, i
   }
   st = argmax_warp(st);
   __shared__ ArgmaxState warps[32];
+  __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) warps[warp] = st;
   __syncthreads();
-  if (warp != 0) return;
-  st = lane < (blockDim.x >> 5) ? warps[lane] : ArgmaxState{NEG_INF, 0.f, 0x7fffffff};
-  st = argmax_warp(st);
-  if (lane == 0) {
-    float* out = partial + ((size_t)blockIdx.x * ARGMAX_SPLIT + blockIdx.y) * 3;
-    out[0] = st.best;
-    out[1] = st.sum;
-    out[2] = __int_as_float(st.arg);
+  float* mine = partial + (size_t)blockIdx.x * ARGMAX_SPLIT * 3;
+  if (warp == 0) {
+    st = lane < (blockDim.x >> 5) ? warps[lane] : ArgmaxState{NEG_INF, 0.f, 0x7fffffff};
+    st = argmax_warp(st);
+    if (lane == 0) {
+      float* out = mine + blockIdx.y * 3;
+      out[0] = st.best;
+      out[1] = st.sum;
+      out[2] = __int_as_float(st.arg);
+      __threadfence();  // this slice is visible to the other blocks before it is counted
+      const unsigned n = atomicAdd(arrivals + blockIdx.x, 1u);
+      last = n == gridDim.y - 1;
+      if (last) arrivals[blockIdx.x] = 0;
+    }
   }
-}
-
-// grid = rows, 32 threads: each lane merges ARGMAX_SPLIT / 32 slices, then the warp.
-extern "C" __global__ void argmax_final(int* tokens, float* logprobs, const float* partial) {
-  pdl_enter();
-  const float* p = partial + (size_t)blockIdx.x * ARGMAX_SPLIT * 3;
-  ArgmaxState st = {NEG_INF, 0.f, 0x7fffffff};
-  for (int k = threadIdx.x; k < ARGMAX_SPLIT; k += 32)
+  __syncthreads();
+  if (!last || warp != 0) return;
+  // Read through volatile: the other blocks' slices must come from memory, not a stale cache line.
+  const volatile float* p = mine;
+  st = {NEG_INF, 0.f, 0x7fffffff};
+  for (int k = lane; k < gridDim.y; k += 32)
     st = argmax_merge(st, {p[3 * k], p[3 * k + 1], __float_as_int(p[3 * k + 2])});
   st = argmax_warp(st);
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     tokens[blockIdx.x] = st.arg;
     logprobs[blockIdx.x] = -logf(st.sum);
   }
