@@ -539,8 +539,10 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
             for (let i = 0; i < inDim; i++) acc += xq[r * inDim + i] * decodeE4M3(codes[o * inDim + i]);
             want[r * out + o] = acc * inScale * weightScale * alpha;
           }
+        // Hopper's FP8 tensor cores keep fewer than float32's bits in their partial sums (an H200 gave
+        // 1.8e-4 here; the emulator's stand-in sums exactly).
         const e = relErr(got, want);
-        assert.ok(e < 1e-5, `${rows} rows: relative error ${e.toExponential(2)}`);
+        assert.ok(e < 1e-3, `${rows} rows: relative error ${e.toExponential(2)}`);
       }
     });
 

@@ -1329,14 +1329,19 @@ extern "C" __global__ void rope_cache(T* qkv, const T* bias, const int* position
 }
 
 #define ATT_WARPS 16
-// Keys a warp loads together before using any (overridable for A/B runs).
-#ifndef ATT_GROUP
-#define ATT_GROUP 4
+// Keys a warp loads together before using any, for PL head dims a lane: 8 for heads of up to 64 (eight
+// keys' loads in flight took an H200's batch-1 step from 0.700 to 0.685 ms at contexts of 128–256, where
+// four had left each warp two to four dependent rounds), 4 for larger heads, whose registers would spill.
+// ATT_GROUP overrides it (an A/B switch).
+#ifdef ATT_GROUP
+#define ATT_KEYS(PL) ATT_GROUP
+#else
+#define ATT_KEYS(PL) ((PL) <= 2 ? 8 : 4)
 #endif
 #define MAX_HEAD 256
 
 // Online softmax of one query row and head over keys [t_begin, t_end) of its paged KV cache, by one block of
-// 32 × ATT_WARPS threads: each warp takes every ATT_WARPS-th group of ATT_GROUP keys, lanes split the head
+// 32 × ATT_WARPS threads: each warp takes every ATT_WARPS-th group of ATT_KEYS(PL) keys, lanes split the head
 // dimension (PL dims a lane), the group's keys and values all loaded before any is used, and the warps'
 // results are merged in shared memory. On return (after a barrier) ml[0] is the block's maximum score (−∞
 // when the range is empty), ml[1] the sum of exp(score − max) and acc[d] the sum of exp(score − max) · v[d].
@@ -1344,6 +1349,7 @@ template <int PL>
 __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, float kv_scale, const int* table,
                              int t_begin, int t_end, int kvh, int num_kv, int head, int tpb, float scale, float* ml,
                              float* acc_out, float* sm, float* sl, float (*sacc)[MAX_HEAD]) {
+  constexpr int GROUP = ATT_KEYS(PL);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float qv[PL], acc[PL];
 #pragma unroll
@@ -1354,10 +1360,10 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
   }
   float m = NEG_INF, l = 0.f;
   const int kv_stride = num_kv * head;
-  for (int t0 = t_begin + warp * ATT_GROUP; t0 < t_end; t0 += ATT_WARPS * ATT_GROUP) {
-    float kx[ATT_GROUP][PL], vx[ATT_GROUP][PL], s[ATT_GROUP];
+  for (int t0 = t_begin + warp * GROUP; t0 < t_end; t0 += ATT_WARPS * GROUP) {
+    float kx[GROUP][PL], vx[GROUP][PL], s[GROUP];
 #pragma unroll
-    for (int u = 0; u < ATT_GROUP; u++) {
+    for (int u = 0; u < GROUP; u++) {
       const int t = min(t0 + u, t_end - 1);
       const size_t base = ((size_t)table[t / tpb] * tpb + t % tpb) * kv_stride + kvh * head;
 #pragma unroll
@@ -1369,7 +1375,7 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
     }
     float m2 = m;
 #pragma unroll
-    for (int u = 0; u < ATT_GROUP; u++) {
+    for (int u = 0; u < GROUP; u++) {
       s[u] = 0.f;
 #pragma unroll
       for (int j = 0; j < PL; j++) s[u] += qv[j] * kx[u][j];
@@ -1377,10 +1383,10 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
       m2 = fmaxf(m2, s[u]);
     }
     const float correction = __expf(m - m2);
-    float p[ATT_GROUP];
+    float p[GROUP];
     l *= correction;
 #pragma unroll
-    for (int u = 0; u < ATT_GROUP; u++) {
+    for (int u = 0; u < GROUP; u++) {
       p[u] = __expf(s[u] - m2);
       l += p[u];
     }
@@ -1388,7 +1394,7 @@ __device__ void attend_lanes(const T* q, const KV* kcache, const KV* vcache, flo
     for (int j = 0; j < PL; j++) {
       float a = acc[j] * correction;
 #pragma unroll
-      for (int u = 0; u < ATT_GROUP; u++) a += p[u] * vx[u][j];
+      for (int u = 0; u < GROUP; u++) a += p[u] * vx[u][j];
       acc[j] = a;
     }
     m = m2;
