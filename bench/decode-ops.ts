@@ -15,7 +15,7 @@ import { parseArgs } from "node:util";
 import type { AttentionShape, StepInput } from "../src/backends/backend.js";
 import { CudaBackend, type CudaTensor } from "../src/backends/cuda/cuda-backend.js";
 import { CudaDevice } from "../src/backends/cuda/driver.js";
-import { engineDefines, kernelSource } from "../src/backends/cuda/engine-kernels.js";
+import { engineDefines, kernelSource, parseDefines } from "../src/backends/cuda/engine-kernels.js";
 import { compileKernels } from "../src/backends/cuda/nvrtc.js";
 import { QWEN25_05B } from "./random-model.js";
 
@@ -39,12 +39,7 @@ const REPLAYS = Number(args.replays ?? 50);
 
 const device = CudaDevice.open();
 // --define NAME=VALUE (repeatable) compiles the kernels with more macros, for A/B runs of kernel variants.
-const extra = Object.fromEntries(
-  (args.define ?? []).map((d) => {
-    const [k, v] = d.split("=");
-    return [k, Number(v ?? 1)];
-  }),
-);
+const extra = parseDefines(args.define ?? [], "--define");
 const { cubin } = compileKernels(kernelSource(), "decoder.cu", device.target, {
   ...engineDefines("bfloat16", null, D),
   ...extra,

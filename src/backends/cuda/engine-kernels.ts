@@ -44,21 +44,25 @@ export function engineDefines(
   };
 }
 
+/** Macros given as "NAME=VALUE" (VALUE 1 when left out), for A/B runs of kernel variants. */
+export function parseDefines(specs: readonly string[], source: string): Record<string, number> {
+  return Object.fromEntries(
+    specs.map((d) => {
+      const [k, v] = d.split("=");
+      if (!/^[A-Z_][A-Z0-9_]*$/.test(k) || !Number.isFinite(Number(v ?? 1)))
+        throw new Error(`${source}: "${d}" is not NAME=NUMBER`);
+      return [k, Number(v ?? 1)];
+    }),
+  );
+}
+
 /**
  * KILN_CUDA_DEFINES="NAME=VALUE,…": more macros for decoder.cu at build time, for A/B runs of kernel variants
  * (bench/decode-ops.ts takes the same as --define). Unset in normal use.
  */
 function extraDefines(): Record<string, number> {
   const spec = process.env.KILN_CUDA_DEFINES;
-  if (!spec) return {};
-  return Object.fromEntries(
-    spec.split(",").map((d) => {
-      const [k, v] = d.split("=");
-      if (!/^[A-Z_][A-Z0-9_]*$/.test(k) || !Number.isFinite(Number(v ?? 1)))
-        throw new Error(`KILN_CUDA_DEFINES: "${d}" is not NAME=NUMBER`);
-      return [k, Number(v ?? 1)];
-    }),
-  );
+  return spec ? parseDefines(spec.split(","), "KILN_CUDA_DEFINES") : {};
 }
 
 /** What this process compiled, by target, dtype, KV element and head lanes: a build of several engines compiles once. */

@@ -1160,24 +1160,16 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
   norm_gated_mlp_rows<R, K>(out, residual_out, residual, delta, norm_w, eps, w, w_b, qa, qb, b_row, bias_a,     \
                             bias_b, rows, in, inter)
 
-// Blocks an SM must hold of a one-row fused kernel (ptxas then keeps its registers to 65536 / (256 · that)):
-// the 0.5B model's MLP is 608 blocks, more than 132 SMs hold at four blocks each (63 registers a thread),
-// so the last 80 had waited for the first to finish. KILN_FUSED_MIN_BLOCKS overrides it (an A/B switch).
-#ifndef KILN_FUSED_MIN_BLOCKS
-#define KILN_FUSED_MIN_BLOCKS 1
-#endif
-#define FUSED_1_BOUNDS __launch_bounds__(256, KILN_FUSED_MIN_BLOCKS)
-
 #define FUSED_KERNELS_OF(SUFFIX, K)                                                                             \
   extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX(QKV_PARAMS) { FUSED_ROWS(QKV_CALL, K); } \
-  extern "C" __global__ void FUSED_1_BOUNDS norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
+  extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
   extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX(MLP_PARAMS) { FUSED_ROWS(MLP_CALL, K); } \
-  extern "C" __global__ void FUSED_1_BOUNDS norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
+  extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
 // The quantized kinds' fusions come for one row alone (batch-1 decode, where launches cost the most): their
 // decoding made each multi-row instance a minute of compile time. Wider decode steps take the quantized GEMV.
 #define FUSED_KERNELS_Q(SUFFIX, K)                                                                              \
-  extern "C" __global__ void FUSED_1_BOUNDS norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
-  extern "C" __global__ void FUSED_1_BOUNDS norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
+  extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
+  extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
 
 FUSED_KERNELS_OF(, QK_T)
 FUSED_KERNELS_Q(_q_int8, QK_INT8)
