@@ -38,7 +38,7 @@ import {
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
 import { FUSED_KERNELS, FusedDecode, fusedSharedBytes } from "./fused-decode.js";
 import { moeLayer } from "./moe-layer.js";
-import { addBias, encodeQLinear, fp8Gemmable, quantizedLinear } from "./quantized-linear.js";
+import { addBias, fp8Gemmable, quantizedLinear } from "./quantized-linear.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
 import { TokenChoiceLaunch } from "./token-choice-launch.js";
 
@@ -83,8 +83,6 @@ export class CudaBackend implements Backend<CudaTensor> {
   private woScratch = { ptr: 0, elements: 0 };
   /** What the op modules (quantized-linear.ts) launch through. */
   private readonly launcher: QuantizedLaunch;
-  /** Each quantized layer's QLinear in device memory, by its codes' pointer. */
-  private readonly qlinears = new Map<number, number>();
 
   constructor(
     readonly device: CudaDevice,
@@ -105,8 +103,6 @@ export class CudaBackend implements Backend<CudaTensor> {
       const shared = FUSED_KERNELS.includes(k) ? fusedShared : k.startsWith("gemv_q_") ? roundedShared : 0;
       this.fns.set(k, device.getFunction(module, k, shared));
     }
-    // Every QLinear made before any step, so that none is first made while a graph is recorded.
-    for (const w of weights.values()) if (w.quant) this.qlinear(w);
     // One dequantized weight-only weight at a time, sized at load for the engine's largest: graphs keep its address.
     this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => (w.quant ? w.rows * w.cols : 0))));
     this.cublas = new Cublas(device);
@@ -122,7 +118,6 @@ export class CudaBackend implements Backend<CudaTensor> {
       dtype,
       cublas: this.cublas,
       fn: (name) => this.fn(name),
-      qlinear: (w) => this.qlinear(w),
       alloc: (rows, cols, d) => this.alloc(rows, cols, d),
       scratch: (elements) => this.ensureWoScratch(elements),
       cublasLt: this.cublasLt,
@@ -182,7 +177,6 @@ export class CudaBackend implements Backend<CudaTensor> {
       ...this.arenas.map((a) => a.base),
       this.invFreq,
       ...(this.woScratch.ptr ? [this.woScratch.ptr] : []),
-      ...this.qlinears.values(),
     ]) {
       this.device.free(p);
     }
@@ -389,19 +383,6 @@ export class CudaBackend implements Backend<CudaTensor> {
       );
     addBias(this.launcher, out, bias, float32Out);
     return out;
-  }
-
-  /** A quantized layer's QLinear, uploaded at its first use (the engine's at load; never while a graph is recorded). */
-  private qlinear(w: CudaTensor): number {
-    let p = this.qlinears.get(w.ptr);
-    if (p === undefined) {
-      if (this.graphMode) throw new Error("a quantized layer first used inside a CUDA graph capture");
-      const bytes = encodeQLinear(w.quant!);
-      p = this.device.alloc(bytes.byteLength);
-      this.device.upload(p, bytes);
-      this.qlinears.set(w.ptr, p);
-    }
-    return p;
   }
 
   /** The dequantization scratch, grown outside graph capture (a captured graph must keep its address). */

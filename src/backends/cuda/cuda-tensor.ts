@@ -131,8 +131,6 @@ export interface QuantizedLaunch {
   dtype: CudaDtype;
   cublas: Cublas;
   fn(name: KernelName): unknown;
-  /** The device copy of a quantized layer's QLinear (decoder.cu), made at its first use. */
-  qlinear(w: CudaTensor): number;
   /** Activation memory for this layer (reset by the backend as layers go). */
   alloc(rows: number, cols: number, dtype?: CudaDtype): CudaTensor;
   /** A scratch buffer of at least `elements` model-dtype values, at the same address for every step. */

@@ -8,17 +8,23 @@ export class CudaError extends Error {
   override name = "CudaError";
 }
 
-/** A kernel argument: a device pointer (u64), a 32-bit int or a float. */
-export type KernelArg = { u64: number } | { i32: number } | { f32: number };
+/**
+ * A kernel argument: a device pointer (u64), a 32-bit int, a float, or a struct passed by value (its bytes,
+ * at most ARG_SLOT_BYTES: a kernel reads such a parameter from constant memory, with no load to wait on).
+ */
+export type KernelArg = { u64: number } | { i32: number } | { f32: number } | { bytes: Uint8Array };
 export const ptr = (p: number): KernelArg => ({ u64: p });
 export const i32 = (v: number): KernelArg => ({ i32: v });
 export const f32 = (v: number): KernelArg => ({ f32: v });
+export const struct = (bytes: Uint8Array): KernelArg => ({ bytes });
 
 const CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
 const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
 const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 const MAX_ARGS = 32;
+/** Bytes of one argument's slot: the largest struct a kernel takes by value. */
+const ARG_SLOT_BYTES = 64;
 const CU_MEMORYTYPE_DEVICE = 2;
 const CUDA_MEMCPY2D_BYTES = 128;
 
@@ -30,6 +36,7 @@ export class CudaDevice {
   readonly multiprocessors: number;
   private readonly argStorage: unknown;
   private readonly argView: DataView;
+  private readonly argBytes: Uint8Array;
   private readonly argPointers: unknown;
   /**
    * Launches let each kernel start while the previous one finishes (programmatic dependent launch, Hopper
@@ -70,13 +77,14 @@ export class CudaDevice {
     const stream = [null];
     this.check(a.cuStreamCreate(stream, 1 /* non-blocking */), "cuStreamCreate");
     this.stream = stream[0];
-    // Kernel arguments: one slot of 8 bytes each, and the array of pointers to them cuLaunchKernel reads.
-    this.argStorage = koffi.alloc("uint8_t", 8 * MAX_ARGS);
-    this.argView = new DataView(koffi.view(this.argStorage, 8 * MAX_ARGS));
+    // Kernel arguments: one slot each, and the array of pointers to them cuLaunchKernel reads.
+    this.argStorage = koffi.alloc("uint8_t", ARG_SLOT_BYTES * MAX_ARGS);
+    this.argBytes = new Uint8Array(koffi.view(this.argStorage, ARG_SLOT_BYTES * MAX_ARGS));
+    this.argView = new DataView(this.argBytes.buffer, this.argBytes.byteOffset, this.argBytes.byteLength);
     this.argPointers = koffi.alloc("uint64_t", MAX_ARGS);
     const pointers = new BigUint64Array(koffi.view(this.argPointers, 8 * MAX_ARGS));
     const base = koffi.address(this.argStorage);
-    for (let i = 0; i < MAX_ARGS; i++) pointers[i] = base + BigInt(8 * i);
+    for (let i = 0; i < MAX_ARGS; i++) pointers[i] = base + BigInt(ARG_SLOT_BYTES * i);
     // cuLaunchKernelEx's CUlaunchConfig (56 bytes: grid, block, shared bytes, stream, attributes, count) and
     // one CUlaunchAttribute (72 bytes): PROGRAMMATIC_STREAM_SERIALIZATION (6) = 1.
     this.pdl = this.computeCapability[0] >= 9 && process.env.KILN_CUDA_PDL !== "0";
@@ -259,9 +267,12 @@ export class CudaDevice {
     if (grid[0] === 0 || grid[1] === 0 || grid[2] === 0) return;
     const v = this.argView;
     args.forEach((a, i) => {
-      if ("u64" in a) v.setBigUint64(8 * i, BigInt(a.u64), true);
-      else if ("i32" in a) v.setInt32(8 * i, a.i32, true);
-      else v.setFloat32(8 * i, a.f32, true);
+      const at = ARG_SLOT_BYTES * i;
+      if ("u64" in a) v.setBigUint64(at, BigInt(a.u64), true);
+      else if ("i32" in a) v.setInt32(at, a.i32, true);
+      else if ("f32" in a) v.setFloat32(at, a.f32, true);
+      else if (a.bytes.byteLength <= ARG_SLOT_BYTES) this.argBytes.set(a.bytes, at);
+      else throw new CudaError(`a struct argument takes at most ${ARG_SLOT_BYTES} bytes (got ${a.bytes.byteLength})`);
     });
     if (this.pdl) {
       const c = this.launchView;

@@ -13,8 +13,12 @@ import {
   MAX_DYNAMIC_SHARED,
   type QuantizedLaunch,
 } from "./cuda-tensor.js";
-import { f32, i32, type KernelArg, ptr } from "./driver.js";
+import { f32, i32, type KernelArg, ptr, struct } from "./driver.js";
+import { QLINEAR_BYTES, qlinearArg } from "./quantized-linear.js";
 import { QUANT_KINDS } from "./weight-layout.js";
+
+/** The QLinear argument of a fused kernel over plain weights: none (all zeros). */
+const PLAIN_QLINEAR = struct(new Uint8Array(QLINEAR_BYTES));
 
 /** The kernels that fuse a decode step's norms into its GEMVs, and take dynamic shared memory (the rows). */
 export const FUSED_KERNELS: readonly KernelName[] = [
@@ -75,7 +79,7 @@ export class FusedDecode {
       { out, next, residual, delta, norm },
       [
         ptr(qkv.ptr),
-        ptr(this.qlinearOf(qkv)),
+        this.qlinearOf(qkv),
         ptr(bias ? bias.ptr : 0),
         ptr(rows.positions),
         ptr(rows.slots),
@@ -116,8 +120,8 @@ export class FusedDecode {
       [
         ptr(fc.ptr),
         ptr((gate ?? fc).ptr),
-        ptr(this.qlinearOf(fc)),
-        ptr(this.qlinearOf(gate ?? fc)),
+        this.qlinearOf(fc),
+        this.qlinearOf(gate ?? fc),
         i32(gate ? 0 : inter),
         bias(mlp.fcBias),
         bias(gate ? mlp.gateBias : mlp.fcBias),
@@ -134,9 +138,9 @@ export class FusedDecode {
     return w.quant ? (`${name}_q_${w.quant.kind}_1` as KernelName) : kernelForRows(name, rows);
   }
 
-  /** A quantized layer's QLinear (0 for a plain weight). */
-  private qlinearOf(w: CudaTensor): number {
-    return w.quant ? this.ctx.qlinear(w) : 0;
+  /** A quantized layer's QLinear, by value (zeros for a plain weight). */
+  private qlinearOf(w: CudaTensor): KernelArg {
+    return w.quant ? qlinearArg(w.quant) : PLAIN_QLINEAR;
   }
 
   /**

@@ -14,17 +14,18 @@ import {
   MAX_DYNAMIC_SHARED,
   type QuantizedLaunch,
 } from "./cuda-tensor.js";
-import { f32, i32, ptr } from "./driver.js";
+import { f32, i32, type KernelArg, ptr, struct } from "./driver.js";
 import { INPUT_ROUNDINGS, QUANT_KINDS } from "./weight-layout.js";
 
 /** sizeof(QLinear) in decoder.cu. */
-const QLINEAR_BYTES = 56;
+export const QLINEAR_BYTES = 56;
 
 /**
  * decoder.cu's QLinear for a quantized layer: the device pointers of its scales, its input rounding (-1:
  * none) and the scale its GEMV's sums are multiplied by (the input's unit, the weight scale and alpha;
  * int8_times' scale multiplies the input, so its unit is 1 / scale; per token, the row's own). The codes'
- * pointer goes to the kernels as an argument of its own.
+ * pointer goes to the kernels as an argument of its own. All zeros: a plain weight's (the fused kernels
+ * take one either way).
  */
 export function encodeQLinear(q: CudaQuant): Uint8Array {
   const bytes = new Uint8Array(QLINEAR_BYTES);
@@ -40,6 +41,18 @@ export function encodeQLinear(q: CudaQuant): Uint8Array {
   v.setFloat32(48, q.input?.scale ?? 1, true);
   v.setFloat32(52, inputUnit * q.weightScale * q.alpha, true);
   return bytes;
+}
+
+const encoded = new WeakMap<CudaQuant, KernelArg>();
+
+/** A quantized layer's QLinear as a kernel argument (by value), encoded once a layer. */
+export function qlinearArg(q: CudaQuant): KernelArg {
+  let arg = encoded.get(q);
+  if (!arg) {
+    arg = struct(encodeQLinear(q));
+    encoded.set(q, arg);
+  }
+  return arg;
 }
 
 /** Dynamic shared memory a quantized GEMV of `rows` × `inDim` inputs takes: its rounded input, where it rounds. */
@@ -75,7 +88,7 @@ export function quantizedLinear(
         i32(float32Out ? 1 : 0),
         ptr(x.ptr),
         ptr(w.ptr),
-        ptr(ctx.qlinear(w)),
+        qlinearArg(q),
         i32(x.rows),
         i32(x.cols),
         i32(w.rows),

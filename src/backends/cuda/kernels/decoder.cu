@@ -377,7 +377,8 @@ __device__ __forceinline__ float code_at(const uint4& v, int k) {
   return q_weight<K>(v, k);
 }
 
-// A quantized linear layer as its kernels read it, one per layer in device memory (built at load by
+// A quantized linear layer as its kernels read it: a kernel parameter passed by value (its fields in
+// registers or constant memory, so no load of it stands before the scales' loads; encoded by
 // backends/cuda/quantized-linear.ts, which writes this layout): the scales of its codes (whose pointer the
 // kernels take as an argument, so that their first loads wait on nothing), and what the format does to the
 // layer's input. y = out_scale · row_scale[r] · channel scale · Σ input'(x) · w', where
@@ -723,10 +724,10 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
 
 // One kernel a weight kind, so that each gets the registers its own decoding needs. Dynamic shared memory:
 // rows · in values of T where the layer rounds its input.
-#define GEMV_Q_ARGS y, y_f32, x, w, *q, rows, in, out, bias, ksplit
+#define GEMV_Q_ARGS y, y_f32, x, w, q, rows, in, out, bias, ksplit
 #define GEMV_Q_KERNEL(NAME, K)                                                                                   \
   extern "C" __global__ void __launch_bounds__(256)                                                             \
-  NAME(void* y, int y_f32, const T* x, const unsigned char* w, const QLinear* q, int rows, int in, int out,     \
+  NAME(void* y, int y_f32, const T* x, const unsigned char* w, const QLinear q, int rows, int in, int out, \
        const T* bias, int ksplit) {                                                                              \
     if (rows <= 2) gemv_q_rows<2, K>(GEMV_Q_ARGS);                                                               \
     else if (rows <= 4) gemv_q_rows<4, K>(GEMV_Q_ARGS);                                                          \
@@ -734,7 +735,8 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
   }                                                                                                              \
   /* The one-row step's kernel, as gemv_1 is gemv's (same arguments; rows is 1). */                             \
   extern "C" __global__ void __launch_bounds__(256)                                                             \
-  NAME##_1(void* y, int y_f32, const T* x, const unsigned char* w, const QLinear* q, int rows, int in, int out, \
+  NAME##_1(void* y, int y_f32, const T* x, const unsigned char* w, const QLinear q, int rows, int in, \
+           int out,                                                                                             \
            const T* bias, int ksplit) {                                                                          \
     gemv_q_rows<1, K>(GEMV_Q_ARGS);                                                                              \
   }
@@ -1147,17 +1149,17 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
 
 #define QKV_PARAMS                                                                                              \
   T *qkv, T *residual_out, const T *residual, const T *delta, const T *norm_w, float eps, const void *w,        \
-      const QLinear *q, const T *bias, const int *positions, const int *slots, KV *kcache, KV *vcache, float kv_scale,            \
+      const QLinear q, const T *bias, const int *positions, const int *slots, KV *kcache, KV *vcache, float kv_scale,            \
       const float *inv_freq, int rows, int in, int num_heads, int num_kv, int head, int rotary
 #define QKV_CALL(R, K)                                                                                          \
-  norm_qkv_rope_rows<R, K>(qkv, residual_out, residual, delta, norm_w, eps, w, q, bias, positions, slots, kcache, \
+  norm_qkv_rope_rows<R, K>(qkv, residual_out, residual, delta, norm_w, eps, w, &q, bias, positions, slots, kcache, \
                            vcache, kv_scale, inv_freq, rows, in, num_heads, num_kv, head, rotary)
 #define MLP_PARAMS                                                                                              \
   T *out, T *residual_out, const T *residual, const T *delta, const T *norm_w, float eps, const void *w,        \
-      const void *w_b, const QLinear *qa, const QLinear *qb, int b_row, const T *bias_a, const T *bias_b, int rows, \
+      const void *w_b, const QLinear qa, const QLinear qb, int b_row, const T *bias_a, const T *bias_b, int rows, \
       int in, int inter
 #define MLP_CALL(R, K)                                                                                          \
-  norm_gated_mlp_rows<R, K>(out, residual_out, residual, delta, norm_w, eps, w, w_b, qa, qb, b_row, bias_a,     \
+  norm_gated_mlp_rows<R, K>(out, residual_out, residual, delta, norm_w, eps, w, w_b, &qa, &qb, b_row, bias_a,     \
                             bias_b, rows, in, inter)
 
 #define FUSED_KERNELS_OF(SUFFIX, K)                                                                             \
