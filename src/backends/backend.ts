@@ -185,8 +185,11 @@ export interface Backend<T> {
     rope: RopeSpec,
     shape: AttentionShape,
   ): { residual: T; qkv: T } | null;
-  /** Opens a gated MLP: …then applies fc and gate and returns silu(fc) · gate. */
-  normGatedMlp?(residual: T, delta: T, norm: NormSpec<T>, mlp: GatedMlp<T>): { residual: T; act: T } | null;
+  /**
+   * Opens a gated MLP: …then applies fc and gate and returns silu(fc) · gate. proj: the layer that reads it
+   * (the down projection), for which the backend may write it already rounded as that layer's format says.
+   */
+  normGatedMlp?(residual: T, delta: T, norm: NormSpec<T>, mlp: GatedMlp<T>, proj?: T): { residual: T; act: T } | null;
   /** The rows of x whose logits the step wants (step.logitRows). */
   gatherRows(x: T, step: StepInput): T;
   toHost(x: T): Float32Array;

@@ -287,7 +287,7 @@ export class DecoderModel<T> {
     const be = this.be;
     const norm = { weight: this.w(`${t}.post_layernorm.weight`), eps: this.cfg.norm_epsilon };
     const mlp = this.gatedMlpWeights(t);
-    const fused = be.normGatedMlp?.(residual, dense, norm, mlp);
+    const fused = be.normGatedMlp?.(residual, dense, norm, mlp, this.w(`${t}.mlp.proj.weight`));
     const act = fused ? fused.act : this.gatedMlp(mlp, be.addRmsNorm(residual, dense, norm.weight, norm.eps));
     return { residual: fused ? fused.residual : residual, pending: this.rowParallel(act, `${t}.mlp.proj`) };
   }

@@ -484,8 +484,9 @@ export class CudaBackend implements Backend<CudaTensor> {
     delta: CudaTensor,
     norm: NormSpec<CudaTensor>,
     mlp: GatedMlp<CudaTensor>,
+    proj?: CudaTensor,
   ): { residual: CudaTensor; act: CudaTensor } | null {
-    return this.fused.normGatedMlp(residual, delta, norm, mlp);
+    return this.fused.normGatedMlp(residual, delta, norm, mlp, proj);
   }
 
   moe(x: CudaTensor, w: MoeWeights<CudaTensor>, spec: MoeSpec): CudaTensor {

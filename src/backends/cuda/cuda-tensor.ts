@@ -15,6 +15,11 @@ export interface CudaTensor {
   dtype: CudaDtype;
   /** A quantized linear layer's codes ([rows = out, cols = in], weight-layout.ts) and how to use them. */
   quant?: CudaQuant;
+  /**
+   * An activation already rounded as this layer's format rounds its input, in units of its scale (by the op
+   * that wrote it: quantized-linear.ts's preRoundable): that layer's GEMV reads it as it is, nothing else may.
+   */
+  roundedFor?: CudaQuant;
 }
 
 /** Device pointers (0: none) of a quantized layer's scales, and what its format does to the input. */

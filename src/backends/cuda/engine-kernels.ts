@@ -60,7 +60,7 @@ export function parseDefines(specs: readonly string[], source: string): Record<s
  * KILN_CUDA_DEFINES="NAME=VALUE,…": more macros for decoder.cu at build time, for A/B runs of kernel variants
  * (bench/decode-ops.ts takes the same as --define). Unset in normal use.
  */
-function extraDefines(): Record<string, number> {
+export function extraDefines(): Record<string, number> {
   const spec = process.env.KILN_CUDA_DEFINES;
   return spec ? parseDefines(spec.split(","), "KILN_CUDA_DEFINES") : {};
 }

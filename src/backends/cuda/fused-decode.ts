@@ -14,7 +14,8 @@ import {
   type QuantizedLaunch,
 } from "./cuda-tensor.js";
 import { f32, i32, type KernelArg, ptr, struct } from "./driver.js";
-import { QLINEAR_BYTES, qlinearArg } from "./quantized-linear.js";
+import { extraDefines } from "./engine-kernels.js";
+import { preRoundable, QLINEAR_BYTES, qlinearArg, UNROUNDED_QLINEAR } from "./quantized-linear.js";
 import { QUANT_KINDS } from "./weight-layout.js";
 
 /** The QLinear argument of a fused kernel over plain weights: none (all zeros). */
@@ -30,6 +31,15 @@ export const FUSED_KERNELS: readonly KernelName[] = [
 ];
 /** KILN_CUDA_FUSED=0 runs decode steps with the plain ops (to measure what fusion gains). */
 const FUSED = process.env.KILN_CUDA_FUSED !== "0";
+
+/**
+ * Pairs of fc and gate rows a warp of norm_gated_mlp computes (KILN_MLP_PAIRS, and _Q for the quantized
+ * kinds, in decoder.cu: its defaults, or what KILN_CUDA_DEFINES compiled it with).
+ */
+export function mlpPairs(quantized: boolean): number {
+  const defines = extraDefines();
+  return quantized ? (defines.KILN_MLP_PAIRS_Q ?? 2) : (defines.KILN_MLP_PAIRS ?? 1);
+}
 
 /** Dynamic shared memory of a fused kernel: the normalized rows, and a second copy where two layers round them apart. */
 export function fusedSharedBytes(rows: number, cols: number, dtype: CudaTensor["dtype"]): number {
@@ -98,11 +108,13 @@ export class FusedDecode {
     return { residual: next, qkv: out };
   }
 
+  /** proj: the layer after, the down projection: a quantized fused MLP hands it its input rounded where it can. */
   normGatedMlp(
     residual: CudaTensor,
     delta: CudaTensor,
     norm: NormSpec<CudaTensor>,
     mlp: GatedMlp<CudaTensor>,
+    proj?: CudaTensor,
   ): { residual: CudaTensor; act: CudaTensor } | null {
     const { fc, gate } = mlp;
     // The two layers' rows i (and their biases): one fused [fc | gate] weight's rows i and inter + i, or
@@ -110,12 +122,16 @@ export class FusedDecode {
     if (!this.fuses(residual, gate ? [fc, gate] : [fc])) return null;
     if (gate && (!fc.quant || !gate.quant || fc.quant.kind !== gate.quant.kind || fc.rows !== gate.rows)) return null;
     const inter = gate ? fc.rows : fc.rows / 2;
+    const pairs = mlpPairs(fc.quant !== undefined);
+    if (inter < pairs) return null;
     const out = this.ctx.alloc(residual.rows, inter);
+    const projQuant = proj?.quant;
+    if (fc.quant && projQuant && preRoundable(out, projQuant)) out.roundedFor = projQuant;
     const next = this.nextResidual(residual);
     const bias = (t: CudaTensor | null) => ptr(t ? t.ptr : 0);
     this.launch(
       this.kernel("norm_gated_mlp", fc, residual.rows),
-      Math.ceil(inter / 8),
+      Math.ceil(inter / (8 * pairs)),
       { out, next, residual, delta, norm },
       [
         ptr(fc.ptr),
@@ -125,6 +141,7 @@ export class FusedDecode {
         i32(gate ? 0 : inter),
         bias(mlp.fcBias),
         bias(gate ? mlp.gateBias : mlp.fcBias),
+        out.roundedFor ? qlinearArg(out.roundedFor) : UNROUNDED_QLINEAR,
         i32(residual.rows),
         i32(residual.cols),
         i32(inter),

@@ -27,37 +27,64 @@ export const QLINEAR_BYTES = 56;
  * pointer goes to the kernels as an argument of its own. All zeros: a plain weight's (the fused kernels
  * take one either way).
  */
-export function encodeQLinear(q: CudaQuant): Uint8Array {
+export function encodeQLinear(q: CudaQuant, inputRounded = false): Uint8Array {
   const bytes = new Uint8Array(QLINEAR_BYTES);
   const v = new DataView(bytes.buffer);
-  const pointers = [q.scales, q.zeros, q.blocks, q.input?.prequant ?? 0, q.input?.smoother ?? 0];
+  // An input already rounded (by the op before: preRoundable) is used as it is, its unit still in the scale.
+  const input = inputRounded ? null : q.input;
+  const pointers = [q.scales, q.zeros, q.blocks, input?.prequant ?? 0, input?.smoother ?? 0];
   pointers.forEach((p, i) => {
     v.setBigUint64(8 * i, BigInt(p), true);
   });
   const r = q.input?.rounding;
   const inputUnit = !q.input || r === "int8_token" ? 1 : r === "int8_times" ? 1 / q.input.scale : q.input.scale;
   v.setInt32(40, q.groups, true);
-  v.setInt32(44, q.input ? INPUT_ROUNDINGS.indexOf(q.input.rounding) : -1, true);
+  v.setInt32(44, input ? INPUT_ROUNDINGS.indexOf(input.rounding) : -1, true);
   v.setFloat32(48, q.input?.scale ?? 1, true);
   v.setFloat32(52, inputUnit * q.weightScale * q.alpha, true);
   return bytes;
 }
 
-const encoded = new WeakMap<CudaQuant, KernelArg>();
+const encoded = [new WeakMap<CudaQuant, KernelArg>(), new WeakMap<CudaQuant, KernelArg>()];
 
-/** A quantized layer's QLinear as a kernel argument (by value), encoded once a layer. */
-export function qlinearArg(q: CudaQuant): KernelArg {
-  let arg = encoded.get(q);
+/** A quantized layer's QLinear as a kernel argument (by value), encoded once a layer (and input state). */
+export function qlinearArg(q: CudaQuant, inputRounded = false): KernelArg {
+  const cache = encoded[inputRounded ? 1 : 0];
+  let arg = cache.get(q);
   if (!arg) {
-    arg = struct(encodeQLinear(q));
-    encoded.set(q, arg);
+    arg = struct(encodeQLinear(q, inputRounded));
+    cache.set(q, arg);
   }
   return arg;
 }
 
+/** A QLinear that leaves an input as it is (rounding -1): a fused kernel's next layer when it rounds nothing. */
+export const UNROUNDED_QLINEAR = struct(
+  ((b) => {
+    new DataView(b.buffer).setInt32(44, -1, true);
+    return b;
+  })(new Uint8Array(QLINEAR_BYTES)),
+);
+
 /** Dynamic shared memory a quantized GEMV of `rows` × `inDim` inputs takes: its rounded input, where it rounds. */
 export function roundedInputBytes(ctx: QuantizedLaunch, q: CudaQuant, rows: number, inDim: number): number {
   return q.input ? rows * inDim * DTYPE_BYTES[ctx.dtype] : 0;
+}
+
+/** Whether a step's input x takes the quantized GEMV (else the GEMM path), before the rounded input's memory. */
+function gemvShaped(x: CudaTensor): boolean {
+  return x.rows <= GEMV_MAX_ROWS && x.cols % 32 === 0 && x.ptr % 16 === 0;
+}
+
+/**
+ * Whether the op that writes x can hand it to layer q already rounded as q's format rounds its input
+ * (decoder.cu's round_static): roundings that need no other input's value (none, FP8, int8, int8_times,
+ * not int8_token's row amax nor NVFP4's blocks), for a step that takes q's GEMV. The tensor then says so
+ * (`roundedFor`), and q's GEMV reads it as it is.
+ */
+export function preRoundable(x: CudaTensor, q: CudaQuant | undefined): boolean {
+  const r = q?.input?.rounding;
+  return r !== undefined && r !== "int8_token" && r !== "fp4" && gemvShaped(x);
 }
 
 /**
@@ -75,8 +102,10 @@ export function quantizedLinear(
   const q = w.quant!;
   const out = ctx.alloc(x.rows, w.rows, float32Out ? "F32" : ctx.dtype);
   if (x.rows === 0) return out;
-  const shared = roundedInputBytes(ctx, q, x.rows, x.cols);
-  if (x.rows <= GEMV_MAX_ROWS && x.cols % 32 === 0 && x.ptr % 16 === 0 && shared <= MAX_DYNAMIC_SHARED) {
+  const rounded = x.roundedFor === q;
+  const shared = rounded ? 0 : roundedInputBytes(ctx, q, x.rows, x.cols);
+  if (rounded && !gemvShaped(x)) throw new Error("an input rounded for its layer must take the layer's GEMV");
+  if (gemvShaped(x) && shared <= MAX_DYNAMIC_SHARED) {
     const codeBytes = q.kind === "int8" || q.kind === "fp8" ? 1 : 0.5;
     const { ksplit, blocks } = gemvLaunch(w.rows, w.cols * codeBytes, FORCED_Q_KSPLIT);
     ctx.device.launch(
@@ -88,7 +117,7 @@ export function quantizedLinear(
         i32(float32Out ? 1 : 0),
         ptr(x.ptr),
         ptr(w.ptr),
-        qlinearArg(q),
+        qlinearArg(q, rounded),
         i32(x.rows),
         i32(x.cols),
         i32(w.rows),

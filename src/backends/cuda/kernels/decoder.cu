@@ -448,6 +448,25 @@ __device__ __forceinline__ float silu(float a) {
   return d == __int_as_float(0x7f800000) ? a * 0.f : div_rn(a, d * 0x1p-64f) * 0x1p-64f;
 }
 
+// C floats from p, 16 bytes a load where C is a multiple of 4 (p + C then 16-byte aligned: the callers' i0 are
+// multiples of C): a lane reading its inputs' pre-quant scales a float at a time took four times the sectors.
+template <int C>
+__device__ __forceinline__ void load_floats(float (&f)[C], const float* p) {
+  if (C % 4 == 0) {
+#pragma unroll
+    for (int j = 0; j < C / 4; j++) {
+      const float4 q = reinterpret_cast<const float4*>(p)[j];
+      f[4 * j] = q.x;
+      f[4 * j + 1] = q.y;
+      f[4 * j + 2] = q.z;
+      f[4 * j + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < C; k++) f[k] = p[k];
+  }
+}
+
 // C inputs of row xr from i0, times prequant, over smoother (when given): SmoothQuant divides by its
 // smoother where ModelOpt multiplies by a pre-quant scale, each as its reference. C: 1, or the T values of a
 // 16-byte load.
@@ -462,12 +481,48 @@ __device__ __forceinline__ void load_input(float (&v)[C], const T* xr, int i0, c
     for (int k = 0; k < C; k++) v[k] = t_of(xv, k);
   }
   if (prequant != nullptr) {
+    float f[C];
+    load_floats<C>(f, prequant + i0);
 #pragma unroll
-    for (int k = 0; k < C; k++) v[k] *= prequant[i0 + k];
+    for (int k = 0; k < C; k++) v[k] *= f[k];
   }
   if (smoother != nullptr) {
+    float f[C];
+    load_floats<C>(f, smoother + i0);
 #pragma unroll
-    for (int k = 0; k < C; k++) v[k] = div_rn(v[k], smoother[i0 + k]);
+    for (int k = 0; k < C; k++) v[k] = div_rn(v[k], f[k]);
+  }
+}
+
+// One input value (already times prequant, over smoother) rounded as MODE says: the code, or with `dequantize`
+// what it stands for. mul: int8_times' and int8_token's multiplier (as a double, as the cpu reference takes it).
+template <int MODE>
+__device__ __forceinline__ float round_one(float v, float scale, double mul, int dequantize) {
+  if (MODE == QIN_NONE) return rnd(v);
+  if (MODE == QIN_FP8) {
+    const float c = e4m3_round(div_rn(v, scale));
+    return dequantize ? c * scale : c;
+  }
+  const double q = fmin(127.0, fmax(-127.0, rint(MODE == QIN_INT8 ? (double)v / (double)scale : (double)v * mul)));
+  return dequantize ? (float)(q / mul) : (float)q;
+}
+
+// Input i of a layer (value x) as its format rounds it, in units of the input's scale (what round_input_row
+// writes for it), for the roundings that need no other input's value: none, FP8, int8 and int8_times.
+// -1: x as it is.
+__device__ __forceinline__ float round_static(const QLinear& q, int i, float x) {
+  if (q.rounding < 0) return x;
+  if (q.prequant != nullptr) x *= q.prequant[i];
+  if (q.smoother != nullptr) x = div_rn(x, q.smoother[i]);
+  switch (q.rounding) {
+    case QIN_FP8:
+      return round_one<QIN_FP8>(x, q.in_scale, 1.0, 0);
+    case QIN_INT8:
+      return round_one<QIN_INT8>(x, q.in_scale, 1.0, 0);
+    case QIN_INT8_TIMES:
+      return round_one<QIN_INT8_TIMES>(x, q.in_scale, (double)q.in_scale, 0);
+    default:
+      return round_one<QIN_NONE>(x, q.in_scale, 1.0, 0);
   }
 }
 
@@ -496,20 +551,7 @@ __device__ __forceinline__ void round_row_as(T* yr, float* row_scale, const T* x
   }
   auto emit = [&](int i0, const float (&v)[C]) {
 #pragma unroll
-    for (int k = 0; k < C; k++) {
-      float out;  // the code, or with `dequantize` what it stands for
-      if (MODE == QIN_NONE) {
-        out = rnd(v[k]);
-      } else if (MODE == QIN_FP8) {
-        out = e4m3_round(div_rn(v[k], scale));
-        if (dequantize) out *= scale;
-      } else {
-        const double q =
-            fmin(127.0, fmax(-127.0, rint(MODE == QIN_INT8 ? (double)v[k] / (double)scale : (double)v[k] * mul)));
-        out = dequantize ? (float)(q / mul) : (float)q;
-      }
-      yr[i0 + k] = fromf(out);
-    }
+    for (int k = 0; k < C; k++) yr[i0 + k] = fromf(round_one<MODE>(v[k], scale, mul, dequantize));
   };
   // Two loads a thread in flight before either's values are written.
   for (int c = threadIdx.x; c < n; c += 2 * blockDim.x) {
@@ -997,11 +1039,12 @@ __device__ __forceinline__ bool same_input(const QLinear* a, const QLinear* b) {
                     a->in_scale == b->in_scale);
 }
 
-// Output p of row r of a pair: the sum times the layer's per-channel scale, output scale and (int8_token)
-// the row's scale, rounded to T as a GEMV stores it, plus the bias (when given) rounded again. Selected by
-// unrolled compares, since indexing the accumulators by a lane-dependent r would move them to local memory.
-template <int R, int K>
-__device__ __forceinline__ float pair_value(const float (&acc)[2][R], int p, int r, const PairRows<2>& pr,
+// Output p of row r of a warp's rows: the sum times the layer's per-channel scale, output scale and
+// (int8_token) the row's scale, rounded to T as a GEMV stores it, plus the bias (when given) rounded again.
+// Selected by unrolled compares, since indexing the accumulators by a lane-dependent r would move them to
+// local memory. The odd p are the pair's second layer (its input the second copy, unless the two share one).
+template <int R, int K, int P>
+__device__ __forceinline__ float pair_value(const float (&acc)[P][R], int p, int r, const PairRows<P>& pr,
                                             const float* row_scale, const T* bias, int bias_row) {
   float a = 0.f;
 #pragma unroll
@@ -1009,7 +1052,7 @@ __device__ __forceinline__ float pair_value(const float (&acc)[2][R], int p, int
     if (k == r) a = acc[p][k];
   if (K != QK_T) {
     a *= pr.out_scale[p];
-    const int slot = p == 1 && same_input(pr.q[0], pr.q[1]) ? 0 : p;  // the shared copy's scales are p 0's
+    const int slot = (p & 1) && !same_input(pr.q[0], pr.q[1]) ? 1 : 0;  // the shared copy's scales are p 0's
     if (pr.per_token[p]) a *= row_scale[slot * GEMV_MAX_ROWS + r];
   }
   a = rnd(a);
@@ -1018,20 +1061,21 @@ __device__ __forceinline__ float pair_value(const float (&acc)[2][R], int p, int
 
 // A fused kernel's opening: the warp's first weight loads, pdl_enter, the block's norm of its rows into
 // shared memory, each quantized layer's input rounding of them (a second copy where the pair's two layers
-// round differently), then the warp's pair of dot products. false for a warp past the last pair (after the
-// barriers, which every thread must reach). Dynamic shared memory: 2 · rows · in values of T.
-template <int R, int K>
-__device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], PairRows<2>& pr, float* row_scale, bool live,
+// round differently), then the warp's dot products of its P rows (pairs of the two layers: p even the
+// first's, odd the second's). false for a warp past the last pair (after the barriers, which every thread
+// must reach). Dynamic shared memory: 2 · rows · in values of T.
+template <int R, int K, int P>
+__device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[P][R], PairRows<P>& pr, float* row_scale, bool live,
                                                    int rows, const T* residual, const T* delta, T* residual_out,
                                                    const T* norm_w, int in, float eps) {
-  uint4 first[2][Codes<K>::UNROLL];
-  pair_prefetch<2, K>(first, pr, in, live);
-  LoadScales<2, Codes<K>::UNROLL> first_scales;
+  uint4 first[P][Codes<K>::UNROLL];
+  pair_prefetch<P, K>(first, pr, in, live);
+  LoadScales<P, Codes<K>::UNROLL> first_scales;
   if (K != QK_T) {
     const int nvec = in / Codes<K>::PER;
-    if (live && (K == QK_INT4 || K == QK_FP4)) load_scales<2, K>(first_scales, pr, threadIdx.x & 31, nvec, in);
+    if (live && (K == QK_INT4 || K == QK_FP4)) load_scales<P, K>(first_scales, pr, threadIdx.x & 31, nvec, in);
 #pragma unroll
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < P; p++) {
       const QLinear* q = pr.q[p];
       const bool grouped = K == QK_INT4 && q->groups > 0;
       pr.out_scale[p] = (!grouped && q->scales != nullptr && live ? q->scales[pr.rows[p]] : 1.f) * q->out_scale;
@@ -1041,34 +1085,41 @@ __device__ __forceinline__ bool norm_then_pair_dot(float (&acc)[2][R], PairRows<
   pdl_enter();
   T* xs = reinterpret_cast<T*>(dynamic_shared());
   norm_rows<R>(xs, residual, delta, residual_out, norm_w, rows, in, eps);
-  pr.xs[0] = pr.xs[1] = xs;
+#pragma unroll
+  for (int p = 0; p < P; p++) pr.xs[p] = xs;
   if (K != QK_T) {
     const QLinear* a = pr.q[0];
     const QLinear* b = pr.q[1];
     if (!same_input(a, b) && b->rounding >= 0) {
       T* xb = xs + (size_t)rows * in;
-      pr.xs[1] = xb;
+#pragma unroll
+      for (int p = 1; p < P; p += 2) pr.xs[p] = xb;
       // Its closing barrier also keeps a's rounding in place below from rewriting what this copy reads.
       round_input_rows<K>(xb, row_scale + GEMV_MAX_ROWS, xs, *b, rows, in);
     }
     if (a->rounding >= 0) round_input_rows<K>(xs, row_scale, xs, *a, rows, in);
   }
   if (!live) return false;
-  pair_dot<R, 2, K>(acc, pr, rows, in, first, first_scales);
+  pair_dot<R, P, K>(acc, pr, rows, in, first, first_scales);
   return true;
 }
 
-// The two weights of a fused kernel's pair: w and w_b (plain weights of T, or quantized codes; kernel
-// arguments, so that the first loads wait on nothing), and for quantized ones their layers qa and qb.
-__device__ __forceinline__ PairRows<2> pair_of(const void* w, const void* w_b, const QLinear* qa, const QLinear* qb,
+// A warp's P / 2 pairs of rows of a fused kernel's two weights: w and w_b (plain weights of T, or quantized
+// codes; kernel arguments, so that the first loads wait on nothing), and for quantized ones their layers qa
+// and qb; pair m is rows row_a + m of w and row_b + m of w_b.
+template <int P>
+__device__ __forceinline__ PairRows<P> pair_of(const void* w, const void* w_b, const QLinear* qa, const QLinear* qb,
                                                int row_a, int row_b) {
-  PairRows<2> pr;
-  pr.q[0] = qa;
-  pr.q[1] = qb;
-  pr.w[0] = reinterpret_cast<const unsigned char*>(w);
-  pr.w[1] = reinterpret_cast<const unsigned char*>(w_b);
-  pr.rows[0] = row_a;
-  pr.rows[1] = row_b;
+  PairRows<P> pr;
+#pragma unroll
+  for (int m = 0; m < P / 2; m++) {
+    pr.q[2 * m] = qa;
+    pr.q[2 * m + 1] = qb;
+    pr.w[2 * m] = reinterpret_cast<const unsigned char*>(w);
+    pr.w[2 * m + 1] = reinterpret_cast<const unsigned char*>(w_b);
+    pr.rows[2 * m] = row_a + m;
+    pr.rows[2 * m + 1] = row_b + m;
+  }
   return pr;
 }
 
@@ -1087,15 +1138,15 @@ __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, c
   const int h = pair / (head / 2), p = pair % (head / 2), rh = rotary / 2;
   const int da = p < rh ? p : rotary + (p - rh);
   const int db = p < rh ? p + rh : rotary + (p - rh) + (head - rotary) / 2;
-  PairRows<2> pr = pair_of(w, w, q, q, h * head + da, h * head + db);
+  PairRows<2> pr = pair_of<2>(w, w, q, q, h * head + da, h * head + db);
   __shared__ float row_scale[2 * GEMV_MAX_ROWS];
   float acc[2][R];
-  if (!norm_then_pair_dot<R, K>(acc, pr, row_scale, live, rows, residual, delta, residual_out, norm_w, in, eps))
+  if (!norm_then_pair_dot<R, K, 2>(acc, pr, row_scale, live, rows, residual, delta, residual_out, norm_w, in, eps))
     return;
   const int r = threadIdx.x & 31;  // lane r finishes step row r
   if (r >= rows) return;
-  float a = pair_value<R, K>(acc, 0, r, pr, row_scale, bias, pr.rows[0]);
-  float b = pair_value<R, K>(acc, 1, r, pr, row_scale, bias, pr.rows[1]);
+  float a = pair_value<R, K, 2>(acc, 0, r, pr, row_scale, bias, pr.rows[0]);
+  float b = pair_value<R, K, 2>(acc, 1, r, pr, row_scale, bias, pr.rows[1]);
   if (p < rh && h < num_heads + num_kv) {
     float s, c;
     sincosf((float)positions[r] * inv_freq[p], &s, &c);
@@ -1116,27 +1167,54 @@ __device__ void norm_qkv_rope_rows(T* qkv, T* residual_out, const T* residual, c
   cache[db] = kv_put(b, kv_scale);
 }
 
+// Pairs of the MLP's fc and gate rows a warp computes: more than one for the quantized kinds, whose rows are
+// few loads a lane, so that fewer blocks repeat the norm and the input's rounding (608 blocks of one pair a
+// warp for Qwen2.5-0.5B: two waves at four blocks an SM). backends/cuda/fused-decode.ts sizes the grid by
+// the same numbers (mlpPairs).
+#ifndef KILN_MLP_PAIRS
+#define KILN_MLP_PAIRS 1
+#endif
+#ifndef KILN_MLP_PAIRS_Q
+#define KILN_MLP_PAIRS_Q 2
+#endif
+// Blocks an SM the quantized ones are compiled to fit (their registers held to 80 for three: Qwen2.5-0.5B's
+// 304 blocks of two pairs a warp in one wave on 132 SMs).
+#ifndef KILN_MLP_Q_BLOCKS
+#define KILN_MLP_Q_BLOCKS 3
+#endif
+
 // out = silu(g) · u where g and u are row i of (rmsnorm(residual + delta) · w_norm) · wᵀ + bias for the MLP's
 // fc and gate: plain, w is the fused fc|gate weight [2 · inter, in] (rows i and inter + i, bias likewise);
 // quantized, qa and qb are the two layers (the same fused layer, its rows i and b_row + i), bias_a and bias_b
-// their biases. grid = ceil(inter / 8), 256 threads, dynamic shared memory as norm_then_pair_dot says.
-template <int R, int K>
+// their biases. A warp takes M consecutive i. qn: the layer that reads out (the down projection), whose
+// static input rounding (round_static) out then holds, in units of its input's scale; rounding -1: out as it
+// is. grid = ceil(inter / (8 · M)), 256 threads, dynamic shared memory as norm_then_pair_dot says.
+template <int R, int K, int M>
 __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, const T* delta, const T* norm_w,
                                     float eps, const void* w, const void* w_b, const QLinear* qa, const QLinear* qb,
-                                    int b_row,
-                                    const T* bias_a, const T* bias_b, int rows, int in, int inter) {
-  const int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  const bool live = i < inter;
-  PairRows<2> pr = pair_of(w, w_b, qa, qb, i, b_row + i);
+                                    int b_row, const T* bias_a, const T* bias_b, const QLinear* qn, int rows, int in,
+                                    int inter) {
+  const int i0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * M;
+  const bool live = i0 < inter;
+  // Rows past inter (when M does not divide it) load the last one's weights and store nothing.
+  const int clamp = max(0, min(i0, inter - M));
+  PairRows<2 * M> pr = pair_of<2 * M>(w, w_b, qa, qb, clamp, b_row + clamp);
   __shared__ float row_scale[2 * GEMV_MAX_ROWS];
-  float acc[2][R];
-  if (!norm_then_pair_dot<R, K>(acc, pr, row_scale, live, rows, residual, delta, residual_out, norm_w, in, eps))
+  float acc[2 * M][R];
+  if (!norm_then_pair_dot<R, K, 2 * M>(acc, pr, row_scale, live, rows, residual, delta, residual_out, norm_w, in,
+                                       eps))
     return;
   const int r = threadIdx.x & 31;
   if (r >= rows) return;
-  const float a = pair_value<R, K>(acc, 0, r, pr, row_scale, bias_a, pr.rows[0]);
-  const float b = pair_value<R, K>(acc, 1, r, pr, row_scale, bias_b, pr.rows[1]);
-  out[(size_t)r * inter + i] = fromf(rnd(silu(a)) * b);
+#pragma unroll
+  for (int m = 0; m < M; m++) {
+    const int i = clamp + m;
+    if (i < i0) continue;
+    const float a = pair_value<R, K, 2 * M>(acc, 2 * m, r, pr, row_scale, bias_a, pr.rows[2 * m]);
+    const float b = pair_value<R, K, 2 * M>(acc, 2 * m + 1, r, pr, row_scale, bias_b, pr.rows[2 * m + 1]);
+    const T h = fromf(rnd(silu(a)) * b);
+    out[(size_t)r * inter + i] = K == QK_T ? h : fromf(round_static(*qn, i, tof(h)));
+  }
 }
 
 // The kernels of each weight kind: steps of 2–8 rows (compiled for 2, 4 and 8, rows rounding up) and a
@@ -1156,11 +1234,11 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
                            vcache, kv_scale, inv_freq, rows, in, num_heads, num_kv, head, rotary)
 #define MLP_PARAMS                                                                                              \
   T *out, T *residual_out, const T *residual, const T *delta, const T *norm_w, float eps, const void *w,        \
-      const void *w_b, const QLinear qa, const QLinear qb, int b_row, const T *bias_a, const T *bias_b, int rows, \
-      int in, int inter
+      const void *w_b, const QLinear qa, const QLinear qb, int b_row, const T *bias_a, const T *bias_b,         \
+      const QLinear qn, int rows, int in, int inter
 #define MLP_CALL(R, K)                                                                                          \
-  norm_gated_mlp_rows<R, K>(out, residual_out, residual, delta, norm_w, eps, w, w_b, &qa, &qb, b_row, bias_a,     \
-                            bias_b, rows, in, inter)
+  norm_gated_mlp_rows<R, K, K == QK_T ? KILN_MLP_PAIRS : KILN_MLP_PAIRS_Q>(                                     \
+      out, residual_out, residual, delta, norm_w, eps, w, w_b, &qa, &qb, b_row, bias_a, bias_b, &qn, rows, in, inter)
 
 #define FUSED_KERNELS_OF(SUFFIX, K)                                                                             \
   extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX(QKV_PARAMS) { FUSED_ROWS(QKV_CALL, K); } \
@@ -1171,7 +1249,9 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
 // decoding made each multi-row instance a minute of compile time. Wider decode steps take the quantized GEMV.
 #define FUSED_KERNELS_Q(SUFFIX, K)                                                                              \
   extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
-  extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
+  extern "C" __global__ void __launch_bounds__(256, KILN_MLP_Q_BLOCKS) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) {  \
+    MLP_CALL(1, K);                                                                                             \
+  }
 
 FUSED_KERNELS_OF(, QK_T)
 FUSED_KERNELS_Q(_q_int8, QK_INT8)
