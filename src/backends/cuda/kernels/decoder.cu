@@ -189,29 +189,31 @@ __device__ __forceinline__ void gemv_load(uint4 (&wv)[U], const uint4* wrow, int
 // The first pass of a GEMV's weight loads, then pdl_enter: the loads overlap the end of the kernel before.
 // KILN_GEMV_LOADS_AFTER_WAIT=1 waits first (an A/B switch for bench/decode-ops.ts, which measured the plain
 // GEMVs slower after this change came in with others).
-#if defined(KILN_GEMV_LOADS_AFTER_WAIT) && KILN_GEMV_LOADS_AFTER_WAIT
-#define GEMV_FIRST_LOADS(first, wrow, v0, nvec) \
-  pdl_enter();                                  \
-  gemv_load(first, wrow, v0, nvec)
-#else
-#define GEMV_FIRST_LOADS(first, wrow, v0, nvec) \
-  gemv_load(first, wrow, v0, nvec);             \
-  pdl_enter()
+#ifndef KILN_GEMV_LOADS_AFTER_WAIT
+#define KILN_GEMV_LOADS_AFTER_WAIT 0
 #endif
 
+// What a plain GEMV loads beside its weights: nothing.
+struct NoSide {};
+
 // Streams a lane's share of a weight row from v_first (up to nvec) in passes of GEMV_UNROLL loads, the
-// first issued before pdl_enter, and hands each pass and its first index to `pass`.
-// `prologue` runs between pdl_enter and the first pass (the quantized GEMVs round their input there).
-template <typename Pass, typename Prologue>
-__device__ __forceinline__ void gemv_stream(const uint4* wrow, int v_first, int nvec, Pass& pass, Prologue& prologue) {
+// first issued before pdl_enter, and hands each pass, what side(v0) loaded beside it (the quantized GEMVs'
+// group scales) and its first index to `pass`. `prologue` runs between pdl_enter and the first pass (the
+// quantized GEMVs round their input there).
+template <typename Pass, typename Prologue, typename Side>
+__device__ __forceinline__ void gemv_stream(const uint4* wrow, int v_first, int nvec, Pass& pass, Prologue& prologue,
+                                            Side& side) {
   uint4 first[GEMV_UNROLL];
-  GEMV_FIRST_LOADS(first, wrow, v_first, nvec);
+  if (KILN_GEMV_LOADS_AFTER_WAIT) pdl_enter();
+  gemv_load(first, wrow, v_first, nvec);
+  const auto first_side = side(v_first);
+  if (!KILN_GEMV_LOADS_AFTER_WAIT) pdl_enter();
   prologue();
-  pass(first, v_first);
+  pass(first, first_side, v_first);
   for (int v0 = v_first + 32 * GEMV_UNROLL; v0 < nvec; v0 += 32 * GEMV_UNROLL) {
     uint4 wv[GEMV_UNROLL];
     gemv_load(wv, wrow, v0, nvec);
-    pass(wv, v0);
+    pass(wv, side(v0), v0);
   }
 }
 
@@ -266,7 +268,7 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
   // One pass: GEMV_UNROLL weight loads of a lane (in flight together) against every row of x.
-  auto pass = [&](const uint4 (&wv)[GEMV_UNROLL], int v0) {
+  auto pass = [&](const uint4 (&wv)[GEMV_UNROLL], NoSide, int v0) {
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
@@ -286,7 +288,8 @@ __device__ __forceinline__ void gemv_rows(void* y, int y_f32, const T* x, const 
     }
   };
   auto no_prologue = [] {};
-  gemv_stream(wrow, begin + lane, end, pass, no_prologue);
+  auto no_side = [](int) { return NoSide{}; };
+  gemv_stream(wrow, begin + lane, end, pass, no_prologue, no_side);
   if (!split_sum<R>(acc, ksplit) || !live) return;
 #pragma unroll
   for (int r = 0; r < R; r++) {
@@ -361,13 +364,22 @@ __device__ __forceinline__ float q_weight(const uint4& v, int k) {
 // Plain weights in the model dtype, as a code kind beside QK_*: the fused decode kernels take either.
 #define QK_T 4
 
+// Plain weights' loads a lane of a fused kernel has in flight (an A/B switch).
+#ifndef KILN_FUSED_T_UNROLL
+#define KILN_FUSED_T_UNROLL GEMV_UNROLL
+#endif
+#ifndef KILN_MLP_T_BLOCKS
+#define KILN_MLP_T_BLOCKS 1
+#endif
+
 // Weights in one 16-byte load of kind K.
 template <int K>
 struct Codes {
   static constexpr int PER = K == QK_T ? 16 / (int)sizeof(T) : (K == QK_INT8 || K == QK_FP8) ? 16 : 32;
   // Loads a lane has in flight in the fused kernels: as many weights as GEMV_UNROLL plain loads hold, so
   // that the denser codes take fewer registers (more warps an SM) rather than more weights a warp.
-  static constexpr int UNROLL = (GEMV_UNROLL * (16 / (int)sizeof(T)) + PER - 1) / PER;
+  static constexpr int UNROLL =
+      K == QK_T ? KILN_FUSED_T_UNROLL : (GEMV_UNROLL * (16 / (int)sizeof(T)) + PER - 1) / PER;
 };
 
 // Weight k of a 16-byte load of kind K as a float (a code value for the quantized kinds).
@@ -690,6 +702,28 @@ __device__ __forceinline__ void load_dot(float (&dot)[R], float (&sum)[R], const
   }
 }
 
+// The group scales and zeros (group-wise int4) or the two E4M3 block codes (NVFP4) of row `row`'s U loads from
+// v0 (32 apart, a lane's), for loading beside the weights, not after them: a second round trip to memory.
+template <int K, int U>
+__device__ __forceinline__ void load_row_scales(float (&gs)[U], float (&gz)[U], unsigned int (&blocks)[U],
+                                                const QLinear& q, int row, int v0, int nvec, int in) {
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const int v = min(v0 + 32 * u, nvec - 1);
+    if (K == QK_INT4) {
+      const int groups = q.groups;
+      const size_t at = groups > 0 ? (size_t)row * groups + v / (nvec / groups) : 0;
+      gs[u] = groups > 0 ? q.scales[at] : 0.f;
+      gz[u] = groups > 0 && q.zeros != nullptr ? q.zeros[at] : 0.f;
+    }
+    if (K == QK_FP4) {
+      // A load's 32 weights span blocks 2v and 2v + 1 of the row: two adjacent bytes.
+      const unsigned char* b = q.blocks + ((size_t)row * in) / 16 + 2 * (size_t)v;
+      blocks[u] = b[0] | (unsigned int)b[1] << 8;
+    }
+  }
+}
+
 // y[r, o] = q.out_scale · row_scale[r] · scales[o] · Σ_i x'[r, i] · w[o, i] (+ bias[o]) for a decode step's
 // rows, w decoded from its codes as it streams (one warp an output row, GEMV_UNROLL 16-byte loads in flight
 // per lane; only registers: the loaded words are read by shifts, never through their address), x' the
@@ -711,31 +745,33 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
   split_range(nvec, gw % ksplit, ksplit, begin, end);
   if (!live) end = begin;
   const bool grouped = K == QK_INT4 && q.groups > 0;
-  const int loadsPerGroup = grouped ? nvec / q.groups : 1;
   __shared__ float row_scale[GEMV_MAX_ROWS];
   const bool per_token = q.rounding == QIN_INT8_TOKEN;
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
+  // Beside each pass's weights: their group scales and zeros, or NVFP4 block codes.
+  struct Scales {
+    float gs[GEMV_UNROLL], gz[GEMV_UNROLL];
+    unsigned int blocks[GEMV_UNROLL];
+  };
+  auto side = [&](int v0) {
+    Scales sc;
+    if (K == QK_INT4 || K == QK_FP4)
+      load_row_scales<K, GEMV_UNROLL>(sc.gs, sc.gz, sc.blocks, q, live ? o : 0, v0, nvec, in);
+    return sc;
+  };
   // One pass: GEMV_UNROLL loads of a lane, decoded and dotted with every row of x.
-  auto pass = [&](const uint4 (&wv)[GEMV_UNROLL], int v0) {
+  auto pass = [&](const uint4 (&wv)[GEMV_UNROLL], const Scales& sc, int v0) {
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++) {
       const int v = v0 + 32 * u;
       if (v >= end) break;
-      unsigned int blocks = 0;
-      if (K == QK_FP4) {
-        const unsigned char* b = q.blocks + ((size_t)o * in) / 16 + 2 * (size_t)v;
-        blocks = b[0] | (unsigned int)b[1] << 8;
-      }
       float dot[R], sum[R];
-      load_dot<R, K>(dot, sum, wv[u], x, in, rows, v, grouped && q.zeros != nullptr, blocks);
+      load_dot<R, K>(dot, sum, wv[u], x, in, rows, v, grouped && q.zeros != nullptr, K == QK_FP4 ? sc.blocks[u] : 0u);
       if (grouped) {
-        const int g = v / loadsPerGroup;
-        const float gs = q.scales[(size_t)o * q.groups + g];
-        const float gz = q.zeros != nullptr ? q.zeros[(size_t)o * q.groups + g] : 0.f;
 #pragma unroll
-        for (int r = 0; r < R; r++) acc[r] += gs * dot[r] + gz * sum[r];
+        for (int r = 0; r < R; r++) acc[r] += sc.gs[u] * dot[r] + sc.gz[u] * sum[r];
       } else {
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r] += dot[r];
@@ -752,7 +788,7 @@ __device__ __forceinline__ void gemv_q_rows(void* y, int y_f32, const T* x, cons
     round_input_rows<K>(xs, row_scale, x, q, rows, in);
     x = xs;
   };
-  gemv_stream(wrow, begin + lane, end, pass, prologue);
+  gemv_stream(wrow, begin + lane, end, pass, prologue, side);
   if (!split_sum<R>(acc, ksplit) || !live) return;
   const float b = bias != nullptr ? tof(bias[o]) : 0.f;
 #pragma unroll
@@ -922,26 +958,9 @@ struct LoadScales {
 template <int P, int K>
 __device__ __forceinline__ void load_scales(LoadScales<P, Codes<K>::UNROLL>& sc, const PairRows<P>& pr, int v0,
                                             int nvec, int in) {
-  constexpr int U = Codes<K>::UNROLL;
 #pragma unroll
-  for (int p = 0; p < P; p++) {
-    const QLinear* q = pr.q[p];
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int v = min(v0 + 32 * u, nvec - 1);
-      if (K == QK_INT4) {
-        const int groups = q->groups;
-        const size_t at = groups > 0 ? (size_t)pr.rows[p] * groups + v / (nvec / groups) : 0;
-        sc.gs[p][u] = groups > 0 ? q->scales[at] : 0.f;
-        sc.gz[p][u] = groups > 0 && q->zeros != nullptr ? q->zeros[at] : 0.f;
-      }
-      if (K == QK_FP4) {
-        // A load's 32 weights span blocks 2v and 2v + 1 of the row: two adjacent bytes.
-        const unsigned char* b = q->blocks + ((size_t)pr.rows[p] * in) / 16 + 2 * (size_t)v;
-        sc.blocks[p][u] = b[0] | (unsigned int)b[1] << 8;
-      }
-    }
-  }
+  for (int p = 0; p < P; p++)
+    load_row_scales<K, Codes<K>::UNROLL>(sc.gs[p], sc.gz[p], sc.blocks[p], *pr.q[p], pr.rows[p], v0, nvec, in);
 }
 
 // Bytes of a weight row of `in` values of kind K.
@@ -1244,7 +1263,9 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
   extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX(QKV_PARAMS) { FUSED_ROWS(QKV_CALL, K); } \
   extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
   extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX(MLP_PARAMS) { FUSED_ROWS(MLP_CALL, K); } \
-  extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
+  extern "C" __global__ void __launch_bounds__(256, KILN_MLP_T_BLOCKS) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) {  \
+    MLP_CALL(1, K);                                                                                             \
+  }
 // The quantized kinds' fusions come for one row alone (batch-1 decode, where launches cost the most): their
 // decoding made each multi-row instance a minute of compile time. Wider decode steps take the quantized GEMV.
 #define FUSED_KERNELS_Q(SUFFIX, K)                                                                              \
