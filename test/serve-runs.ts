@@ -70,8 +70,15 @@ async function listening(proc: ChildProcess): Promise<Served> {
 
 /** Ends every server `serve` started that is still running, ranks included. */
 export function stopServers(): void {
-  for (const p of started)
-    if (p.exitCode === null && p.signalCode === null) process.kill(-(p.pid as number), "SIGKILL");
+  for (const p of started) {
+    if (p.exitCode !== null || p.signalCode !== null) continue;
+    try {
+      process.kill(-(p.pid as number), "SIGKILL");
+    } catch (e) {
+      // A group that ended before its exit event reached this process is already what this wants.
+      if ((e as NodeJS.ErrnoException).code !== "ESRCH") throw e;
+    }
+  }
 }
 
 /** The pids of the processes running `kiln serve` on `engine` (the launcher and its ranks). */

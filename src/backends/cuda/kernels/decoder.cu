@@ -364,22 +364,13 @@ __device__ __forceinline__ float q_weight(const uint4& v, int k) {
 // Plain weights in the model dtype, as a code kind beside QK_*: the fused decode kernels take either.
 #define QK_T 4
 
-// Plain weights' loads a lane of a fused kernel has in flight (an A/B switch).
-#ifndef KILN_FUSED_T_UNROLL
-#define KILN_FUSED_T_UNROLL GEMV_UNROLL
-#endif
-#ifndef KILN_MLP_T_BLOCKS
-#define KILN_MLP_T_BLOCKS 1
-#endif
-
 // Weights in one 16-byte load of kind K.
 template <int K>
 struct Codes {
   static constexpr int PER = K == QK_T ? 16 / (int)sizeof(T) : (K == QK_INT8 || K == QK_FP8) ? 16 : 32;
   // Loads a lane has in flight in the fused kernels: as many weights as GEMV_UNROLL plain loads hold, so
   // that the denser codes take fewer registers (more warps an SM) rather than more weights a warp.
-  static constexpr int UNROLL =
-      K == QK_T ? KILN_FUSED_T_UNROLL : (GEMV_UNROLL * (16 / (int)sizeof(T)) + PER - 1) / PER;
+  static constexpr int UNROLL = (GEMV_UNROLL * (16 / (int)sizeof(T)) + PER - 1) / PER;
 };
 
 // Weight k of a 16-byte load of kind K as a float (a code value for the quantized kinds).
@@ -1263,9 +1254,7 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
   extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX(QKV_PARAMS) { FUSED_ROWS(QKV_CALL, K); } \
   extern "C" __global__ void __launch_bounds__(256) norm_qkv_rope##SUFFIX##_1(QKV_PARAMS) { QKV_CALL(1, K); }  \
   extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX(MLP_PARAMS) { FUSED_ROWS(MLP_CALL, K); } \
-  extern "C" __global__ void __launch_bounds__(256, KILN_MLP_T_BLOCKS) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) {  \
-    MLP_CALL(1, K);                                                                                             \
-  }
+  extern "C" __global__ void __launch_bounds__(256) norm_gated_mlp##SUFFIX##_1(MLP_PARAMS) { MLP_CALL(1, K); }
 // The quantized kinds' fusions come for one row alone (batch-1 decode, where launches cost the most): their
 // decoding made each multi-row instance a minute of compile time. Wider decode steps take the quantized GEMV.
 #define FUSED_KERNELS_Q(SUFFIX, K)                                                                              \
