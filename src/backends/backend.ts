@@ -157,8 +157,11 @@ export interface Backend<T> {
    * the layer's cache slots.
    */
   ropeAndCacheKv(layer: number, qkv: T, step: StepInput, rope: RopeSpec, shape: AttentionShape, bias: T | null): void;
-  /** Causal attention of each new token over its sequence's cached keys and values. */
-  attention(layer: number, qkv: T, step: StepInput, shape: AttentionShape): T;
+  /**
+   * Causal attention of each new token over its sequence's cached keys and values. dense: the layer that
+   * reads the result, for which the backend may write it already rounded as that layer's format says.
+   */
+  attention(layer: number, qkv: T, step: StepInput, shape: AttentionShape, dense?: T): T;
   /** silu(a) * b, elementwise. */
   siluMul(a: T, b: T): T;
   /** silu of the first half of each row times its second half: a fused [fc | gate] output. */

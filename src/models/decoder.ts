@@ -307,7 +307,7 @@ export class DecoderModel<T> {
     const bias = this.bias(`transformer.layers.${l}.attention.qkv.bias`);
     if (!cp) {
       if (!cached) be.ropeAndCacheKv(l, qkv, step, this.rope, this.shape, bias);
-      return be.attention(l, qkv, step, this.shape);
+      return be.attention(l, qkv, step, this.shape, this.w(`transformer.layers.${l}.attention.dense.weight`));
     }
     const { numHeads, numKvHeads, headSize } = this.shape;
     const all = this.gatherContext(qkv, (numHeads + 2 * numKvHeads) * headSize, step, cp);

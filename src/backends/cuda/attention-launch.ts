@@ -5,6 +5,7 @@
 import type { AttentionShape } from "../backend.js";
 import type { CudaDtype, CudaTensor, KernelName } from "./cuda-tensor.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
+import { preRoundable, qlinearArg, UNROUNDED_QLINEAR } from "./quantized-linear.js";
 import type { StepLayout } from "./step-buffer.js";
 
 /** ATT_CHUNK in decoder.cu: keys per block of the split (flash-decoding) attention. */
@@ -86,7 +87,11 @@ export class AttentionLaunch {
     return this.decodeTensorCores === "always" || rows * shape.numKvHeads >= 2 * this.ctx.device.multiprocessors;
   }
 
-  attention(layer: number, qkv: CudaTensor, shape: AttentionShape): CudaTensor {
+  /**
+   * dense: the layer after (attention's dense projection); the decode kernels on CUDA cores write their output
+   * already rounded as its format rounds its input where they can (quantized-linear.ts's preRoundable).
+   */
+  attention(layer: number, qkv: CudaTensor, shape: AttentionShape, dense?: CudaTensor): CudaTensor {
     const { device } = this.ctx;
     const s = this.ctx.step();
     const kv = this.ctx.kvLayer(layer);
@@ -118,6 +123,8 @@ export class AttentionLaunch {
       return out;
     }
     const block: [number] = [32 * ATTENTION_WARPS];
+    if (dense?.quant && preRoundable(out, dense.quant)) out.roundedFor = dense.quant;
+    const rounding = out.roundedFor ? qlinearArg(out.roundedFor) : UNROUNDED_QLINEAR;
     // Few rows over long contexts (decode): split each (row, head) over the sequence so the GPU fills up.
     // Where a block a (row, head) already fills it (two 512-thread blocks an SM), the split would only add
     // blocks, most of them past their row's context under a graph, whose chunks cover max_seq_len.
@@ -129,9 +136,10 @@ export class AttentionLaunch {
         ptr(this.partial),
         ptr(this.arrivals),
         ...inputs,
+        rounding,
       ]);
     } else {
-      device.launch(fn("attention"), [qkv.rows * shape.numHeads], block, [ptr(out.ptr), ...inputs]);
+      device.launch(fn("attention"), [qkv.rows * shape.numHeads], block, [ptr(out.ptr), ...inputs, rounding]);
     }
     return out;
   }

@@ -427,8 +427,8 @@ export class CudaBackend implements Backend<CudaTensor> {
     );
   }
 
-  attention(layer: number, qkv: CudaTensor, _step: StepInput, shape: AttentionShape): CudaTensor {
-    return this.attentionLaunch.attention(layer, qkv, shape);
+  attention(layer: number, qkv: CudaTensor, _step: StepInput, shape: AttentionShape, dense?: CudaTensor): CudaTensor {
+    return this.attentionLaunch.attention(layer, qkv, shape, dense);
   }
 
   /** Which decode attention kernel wide steps take (attention-launch.ts); op tests set "always". */

@@ -1531,13 +1531,22 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
 #undef ATTEND
 }
 
+// Attention's output value of column col in T, then, for qn (the dense layer that reads it; rounding -1:
+// none), as that layer's format rounds its input (round_static), in units of its scale. Zero (padding rows)
+// stays zero either way.
+__device__ __forceinline__ T attention_out(float v, const QLinear& qn, int col) {
+  const T t = fromf(v);
+  return qn.rounding < 0 ? t : fromf(round_static(qn, col, tof(t)));
+}
+
 // Causal attention of each query row and head over its sequence: row_seq[r] is the row's sequence (-1:
-// padding), row_pos[r] its position (it sees keys 0..pos). grid = rows · num_heads, a row's heads adjacent so
+// padding), row_pos[r] its position (it sees keys 0..pos). qn: as attention_out takes it. grid = rows · num_heads, a row's heads adjacent so
 // that the heads sharing a KV head run together and read its keys and values from L2 after the first.
 // block = 32 × ATT_WARPS.
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq, const int* row_pos,
-          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale) {
+          const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale,
+          const QLinear qn) {
   const int r = blockIdx.x / num_heads, h = blockIdx.x % num_heads;
   const int seq = row_seq[r];  // step metadata, copied before the step's first kernel: read before the wait
   const int pos = row_pos[r];
@@ -1551,7 +1560,7 @@ attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_sca
   const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
   attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, 0, pos + 1, h / (num_heads / num_kv), num_kv,
          head, tpb, scale, ml, acc);
-  for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(acc[d] / ml[1]);
+  for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = attention_out(acc[d] / ml[1], qn, h * head + d);
 }
 
 // out[i] = x[rows[i]]; grid = number of rows gathered.
@@ -1782,7 +1791,7 @@ sample_rows(int* tokens, float* logprobs, const float* logits, int vocab, int st
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const KV* kcache, const KV* vcache,
                 float kv_scale, const int* row_seq, const int* row_pos, const int* block_tables, int max_blocks,
-                int num_heads, int num_kv, int head, int tpb, float scale) {
+                int num_heads, int num_kv, int head, int tpb, float scale, const QLinear qn) {
   const int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z, chunks = gridDim.z;
   // The step's metadata came by a copy before the step's first kernel, so it is read before the wait.
   const int seq = row_seq[r];
@@ -1801,7 +1810,7 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
     }
     attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end,
            h / (num_heads / num_kv), num_kv, head, tpb, scale, ml, acc);
-    for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = fromf(acc[d] / ml[1]);
+    for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = attention_out(acc[d] / ml[1], qn, h * head + d);
     return;
   }
   float* mine = partial + ((size_t)r * num_heads + h) * chunks * (head + 2);
@@ -1830,7 +1839,7 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
       num += p[2 + d] * w;
       den += p[1] * w;
     }
-    o[d] = fromf(den > 0.f ? num / den : 0.f);
+    o[d] = attention_out(den > 0.f ? num / den : 0.f, qn, h * head + d);
   }
 }
 
