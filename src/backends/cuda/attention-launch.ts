@@ -5,7 +5,7 @@
 import type { AttentionShape } from "../backend.js";
 import type { CudaDtype, CudaTensor, KernelName } from "./cuda-tensor.js";
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
-import { preRoundable, qlinearArg, UNROUNDED_QLINEAR } from "./quantized-linear.js";
+import { NO_QLINEAR, preRoundable, qlinearArg } from "./quantized-linear.js";
 import type { StepLayout } from "./step-buffer.js";
 
 /** ATT_CHUNK in decoder.cu: keys per block of the split (flash-decoding) attention. */
@@ -124,7 +124,7 @@ export class AttentionLaunch {
     }
     const block: [number] = [32 * ATTENTION_WARPS];
     if (dense?.quant && preRoundable(out, dense.quant)) out.roundedFor = dense.quant;
-    const rounding = out.roundedFor ? qlinearArg(out.roundedFor) : UNROUNDED_QLINEAR;
+    const rounding = out.roundedFor ? qlinearArg(out.roundedFor) : NO_QLINEAR;
     // Few rows over long contexts (decode): split each (row, head) over the sequence so the GPU fills up.
     // Where a block a (row, head) already fills it (two 512-thread blocks an SM), the split would only add
     // blocks, most of them past their row's context under a graph, whose chunks cover max_seq_len.

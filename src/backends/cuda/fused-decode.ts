@@ -13,13 +13,10 @@ import {
   MAX_DYNAMIC_SHARED,
   type QuantizedLaunch,
 } from "./cuda-tensor.js";
-import { f32, i32, type KernelArg, ptr, struct } from "./driver.js";
+import { f32, i32, type KernelArg, ptr } from "./driver.js";
 import { extraDefines } from "./engine-kernels.js";
-import { preRoundable, QLINEAR_BYTES, qlinearArg, UNROUNDED_QLINEAR } from "./quantized-linear.js";
+import { NO_QLINEAR, preRoundable, qlinearArg } from "./quantized-linear.js";
 import { QUANT_KINDS } from "./weight-layout.js";
-
-/** The QLinear argument of a fused kernel over plain weights: none (all zeros). */
-const PLAIN_QLINEAR = struct(new Uint8Array(QLINEAR_BYTES));
 
 /** The kernels that fuse a decode step's norms into its GEMVs, and take dynamic shared memory (the rows). */
 export const FUSED_KERNELS: readonly KernelName[] = [
@@ -141,7 +138,7 @@ export class FusedDecode {
         i32(gate ? 0 : inter),
         bias(mlp.fcBias),
         bias(gate ? mlp.gateBias : mlp.fcBias),
-        out.roundedFor ? qlinearArg(out.roundedFor) : UNROUNDED_QLINEAR,
+        out.roundedFor ? qlinearArg(out.roundedFor) : NO_QLINEAR,
         i32(residual.rows),
         i32(residual.cols),
         i32(inter),
@@ -157,7 +154,7 @@ export class FusedDecode {
 
   /** A quantized layer's QLinear, by value (zeros for a plain weight). */
   private qlinearOf(w: CudaTensor): KernelArg {
-    return w.quant ? qlinearArg(w.quant) : PLAIN_QLINEAR;
+    return w.quant ? qlinearArg(w.quant) : NO_QLINEAR;
   }
 
   /**

@@ -18,7 +18,7 @@ import { f32, i32, type KernelArg, ptr, struct } from "./driver.js";
 import { INPUT_ROUNDINGS, QUANT_KINDS } from "./weight-layout.js";
 
 /** sizeof(QLinear) in decoder.cu. */
-export const QLINEAR_BYTES = 56;
+const QLINEAR_BYTES = 56;
 
 /**
  * decoder.cu's QLinear for a quantized layer: the device pointers of its scales, its input rounding (-1:
@@ -58,8 +58,11 @@ export function qlinearArg(q: CudaQuant, inputRounded = false): KernelArg {
   return arg;
 }
 
-/** A QLinear that leaves an input as it is (rounding -1): a fused kernel's next layer when it rounds nothing. */
-export const UNROUNDED_QLINEAR = struct(
+/**
+ * The QLinear of no layer (null pointers, rounding -1): a plain weight's in the fused kernels, which read
+ * none of it, and the next layer's where a kernel leaves its output as it is.
+ */
+export const NO_QLINEAR = struct(
   ((b) => {
     new DataView(b.buffer).setInt32(44, -1, true);
     return b;
