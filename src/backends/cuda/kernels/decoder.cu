@@ -510,13 +510,21 @@ __device__ __forceinline__ float round_one(float v, float scale, double mul, int
   return dequantize ? (float)(q / mul) : (float)q;
 }
 
-// Input i of a layer (value x) as its format rounds it, in units of the input's scale (what round_input_row
-// writes for it), for the roundings that need no other input's value: none, FP8, int8 and int8_times.
-// -1: x as it is.
-__device__ __forceinline__ float round_static(const QLinear& q, int i, float x) {
+// Input i's pre-quant scale and smoother under layer q (1 where q has none, or rounds nothing): weights, so a
+// kernel may load them before its PDL wait and hand them to round_static, rather than after its work.
+__device__ __forceinline__ float2 static_factors(const QLinear& q, int i) {
+  const bool on = q.rounding >= 0;
+  return make_float2(on && q.prequant != nullptr ? __ldg(q.prequant + i) : 1.f,
+                     on && q.smoother != nullptr ? __ldg(q.smoother + i) : 1.f);
+}
+
+// An input of a layer (value x; f: its static_factors) as its format rounds it, in units of the input's scale
+// (what round_input_row writes for it), for the roundings that need no other input's value: none, FP8, int8
+// and int8_times. -1: x as it is.
+__device__ __forceinline__ float round_static(const QLinear& q, float2 f, float x) {
   if (q.rounding < 0) return x;
-  if (q.prequant != nullptr) x *= q.prequant[i];
-  if (q.smoother != nullptr) x = div_rn(x, q.smoother[i]);
+  if (q.prequant != nullptr) x *= f.x;
+  if (q.smoother != nullptr) x = div_rn(x, f.y);
   switch (q.rounding) {
     case QIN_FP8:
       return round_one<QIN_FP8>(x, q.in_scale, 1.0, 0);
@@ -1223,7 +1231,8 @@ __device__ void norm_gated_mlp_rows(T* out, T* residual_out, const T* residual, 
     const float a = pair_value<R, K, 2 * M>(acc, 2 * m, r, pr, row_scale, bias_a, pr.rows[2 * m]);
     const float b = pair_value<R, K, 2 * M>(acc, 2 * m + 1, r, pr, row_scale, bias_b, pr.rows[2 * m + 1]);
     const T h = fromf(rnd(silu(a)) * b);
-    out[(size_t)r * inter + i] = K == QK_T ? h : fromf(round_static(*qn, i, tof(h)));
+    // (qn's factors loaded here, not at the start: held across the dot products they made the kernel spill.)
+    out[(size_t)r * inter + i] = K == QK_T ? h : fromf(round_static(*qn, static_factors(*qn, i), tof(h)));
   }
 }
 
@@ -1531,12 +1540,18 @@ __device__ void attend(const T* q, const KV* kcache, const KV* vcache, float kv_
 #undef ATTEND
 }
 
-// Attention's output value of column col in T, then, for qn (the dense layer that reads it; rounding -1:
-// none), as that layer's format rounds its input (round_static), in units of its scale. Zero (padding rows)
-// stays zero either way.
-__device__ __forceinline__ T attention_out(float v, const QLinear& qn, int col) {
+// Attention's output value in T, then, for qn (the dense layer that reads it; rounding -1: none; f: the
+// column's static_factors), as that layer's format rounds its input (round_static), in units of its scale.
+// Zero (padding rows) stays zero either way.
+__device__ __forceinline__ T attention_out(float v, const QLinear& qn, float2 f) {
   const T t = fromf(v);
-  return qn.rounding < 0 ? t : fromf(round_static(qn, col, tof(t)));
+  return qn.rounding < 0 ? t : fromf(round_static(qn, f, tof(t)));
+}
+
+// A thread's factors for column h · head + threadIdx.x (the one it writes, heads being at most a block's
+// threads), before the PDL wait.
+__device__ __forceinline__ float2 attention_factors(const QLinear& qn, int h, int head) {
+  return threadIdx.x < head ? static_factors(qn, h * head + threadIdx.x) : make_float2(1.f, 1.f);
 }
 
 // Causal attention of each query row and head over its sequence: row_seq[r] is the row's sequence (-1:
@@ -1550,6 +1565,7 @@ attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_sca
   const int r = blockIdx.x / num_heads, h = blockIdx.x % num_heads;
   const int seq = row_seq[r];  // step metadata, copied before the step's first kernel: read before the wait
   const int pos = row_pos[r];
+  const float2 f = attention_factors(qn, h, head);
   pdl_enter();
   T* o = out + ((size_t)r * num_heads + h) * head;
   if (seq < 0) {
@@ -1560,7 +1576,7 @@ attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_sca
   const T* q = qkv + (size_t)r * (num_heads + 2 * num_kv) * head + h * head;
   attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, 0, pos + 1, h / (num_heads / num_kv), num_kv,
          head, tpb, scale, ml, acc);
-  for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = attention_out(acc[d] / ml[1], qn, h * head + d);
+  if (threadIdx.x < head) o[threadIdx.x] = attention_out(acc[threadIdx.x] / ml[1], qn, f);
 }
 
 // out[i] = x[rows[i]]; grid = number of rows gathered.
@@ -1797,6 +1813,7 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
   const int seq = row_seq[r];
   const int visible = seq < 0 ? 0 : row_pos[r] + 1;
   const int used = (visible + ATT_CHUNK - 1) / ATT_CHUNK;  // the chunks holding keys
+  const float2 f = attention_factors(qn, h, head);
   pdl_enter();
   T* o = out + ((size_t)r * num_heads + h) * head;
   if (c >= max(used, 1)) return;
@@ -1810,7 +1827,7 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
     }
     attend(q, kcache, vcache, kv_scale, block_tables + (size_t)seq * max_blocks, t_begin, t_end,
            h / (num_heads / num_kv), num_kv, head, tpb, scale, ml, acc);
-    for (int d = threadIdx.x; d < head; d += blockDim.x) o[d] = attention_out(acc[d] / ml[1], qn, h * head + d);
+    if (threadIdx.x < head) o[threadIdx.x] = attention_out(acc[threadIdx.x] / ml[1], qn, f);
     return;
   }
   float* mine = partial + ((size_t)r * num_heads + h) * chunks * (head + 2);
@@ -1839,7 +1856,7 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
       num += p[2 + d] * w;
       den += p[1] * w;
     }
-    o[d] = attention_out(den > 0.f ? num / den : 0.f, qn, h * head + d);
+    o[d] = attention_out(den > 0.f ? num / den : 0.f, qn, f);  // d is threadIdx.x: heads fit a block
   }
 }
 
