@@ -1555,9 +1555,9 @@ __device__ __forceinline__ float2 attention_factors(const QLinear& qn, int h, in
 }
 
 // Causal attention of each query row and head over its sequence: row_seq[r] is the row's sequence (-1:
-// padding), row_pos[r] its position (it sees keys 0..pos). qn: as attention_out takes it. grid = rows · num_heads, a row's heads adjacent so
-// that the heads sharing a KV head run together and read its keys and values from L2 after the first.
-// block = 32 × ATT_WARPS.
+// padding), row_pos[r] its position (it sees keys 0..pos). qn: as attention_out takes it. grid = rows ·
+// num_heads, a row's heads adjacent so that the heads sharing a KV head run together and read its keys and
+// values from L2 after the first. block = 32 × ATT_WARPS.
 extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
 attention(T* out, const T* qkv, const KV* kcache, const KV* vcache, float kv_scale, const int* row_seq, const int* row_pos,
           const int* block_tables, int max_blocks, int num_heads, int num_kv, int head, int tpb, float scale,
@@ -1848,16 +1848,16 @@ attention_split(T* out, float* partial, unsigned* arrivals, const T* qkv, const 
   const volatile float* all = mine;
   float mall = NEG_INF;
   for (int k = 0; k < used; k++) mall = fmaxf(mall, all[k * (head + 2)]);
-  for (int d = threadIdx.x; d < head; d += blockDim.x) {
-    float num = 0.f, den = 0.f;
-    for (int k = 0; k < used; k++) {
-      const volatile float* p = all + k * (head + 2);
-      const float w = __expf(p[0] - mall);
-      num += p[2 + d] * w;
-      den += p[1] * w;
-    }
-    o[d] = attention_out(den > 0.f ? num / den : 0.f, qn, f);  // d is threadIdx.x: heads fit a block
+  const int d = threadIdx.x;  // heads fit a block: a thread a dim, the one its factors f are for
+  if (d >= head) return;
+  float num = 0.f, den = 0.f;
+  for (int k = 0; k < used; k++) {
+    const volatile float* p = all + k * (head + 2);
+    const float w = __expf(p[0] - mall);
+    num += p[2 + d] * w;
+    den += p[1] * w;
   }
+  o[d] = attention_out(den > 0.f ? num / den : 0.f, qn, f);
 }
 
 // Context attention on tensor cores (flash attention) for steps that carry prompt chunks, in half and
