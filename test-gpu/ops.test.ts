@@ -496,7 +496,7 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
       }
     });
 
-    test("fp8 layers' wide steps through cuBLASLt's FP8 GEMM (KILN_CUDA_FP8_GEMM=1): alpha · Σ e4m3(x / s) · w, worked out here", () => {
+    test("fp8 layers' wide steps through cuBLASLt's FP8 GEMM: alpha · Σ e4m3(x / s) · w, worked out here", () => {
       const [inDim, out] = [H, 48];
       let s = 11;
       const next = () => {
@@ -520,12 +520,8 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
           input: { rounding: "fp8", prequant: 0, smoother: 0, scale: inScale },
         },
       };
-      const saved = process.env.KILN_CUDA_FP8_GEMM;
-      process.env.KILN_CUDA_FP8_GEMM = "1";
       const lt = new CudaBackend(device, module, new Map([["w", w]]), dtype, cudaLimits, invFreq);
-      if (saved === undefined) delete process.env.KILN_CUDA_FP8_GEMM;
-      else process.env.KILN_CUDA_FP8_GEMM = saved;
-      assert.ok(lt.takesFp8Gemm, "an fp8 layer under KILN_CUDA_FP8_GEMM=1 gets cuBLASLt");
+      assert.ok(lt.takesLtGemm, "an engine with an fp8 layer gets cuBLASLt");
       for (const rows of [9, 33]) {
         const [xc, xcpu] = upload(rand(rows * inDim), rows, inDim);
         lt.beginStep(decode);
@@ -544,6 +540,114 @@ for (const [dtype, kilnDtype, tol] of DTYPES) {
         const e = relErr(got, want);
         assert.ok(e < 1e-3, `${rows} rows: relative error ${e.toExponential(2)}`);
       }
+    });
+
+    test("SmoothQuant int8 layers: cuBLASLt's int8 GEMM (wide steps, by chunks of rows) and the GEMV give Σ int8(x / smoother) · w · scales, worked out here", () => {
+      const [inDim, out] = [H, 48];
+      let s = 29;
+      const next = () => {
+        s = (s * 1103515245 + 12345) % 2 ** 31;
+        return s;
+      };
+      const put = (bytes: Uint8Array) => {
+        const p = device.alloc(bytes.byteLength);
+        device.upload(p, bytes);
+        return p;
+      };
+      const codes = Int8Array.from({ length: out * inDim }, () => (next() % 255) - 127);
+      const channel = Float32Array.from({ length: out }, () => 0.002 + (next() % 1000) / 1e5);
+      const smoother = Float32Array.from({ length: inDim }, () => 0.5 + (next() % 1000) / 500);
+      // round-half-even, as rint; int8's codes clamp to ±127.
+      const rint = (v: number) => {
+        const f = Math.floor(v);
+        const d = v - f;
+        return d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
+      };
+      const clamp = (v: number) => Math.min(127, Math.max(-127, v));
+      const cases: [string, "int8" | "int8_times" | "int8_token", number, boolean, boolean][] = [
+        ["static int8 with per-channel scales", "int8", 0.02, true, false],
+        ["SmoothQuant's static multiplier, smoothed, per-tensor scale", "int8_times", 45, false, true],
+        ["per token, smoothed, per-channel scales", "int8_token", 1, true, true],
+      ];
+      const limits = { ...cudaLimits, maxRows: 200 };
+      for (const [label, rounding, inScale, perChannel, smoothed] of cases) {
+        const [weightScale, alpha] = perChannel ? [1, 1] : [0.013, 0.5];
+        const w: CudaTensor = {
+          ptr: put(new Uint8Array(codes.buffer)),
+          rows: out,
+          cols: inDim,
+          dtype,
+          quant: {
+            ...WEIGHT_ONLY,
+            kind: "int8",
+            scales: perChannel ? put(new Uint8Array(channel.buffer)) : 0,
+            weightScale,
+            alpha,
+            input: {
+              rounding,
+              prequant: 0,
+              smoother: smoothed ? put(new Uint8Array(smoother.buffer)) : 0,
+              scale: inScale,
+            },
+          },
+        };
+        const lt = new CudaBackend(device, module, new Map([["w", w]]), dtype, limits, invFreq);
+        assert.ok(lt.takesLtGemm, "an engine with a SmoothQuant int8 layer gets cuBLASLt");
+        const unit = rounding === "int8_token" ? 1 : rounding === "int8_times" ? 1 / inScale : inScale;
+        const outScale = Math.fround(unit * weightScale * alpha);
+        // 3 rows: the GEMV; 9 and 33: one GEMM; 200: four chunks of at most 64 rows.
+        for (const rows of [3, 9, 33, 200]) {
+          const [xc, xcpu] = upload(rand(rows * inDim, 2), rows, inDim);
+          lt.beginStep(decode);
+          const got = download(lt.linear(xc, w, null, true));
+          const want = new Float32Array(rows * out);
+          for (let r = 0; r < rows; r++) {
+            const v = Array.from({ length: inDim }, (_, i) => {
+              const x = xcpu.data[r * inDim + i];
+              return smoothed ? Math.fround(x / smoother[i]) : x;
+            });
+            const amax = Math.max(...v.map(Math.abs));
+            const mul =
+              rounding === "int8_token" ? (amax > 0 ? 127 / amax : 1) : rounding === "int8_times" ? inScale : 0;
+            // The kernel's float32 scale in float64 (ties are common: x / 0.02 is 12.5 at x = 0.25).
+            const q = v.map((x) => clamp(rint(rounding === "int8" ? x / Math.fround(inScale) : x * mul)));
+            const rowScale = rounding === "int8_token" ? Math.fround(1 / mul) : 1;
+            for (let o = 0; o < out; o++) {
+              let acc = 0;
+              for (let i = 0; i < inDim; i++) acc += q[i] * codes[o * inDim + i];
+              const c = Math.fround((perChannel ? channel[o] : 1) * outScale);
+              want[r * out + o] = Math.fround(Math.fround(acc * c) * rowScale);
+            }
+          }
+          // int32 sums are exact; the GEMV's float32 sums of integers below 2^24 are too.
+          const e = relErr(got, want);
+          assert.ok(e < 1e-6, `${label}, ${rows} rows: relative error ${e.toExponential(2)}`);
+        }
+      }
+      const saved = process.env.KILN_CUDA_LT_GEMM;
+      process.env.KILN_CUDA_LT_GEMM = "0";
+      const off = new CudaBackend(
+        device,
+        module,
+        new Map([
+          [
+            "w",
+            {
+              ptr: put(new Uint8Array(codes.buffer)),
+              rows: out,
+              cols: inDim,
+              dtype,
+              quant: { ...WEIGHT_ONLY, input: { rounding: "int8", prequant: 0, smoother: 0, scale: 0.02 } },
+            },
+          ],
+        ]),
+        dtype,
+        cudaLimits,
+        invFreq,
+      );
+      if (saved === undefined) delete process.env.KILN_CUDA_LT_GEMM;
+      else process.env.KILN_CUDA_LT_GEMM = saved;
+      assert.ok(!off.takesLtGemm, "KILN_CUDA_LT_GEMM=0 keeps wide steps on the dequantizing path");
     });
 
     test("fused decode ops (norm + qkv + bias + RoPE + KV write; norm + fc|gate + SiLU) equal the plain ops on the cpu", () => {

@@ -10,11 +10,12 @@
 
 namespace emu {
 
-enum : int { R_32F = 0, R_16F = 2, R_16BF = 14, R_8F_E4M3 = 28 };
+enum : int { R_32F = 0, R_16F = 2, R_8I = 3, R_32I = 10, R_16BF = 14, R_8F_E4M3 = 28 };
 
 inline float load(const void* base, size_t i, int type) {
   switch (type) {
     case R_32F: return static_cast<const float*>(base)[i];
+    case R_8I: return static_cast<const signed char*>(base)[i];
     case R_16F: return __half2float(static_cast<const __half*>(base)[i]);
     case R_8F_E4M3: {
       __nv_fp8_e4m3 v;

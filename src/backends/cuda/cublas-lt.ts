@@ -1,16 +1,20 @@
-// FP8 GEMMs through cuBLASLt on Hopper tensor cores: y[rows, out] = alpha · x8[rows, in] · w8[out, in]ᵀ with
-// both operands E4M3 codes, float32 accumulation, y in the model dtype or float32. Row-major x and w are
+// Tensor-core GEMMs of quantized codes through cuBLASLt: y[rows, out] = alpha · x[rows, in] · w[out, in]ᵀ with
+// both operands E4M3 codes (float32 accumulation, y in the model dtype or float32) or both int8 codes (int32
+// sums, y int32: SmoothQuant's layers, which scale the sums per row and channel after). Row-major x and w are
 // column-major xᵀ and wᵀ to cuBLASLt, which then computes yᵀ = (wᵀ)ᵀ · xᵀ: A = w transposed, B = x (the "TN"
-// layout its FP8 kernels require). One descriptor set and algorithm per shape, chosen by cuBLASLt's heuristic
-// the first time the shape is seen.
+// layout its FP8 and int8 kernels require). One descriptor set and algorithm per shape, chosen by cuBLASLt's
+// heuristic the first time the shape is seen.
 
 import type { CudaDevice } from "./driver.js";
 import { type CublasLtApi, loadCublasLt } from "./ffi.js";
 
 // cublasLt.h and library_types.h.
 const CUDA_R_8F_E4M3 = 28;
+const CUDA_R_8I = 3;
+const CUDA_R_32I = 10;
 const CUDA_R_32F = 0;
 const CUBLAS_COMPUTE_32F = 68;
+const CUBLAS_COMPUTE_32I = 72;
 const CUBLAS_OP_N = 0;
 const CUBLAS_OP_T = 1;
 const DESC_TRANSA = 3;
@@ -18,6 +22,9 @@ const DESC_TRANSB = 4;
 const PREF_MAX_WORKSPACE_BYTES = 1;
 /** sizeof(cublasLtMatmulHeuristicResult_t): the 64-byte algorithm, workspace size, state, waves, reserved. */
 const HEURISTIC_BYTES = 96;
+
+/** The codes both operands hold. */
+export type LtCodes = "fp8" | "int8";
 
 interface Plan {
   desc: unknown;
@@ -29,9 +36,9 @@ export class CublasLt {
   private readonly api: CublasLtApi;
   private readonly handle: unknown;
   private readonly workspace: number;
-  /** By shape; null where the heuristic found no algorithm (those shapes take the dequantizing path). */
+  /** By codes and shape; null where the heuristic found no algorithm (those take the dequantizing path). */
   private readonly plans = new Map<string, Plan | null>();
-  private readonly zero = new Float32Array([0]);
+  private readonly zero = { fp8: new Float32Array([0]), int8: new Int32Array([0]) };
 
   constructor(
     private readonly device: CudaDevice,
@@ -62,7 +69,17 @@ export class CublasLt {
 
   /** Whether cuBLASLt has an FP8 algorithm for this shape (the first ask of a shape plans it). */
   takes(rows: number, inDim: number, outDim: number, yType: number): boolean {
-    return this.plan(rows, inDim, outDim, yType) !== null;
+    return this.plan("fp8", rows, inDim, outDim, yType) !== null;
+  }
+
+  /** Whether cuBLASLt has an int8 algorithm (int32 sums) for this shape. */
+  takesInt8(rows: number, inDim: number, outDim: number): boolean {
+    return this.plan("int8", rows, inDim, outDim, CUDA_R_32I) !== null;
+  }
+
+  /** acc = x8 · w8ᵀ: x8 [rows, inDim] and w8 [outDim, inDim] int8, acc [rows, outDim] int32 (a shape it takes). */
+  int8Linear(acc: number, x8: number, w8: number, rows: number, inDim: number, outDim: number): void {
+    this.matmul("int8", acc, CUDA_R_32I, x8, w8, rows, inDim, outDim, Int32Array.of(1));
   }
 
   /** y = alpha · x8 · w8ᵀ: x8 [rows, inDim] and w8 [outDim, inDim] E4M3, y of cudaDataType yType (a shape it takes). */
@@ -76,18 +93,33 @@ export class CublasLt {
     outDim: number,
     alpha: number,
   ): void {
-    const plan = this.plan(rows, inDim, outDim, yType);
-    if (!plan) throw new Error(`cuBLASLt has no FP8 algorithm for ${rows}×${inDim}·${outDim}×${inDim}ᵀ`);
+    this.matmul("fp8", y, yType, x8, w8, rows, inDim, outDim, Float32Array.of(alpha));
+  }
+
+  private matmul(
+    codes: LtCodes,
+    y: number,
+    yType: number,
+    x8: number,
+    w8: number,
+    rows: number,
+    inDim: number,
+    outDim: number,
+    alpha: Float32Array | Int32Array,
+  ): void {
+    const shape = `${codes} ${rows}×${inDim}·${outDim}×${inDim}ᵀ`;
+    const plan = this.plan(codes, rows, inDim, outDim, yType);
+    if (!plan) throw new Error(`cuBLASLt has no algorithm for ${shape}`);
     const [a, b, d] = plan.layouts;
     const code = this.api.cublasLtMatmul(
       this.handle,
       plan.desc,
-      Float32Array.of(alpha),
+      alpha,
       w8,
       a,
       x8,
       b,
-      this.zero,
+      this.zero[codes],
       y,
       d,
       y,
@@ -97,11 +129,11 @@ export class CublasLt {
       this.workspaceBytes,
       this.device.stream,
     );
-    this.check(code, `cublasLtMatmul(FP8 ${rows}×${inDim}·${outDim}×${inDim}ᵀ)`);
+    this.check(code, `cublasLtMatmul(${shape})`);
   }
 
-  private plan(rows: number, inDim: number, outDim: number, yType: number): Plan | null {
-    const key = `${rows}:${inDim}:${outDim}:${yType}`;
+  private plan(codes: LtCodes, rows: number, inDim: number, outDim: number, yType: number): Plan | null {
+    const key = `${codes}:${rows}:${inDim}:${outDim}:${yType}`;
     let plan = this.plans.get(key);
     if (plan !== undefined) return plan;
     const out = [null];
@@ -110,7 +142,9 @@ export class CublasLt {
       return out[0];
     };
     const desc = made(
-      this.api.cublasLtMatmulDescCreate(out, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+      codes === "fp8"
+        ? this.api.cublasLtMatmulDescCreate(out, CUBLAS_COMPUTE_32F, CUDA_R_32F)
+        : this.api.cublasLtMatmulDescCreate(out, CUBLAS_COMPUTE_32I, CUDA_R_32I),
       "cublasLtMatmulDescCreate",
     );
     const int = (v: number) => Int32Array.of(v);
@@ -119,9 +153,10 @@ export class CublasLt {
     const layout = (type: number, r: number, c: number, ld: number) =>
       made(this.api.cublasLtMatrixLayoutCreate(out, type, r, c, ld), "cublasLtMatrixLayoutCreate");
     // Column-major: A is wᵀ [inDim, outDim] (transposed by TRANSA), B is xᵀ [inDim, rows], D is yᵀ [outDim, rows].
+    const operand = codes === "fp8" ? CUDA_R_8F_E4M3 : CUDA_R_8I;
     const layouts = [
-      layout(CUDA_R_8F_E4M3, inDim, outDim, inDim),
-      layout(CUDA_R_8F_E4M3, inDim, rows, inDim),
+      layout(operand, inDim, outDim, inDim),
+      layout(operand, inDim, rows, inDim),
       layout(yType, outDim, rows, outDim),
     ];
     const pref = made(this.api.cublasLtMatmulPreferenceCreate(out), "cublasLtMatmulPreferenceCreate");
@@ -140,7 +175,7 @@ export class CublasLt {
     const code = this.api.cublasLtMatmulAlgoGetHeuristic(this.handle, desc, a, b, d, d, pref, 1, results, returned);
     this.api.cublasLtMatmulPreferenceDestroy(pref);
     if (code !== 0 || returned[0] < 1) {
-      // No FP8 kernel for this shape (cuBLASLt says "not supported" that way): the caller dequantizes instead.
+      // No kernel for these codes and shape (cuBLASLt says "not supported" that way): the caller dequantizes.
       this.api.cublasLtMatmulDescDestroy(desc);
       for (const l of layouts) this.api.cublasLtMatrixLayoutDestroy(l);
       this.plans.set(key, null);

@@ -38,7 +38,7 @@ import {
 import { type CudaDevice, f32, i32, ptr } from "./driver.js";
 import { FUSED_KERNELS, FusedDecode, fusedSharedBytes } from "./fused-decode.js";
 import { moeLayer } from "./moe-layer.js";
-import { addBias, fp8Gemmable, quantizedLinear } from "./quantized-linear.js";
+import { addBias, fp8Gemmable, int8Gemmable, quantizedLinear, scratchElements } from "./quantized-linear.js";
 import { StepBuffer, type StepLayout } from "./step-buffer.js";
 import { TokenChoiceLaunch } from "./token-choice-launch.js";
 
@@ -103,14 +103,17 @@ export class CudaBackend implements Backend<CudaTensor> {
       const shared = FUSED_KERNELS.includes(k) ? fusedShared : k.startsWith("gemv_q_") ? roundedShared : 0;
       this.fns.set(k, device.getFunction(module, k, shared));
     }
-    // One dequantized weight-only weight at a time, sized at load for the engine's largest: graphs keep its address.
-    this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => (w.quant ? w.rows * w.cols : 0))));
+    // One dequantized weight at a time (or one int8 GEMM's sums, a chunk of rows at a time), sized at load for
+    // the engine's largest: graphs keep its address.
+    this.ensureWoScratch(Math.max(0, ...[...weights.values()].map((w) => scratchElements(w, dtype))));
     this.cublas = new Cublas(device);
-    // FP8 tensor-core GEMMs for wide steps of fp8 layers instead of dequantizing: off unless KILN_CUDA_FP8_GEMM=1
-    // (read as an engine loads), until measured on a GPU.
+    // FP8 and int8 tensor-core GEMMs for wide steps of the layers that can take them, instead of dequantizing;
+    // KILN_CUDA_LT_GEMM=0 (read as an engine loads) keeps every wide step on the dequantizing path.
     this.cublasLt =
-      process.env.KILN_CUDA_FP8_GEMM === "1" &&
-      [...weights.values()].some((w) => w.quant && fp8Gemmable(w.quant, w.cols))
+      process.env.KILN_CUDA_LT_GEMM !== "0" &&
+      [...weights.values()].some(
+        (w) => w.quant && (fp8Gemmable(w.quant, w.cols) || int8Gemmable(w.quant, w.cols, w.rows)),
+      )
         ? new CublasLt(device)
         : null;
     this.launcher = {
@@ -553,8 +556,8 @@ export class CudaBackend implements Backend<CudaTensor> {
     return this.tokenChoice.read(rows);
   }
 
-  /** Whether wide steps of this engine's fp8 layers take cuBLASLt's FP8 GEMM (KILN_CUDA_FP8_GEMM=1). */
-  get takesFp8Gemm(): boolean {
+  /** Whether wide steps of this engine's fp8 and SmoothQuant int8 layers take cuBLASLt's GEMMs (not KILN_CUDA_LT_GEMM=0). */
+  get takesLtGemm(): boolean {
     return this.cublasLt !== null;
   }
 

@@ -99,6 +99,8 @@ export const KERNELS = [
   "dequant_q",
   "quantize_rows",
   "quantize_rows_fp8",
+  "quantize_rows_int8",
+  "finish_int8_gemm",
   "silu_mul_pair",
   "norm_qkv_rope",
   "norm_qkv_rope_1",
@@ -140,6 +142,6 @@ export interface QuantizedLaunch {
   alloc(rows: number, cols: number, dtype?: CudaDtype): CudaTensor;
   /** A scratch buffer of at least `elements` model-dtype values, at the same address for every step. */
   scratch(elements: number): number;
-  /** FP8 tensor-core GEMMs for wide steps of FP8 layers, where the backend takes them (cublas-lt.ts). */
+  /** FP8 and int8 tensor-core GEMMs for wide steps of the layers that take them, where the backend has them (cublas-lt.ts). */
   cublasLt: CublasLt | null;
 }

@@ -120,7 +120,8 @@ function cublasApi(lib: LibraryHandle) {
   };
 }
 
-// cuBLASLt's matmul for the FP8 GEMMs (cublas-lt.ts): descriptors, layouts, a heuristic's algorithm.
+// cuBLASLt's matmul for the FP8 and int8 GEMMs (cublas-lt.ts): descriptors, layouts, a heuristic's algorithm;
+// alpha and beta point at values of the scale type (float or int32).
 function cublasLtApi(lib: LibraryHandle) {
   const f = (sig: string) => lib.func(sig);
   return {
@@ -146,7 +147,7 @@ function cublasLtApi(lib: LibraryHandle) {
       "int cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtObject_t desc, cublasLtObject_t a, cublasLtObject_t b, cublasLtObject_t c, cublasLtObject_t d, cublasLtObject_t pref, int requested, _Out_ uint8_t *results, _Out_ int *returned)",
     ),
     cublasLtMatmul: f(
-      "int cublasLtMatmul(cublasLtHandle_t handle, cublasLtObject_t desc, const float *alpha, uint64_t A, cublasLtObject_t aDesc, uint64_t B, cublasLtObject_t bDesc, const float *beta, uint64_t C, cublasLtObject_t cDesc, uint64_t D, cublasLtObject_t dDesc, const uint8_t *algo, uint64_t workspace, size_t workspaceBytes, CUstream stream)",
+      "int cublasLtMatmul(cublasLtHandle_t handle, cublasLtObject_t desc, const void *alpha, uint64_t A, cublasLtObject_t aDesc, uint64_t B, cublasLtObject_t bDesc, const void *beta, uint64_t C, cublasLtObject_t cDesc, uint64_t D, cublasLtObject_t dDesc, const uint8_t *algo, uint64_t workspace, size_t workspaceBytes, CUstream stream)",
     ),
   };
 }

@@ -1,7 +1,9 @@
 // A quantized linear layer on the GPU, every format through one path: for decode steps, the GEMV of the
-// layer's code kind, which rounds its input as the format says; wider steps round the input (quantize_rows),
+// layer's code kind, which rounds its input as the format says; wider steps of FP8 and SmoothQuant int8 layers
+// take cuBLASLt's tensor-core GEMMs on their codes; other wide steps round the input (quantize_rows),
 // dequantize the weight into the scratch buffer and run cuBLAS.
 
+import type { CublasLt } from "./cublas-lt.js";
 import {
   CUBLAS_TYPE,
   type CudaQuant,
@@ -22,9 +24,8 @@ const QLINEAR_BYTES = 56;
 
 /**
  * decoder.cu's QLinear for a quantized layer: the device pointers of its scales, its input rounding (-1:
- * none) and the scale its GEMV's sums are multiplied by (the input's unit, the weight scale and alpha;
- * int8_times' scale multiplies the input, so its unit is 1 / scale; per token, the row's own). The codes'
- * pointer goes to the kernels as an argument of its own. All zeros: a plain weight's (the fused kernels
+ * none) and the scale its GEMV's sums are multiplied by (outScale). The codes' pointer goes to the kernels
+ * as an argument of its own. All zeros: a plain weight's (the fused kernels
  * take one either way).
  */
 export function encodeQLinear(q: CudaQuant, inputRounded = false): Uint8Array {
@@ -36,13 +37,22 @@ export function encodeQLinear(q: CudaQuant, inputRounded = false): Uint8Array {
   pointers.forEach((p, i) => {
     v.setBigUint64(8 * i, BigInt(p), true);
   });
-  const r = q.input?.rounding;
-  const inputUnit = !q.input || r === "int8_token" ? 1 : r === "int8_times" ? 1 / q.input.scale : q.input.scale;
   v.setInt32(40, q.groups, true);
   v.setInt32(44, input ? INPUT_ROUNDINGS.indexOf(input.rounding) : -1, true);
   v.setFloat32(48, q.input?.scale ?? 1, true);
-  v.setFloat32(52, inputUnit * q.weightScale * q.alpha, true);
+  v.setFloat32(52, outScale(q), true);
   return bytes;
+}
+
+/**
+ * What a layer's sums over its rounded input and codes are multiplied by (besides channel and row scales):
+ * the input's unit (int8_times' scale multiplies the input, so its unit is 1 / scale; per token, the row's
+ * own, applied apart), the weight scale and alpha.
+ */
+function outScale(q: CudaQuant): number {
+  const r = q.input?.rounding;
+  const inputUnit = !q.input || r === "int8_token" ? 1 : r === "int8_times" ? 1 / q.input.scale : q.input.scale;
+  return inputUnit * q.weightScale * q.alpha;
 }
 
 const encoded = [new WeakMap<CudaQuant, KernelArg>(), new WeakMap<CudaQuant, KernelArg>()];
@@ -92,8 +102,9 @@ export function preRoundable(x: CudaTensor, q: CudaQuant | undefined): boolean {
 
 /**
  * A quantized layer: for decode steps, the GEMV that rounds the input as the format says and decodes the
- * weights as it reads them; wider steps round and dequantize the input, dequantize the weight into a scratch
- * buffer and run cuBLAS on it.
+ * weights as it reads them; wider steps take cuBLASLt's int8 or FP8 GEMM where the layer can (int8Gemmable,
+ * fp8Gemmable) and the engine has cuBLASLt, else round and dequantize the input, dequantize the weight into a
+ * scratch buffer and run cuBLAS on it.
  */
 export function quantizedLinear(
   ctx: QuantizedLaunch,
@@ -129,6 +140,15 @@ export function quantizedLinear(
       ],
       shared,
     );
+    return out;
+  }
+  const lt = ctx.cublasLt;
+  if (
+    lt &&
+    int8Gemmable(q, w.cols, w.rows) &&
+    int8Chunks(x, w, ctx.dtype).every((r) => lt.takesInt8(r, x.cols, w.rows))
+  ) {
+    int8Linear(ctx, lt, out, x, w, bias, float32Out);
     return out;
   }
   if (ctx.cublasLt && fp8Gemmable(q, x.cols) && ctx.cublasLt.takes(x.rows, x.cols, w.rows, CUBLAS_TYPE[out.dtype])) {
@@ -209,6 +229,104 @@ export function fp8Gemmable(q: CudaQuant, inDim: number): boolean {
     q.groups === 0 &&
     inDim % 16 === 0
   );
+}
+
+/**
+ * Whether a layer can take cuBLASLt's int8 GEMM (SmoothQuant's): int8 codes under per-channel or per-tensor
+ * scales, an input rounded to int8 (static, SmoothQuant's static multiplier, or per token; smoothed or not),
+ * rows of a multiple of 16 bytes and an output of a multiple of 4 int32 sums.
+ */
+export function int8Gemmable(q: CudaQuant, inDim: number, outDim: number): boolean {
+  const r = q.input?.rounding;
+  return (
+    q.kind === "int8" &&
+    (r === "int8" || r === "int8_times" || r === "int8_token") &&
+    !q.zeros &&
+    !q.blocks &&
+    q.groups === 0 &&
+    inDim % 16 === 0 &&
+    outDim % 4 === 0
+  );
+}
+
+/**
+ * The rows of one int8 GEMM: as many as the dequantization scratch, which holds one weight's values, holds
+ * int32 sums of (in · dtype bytes / 4), in whole 64s (so every chunk's operands start 256-byte aligned, as
+ * cuBLASLt's heuristic assumes), at least 64.
+ */
+function int8Chunk(w: CudaTensor, dtype: QuantizedLaunch["dtype"]): number {
+  return Math.max(64, Math.floor((w.cols * DTYPE_BYTES[dtype]) / 4 / 64) * 64);
+}
+
+/** The row counts of a step's int8 GEMMs, a chunk at a time: the whole chunk's, and the last chunk's. */
+function int8Chunks(x: CudaTensor, w: CudaTensor, dtype: QuantizedLaunch["dtype"]): number[] {
+  const chunk = int8Chunk(w, dtype);
+  return x.rows <= chunk ? [x.rows] : [chunk, x.rows % chunk || chunk];
+}
+
+/** The dequantization scratch's values a quantized weight needs: its dequantized values, or its int8 GEMM's sums. */
+export function scratchElements(w: CudaTensor, dtype: QuantizedLaunch["dtype"]): number {
+  const q = w.quant;
+  if (!q) return 0;
+  const sums = int8Gemmable(q, w.cols, w.rows) ? Math.ceil((int8Chunk(w, dtype) * w.rows * 4) / DTYPE_BYTES[dtype]) : 0;
+  return Math.max(w.rows * w.cols, sums);
+}
+
+/**
+ * SmoothQuant's wide step on int8 tensor cores: the input smoothed and rounded to int8 codes (and per-token
+ * scales) in one pass, int32 sums from cuBLASLt a chunk of rows at a time into the scratch, then scaled per
+ * channel and row as the GEMV scales its own, plus the bias, into out.
+ */
+function int8Linear(
+  ctx: QuantizedLaunch,
+  lt: CublasLt,
+  out: CudaTensor,
+  x: CudaTensor,
+  w: CudaTensor,
+  bias: CudaTensor | null,
+  float32Out: boolean,
+): void {
+  const q = w.quant!;
+  const input = q.input!;
+  const codes = ctx.alloc(x.rows, Math.ceil(x.cols / DTYPE_BYTES[ctx.dtype]));
+  const rowScale = input.rounding === "int8_token" ? ctx.alloc(x.rows, 1, "F32").ptr : 0;
+  ctx.device.launch(
+    ctx.fn("quantize_rows_int8"),
+    [x.rows],
+    [256],
+    [
+      ptr(codes.ptr),
+      ptr(rowScale),
+      ptr(x.ptr),
+      ptr(input.prequant),
+      ptr(input.smoother),
+      i32(INPUT_ROUNDINGS.indexOf(input.rounding)),
+      f32(input.scale),
+      i32(x.cols),
+    ],
+  );
+  const chunk = int8Chunk(w, ctx.dtype);
+  const sums = ctx.scratch(scratchElements(w, ctx.dtype));
+  const outBytes = DTYPE_BYTES[float32Out ? "F32" : ctx.dtype];
+  for (let start = 0; start < x.rows; start += chunk) {
+    const rows = Math.min(chunk, x.rows - start);
+    lt.int8Linear(sums, codes.ptr + start * x.cols, w.ptr, rows, x.cols, w.rows);
+    ctx.device.launch(
+      ctx.fn("finish_int8_gemm"),
+      [rows],
+      [256],
+      [
+        ptr(out.ptr + start * w.rows * outBytes),
+        i32(float32Out ? 1 : 0),
+        ptr(sums),
+        ptr(rowScale ? rowScale + start * 4 : 0),
+        ptr(q.scales),
+        f32(outScale(q)),
+        ptr(bias ? bias.ptr : 0),
+        i32(w.rows),
+      ],
+    );
+  }
 }
 
 /** out[r, c] += bias[c] after a GEMM (the GEMVs add it themselves); model-dtype outputs only. */

@@ -540,8 +540,13 @@ __device__ __forceinline__ float round_static(const QLinear& q, float2 f, float 
 // round_input_row for one rounding MODE, known at compile time: each mode's code alone, with no other mode's
 // branches (or their divisions, whose slow paths are subroutine calls) predicated beside it, which had made
 // the GEMVs' code large enough to stall on instruction fetches and spill registers. FP4 is round_fp4_row's.
-template <int C, int MODE>
-__device__ __forceinline__ void round_row_as(T* yr, float* row_scale, const T* xr, const float* prequant,
+// A rounded input as the kernel after it reads it: in T (the GEMVs, and dequantized for cuBLAS), or as the
+// int8 code itself (cuBLASLt's int8 GEMM; the int8 roundings' values are whole numbers in [-127, 127]).
+__device__ __forceinline__ void store_rounded(T* p, float v) { *p = fromf(v); }
+__device__ __forceinline__ void store_rounded(signed char* p, float v) { *p = (signed char)(int)v; }
+
+template <int C, int MODE, typename Y>
+__device__ __forceinline__ void round_row_as(Y* yr, float* row_scale, const T* xr, const float* prequant,
                                              const float* smoother, float scale, int cols, int dequantize) {
   const int n = cols / C;
   // The int8 roundings take the reference's float64 product or quotient, so a code never flips against it:
@@ -562,7 +567,7 @@ __device__ __forceinline__ void round_row_as(T* yr, float* row_scale, const T* x
   }
   auto emit = [&](int i0, const float (&v)[C]) {
 #pragma unroll
-    for (int k = 0; k < C; k++) yr[i0 + k] = fromf(round_one<MODE>(v[k], scale, mul, dequantize));
+    for (int k = 0; k < C; k++) store_rounded(yr + i0 + k, round_one<MODE>(v[k], scale, mul, dequantize));
   };
   // Two loads a thread in flight before either's values are written.
   for (int c = threadIdx.x; c < n; c += 2 * blockDim.x) {
@@ -665,6 +670,39 @@ extern "C" __global__ void quantize_rows_fp8(unsigned char* out, const T* x, flo
   const size_t o = (size_t)blockIdx.x * cols;
   for (int i = threadIdx.x; i < cols; i += blockDim.x)
     out[o + i] = e4m3_code(div_rn(tof(x[o + i]), scale));
+}
+
+// SmoothQuant's int8 GEMM input (backends/cuda/cublas-lt.ts): each row's int8 codes, smoothed (or times its
+// pre-quant scale) and rounded as the layer's GEMV rounds it (mode: QIN_INT8, QIN_INT8_TIMES or, with the row's
+// scale to row_scale, QIN_INT8_TOKEN), in one pass over the row; one block a row.
+extern "C" __global__ void quantize_rows_int8(signed char* out, float* row_scale, const T* x, const float* prequant,
+                                              const float* smoother, int mode, float scale, int cols) {
+  pdl_enter();
+  const size_t o = (size_t)blockIdx.x * cols;
+  signed char* yr = out + o;
+  if (mode == QIN_INT8)
+    round_row_as<1, QIN_INT8>(yr, nullptr, x + o, prequant, smoother, scale, cols, 0);
+  else if (mode == QIN_INT8_TIMES)
+    round_row_as<1, QIN_INT8_TIMES>(yr, nullptr, x + o, prequant, smoother, scale, cols, 0);
+  else
+    round_row_as<1, QIN_INT8_TOKEN>(yr, row_scale + blockIdx.x, x + o, prequant, smoother, scale, cols, 0);
+}
+
+// The int8 GEMM's int32 sums acc [rows, cols] as the layer's output, scaled as its GEMV scales its own:
+// y = acc · (channel scale · out_scale) · row scale (int8_token's; else none), plus the bias; y float32 when
+// y_f32, else T, rounded as the GEMV rounds; grid = rows.
+extern "C" __global__ void finish_int8_gemm(void* y, int y_f32, const int* acc, const float* row_scale,
+                                            const float* scales, float out_scale, const T* bias, int cols) {
+  pdl_enter();
+  const size_t o = (size_t)blockIdx.x * cols;
+  const float rs = row_scale != nullptr ? row_scale[blockIdx.x] : 1.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float channel = (scales != nullptr ? scales[c] : 1.f) * out_scale;
+    const float s = (float)acc[o + c] * channel * rs;
+    const float b = bias != nullptr ? tof(bias[c]) : 0.f;
+    if (y_f32) reinterpret_cast<float*>(y)[o + c] = s + b;
+    else reinterpret_cast<T*>(y)[o + c] = bias != nullptr ? fromf(rnd(s) + b) : fromf(s);
+  }
 }
 
 // One 16-byte load of codes of kind K (load v of its row) against the step's rows of x (rows ≤ R, rows of
