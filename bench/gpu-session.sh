@@ -10,7 +10,7 @@
 #   bash bench/gpu-session.sh full        transformers' baseline, then the full kiln bench beside it → $OUT/cuda-bf16.json, hf.json
 #   bash bench/gpu-session.sh ncu-wide    the same for a 256-row decode step at contexts of 1000 (the nano-vllm workload's) → $OUT/ncu-wide.csv
 #   bash bench/gpu-session.sh decode      bf16 as built, without the fused decode ops, with decode attention on CUDA cores, on tensor cores at every width → $OUT/bf16{,-unfused,-decode-cuda-cores,-decode-tc-always}.json
-#   bash bench/gpu-session.sh formats     kiln bench --quick for each qformat and KV cache, and fp8 with KILN_CUDA_FP8_GEMM=1 → $OUT/<format>.json
+#   bash bench/gpu-session.sh formats     kiln bench --quick for each qformat and KV cache, and fp8 and int8_sq with KILN_CUDA_LT_GEMM=0 → $OUT/<format>.json
 #   bash bench/gpu-session.sh perplexity  the demo model's quantization table on cuda     → $OUT/quantization-demo-cuda.*
 #   bash bench/gpu-session.sh perplexity-fast  the same, every case at once, perplexity only (no decode timing)
 #   bash bench/gpu-session.sh ops-test    the GPU op-parity tests alone                   → $OUT/test-gpu-ops.txt
@@ -93,8 +93,10 @@ case "$stage" in
       node dist/bench/bench.js --work "$work" --quick --qformat "$q" --out "$OUT/$q.json" > /dev/null
     done
     node dist/bench/bench.js --work "$work" --quick --kv_cache_dtype fp8 --out "$OUT/kv-fp8.json" > /dev/null
-    # fp8's wide steps on cuBLASLt's FP8 tensor-core GEMM instead of dequantizing (opt-in until measured)
-    KILN_CUDA_FP8_GEMM=1 node dist/bench/bench.js --work "$work" --quick --qformat fp8 --out "$OUT/fp8-gemm.json" > /dev/null
+    # fp8's and int8_sq's wide steps dequantizing for cuBLAS, as they did before cuBLASLt's GEMMs took them
+    for q in fp8 int8_sq; do
+      KILN_CUDA_LT_GEMM=0 node dist/bench/bench.js --work "$work" --quick --qformat "$q" --out "$OUT/$q-dequantized.json" > /dev/null
+    done
     grep -H '"batch1_gpu_ms\|"nanovllm_output' "$OUT"/*.json
     ;;
   perplexity)
